@@ -1,0 +1,41 @@
+# The two commands of the README: `make demo` (the main job) and `make test` (the suite, as CI runs it).
+JOBS ?= $(shell nproc)
+BUILD ?= build
+CMAKE_FLAGS ?=
+
+.PHONY: all setup build test test-release test-asan demo bench clean format
+
+all: build
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS) >/dev/null
+	cmake --build $(BUILD) -j $(JOBS)
+
+# Warnings as errors, the whole suite; then again under AddressSanitizer + UndefinedBehaviorSanitizer.
+test: test-release test-asan
+
+test-release: setup
+	cmake -S . -B build-test -DCMAKE_BUILD_TYPE=Release -DMAMBA_WERROR=ON $(CMAKE_FLAGS) >/dev/null
+	cmake --build build-test -j $(JOBS)
+	cd build-test && ctest --output-on-failure -j $(JOBS)
+
+test-asan: setup
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMAMBA_WERROR=ON -DMAMBA_SANITIZE=ON -DMAMBA_CUDA=OFF $(CMAKE_FLAGS) >/dev/null
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j $(JOBS)
+
+demo: build
+	scripts/demo.sh $(BUILD)/mambacpp
+
+bench: build
+	$(BUILD)/mambacpp init --preset 130m --out cache/models/random-130m --seed 1
+	$(BUILD)/mambacpp bench cache/models/random-130m
+
+clean:
+	rm -rf build build-test build-asan
+
+format:
+	clang-format -i $$(git ls-files '*.cpp' '*.h' '*.cu' '*.cuh')

@@ -1,0 +1,18 @@
+// The subcommands of `mambacpp`. Each file adds one to the app: its flags (declared once, with
+// defaults and help) and what it runs.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace mamba::cli {
+
+void add_info(CLI::App& app);
+void add_init(CLI::App& app);
+void add_score(CLI::App& app);
+void add_bench(CLI::App& app);
+
+// Sets the OpenMP and OpenBLAS thread counts (0 = all cores).
+void set_threads(int threads);
+int thread_count();
+
+}  // namespace mamba::cli

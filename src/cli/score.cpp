@@ -1,0 +1,82 @@
+#include <cstdio>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "core/npy.h"
+#include "model/engine.h"
+
+namespace mamba::cli {
+
+namespace {
+
+std::vector<int32_t> parse_id_list(const std::string& text) {
+  std::vector<int32_t> ids;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    size_t used = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != item.size() || v < 0 || v > INT32_MAX) fail("--ids: \"", item, "\" is not a token id");
+    ids.push_back(static_cast<int32_t>(v));
+  }
+  if (ids.empty()) fail("--ids: no token ids given");
+  return ids;
+}
+
+}  // namespace
+
+void add_score(CLI::App& app) {
+  auto* cmd = app.add_subcommand("score", "Run the full forward pass and write fp32 logits as a NumPy .npy");
+  struct Options {
+    std::string dir, ids, ids_file, out;
+  };
+  static Options o;
+  cmd->add_option("dir", o.dir, "Model folder")->required();
+  auto* ids = cmd->add_option("--ids", o.ids, "Comma-separated token ids: one sequence");
+  cmd->add_option("--ids-file", o.ids_file, "Token ids as .npy: (L,) or (B, L) integers")->excludes(ids);
+  cmd->add_option("--out", o.out, "Output .npy: logits (L, V), or (B, L, V) for 2-D ids")->required();
+  cmd->callback([] {
+    if (o.ids.empty() && o.ids_file.empty()) fail("score: give --ids or --ids-file");
+    std::vector<int32_t> tokens;
+    std::vector<int64_t> shape;
+    if (!o.ids.empty()) {
+      tokens = parse_id_list(o.ids);
+      shape = {static_cast<int64_t>(tokens.size())};
+    } else {
+      NpyArray array = read_npy(o.ids_file);
+      if (array.shape.empty() || array.shape.size() > 2 || array.numel() == 0) {
+        fail(o.ids_file, ": token ids must be a non-empty 1-D or 2-D array");
+      }
+      std::vector<int64_t> values;
+      try {
+        values = array.as_i64();
+      } catch (const Error& e) {
+        fail(o.ids_file, ": ", e.what());
+      }
+      for (int64_t v : values) {
+        if (v < 0 || v > INT32_MAX) fail(o.ids_file, ": token id ", v, " is out of range");
+        tokens.push_back(static_cast<int32_t>(v));
+      }
+      shape = array.shape;
+    }
+    const int B = shape.size() == 2 ? static_cast<int>(shape[0]) : 1;
+    const int L = static_cast<int>(shape.back());
+    Model model = Model::load(o.dir);
+    const int64_t V = model.config().vocab_size;
+    Engine engine(model);
+    State state(model.config(), B);
+    std::vector<float> logits(static_cast<size_t>(int64_t{B} * L * V));
+    engine.forward(tokens.data(), B, L, state, logits.data(), Logits::All);
+    shape.push_back(V);
+    write_npy(o.out, logits.data(), shape);
+    std::fprintf(stderr, "wrote %s: logits of %d × %d tokens × %lld\n", o.out.c_str(), B, L, static_cast<long long>(V));
+  });
+}
+
+}  // namespace mamba::cli

@@ -1,0 +1,101 @@
+#include "core/file.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace mamba {
+
+MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail(path.string(), ": cannot open: ", std::strerror(errno));
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) {
+    int err = errno;
+    ::close(fd);
+    fail(path.string(), ": cannot stat: ", std::strerror(err));
+  }
+  size_ = static_cast<size_t>(st.st_size);
+  if (size_ > 0) {
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      int err = errno;
+      ::close(fd);
+      fail(path.string(), ": cannot memory-map: ", std::strerror(err));
+    }
+    data_ = static_cast<const uint8_t*>(p);
+  }
+  ::close(fd);
+}
+
+MappedFile::MappedFile(MappedFile&& other) noexcept { *this = std::move(other); }
+
+MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
+  if (this != &other) {
+    if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+    path_ = std::move(other.path_);
+    data_ = other.data_;
+    size_ = other.size_;
+    other.data_ = nullptr;
+    other.size_ = 0;
+  }
+  return *this;
+}
+
+MappedFile::~MappedFile() {
+  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+std::string read_text_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path.string(), ": cannot open: ", std::strerror(errno));
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+void write_bytes(std::FILE* file, const void* data, size_t size, const std::filesystem::path& path) {
+  if (size > 0 && std::fwrite(data, 1, size, file) != size) {
+    fail(path.string(), ": write failed: ", std::strerror(errno));
+  }
+}
+
+void write_file_atomic(const std::filesystem::path& path, const std::function<void(std::FILE*)>& write) {
+  std::filesystem::path tmp = path;
+  tmp += ".tmp." + std::to_string(::getpid());
+  std::FILE* file = std::fopen(tmp.c_str(), "wb");
+  if (!file) fail(tmp.string(), ": cannot create: ", std::strerror(errno));
+  try {
+    write(file);
+    if (std::fflush(file) != 0 || ::fsync(::fileno(file)) != 0) {
+      fail(tmp.string(), ": cannot flush to disk: ", std::strerror(errno));
+    }
+  } catch (...) {
+    std::fclose(file);
+    std::filesystem::remove(tmp);
+    throw;
+  }
+  if (std::fclose(file) != 0) fail(tmp.string(), ": close failed: ", std::strerror(errno));
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    std::filesystem::remove(tmp);
+    fail(path.string(), ": cannot rename the temporary file into place: ", std::strerror(err));
+  }
+  // Make the rename itself durable.
+  int dir = ::open(path.parent_path().empty() ? "." : path.parent_path().c_str(), O_RDONLY | O_DIRECTORY);
+  if (dir >= 0) {
+    ::fsync(dir);
+    ::close(dir);
+  }
+}
+
+}  // namespace mamba

@@ -1,0 +1,42 @@
+// Files: read-only memory maps, whole-file reads, and atomic writes (temporary file, fsync, rename)
+// for everything that must survive a crash (checkpoints, states).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <string_view>
+
+namespace mamba {
+
+// A read-only memory map of a whole file. Move-only; unmaps on destruction.
+class MappedFile {
+ public:
+  MappedFile() = default;
+  explicit MappedFile(const std::filesystem::path& path);
+  MappedFile(MappedFile&& other) noexcept;
+  MappedFile& operator=(MappedFile&& other) noexcept;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  ~MappedFile();
+
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+std::string read_text_file(const std::filesystem::path& path);
+
+// Writes a file so that a reader sees either the old contents or the new, never a torn file:
+// `write` fills a temporary file beside `path`, which is fsynced and then renamed over it.
+void write_file_atomic(const std::filesystem::path& path, const std::function<void(std::FILE*)>& write);
+void write_bytes(std::FILE* file, const void* data, size_t size, const std::filesystem::path& path);
+
+}  // namespace mamba

@@ -1,0 +1,150 @@
+#include "core/npy.h"
+
+#include <cstring>
+#include <regex>
+
+#include "core/error.h"
+#include "core/file.h"
+
+namespace mamba {
+
+namespace {
+
+size_t descr_size(const std::string& descr) {
+  if (descr.size() < 3 || (descr[0] != '<' && descr[0] != '|')) return 0;
+  char kind = descr[1];
+  if (kind != 'f' && kind != 'i' && kind != 'u') return 0;
+  int size = std::atoi(descr.c_str() + 2);
+  return (size == 1 || size == 2 || size == 4 || size == 8) ? static_cast<size_t>(size) : 0;
+}
+
+void write_npy_bytes(const std::filesystem::path& path, const char* descr, const void* data, size_t elem,
+                     const std::vector<int64_t>& shape) {
+  std::string dims;
+  size_t numel = 1;
+  for (int64_t d : shape) {
+    dims += std::to_string(d) + ", ";
+    numel *= static_cast<size_t>(d);
+  }
+  if (shape.size() > 1) dims.resize(dims.size() - 2);
+  std::string header = std::string("{'descr': '") + descr + "', 'fortran_order': False, 'shape': (" + dims + "), }";
+  // Magic (6) + version (2) + length (2) + header + '\n', padded to a multiple of 64.
+  size_t total = 10 + header.size() + 1;
+  header.append((64 - total % 64) % 64, ' ');
+  header += '\n';
+  uint16_t len = static_cast<uint16_t>(header.size());
+  write_file_atomic(path, [&](std::FILE* out) {
+    write_bytes(out, "\x93NUMPY\x01\x00", 8, path);
+    write_bytes(out, &len, 2, path);
+    write_bytes(out, header.data(), header.size(), path);
+    write_bytes(out, data, numel * elem, path);
+  });
+}
+
+}  // namespace
+
+int64_t NpyArray::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+std::vector<float> NpyArray::as_f32() const {
+  std::vector<float> out(static_cast<size_t>(numel()));
+  if (descr == "<f4") {
+    std::memcpy(out.data(), bytes.data(), out.size() * 4);
+  } else if (descr == "<f8") {
+    for (size_t i = 0; i < out.size(); i++) {
+      double v;
+      std::memcpy(&v, bytes.data() + 8 * i, 8);
+      out[i] = static_cast<float>(v);
+    }
+  } else {
+    fail("npy array of dtype ", descr, " where float32 or float64 was expected");
+  }
+  return out;
+}
+
+std::vector<int64_t> NpyArray::as_i64() const {
+  std::vector<int64_t> out(static_cast<size_t>(numel()));
+  size_t size = descr_size(descr);
+  if (descr[1] == 'f' || size == 0) fail("npy array of dtype ", descr, " where integers were expected");
+  for (size_t i = 0; i < out.size(); i++) {
+    const uint8_t* p = bytes.data() + size * i;
+    if (descr[1] == 'i') {
+      switch (size) {
+        case 1: out[i] = static_cast<int8_t>(*p); break;
+        case 2: { int16_t v; std::memcpy(&v, p, 2); out[i] = v; break; }
+        case 4: { int32_t v; std::memcpy(&v, p, 4); out[i] = v; break; }
+        default: { int64_t v; std::memcpy(&v, p, 8); out[i] = v; break; }
+      }
+    } else {
+      switch (size) {
+        case 1: out[i] = *p; break;
+        case 2: { uint16_t v; std::memcpy(&v, p, 2); out[i] = v; break; }
+        case 4: { uint32_t v; std::memcpy(&v, p, 4); out[i] = v; break; }
+        default: {
+          uint64_t v;
+          std::memcpy(&v, p, 8);
+          if (v > static_cast<uint64_t>(INT64_MAX)) fail("npy array value ", v, " is out of range");
+          out[i] = static_cast<int64_t>(v);
+          break;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+NpyArray read_npy(const std::filesystem::path& path) {
+  MappedFile file(path);
+  const std::string where = path.string();
+  const uint8_t* p = file.data();
+  if (file.size() < 10 || std::memcmp(p, "\x93NUMPY", 6) != 0) fail(where, ": not a .npy file (bad magic)");
+  size_t header_len, offset;
+  if (p[6] == 1) {
+    header_len = static_cast<size_t>(p[8]) | (static_cast<size_t>(p[9]) << 8);
+    offset = 10;
+  } else if (p[6] == 2 || p[6] == 3) {
+    if (file.size() < 12) fail(where, ": truncated .npy header");
+    uint32_t len;
+    std::memcpy(&len, p + 8, 4);
+    header_len = len;
+    offset = 12;
+  } else {
+    fail(where, ": unsupported .npy version ", int(p[6]));
+  }
+  if (offset + header_len > file.size()) fail(where, ": .npy header runs past the end of the file");
+  std::string header(reinterpret_cast<const char*>(p + offset), header_len);
+  std::smatch m;
+  NpyArray array;
+  if (!std::regex_search(header, m, std::regex("'descr':\\s*'([^']*)'"))) fail(where, ": .npy header has no descr");
+  array.descr = m[1];
+  if (std::regex_search(header, m, std::regex("'fortran_order':\\s*True"))) {
+    fail(where, ": Fortran-ordered .npy arrays are not supported");
+  }
+  if (!std::regex_search(header, m, std::regex("'shape':\\s*\\(([^)]*)\\)"))) fail(where, ": .npy header has no shape");
+  std::string dims = m[1];
+  std::regex number("\\d+");
+  for (auto it = std::sregex_iterator(dims.begin(), dims.end(), number); it != std::sregex_iterator(); ++it) {
+    array.shape.push_back(std::stoll(it->str()));
+  }
+  size_t elem = descr_size(array.descr);
+  if (elem == 0) fail(where, ": unsupported .npy dtype ", array.descr);
+  size_t nbytes = static_cast<size_t>(array.numel()) * elem;
+  if (offset + header_len + nbytes != file.size()) {
+    fail(where, ": .npy data is ", file.size() - offset - header_len, " bytes, shape needs ", nbytes);
+  }
+  array.bytes.assign(p + offset + header_len, p + offset + header_len + nbytes);
+  return array;
+}
+
+void write_npy(const std::filesystem::path& path, const float* data, const std::vector<int64_t>& shape) {
+  write_npy_bytes(path, "<f4", data, 4, shape);
+}
+
+void write_npy(const std::filesystem::path& path, const int32_t* data, const std::vector<int64_t>& shape) {
+  write_npy_bytes(path, "<i4", data, 4, shape);
+}
+
+}  // namespace mamba

@@ -1,0 +1,57 @@
+// The model's parameters: their names and shapes (Hugging Face naming, the order of the forward
+// pass), one flat fp32 layout for them, and named views into it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace mamba {
+
+struct ParamSpec {
+  std::string name;            // e.g. "backbone.layers.3.mixer.A_log"
+  std::vector<int64_t> shape;  // as stored in model.safetensors
+  int64_t offset = 0;          // into the flat parameter layout, in floats
+  int64_t numel = 0;
+  bool weight_decay = true;  // false for biases, norm weights, A_log and D (as the official code marks them)
+};
+
+// Every parameter of a model with this config, in forward order; offsets give one flat layout.
+std::vector<ParamSpec> param_specs(const Config& config);
+int64_t param_layout_size(const std::vector<ParamSpec>& specs);
+
+struct LayerWeights {
+  const float* norm;        // (d_model)
+  const float* in_proj_w;   // (2·d_inner, d_model): rows [0, d_inner) give x, [d_inner, 2·d_inner) give z
+  const float* in_proj_b;   // (2·d_inner) or null
+  const float* conv_w;      // (d_inner, 1, d_conv)
+  const float* conv_b;      // (d_inner) or null
+  const float* x_proj_w;    // (dt_rank + 2N, d_inner): rows give δ, B, C
+  const float* dt_proj_w;   // (d_inner, dt_rank)
+  const float* dt_proj_b;   // (d_inner)
+  const float* A_log;       // (d_inner, N)
+  const float* D;           // (d_inner)
+  const float* out_proj_w;  // (d_model, d_inner)
+  const float* out_proj_b;  // (d_model) or null
+};
+
+struct Weights {
+  const float* embedding;  // (V, d_model)
+  std::vector<LayerWeights> layers;
+  const float* norm_f;   // (d_model)
+  const float* lm_head;  // (V, d_model); the embedding when tied
+};
+
+// Views for every spec, from `lookup` (which returns the fp32 data of one spec).
+Weights bind_weights(const Config& config, const std::vector<ParamSpec>& specs,
+                     const std::function<const float*(const ParamSpec&)>& lookup);
+
+// The official initialisation (mamba_ssm's Mamba.__init__ and _init_weights), seeded:
+// A_log = log(1..N), D = 1, dt bias = softplus⁻¹(Δ) with Δ log-uniform in [1e-3, 0.1] floored at 1e-4,
+// dt_proj weight U(±R^−½), embedding N(0, 0.02), out_proj scaled by 1/√n_layer, biases 0, norms 1.
+void init_params(float* params, const Config& config, const std::vector<ParamSpec>& specs, uint64_t seed);
+
+}  // namespace mamba
