@@ -81,48 +81,101 @@ void conv1d_silu_forward(float* out, float* tail, const float* inp, int64_t inp_
 }
 
 void selective_scan_forward(const ScanParams& p) {
-  constexpr int kBlock = 8;  // channels scanned together: their states stay in registers
+  // Vectorized across channels: a block of kLanes channels advances one time step at a time, each
+  // state index n one vector operation, so no horizontal sums are needed. A partial last block runs
+  // on zero-padded lanes whose results are not stored.
+  constexpr int kLanes = 16;
   const int N = p.dstate, D = p.dim, L = p.seqlen;
-  const int blocks = (D + kBlock - 1) / kBlock;
+  const int blocks = (D + kLanes - 1) / kLanes;
 #pragma omp parallel for collapse(2) schedule(static) if (static_cast<int64_t>(p.batch) * L * D * N > 65536)
   for (int b = 0; b < p.batch; b++) {
     for (int blk = 0; blk < blocks; blk++) {
-      const int d0 = blk * kBlock, nd = std::min(kBlock, D - d0);
-      const int64_t row0 = static_cast<int64_t>(b) * L;
-      float h[kBlock][kMaxState];
+      const int d0 = blk * kLanes, nd = std::min(kLanes, D - d0);
+      alignas(64) float h[kMaxState][kLanes] = {};  // h[n][lane]
+      alignas(64) float A[kMaxState][kLanes] = {};  // A transposed for this block
+      alignas(64) float bias[kLanes] = {}, skip[kLanes] = {};
       for (int i = 0; i < nd; i++) {
-        const float* h0 = p.state_in ? p.state_in + (static_cast<int64_t>(b) * D + d0 + i) * N : nullptr;
-        for (int n = 0; n < N; n++) h[i][n] = h0 ? h0[n] : 0.0f;
+        const int64_t d = d0 + i;
+        for (int n = 0; n < N; n++) {
+          A[n][i] = p.A[d * N + n];
+          if (p.state_in) h[n][i] = p.state_in[(b * int64_t{D} + d) * N + n];
+        }
+        bias[i] = p.delta_bias ? p.delta_bias[d] : 0.0f;
+        skip[i] = p.D ? p.D[d] : 0.0f;
       }
       for (int t = 0; t < L; t++) {
-        const int64_t row = row0 + t;
-        const float* u = p.u + row * p.u_stride + d0;
-        const float* dl = p.delta + row * p.delta_stride + d0;
+        const int64_t row = int64_t{b} * L + t;
         const float* Bt = p.Bm + row * p.bc_stride;
         const float* Ct = p.Cm + row * p.bc_stride;
-        float* y = p.y + row * p.y_stride + d0;
+        alignas(64) float u[kLanes] = {}, dt[kLanes] = {}, gate[kLanes], y[kLanes] = {};
         for (int i = 0; i < nd; i++) {
-          const int d = d0 + i;
-          float dt = dl[i] + (p.delta_bias ? p.delta_bias[d] : 0.0f);
-          if (p.delta_softplus) dt = softplus(dt);
-          const float* A = p.A + static_cast<int64_t>(d) * N;
-          const float dtu = dt * u[i];
-          float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-          for (int n = 0; n < N; n++) {
-            h[i][n] = exp_approx(dt * A[n]) * h[i][n] + dtu * Bt[n];
-            acc += Ct[n] * h[i][n];
-          }
-          float out = acc + (p.D ? p.D[d] * u[i] : 0.0f);
-          if (p.z) out *= silu(p.z[row * p.z_stride + d]);
-          y[i] = out;
+          u[i] = p.u[row * p.u_stride + d0 + i];
+          dt[i] = p.delta[row * p.delta_stride + d0 + i];
         }
+        if (p.delta_softplus) {
+#pragma omp simd
+          for (int i = 0; i < kLanes; i++) dt[i] = softplus(dt[i] + bias[i]);
+        } else {
+          for (int i = 0; i < kLanes; i++) dt[i] += bias[i];
+        }
+        for (int n = 0; n < N; n++) {
+          const float bn = Bt[n], cn = Ct[n];
+#pragma omp simd
+          for (int i = 0; i < kLanes; i++) {
+            h[n][i] = exp_approx(dt[i] * A[n][i]) * h[n][i] + dt[i] * bn * u[i];
+            y[i] += cn * h[n][i];
+          }
+        }
+        for (int i = 0; i < kLanes; i++) y[i] += skip[i] * u[i];
+        if (p.z) {
+          for (int i = 0; i < nd; i++) gate[i] = p.z[row * p.z_stride + d0 + i];
+          for (int i = nd; i < kLanes; i++) gate[i] = 0.0f;
+#pragma omp simd
+          for (int i = 0; i < kLanes; i++) y[i] *= silu(gate[i]);
+        }
+        float* out = p.y + row * p.y_stride + d0;
+        for (int i = 0; i < nd; i++) out[i] = y[i];
       }
       if (p.state_out) {
         for (int i = 0; i < nd; i++) {
-          std::memcpy(p.state_out + (static_cast<int64_t>(b) * D + d0 + i) * N, h[i], sizeof(float) * N);
+          for (int n = 0; n < N; n++) p.state_out[(b * int64_t{D} + d0 + i) * N + n] = h[n][i];
         }
       }
+    }
+  }
+}
+
+void selective_scan_forward_checkpointed(const ScanParams& p, float* checkpoints, int chunk) {
+  const int L = p.seqlen, D = p.dim, N = p.dstate;
+  const int n_chunks = (L + chunk - 1) / chunk;
+  const int64_t state_size = static_cast<int64_t>(D) * N;
+  for (int b = 0; b < p.batch; b++) {
+    float* ckpt = checkpoints + static_cast<int64_t>(b) * n_chunks * state_size;  // (n_chunks, D, N)
+    if (p.state_in) {
+      std::memcpy(ckpt, p.state_in + b * state_size, sizeof(float) * state_size);
+    } else {
+      std::memset(ckpt, 0, sizeof(float) * state_size);
+    }
+    for (int c = 0; c < n_chunks; c++) {
+      const int t0 = c * chunk;
+      const int64_t row = static_cast<int64_t>(b) * L + t0;
+      // One sequence's chunk as a scan of its own: batch 1, length Lc, from checkpoint c to c + 1.
+      ScanParams q = p;
+      q.batch = 1;
+      q.seqlen = std::min(chunk, L - t0);
+      q.y = p.y + row * p.y_stride;
+      q.u = p.u + row * p.u_stride;
+      q.delta = p.delta + row * p.delta_stride;
+      q.Bm = p.Bm + row * p.bc_stride;
+      q.Cm = p.Cm + row * p.bc_stride;
+      q.z = p.z ? p.z + row * p.z_stride : nullptr;
+      q.state_in = ckpt + c * state_size;
+      if (c + 1 < n_chunks) {
+        q.state_out = ckpt + (c + 1) * state_size;
+      } else {
+        q.state_out = p.state_out ? p.state_out + b * state_size : nullptr;
+      }
+      selective_scan_forward(q);
     }
   }
 }

@@ -30,4 +30,10 @@ void conv1d_silu_forward(float* out, float* tail, const float* inp, int64_t inp_
 // h_t = exp(Δ_t·A) ⊙ h_{t−1} + Δ_t·B_t·u_t,  y_t = C_t·h_t + D ⊙ u_t,  y_t ← y_t ⊙ SiLU(z_t).
 void selective_scan_forward(const ScanParams& params);
 
+// The same scan, also storing the state ENTERING each chunk of `chunk` steps (the first is h_0):
+// checkpoints (B, ⌈L / chunk⌉, D, N), what selective_scan_backward recomputes from (paper §3.3.2).
+// It runs selective_scan_forward chunk by chunk, chaining the state through the checkpoints, so its y
+// and state_out equal the plain forward's bitwise.
+void selective_scan_forward_checkpointed(const ScanParams& params, float* checkpoints, int chunk);
+
 }  // namespace mamba::cpu
