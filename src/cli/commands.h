@@ -10,6 +10,9 @@ void add_info(CLI::App& app);
 void add_init(CLI::App& app);
 void add_score(CLI::App& app);
 void add_bench(CLI::App& app);
+void add_train(CLI::App& app);
+void add_generate(CLI::App& app);
+void add_tokenize(CLI::App& app);
 
 // Sets the OpenMP and OpenBLAS thread counts (0 = all cores).
 void set_threads(int threads);

@@ -17,6 +17,9 @@ int main(int argc, char** argv) {
   mamba::cli::add_init(app);
   mamba::cli::add_score(app);
   mamba::cli::add_bench(app);
+  mamba::cli::add_train(app);
+  mamba::cli::add_generate(app);
+  mamba::cli::add_tokenize(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

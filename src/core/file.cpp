@@ -90,11 +90,14 @@ void write_file_atomic(const std::filesystem::path& path, const std::function<vo
     std::filesystem::remove(tmp);
     fail(path.string(), ": cannot rename the temporary file into place: ", std::strerror(err));
   }
-  // Make the rename itself durable.
-  int dir = ::open(path.parent_path().empty() ? "." : path.parent_path().c_str(), O_RDONLY | O_DIRECTORY);
-  if (dir >= 0) {
-    ::fsync(dir);
-    ::close(dir);
+  fsync_dir(path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path());  // the rename itself
+}
+
+void fsync_dir(const std::filesystem::path& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
   }
 }
 

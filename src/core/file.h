@@ -37,6 +37,8 @@ std::string read_text_file(const std::filesystem::path& path);
 // Writes a file so that a reader sees either the old contents or the new, never a torn file:
 // `write` fills a temporary file beside `path`, which is fsynced and then renamed over it.
 void write_file_atomic(const std::filesystem::path& path, const std::function<void(std::FILE*)>& write);
+// Makes the creation, rename or removal of entries in `dir` durable.
+void fsync_dir(const std::filesystem::path& dir);
 void write_bytes(std::FILE* file, const void* data, size_t size, const std::filesystem::path& path);
 
 }  // namespace mamba

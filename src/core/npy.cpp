@@ -1,7 +1,7 @@
 #include "core/npy.h"
 
+#include <cctype>
 #include <cstring>
-#include <regex>
 
 #include "core/error.h"
 #include "core/file.h"
@@ -116,18 +116,35 @@ NpyArray read_npy(const std::filesystem::path& path) {
   }
   if (offset + header_len > file.size()) fail(where, ": .npy header runs past the end of the file");
   std::string header(reinterpret_cast<const char*>(p + offset), header_len);
-  std::smatch m;
   NpyArray array;
-  if (!std::regex_search(header, m, std::regex("'descr':\\s*'([^']*)'"))) fail(where, ": .npy header has no descr");
-  array.descr = m[1];
-  if (std::regex_search(header, m, std::regex("'fortran_order':\\s*True"))) {
+  // The header is a Python dict literal: {'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }
+  auto value_of = [&](const std::string& key) -> size_t {
+    size_t at = header.find("'" + key + "'");
+    if (at == std::string::npos) fail(where, ": .npy header has no ", key);
+    at = header.find(':', at);
+    if (at == std::string::npos) fail(where, ": .npy header is malformed at ", key);
+    return header.find_first_not_of(' ', at + 1);
+  };
+  size_t at = value_of("descr");
+  size_t end = at == std::string::npos ? at : header.find('\'', at + 1);
+  if (at == std::string::npos || header[at] != '\'' || end == std::string::npos) fail(where, ": .npy descr is malformed");
+  array.descr = header.substr(at + 1, end - at - 1);
+  if (header.compare(value_of("fortran_order"), 4, "True") == 0) {
     fail(where, ": Fortran-ordered .npy arrays are not supported");
   }
-  if (!std::regex_search(header, m, std::regex("'shape':\\s*\\(([^)]*)\\)"))) fail(where, ": .npy header has no shape");
-  std::string dims = m[1];
-  std::regex number("\\d+");
-  for (auto it = std::sregex_iterator(dims.begin(), dims.end(), number); it != std::sregex_iterator(); ++it) {
-    array.shape.push_back(std::stoll(it->str()));
+  at = value_of("shape");
+  end = at == std::string::npos ? at : header.find(')', at);
+  if (at == std::string::npos || header[at] != '(' || end == std::string::npos) fail(where, ": .npy shape is malformed");
+  for (size_t i = at + 1; i < end;) {
+    if (std::isdigit(static_cast<unsigned char>(header[i]))) {
+      size_t used = 0;
+      array.shape.push_back(std::stoll(header.substr(i, end - i), &used));
+      i += used;
+    } else if (header[i] == ',' || header[i] == ' ' || header[i] == 'L') {
+      i++;
+    } else {
+      fail(where, ": .npy shape is malformed");
+    }
   }
   size_t elem = descr_size(array.descr);
   if (elem == 0) fail(where, ": unsupported .npy dtype ", array.descr);

@@ -1,0 +1,71 @@
+// The whole model's forward and backward over a batch for training: the forward keeps what the
+// backward needs (per layer, in one allocation), the backward calls the ops' backward in exact reverse
+// order and accumulates parameter gradients into a buffer laid out like the parameters.
+// The scan keeps only its chunk-boundary states (paper §3.3.2) and recomputes inside each chunk.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace mamba {
+
+class Backprop {
+ public:
+  // Buffers for batches of B sequences of L tokens; `scan_chunk` steps between saved scan states.
+  Backprop(const Config& config, int B, int L, int scan_chunk = 256);
+
+  // Mean cross-entropy of targets (B, L) given inputs (B, L), over targets ≠ ignore_index.
+  // With `grads` (laid out by param_specs), also runs the backward and ADDS d(loss)/d(params).
+  // Every sequence starts from the zero state. Allocates nothing once the buffers exist.
+  double step(const float* params, float* grads, const int32_t* inputs, const int32_t* targets,
+              int ignore_index = -100);
+
+  // Bytes of saved activations and scratch (for the memory formula in docs/training.md).
+  int64_t activation_bytes() const { return static_cast<int64_t>(saved_.size() + scratch_.size()) * 4; }
+  int batch() const { return B_; }
+  int seqlen() const { return L_; }
+
+ private:
+  struct LayerSaved {
+    float* residual;     // (M, d) the residual stream entering this layer's norm
+    float* normed;       // (M, d)
+    float* xz;           // (M, 2·Di)
+    float* xc;           // (M, Di) SiLU(conv(x)): the scan's u
+    float* xdbl;         // (M, R + 2N)
+    float* delta;        // (M, Di)
+    float* y;            // (M, Di) gated scan output
+    float* checkpoints;  // (B, ⌈L / chunk⌉, Di, N)
+  };
+
+  Config config_;
+  std::vector<ParamSpec> specs_;
+  int B_, L_, chunk_;
+  std::vector<float> saved_;  // every LayerSaved view, then the final residual and norm
+  std::vector<LayerSaved> layers_;
+  float* residual_f_;  // (M, d)
+  float* normed_f_;    // (M, d)
+  std::vector<float> scratch_;  // forward temporaries and backward gradients, reused per layer
+  float* hidden_;   // (M, d)
+  float* dresid_;   // (M, d)
+  float* dnormed_;  // (M, d)
+  float* dxz_;      // (M, 2·Di)
+  float* dxc_;      // (M, Di)
+  float* dxdbl_;    // (M, R + 2N)
+  float* ddelta_;   // (M, Di)
+  float* dy_;       // (M, Di)
+  float* dA_;       // (Di, N)
+  float* A_;        // (Di, N)
+  float* logits_;   // (rows, V) scratch of the fused head + cross-entropy
+  float* tail_;     // (B, d_conv − 1, Di) zeros: training sequences start from the zero state
+  float* dhead_;    // (V, d) head gradient of a loss-only step, discarded
+  int64_t logit_rows_;
+  // Views of the parameters and of their gradients, bound on first use of each buffer.
+  const float* bound_params_ = nullptr;
+  const float* bound_grads_ = nullptr;
+  Weights w_, g_;
+};
+
+}  // namespace mamba

@@ -1,0 +1,61 @@
+// AdamW with torch.optim.AdamW's semantics, global-norm gradient clipping, and the learning-rate
+// schedule (linear warmup, then cosine decay to a floor, or constant).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/weights.h"
+
+namespace mamba {
+
+struct AdamWOptions {
+  double lr = 1e-3;
+  double beta1 = 0.9, beta2 = 0.95;  // the paper's recipe (Appendix E.2)
+  double eps = 1e-8;
+  double weight_decay = 0.1;  // on weights only: not on biases, norms, A_log, D
+};
+
+class AdamW {
+ public:
+  AdamW(const std::vector<ParamSpec>& specs, int64_t size, AdamWOptions options);
+
+  // One update of params from grads at learning rate lr (torch.optim.AdamW, amsgrad off):
+  //   p ← p − lr·λ·p (decay group only);  m ← β1 m + (1 − β1) g;  v ← β2 v + (1 − β2) g²;
+  //   p ← p − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε).
+  void update(float* params, const float* grads, double lr);
+
+  int64_t steps() const { return t_; }
+  std::vector<float>& m() { return m_; }
+  std::vector<float>& v() { return v_; }
+  void set_steps(int64_t t) { t_ = t; }
+
+ private:
+  struct Range {
+    int64_t offset, numel;
+    bool decay;
+  };
+  std::vector<Range> ranges_;
+  AdamWOptions options_;
+  std::vector<float> m_, v_;
+  int64_t t_ = 0;
+};
+
+// √(Σ g²) over the whole buffer, in double, in a fixed order.
+double global_grad_norm(const float* grads, int64_t n);
+// Scales grads so that their global norm is at most max_norm (torch.nn.utils.clip_grad_norm_:
+// factor max_norm / (norm + 1e-6) when below 1). Returns the norm before clipping.
+double clip_grad_norm(float* grads, int64_t n, double max_norm);
+
+struct Schedule {
+  std::string kind = "cosine";  // "cosine" or "constant"
+  double lr = 1e-3, lr_min = 1e-4;
+  int64_t warmup = 0, total = 1;
+
+  // Learning rate for step s (0-based): (s + 1)/warmup · lr during warmup, then cosine from lr to
+  // lr_min at the last step, or lr throughout.
+  double at(int64_t s) const;
+};
+
+}  // namespace mamba
