@@ -70,6 +70,7 @@ void add_generate(CLI::App& app) {
       engine.step(&next, 1, state, logits.data());
     }
     std::printf("\n");
+    std::fflush(stdout);
     auto t2 = std::chrono::steady_clock::now();
     const double prefill = std::chrono::duration<double>(t1 - t0).count();
     const double decode = std::chrono::duration<double>(t2 - t1).count();
