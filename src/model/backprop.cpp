@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "model/mixer.h"
 #include "ops/cpu/backward.h"
 #include "ops/cpu/ops.h"
 
@@ -89,29 +90,7 @@ double Backprop::step(const float* params, float* grads, const int32_t* inputs, 
   // Gradient views share the parameters' layout; they are written, hence the cast.
   auto mut = [](const float* p) { return const_cast<float*>(p); };
 
-  auto scan_params = [&](const LayerSaved& s, const LayerWeights& lw) {
-    ScanParams p;
-    p.batch = B_;
-    p.seqlen = L_;
-    p.dim = Di;
-    p.dstate = N;
-    p.y = s.y;
-    p.y_stride = Di;
-    p.u = s.xc;
-    p.u_stride = Di;
-    p.delta = s.delta;
-    p.delta_stride = Di;
-    p.A = A_;
-    p.Bm = s.xdbl + R;
-    p.Cm = s.xdbl + R + N;
-    p.bc_stride = xw;
-    p.D = lw.D;
-    p.z = s.xz + Di;
-    p.z_stride = 2 * Di;
-    p.delta_bias = lw.dt_proj_b;
-    p.delta_softplus = true;
-    return p;
-  };
+  auto buffers = [](const LayerSaved& s) { return MixerBuffers{s.xz, s.xc, s.xdbl, s.delta, s.y}; };
   auto compute_A = [&](const LayerWeights& lw) {
     for (int64_t i = 0; i < int64_t{Di} * N; i++) A_[i] = -std::exp(lw.A_log[i]);
   };
@@ -123,14 +102,9 @@ double Backprop::step(const float* params, float* grads, const int32_t* inputs, 
     LayerSaved& s = layers_[l];
     if (l > 0) std::memcpy(s.residual, layers_[l - 1].residual, sizeof(float) * M * d);
     cpu::residual_rmsnorm_forward(s.normed, s.residual, hidden_, lw.norm, l == 0, M, d, c.norm_eps);
-    cpu::matmul_forward(s.xz, 2 * Di, s.normed, d, lw.in_proj_w, lw.in_proj_b, M, d, 2 * Di);
-    zero(tail_, int64_t{B_} * (K - 1) * Di);
-    cpu::conv1d_silu_forward(s.xc, tail_, s.xz, 2 * Di, lw.conv_w, lw.conv_b, B_, L_, Di, K);
-    cpu::matmul_forward(s.xdbl, xw, s.xc, Di, lw.x_proj_w, nullptr, M, Di, xw);
-    cpu::matmul_forward(s.delta, Di, s.xdbl, xw, lw.dt_proj_w, nullptr, M, R, Di);
     compute_A(lw);
-    cpu::selective_scan_forward_checkpointed(scan_params(s, lw), s.checkpoints, chunk_);
-    cpu::matmul_forward(hidden_, d, s.y, Di, lw.out_proj_w, lw.out_proj_b, M, Di, d);
+    zero(tail_, int64_t{B_} * (K - 1) * Di);  // training sequences start from the zero state
+    mixer_forward(hidden_, buffers(s), s.normed, lw, A_, c, B_, L_, MixerCarry{tail_, nullptr, nullptr, s.checkpoints, chunk_});
   }
   std::memcpy(residual_f_, layers_.back().residual, sizeof(float) * M * d);
   cpu::residual_rmsnorm_forward(normed_f_, residual_f_, hidden_, w.norm_f, false, M, d, c.norm_eps);
@@ -174,7 +148,7 @@ double Backprop::step(const float* params, float* grads, const int32_t* inputs, 
     g.dz = dxz_ + Di;
     g.dz_stride = 2 * Di;
     g.ddelta_bias = mut(gw.dt_proj_b);
-    cpu::selective_scan_backward(g, scan_params(s, lw), s.checkpoints, chunk_);
+    cpu::selective_scan_backward(g, mixer_scan_params(buffers(s), lw, A_, c, B_, L_), s.checkpoints, chunk_);
     float* dA_log = mut(gw.A_log);
     for (int64_t i = 0; i < int64_t{Di} * N; i++) dA_log[i] += dA_[i] * A_[i];  // A = −exp(A_log)
     // dt_proj, x_proj

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "model/mixer.h"
 #include "ops/cpu/ops.h"
 
 namespace mamba {
@@ -61,44 +62,15 @@ void Engine::forward(const int32_t* tokens, int B, int L, State& state, float* l
 void Engine::run_chunk(int B, int Lc, State& state, float* logits, int64_t ld_seq, bool last_only) {
   const Config& c = model_.config();
   const Weights& w = model_.weights();
-  const int d = c.d_model, Di = c.d_inner(), N = c.d_state, R = c.dt_rank, K = c.d_conv, V = c.vocab_size;
-  const int xw = R + 2 * N;
+  const int d = c.d_model, V = c.vocab_size;
   const int64_t M = int64_t{B} * Lc;
 
   cpu::embedding_forward(hidden_, chunk_tokens_.data(), w.embedding, M, d);
   for (int l = 0; l < c.n_layer; l++) {
     const LayerWeights& lw = w.layers[l];
     cpu::residual_rmsnorm_forward(normed_, residual_, hidden_, lw.norm, l == 0, M, d, c.norm_eps);
-    cpu::matmul_forward(xz_, 2 * Di, normed_, d, lw.in_proj_w, lw.in_proj_b, M, d, 2 * Di);
-    cpu::conv1d_silu_forward(xc_, state.conv_layer(l), xz_, 2 * Di, lw.conv_w, lw.conv_b, B, Lc, Di, K);
-    cpu::matmul_forward(xdbl_, xw, xc_, Di, lw.x_proj_w, nullptr, M, Di, xw);
-    cpu::matmul_forward(delta_, Di, xdbl_, xw, lw.dt_proj_w, nullptr, M, R, Di);
-
-    ScanParams scan;
-    scan.batch = B;
-    scan.seqlen = Lc;
-    scan.dim = Di;
-    scan.dstate = N;
-    scan.y = y_;
-    scan.y_stride = Di;
-    scan.u = xc_;
-    scan.u_stride = Di;
-    scan.delta = delta_;
-    scan.delta_stride = Di;
-    scan.A = model_.A(l);
-    scan.Bm = xdbl_ + R;
-    scan.Cm = xdbl_ + R + N;
-    scan.bc_stride = xw;
-    scan.D = lw.D;
-    scan.z = xz_ + Di;
-    scan.z_stride = 2 * Di;
-    scan.delta_bias = lw.dt_proj_b;
-    scan.delta_softplus = true;
-    scan.state_in = state.ssm_layer(l);
-    scan.state_out = state.ssm_layer(l);
-    cpu::selective_scan_forward(scan);
-
-    cpu::matmul_forward(hidden_, d, y_, Di, lw.out_proj_w, lw.out_proj_b, M, Di, d);
+    mixer_forward(hidden_, MixerBuffers{xz_, xc_, xdbl_, delta_, y_}, normed_, lw, model_.A(l), c, B, Lc,
+                  MixerCarry{state.conv_layer(l), state.ssm_layer(l), state.ssm_layer(l)});
   }
   if (!logits) return;
   cpu::residual_rmsnorm_forward(normed_, residual_, hidden_, w.norm_f, false, M, d, c.norm_eps);

@@ -1,0 +1,42 @@
+// The Mamba block's mixer (paper §3.4, Figure 3), forward, over M = B·L rows, shared by inference
+// (Engine) and training (Backprop):
+//   xz = in_proj(normed);  x, z = xz
+//   xc = SiLU(conv1d(x))                       (causal, carrying its d_conv − 1 tail)
+//   δ, B, C = x_proj(xc);  Δ = softplus(dt_proj(δ) + bias)
+//   y = selective_scan(xc, Δ, A, B, C, D) ⊙ SiLU(z)   (carrying its state)
+//   out = out_proj(y)
+#pragma once
+
+#include "model/config.h"
+#include "model/weights.h"
+#include "ops/scan_params.h"
+
+namespace mamba {
+
+// Where the mixer's activations go (all (M, ·), token-major).
+struct MixerBuffers {
+  float* xz;     // (M, 2·Di) in_proj output: x | z
+  float* xc;     // (M, Di) SiLU(conv1d(x)): the scan's u
+  float* xdbl;   // (M, R + 2N) x_proj output: δ | B | C
+  float* delta;  // (M, Di) dt_proj(δ), before bias and softplus
+  float* y;      // (M, Di) gated scan output
+};
+
+// What the recurrence carries across calls.
+struct MixerCarry {
+  float* conv_tail;                // (B, d_conv − 1, Di) in: the inputs before t = 0; out: the last ones
+  const float* ssm_in = nullptr;   // (B, Di, N) h_0, or null for zeros
+  float* ssm_out = nullptr;        // (B, Di, N) h_L, or null
+  float* checkpoints = nullptr;    // (B, ⌈L/chunk⌉, Di, N) for the backward, or null
+  int chunk = 0;
+};
+
+// The scan's arguments for this layer's buffers; the state pointers are left null.
+ScanParams mixer_scan_params(const MixerBuffers& buf, const LayerWeights& lw, const float* A, const Config& c,
+                             int B, int L);
+
+// out (M, d) = mixer(normed (M, d)). A = −exp(A_log) of this layer, (Di, N).
+void mixer_forward(float* out, const MixerBuffers& buf, const float* normed, const LayerWeights& lw, const float* A,
+                   const Config& c, int B, int L, const MixerCarry& carry);
+
+}  // namespace mamba
