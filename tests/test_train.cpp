@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <fstream>
 
 #include "core/error.h"
@@ -278,6 +279,63 @@ TEST(Training, KeepsTheLastKCheckpoints) {
   for (const auto& e : std::filesystem::directory_iterator(tmp / "run" / "checkpoints")) count += e.is_directory();
   EXPECT_EQ(count, 2);
   EXPECT_EQ(Trainer::latest_checkpoint(tmp / "run").filename(), "step-00000006");
+}
+
+TEST(Training, NonFiniteLossStopsWithoutSaving) {
+  test::TempDir tmp;
+  Dataset data = tiny_text_dataset(tmp);
+  Config c = tiny_byte_config();
+  Trainer good(c, init(c, 9), data, tiny_options(2), tmp / "run");
+  good.run();
+  const auto last = Trainer::latest_checkpoint(tmp / "run");
+  auto params = init(c, 9);
+  params[param_specs(c)[1].offset] = std::numeric_limits<float>::quiet_NaN();  // a poisoned weight
+  TrainOptions o = tiny_options(4);
+  Trainer bad(c, params, data, o, tmp / "run");
+  try {
+    bad.run();
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("nan"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(last.string()), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(Trainer::latest_checkpoint(tmp / "run"), last);
+}
+
+TEST(Training, AccumulatedMicroBatchesEqualOneBatch) {
+  Config c = tiny_byte_config();
+  auto params = init(c, 10);
+  Rng rng(4);
+  std::vector<int32_t> ids(2 * 16), targets(2 * 16);
+  for (auto& t : ids) t = static_cast<int32_t>(rng.below(256));
+  for (auto& t : targets) t = static_cast<int32_t>(rng.below(256));
+  std::vector<float> whole(params.size(), 0.0f), parts(params.size(), 0.0f);
+  Backprop two(c, 2, 16), one(c, 1, 16);
+  const double loss = two.step(params.data(), whole.data(), ids.data(), targets.data());
+  double sum = 0;
+  for (int b = 0; b < 2; b++) sum += one.step(params.data(), parts.data(), ids.data() + b * 16, targets.data() + b * 16);
+  for (float& g : parts) g *= 0.5f;  // what the trainer does with --accum 2
+  EXPECT_NEAR(loss, sum / 2, 1e-6);
+  EXPECT_LE(test::relative_error(parts, whole), 1e-5);
+}
+
+TEST(Data, TokenFilesRoundTripAndSplitDocuments) {
+  test::TempDir tmp;
+  std::vector<int32_t> tokens;
+  for (int d = 0; d < 10; d++) {
+    for (int i = 0; i < 30; i++) tokens.push_back(d == 3 && i == 7 ? 69999 : 1 + (d * 31 + i) % 300);  // 69999: 32-bit ids
+    tokens.push_back(0);  // end of document
+  }
+  write_token_file(tmp / "a.tok", tokens, 4);
+  Dataset data = load_token_dataset({tmp / "a.tok"}, 0, 5);
+  EXPECT_EQ(data.train.documents, 8);
+  EXPECT_EQ(data.val.documents, 2);
+  EXPECT_EQ(data.train.tokens.size() + data.val.tokens.size(), tokens.size());
+  EXPECT_EQ(data.max_token, 69999);
+  write_token_file(tmp / "b.tok", {1, 2, 3}, 2);
+  EXPECT_EQ(load_token_dataset({tmp / "b.tok"}, 0, 0).train.tokens, (std::vector<int32_t>{1, 2, 3, 0}));
+  std::ofstream(tmp / "bad.tok") << "MAMBATOK but not really";
+  EXPECT_THROW(load_token_dataset({tmp / "bad.tok"}, 0, 0), Error);
 }
 
 TEST(Schedule, WarmupThenCosineToTheFloor) {
