@@ -1,0 +1,304 @@
+// Causal depthwise conv1d + SiLU, forward and backward, and the two decode-step kernels. One thread per
+// channel walks a block of kTL steps keeping the last K inputs in registers (K a template parameter so
+// the window is never indexed at run time); consecutive threads take consecutive channels, so every load
+// and store is coalesced in the token-major layout.
+#include "ops/cuda/conv1d.h"
+
+#include <cuda_bf16.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "ops/cuda/check.h"
+#include "ops/cuda/common.cuh"
+
+namespace mamba::cuda {
+
+namespace {
+
+constexpr int kConvThreads = 128;
+constexpr int kTL = 64;  // steps per block
+
+// SiLU′(a) = σ(a)·(1 + a·(1 − σ(a)))
+__device__ __forceinline__ float silu_grad(float a) {
+  const float s = sigmoid(a);
+  return s * (1.0f + a * (1.0f - s));
+}
+
+// Input at time s of sequence b, channel d: from x for s ≥ 0, else from tail_in (zeros when null).
+template <typename T>
+__device__ __forceinline__ float conv_input(const Conv1dParams& p, int b, int64_t s, int d) {
+  if (s >= 0) return to_float(static_cast<const T*>(p.x)[(static_cast<int64_t>(b) * p.seqlen + s) * p.x_stride + d]);
+  if (!p.tail_in) return 0.0f;
+  return p.tail_in[(static_cast<int64_t>(b) * (p.width - 1) + s + p.width - 1) * p.dim + d];
+}
+
+template <typename T, int K>
+__global__ void __launch_bounds__(kConvThreads) conv1d_fwd_kernel(Conv1dParams p) {
+  const int d = blockIdx.x * kConvThreads + threadIdx.x, b = blockIdx.z;
+  if (d >= p.dim) return;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * kTL, t1 = t0 + kTL < p.seqlen ? t0 + kTL : p.seqlen;
+  float w[K], win[K];  // win[k] = input at t − K + 1 + k
+#pragma unroll
+  for (int k = 0; k < K; k++) w[k] = p.weight[static_cast<int64_t>(d) * K + k];
+  const float bias = p.bias ? p.bias[d] : 0.0f;
+#pragma unroll
+  for (int k = 0; k < K - 1; k++) win[k + 1] = conv_input<T>(p, b, t0 - K + 1 + k, d);
+  T* out = static_cast<T*>(p.out);
+  for (int64_t t = t0; t < t1; t++) {
+#pragma unroll
+    for (int k = 0; k < K - 1; k++) win[k] = win[k + 1];
+    win[K - 1] = conv_input<T>(p, b, t, d);
+    float acc = bias;
+#pragma unroll
+    for (int k = 0; k < K; k++) acc += w[k] * win[k];
+    out[(static_cast<int64_t>(b) * p.seqlen + t) * p.out_stride + d] = from_float<T>(silu(acc));
+  }
+  if (p.tail_out && blockIdx.y == gridDim.y - 1) {
+    for (int j = 0; j < K - 1; j++) {
+      p.tail_out[(static_cast<int64_t>(b) * (K - 1) + j) * p.dim + d] = conv_input<T>(p, b, p.seqlen - (K - 1) + j, d);
+    }
+  }
+}
+
+struct ConvBwdKernelParams {
+  Conv1dBwdParams q;
+  int tblocks = 0;              // ceil(L / kTL)
+  float* dw_part = nullptr;     // (B, tblocks, D, K)
+  float* dbias_part = nullptr;  // (B, tblocks, D)
+};
+
+// dx[t] = Σ_k w[k]·g[t + K − 1 − k] with g = dout·SiLU′(a): walk s over this block's steps and K − 1
+// beyond, keeping the last K values of g; dx of t = s − K + 1 comes out at step s. The first block also
+// gives dtail_in (t < 0).
+template <typename T, int K>
+__global__ void __launch_bounds__(kConvThreads) conv1d_bwd_kernel(ConvBwdKernelParams kp) {
+  const Conv1dParams& p = kp.q.fwd;
+  const int d = blockIdx.x * kConvThreads + threadIdx.x, b = blockIdx.z;
+  if (d >= p.dim) return;
+  const int64_t L = p.seqlen;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * kTL, t1 = t0 + kTL < L ? t0 + kTL : L;
+  float w[K], win[K], gwin[K] = {};
+#pragma unroll
+  for (int k = 0; k < K; k++) w[k] = p.weight[static_cast<int64_t>(d) * K + k];
+  const float bias = p.bias ? p.bias[d] : 0.0f;
+#pragma unroll
+  for (int k = 0; k < K - 1; k++) win[k + 1] = conv_input<T>(p, b, t0 - K + 1 + k, d);
+  float dw[K] = {}, db = 0.0f;
+  const auto* dout = static_cast<const T*>(kp.q.dout);
+  T* dx = static_cast<T*>(kp.q.dx);
+  const int64_t emit_from = t0 == 0 ? -(K - 1) : t0;
+  for (int64_t s = t0; s < t1 + K - 1; s++) {
+    float g = 0.0f;
+    if (s < L) {
+#pragma unroll
+      for (int k = 0; k < K - 1; k++) win[k] = win[k + 1];
+      win[K - 1] = conv_input<T>(p, b, s, d);
+      float a = bias;
+#pragma unroll
+      for (int k = 0; k < K; k++) a += w[k] * win[k];
+      g = to_float(dout[(static_cast<int64_t>(b) * L + s) * kp.q.dout_stride + d]) * silu_grad(a);
+      if (s < t1) {
+#pragma unroll
+        for (int k = 0; k < K; k++) dw[k] += g * win[k];
+        db += g;
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < K - 1; k++) gwin[k] = gwin[k + 1];
+    gwin[K - 1] = g;  // gwin[k] = g[s − K + 1 + k]
+    const int64_t t = s - (K - 1);
+    if (t >= emit_from && t < t1) {
+      float acc = 0.0f;
+#pragma unroll
+      for (int k = 0; k < K; k++) acc += w[k] * gwin[K - 1 - k];  // g[t + K − 1 − k]
+      if (t >= 0) dx[(static_cast<int64_t>(b) * L + t) * kp.q.dx_stride + d] = from_float<T>(acc);
+      else if (kp.q.dtail_in) kp.q.dtail_in[(static_cast<int64_t>(b) * (K - 1) + t + K - 1) * p.dim + d] = acc;
+    }
+  }
+  const int64_t bt = static_cast<int64_t>(b) * kp.tblocks + blockIdx.y;
+#pragma unroll
+  for (int k = 0; k < K; k++) kp.dw_part[(bt * p.dim + d) * K + k] = dw[k];
+  kp.dbias_part[bt * p.dim + d] = db;
+}
+
+__global__ void conv1d_bwd_reduce_kernel(ConvBwdKernelParams kp) {
+  const Conv1dParams& p = kp.q.fwd;
+  const int K = p.width;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // (d, k)
+  if (i >= static_cast<int64_t>(p.dim) * K) return;
+  const int64_t parts = static_cast<int64_t>(p.batch) * kp.tblocks;
+  float acc = 0.0f;
+  for (int64_t j = 0; j < parts; j++) acc += kp.dw_part[j * p.dim * K + i];
+  kp.q.dweight[i] += acc;
+  if (kp.q.dbias && i % K == 0) {
+    const int64_t d = i / K;
+    float sb = 0.0f;
+    for (int64_t j = 0; j < parts; j++) sb += kp.dbias_part[j * p.dim + d];
+    kp.q.dbias[d] += sb;
+  }
+}
+
+template <typename T>
+__global__ void conv1d_step_kernel(T* out, float* tail, const T* x, int64_t x_stride, const float* weight,
+                                   const float* bias, int batch, int dim, int K) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // (b, d)
+  if (i >= static_cast<int64_t>(batch) * dim) return;
+  const int64_t b = i / dim;
+  const int d = static_cast<int>(i % dim);
+  const float xv = to_float(x[b * x_stride + d]);
+  float* tl = tail + b * (K - 1) * dim + d;  // (K − 1) rows of the tail, stride dim
+  float acc = bias ? bias[d] : 0.0f;
+  for (int k = 0; k < K - 1; k++) acc += weight[static_cast<int64_t>(d) * K + k] * tl[k * dim];
+  acc += weight[static_cast<int64_t>(d) * K + K - 1] * xv;
+  for (int k = 0; k + 1 < K - 1; k++) tl[k * dim] = tl[(k + 1) * dim];
+  if (K > 1) tl[(K - 2) * dim] = xv;
+  out[b * dim + d] = from_float<T>(silu(acc));
+}
+
+template <typename T>
+__global__ void scan_step_kernel(ScanFwdParams p, float* state) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // (b, d)
+  if (i >= static_cast<int64_t>(p.batch) * p.dim) return;
+  const int64_t b = i / p.dim;
+  const int d = static_cast<int>(i % p.dim), N = p.dstate;
+  const float u = to_float(static_cast<const T*>(p.u)[b * p.u_stride + d]);
+  float dt = to_float(static_cast<const T*>(p.delta)[b * p.delta_stride + d]) + (p.delta_bias ? p.delta_bias[d] : 0.0f);
+  if (p.delta_softplus) dt = softplus(dt);
+  const T* Bm = static_cast<const T*>(p.Bm) + b * p.B_stride;
+  const T* Cm = static_cast<const T*>(p.Cm) + b * p.C_stride;
+  float* h = state + i * N;
+  float acc = 0.0f;
+  for (int n = 0; n < N; n++) {
+    const float hn = __expf(dt * p.A[static_cast<int64_t>(d) * N + n]) * h[n] + dt * to_float(Bm[n]) * u;
+    h[n] = hn;
+    acc += to_float(Cm[n]) * hn;
+  }
+  float y = acc + (p.D ? p.D[d] * u : 0.0f);
+  if (p.z) y *= silu(to_float(static_cast<const T*>(p.z)[b * p.z_stride + d]));
+  static_cast<T*>(p.y)[b * p.y_stride + d] = from_float<T>(y);
+}
+
+unsigned blocks_for(int64_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
+
+void check_conv(const Conv1dParams& p, const char* who) {
+  auto fail = [&](const std::string& what) { throw std::invalid_argument(std::string(who) + ": " + what); };
+  if (p.batch < 0 || p.seqlen < 0 || p.dim < 0 || p.width < 1 || p.width > kMaxConvWidth) fail("bad dimensions");
+  if (p.batch > 65535) fail("batch above 65535");
+  if (!p.x || !p.weight) fail("x and weight are required");
+  if (p.dtype != DType::f32 && p.dtype != DType::bf16) fail("dtype must be f32 or bf16");
+}
+
+// Runtime K → template K.
+template <template <typename, int> class Launch, typename T, typename... Args>
+void with_width(int K, Args&&... args) {
+  switch (K) {
+    case 1: Launch<T, 1>::run(args...); break;
+    case 2: Launch<T, 2>::run(args...); break;
+    case 3: Launch<T, 3>::run(args...); break;
+    case 4: Launch<T, 4>::run(args...); break;
+    case 5: Launch<T, 5>::run(args...); break;
+    case 6: Launch<T, 6>::run(args...); break;
+    case 7: Launch<T, 7>::run(args...); break;
+    case 8: Launch<T, 8>::run(args...); break;
+    default: throw std::invalid_argument("conv1d: width must be 1..8");
+  }
+}
+
+template <typename T, int K>
+struct LaunchFwd {
+  static void run(const Conv1dParams& p, cudaStream_t stream) {
+    const dim3 grid(blocks_for(p.dim, kConvThreads), blocks_for(p.seqlen, kTL), p.batch);
+    conv1d_fwd_kernel<T, K><<<grid, kConvThreads, 0, stream>>>(p);
+    MAMBA_CUDA_CHECK_LAUNCH();
+  }
+};
+
+template <typename T, int K>
+struct LaunchBwd {
+  static void run(const ConvBwdKernelParams& kp, cudaStream_t stream) {
+    const dim3 grid(blocks_for(kp.q.fwd.dim, kConvThreads), kp.tblocks, kp.q.fwd.batch);
+    conv1d_bwd_kernel<T, K><<<grid, kConvThreads, 0, stream>>>(kp);
+    MAMBA_CUDA_CHECK_LAUNCH();
+  }
+};
+
+}  // namespace
+
+void conv1d_silu_fwd(const Conv1dParams& p, cudaStream_t stream) {
+  check_conv(p, "conv1d_silu_fwd");
+  if (!p.out) throw std::invalid_argument("conv1d_silu_fwd: out is required");
+  if (p.batch == 0 || p.dim == 0) return;
+  if (p.seqlen == 0) {
+    if (p.tail_out && p.width > 1) {
+      const size_t bytes = sizeof(float) * static_cast<size_t>(p.batch) * (p.width - 1) * p.dim;
+      if (p.tail_in) MAMBA_CUDA_CHECK(cudaMemcpyAsync(p.tail_out, p.tail_in, bytes, cudaMemcpyDeviceToDevice, stream));
+      else MAMBA_CUDA_CHECK(cudaMemsetAsync(p.tail_out, 0, bytes, stream));
+    }
+    return;
+  }
+  if (p.dtype == DType::bf16) with_width<LaunchFwd, __nv_bfloat16>(p.width, p, stream);
+  else with_width<LaunchFwd, float>(p.width, p, stream);
+}
+
+size_t conv1d_silu_bwd_workspace(const Conv1dBwdParams& q) {
+  const Conv1dParams& p = q.fwd;
+  const size_t parts = static_cast<size_t>(p.batch) * blocks_for(p.seqlen, kTL);
+  return sizeof(float) * parts * p.dim * (p.width + 1);
+}
+
+void conv1d_silu_bwd(const Conv1dBwdParams& q, void* workspace, cudaStream_t stream) {
+  const Conv1dParams& p = q.fwd;
+  check_conv(p, "conv1d_silu_bwd");
+  if (!q.dout || !q.dx || !q.dweight) throw std::invalid_argument("conv1d_silu_bwd: dout, dx and dweight are required");
+  if (p.bias && !q.dbias) throw std::invalid_argument("conv1d_silu_bwd: dbias is required when bias is given");
+  if (p.batch == 0 || p.dim == 0) return;
+  if (p.seqlen == 0) {
+    if (q.dtail_in && p.width > 1) {
+      MAMBA_CUDA_CHECK(cudaMemsetAsync(q.dtail_in, 0, sizeof(float) * static_cast<size_t>(p.batch) * (p.width - 1) * p.dim, stream));
+    }
+    return;
+  }
+  if (!workspace) throw std::invalid_argument("conv1d_silu_bwd: workspace required");
+  ConvBwdKernelParams kp;
+  kp.q = q;
+  kp.tblocks = static_cast<int>(blocks_for(p.seqlen, kTL));
+  kp.dw_part = static_cast<float*>(workspace);
+  kp.dbias_part = kp.dw_part + static_cast<size_t>(p.batch) * kp.tblocks * p.dim * p.width;
+  if (p.dtype == DType::bf16) with_width<LaunchBwd, __nv_bfloat16>(p.width, kp, stream);
+  else with_width<LaunchBwd, float>(p.width, kp, stream);
+  conv1d_bwd_reduce_kernel<<<blocks_for(static_cast<int64_t>(p.dim) * p.width, 256), 256, 0, stream>>>(kp);
+  MAMBA_CUDA_CHECK_LAUNCH();
+}
+
+void conv1d_silu_step(void* out, float* tail, const void* x, int64_t x_stride, const float* weight, const float* bias,
+                      int batch, int dim, int width, DType dtype, cudaStream_t stream) {
+  if (width < 1 || width > kMaxConvWidth || !out || !x || !weight || (width > 1 && !tail)) {
+    throw std::invalid_argument("conv1d_silu_step: bad arguments");
+  }
+  const int64_t n = static_cast<int64_t>(batch) * dim;
+  if (n == 0) return;
+  if (dtype == DType::bf16) {
+    conv1d_step_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(static_cast<__nv_bfloat16*>(out), tail,
+                                                               static_cast<const __nv_bfloat16*>(x), x_stride, weight,
+                                                               bias, batch, dim, width);
+  } else {
+    conv1d_step_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(static_cast<float*>(out), tail,
+                                                               static_cast<const float*>(x), x_stride, weight, bias,
+                                                               batch, dim, width);
+  }
+  MAMBA_CUDA_CHECK_LAUNCH();
+}
+
+void selective_scan_step(const ScanFwdParams& p, float* state, cudaStream_t stream) {
+  if (!p.y || !p.u || !p.delta || !p.A || !p.Bm || !p.Cm || !state || p.dstate < 1) {
+    throw std::invalid_argument("selective_scan_step: y, u, delta, A, B, C and state are required");
+  }
+  const int64_t n = static_cast<int64_t>(p.batch) * p.dim;
+  if (n == 0) return;
+  if (p.dtype == DType::bf16) scan_step_kernel<__nv_bfloat16><<<blocks_for(n, 128), 128, 0, stream>>>(p, state);
+  else scan_step_kernel<float><<<blocks_for(n, 128), 128, 0, stream>>>(p, state);
+  MAMBA_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace mamba::cuda

@@ -1,0 +1,60 @@
+// CUDA causal depthwise conv1d with SiLU (the Mamba block's conv, paper §3.4 / Figure 3), and the
+// one-token decode steps of the block: conv step and selective-scan step. Raw device pointers, token-major
+// (B, L, D) layouts with a token stride, as the CPU oracle mamba::cpu::conv1d_silu_forward; x and out in
+// fp32 or bf16 (DType), weights, bias, tails and states fp32. Every CUDA call is checked (throws).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "ops/cuda/scan.h"
+
+namespace mamba::cuda {
+
+constexpr int kMaxConvWidth = 8;  // K, d_conv (the published models use 4)
+
+// out[b,t,d] = SiLU(bias[d] + Σ_k w[d,k]·x[b, t−K+1+k, d]), times before 0 read from tail_in.
+struct Conv1dParams {
+  int batch = 0, seqlen = 0, dim = 0, width = 0;  // B, L, D, K
+  DType dtype = DType::f32;                       // of x and out
+  void* out = nullptr;                            // (B, L, D)
+  int64_t out_stride = 0;
+  const void* x = nullptr;                        // (B, L, D)
+  int64_t x_stride = 0;
+  const float* weight = nullptr;                  // (D, K)
+  const float* bias = nullptr;                    // (D) or null
+  const float* tail_in = nullptr;                 // (B, K−1, D): the K−1 inputs before t = 0, oldest first; or null (zeros)
+  float* tail_out = nullptr;                      // (B, K−1, D): the last K−1 inputs, or null; must not overlap tail_in
+};
+
+void conv1d_silu_fwd(const Conv1dParams& p, cudaStream_t stream);
+
+// Gradients from dout (B, L, D): dx written; dweight (D, K) and dbias (D) accumulated (+=), summed in a
+// fixed order (deterministic); dtail_in (B, K−1, D) written when not null. `workspace` holds
+// conv1d_silu_bwd_workspace(p) bytes.
+struct Conv1dBwdParams {
+  Conv1dParams fwd;            // the forward's arguments (out, tail_out unused)
+  const void* dout = nullptr;  // (B, L, D)
+  int64_t dout_stride = 0;
+  void* dx = nullptr;          // (B, L, D)
+  int64_t dx_stride = 0;
+  float* dweight = nullptr;    // (D, K) +=
+  float* dbias = nullptr;      // (D) +=, or null
+  float* dtail_in = nullptr;   // (B, K−1, D) or null
+};
+
+size_t conv1d_silu_bwd_workspace(const Conv1dBwdParams& p);
+void conv1d_silu_bwd(const Conv1dBwdParams& p, void* workspace, cudaStream_t stream);
+
+// Decode, one token of B sequences. Conv: tail (B, K−1, D) shifts in x (B, D) (row stride x_stride) and
+// out (B, D) = SiLU(bias + Σ_k w·window).
+void conv1d_silu_step(void* out, float* tail, const void* x, int64_t x_stride, const float* weight, const float* bias,
+                      int batch, int dim, int width, DType dtype, cudaStream_t stream);
+
+// Scan: state (B, D, N) ← exp(Δ A) ⊙ state + Δ B u, y = (C·state + D u)·SiLU(z), Δ = softplus(delta +
+// bias). p holds one step: seqlen is ignored (1), the (B, X) rows are p's pointers with their strides,
+// p.state_in = p.state_out = the state (updated in place); chunk_states unused.
+void selective_scan_step(const ScanFwdParams& p, float* state, cudaStream_t stream);
+
+}  // namespace mamba::cuda

@@ -1,0 +1,99 @@
+// CUDA selective scan (paper §3.3, Algorithm 2): the host API. Raw device pointers, shapes and strides;
+// no framework types. Memory order is the model's, token-major, as in ops/scan_params.h: element
+// (b, t, i) of a (B, L, X) array sits at ptr[(b * L + t) * stride + i], so u, Δ, z and B, C can be column
+// slices of wider projection outputs. u, Δ, z, B, C and y share one dtype (fp32 or bf16); A, D, the Δ
+// bias, the states and every accumulation are fp32. All indexing is 64-bit.
+//
+// Every function checks each CUDA call and throws std::runtime_error on failure. Work is queued on
+// `stream`; nothing synchronizes.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace mamba::cuda {
+
+enum class DType : int { f32 = 0, bf16 = 1 };
+
+// The forward can keep h at every kStateChunk-th step; the backward starts each 16-step sub-tile from
+// those, so it never rescans. They take L·D·N/16 floats per sequence: at N = 16 as much as u in fp32.
+constexpr int kStateChunk = 16;
+
+inline int64_t state_chunks(int seqlen) { return (seqlen + kStateChunk - 1) / kStateChunk; }
+
+struct ScanFwdParams {
+  int batch = 0;   // B
+  int seqlen = 0;  // L
+  int dim = 0;     // D: channels (d_inner)
+  int dstate = 0;  // N
+  DType dtype = DType::f32;  // of u, delta, z, B, C and y
+
+  void* y = nullptr;  // (B, L, D) out: y_t = C_t·h_t + D ⊙ u_t, times SiLU(z_t) when z is given
+  int64_t y_stride = 0;
+  const void* u = nullptr;  // (B, L, D) the input x
+  int64_t u_stride = 0;
+  const void* delta = nullptr;  // (B, L, D) Δ before its bias and softplus
+  int64_t delta_stride = 0;
+  const float* A = nullptr;   // (D, N) A = −exp(A_log)
+  const void* Bm = nullptr;   // (B, L, N)
+  int64_t B_stride = 0;
+  const void* Cm = nullptr;   // (B, L, N)
+  int64_t C_stride = 0;
+  const float* D = nullptr;           // (D) skip connection, or null
+  const void* z = nullptr;            // (B, L, D) gate, or null
+  int64_t z_stride = 0;
+  const float* delta_bias = nullptr;  // (D) or null
+  bool delta_softplus = true;         // Δ = softplus(delta + delta_bias)
+
+  const float* state_in = nullptr;  // (B, D, N) h_0, or null for zeros
+  float* state_out = nullptr;       // (B, D, N) h_L, or null; may equal state_in
+  // (B, state_chunks(L), D, N): h before step k·kStateChunk (h_0 for k = 0), or null. The backward's input.
+  float* chunk_states = nullptr;
+};
+
+// The split of the work, normally left to the dispatcher (0 = its choice); the benchmark sweeps it.
+struct ScanTuning {
+  int states_per_thread = 0;  // 1, 2, 4, 8 or 16 state indices n held in each thread's registers
+  int segments = 0;           // pieces of L scanned in parallel (two passes when more than one)
+};
+
+// Bytes of device scratch memory that selective_scan_fwd needs (0 when none).
+size_t selective_scan_fwd_workspace(const ScanFwdParams& p, ScanTuning tuning = {});
+
+// y (and state_out, chunk_states) from the inputs. `workspace` holds selective_scan_fwd_workspace bytes.
+void selective_scan_fwd(const ScanFwdParams& p, void* workspace, cudaStream_t stream, ScanTuning tuning = {});
+
+// The backward (paper §3.3: recomputation instead of storing the expanded states). From the forward's
+// inputs and its chunk_states it recomputes h inside each chunk, runs the adjoint recurrence
+// dh_{t−1} = exp(Δ_t A) ⊙ dh_t (+ C_{t−1} ∂y_{t−1}) backwards, and gives every gradient. Deterministic:
+// no floating-point atomics; sums over channels and batch go through partial buffers in a fixed order.
+// Activation gradients are written (=); parameter gradients dA, dD, ddelta_bias accumulate (+=).
+// N ≤ 64.
+struct ScanBwdParams {
+  ScanFwdParams fwd;                 // the forward's arguments; fwd.chunk_states is required, y unused
+  const void* dy = nullptr;          // (B, L, D) ∂loss/∂y
+  int64_t dy_stride = 0;
+  const float* dstate_out = nullptr; // (B, D, N) ∂loss/∂h_L, or null
+  void* du = nullptr;                // (B, L, D) out
+  int64_t du_stride = 0;
+  void* ddelta = nullptr;            // (B, L, D) out: gradient of delta before its bias and softplus
+  int64_t ddelta_stride = 0;
+  void* dz = nullptr;                // (B, L, D) out; required when fwd.z is given
+  int64_t dz_stride = 0;
+  void* dB = nullptr;                // (B, L, N) out
+  int64_t dB_stride = 0;
+  void* dC = nullptr;                // (B, L, N) out
+  int64_t dC_stride = 0;
+  float* dA = nullptr;               // (D, N) +=
+  float* dD = nullptr;               // (D) +=; required when fwd.D is given
+  float* ddelta_bias = nullptr;      // (D) +=; required when fwd.delta_bias is given
+  float* dstate_in = nullptr;        // (B, D, N) out: ∂loss/∂h_0, or null
+};
+
+// tuning.segments as in the forward (0: the dispatcher's choice); states_per_thread is fixed at 4.
+size_t selective_scan_bwd_workspace(const ScanBwdParams& p, ScanTuning tuning = {});
+void selective_scan_bwd(const ScanBwdParams& p, void* workspace, cudaStream_t stream, ScanTuning tuning = {});
+
+}  // namespace mamba::cuda

@@ -1,0 +1,138 @@
+// Selective scan forward: the dispatcher (tile sizes and split from the problem size) and the small
+// kernel that chains L-segments between the two passes.
+#include <stdexcept>
+#include <string>
+
+#include "ops/cuda/scan_fwd_kernel.cuh"
+
+namespace mamba::cuda {
+
+namespace {
+
+int sm_count() {
+  static const int count = [] {
+    int dev = 0, n = 0;
+    MAMBA_CUDA_CHECK(cudaGetDevice(&dev));
+    MAMBA_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    return n;
+  }();
+  return count;
+}
+
+struct FwdPlan {
+  int kG = 4;        // states per thread
+  int nsplit = 1;    // threads per channel
+  int segments = 1;  // S
+  int64_t seg_len = 0;
+};
+
+// Threads per channel for kG states per thread: the fewest of the compiled splits (see
+// launch_scan_fwd_dtype) that hold N states, or 0 when none does.
+int nsplit_for(int N, int kG) {
+  static constexpr int kSplits[][2] = {{1, 1}, {1, 16}, {2, 8}, {4, 1}, {4, 4}, {4, 16}, {8, 2}, {16, 1}, {16, 4}, {16, 16}};
+  for (const auto& s : kSplits) {
+    if (s[0] == kG && s[0] * s[1] >= N) return s[1];
+  }
+  return 0;
+}
+
+// The split, from the measurements in dev/notes/scan.md (H100): 4 states per thread (4 threads per channel
+// at N = 16) unless there are channels enough for 8 per thread; 16 per thread only when N needs it.
+FwdPlan plan_fwd(const ScanFwdParams& p, ScanTuning tuning) {
+  const int N = p.dstate;
+  const int64_t channels = static_cast<int64_t>(p.batch) * p.dim;
+  const int64_t sms = sm_count();
+  FwdPlan plan;
+  plan.kG = tuning.states_per_thread;
+  if (plan.kG == 0) {
+    plan.kG = N == 1 ? 1 : N <= 64 ? 4 : 16;
+    if (N > 4 && N <= 16 && channels * nsplit_for(N, 8) >= sms * 384) plan.kG = 8;
+  }
+  plan.nsplit = nsplit_for(N, plan.kG);
+  if (plan.nsplit == 0) {
+    throw std::invalid_argument("selective_scan_fwd: no compiled split holds N = " + std::to_string(N) +
+                                " with " + std::to_string(plan.kG) + " states per thread");
+  }
+  plan.segments = tuning.segments;
+  if (plan.segments == 0) {
+    // Two passes cost the exponentials twice, but one pass over a few long sequences leaves most of
+    // the GPU idle: then aim at ~1500 threads per SM, where the measured time stops improving.
+    const int64_t threads = channels * plan.nsplit;
+    plan.segments = threads < sms * 128 ? static_cast<int>((sms * 1536 + threads - 1) / threads) : 1;
+  }
+  const int64_t L = p.seqlen;
+  const int64_t per = (L + plan.segments - 1) / plan.segments;
+  plan.seg_len = (per + kStateChunk - 1) / kStateChunk * kStateChunk;
+  plan.segments = static_cast<int>((L + plan.seg_len - 1) / plan.seg_len);
+  return plan;
+}
+
+void validate(const ScanFwdParams& p) {
+  auto fail = [](const std::string& what) { throw std::invalid_argument("selective_scan_fwd: " + what); };
+  if (p.batch < 0 || p.seqlen < 0 || p.dim < 0 || p.dstate < 1 || p.dstate > 256) fail("bad dimensions");
+  if (p.batch > 65535) fail("batch above 65535");
+  if (!p.y || !p.u || !p.delta || !p.A || !p.Bm || !p.Cm) fail("y, u, delta, A, B and C are required");
+  if (p.dtype != DType::f32 && p.dtype != DType::bf16) fail("dtype must be f32 or bf16");
+}
+
+__global__ void scan_fwd_chain_kernel(ScanFwdKernelParams kp) {
+  const ScanFwdParams& p = kp.p;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // (b, d, n)
+  const int N = p.dstate, D = p.dim, S = kp.segments;
+  if (i >= static_cast<int64_t>(p.batch) * D * N) return;
+  const int n = static_cast<int>(i % N);
+  const int d = static_cast<int>((i / N) % D);
+  const int64_t b = i / (static_cast<int64_t>(N) * D);
+  const float A = p.A[static_cast<int64_t>(d) * N + n];
+  float h = p.state_in ? p.state_in[i] : 0.0f;
+  for (int s = 0; s < S; s++) {
+    const int64_t bsd = (b * S + s) * D + d;
+    const float local = kp.seg_state[bsd * N + n];
+    kp.seg_state[bsd * N + n] = h;
+    // Over a segment, Π_t exp(Δ_t A) = exp(A ΣΔ).
+    h = __expf(A * kp.seg_dsum[bsd]) * h + local;
+  }
+}
+
+}  // namespace
+
+void launch_scan_fwd_chain(const ScanFwdKernelParams& kp, cudaStream_t stream) {
+  const int64_t total = static_cast<int64_t>(kp.p.batch) * kp.p.dim * kp.p.dstate;
+  const int threads = 256;
+  scan_fwd_chain_kernel<<<static_cast<unsigned>((total + threads - 1) / threads), threads, 0, stream>>>(kp);
+  MAMBA_CUDA_CHECK_LAUNCH();
+}
+
+size_t selective_scan_fwd_workspace(const ScanFwdParams& p, ScanTuning tuning) {
+  if (p.batch == 0 || p.seqlen == 0 || p.dim == 0) return 0;
+  const FwdPlan plan = plan_fwd(p, tuning);
+  if (plan.segments == 1) return 0;
+  return sizeof(float) * static_cast<size_t>(p.batch) * plan.segments * p.dim * (p.dstate + 1);
+}
+
+void selective_scan_fwd(const ScanFwdParams& p, void* workspace, cudaStream_t stream, ScanTuning tuning) {
+  validate(p);
+  if (p.batch == 0 || p.dim == 0) return;
+  if (p.seqlen == 0) {
+    if (p.state_out && p.state_out != p.state_in) {
+      const size_t bytes = sizeof(float) * static_cast<size_t>(p.batch) * p.dim * p.dstate;
+      if (p.state_in) MAMBA_CUDA_CHECK(cudaMemcpyAsync(p.state_out, p.state_in, bytes, cudaMemcpyDeviceToDevice, stream));
+      else MAMBA_CUDA_CHECK(cudaMemsetAsync(p.state_out, 0, bytes, stream));
+    }
+    return;
+  }
+  const FwdPlan plan = plan_fwd(p, tuning);
+  ScanFwdKernelParams kp;
+  kp.p = p;
+  kp.segments = plan.segments;
+  kp.seg_len = plan.seg_len;
+  if (plan.segments > 1) {
+    if (!workspace) throw std::invalid_argument("selective_scan_fwd: workspace required (selective_scan_fwd_workspace)");
+    kp.seg_state = static_cast<float*>(workspace);
+    kp.seg_dsum = kp.seg_state + static_cast<int64_t>(p.batch) * plan.segments * p.dim * p.dstate;
+  }
+  if (p.dtype == DType::bf16) launch_scan_fwd_dtype<__nv_bfloat16>(kp, plan.kG, plan.nsplit, stream);
+  else launch_scan_fwd_dtype<float>(kp, plan.kG, plan.nsplit, stream);
+}
+
+}  // namespace mamba::cuda
