@@ -12,7 +12,9 @@ void add_score(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_train(CLI::App& app);
 void add_generate(CLI::App& app);
+void add_perplexity(CLI::App& app);
 void add_tokenize(CLI::App& app);
+void add_tasks(CLI::App& app);
 
 // Sets the OpenMP and OpenBLAS thread counts (0 = all cores).
 void set_threads(int threads);

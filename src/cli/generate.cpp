@@ -1,81 +1,211 @@
-#include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "model/engine.h"
-#include "model/sampler.h"
+#include "model/generator.h"
 
 namespace mamba::cli {
 
+namespace {
+
+// Token ids separated by commas and/or spaces: "1,2,3", "1 2 3".
+std::vector<int32_t> parse_ids(const std::string& text, const std::string& where) {
+  std::vector<int32_t> ids;
+  std::string item;
+  auto take = [&] {
+    if (item.empty()) return;
+    size_t used = 0;
+    long long v = -1;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != item.size() || v < 0 || v > INT32_MAX) fail(where, ": \"", item, "\" is not a token id");
+    ids.push_back(static_cast<int32_t>(v));
+    item.clear();
+  };
+  for (char c : text) {
+    if (c == ',' || c == ' ' || c == '\t' || c == '\r' || c == '\n') {
+      take();
+    } else {
+      item += c;
+    }
+  }
+  take();
+  return ids;
+}
+
+std::string read_file(const std::string& path) {
+  if (path == "-") return std::string(std::istreambuf_iterator<char>(std::cin), {});
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path, ": cannot open");
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void write(std::string_view s) {
+  std::fwrite(s.data(), 1, s.size(), stdout);
+  std::fflush(stdout);
+}
+
+std::string dump(const nlohmann::ordered_json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
+
+}  // namespace
+
 void add_generate(CLI::App& app) {
-  auto* cmd = app.add_subcommand("generate", "Continue a prompt, streaming the output (byte-level models, or --ids)");
+  auto* cmd = app.add_subcommand(
+      "generate",
+      "Continue a prompt, streaming the output. Text goes through DIR/tokenizer.json, or bytes for a "
+      "byte-level model; with --ids (or a folder without a tokenizer) ids go in and come out");
   struct Options {
-    std::string dir, prompt, ids;
-    int n = 200;
+    std::string dir, prompt, prompt_file, ids, batch_file, save_state, load_state;
+    bool interactive = false, ignore_eos = false;
     SamplerOptions sampling;
+    GenerateOptions gen;
   };
   static Options o;
   cmd->add_option("dir", o.dir, "Model folder")->required();
-  cmd->add_option("-p,--prompt", o.prompt, "Prompt text (byte-level models)");
-  cmd->add_option("--ids", o.ids, "Prompt as comma-separated token ids; prints ids");
-  cmd->add_option("-n,--tokens", o.n, "New tokens to generate")->capture_default_str()->check(CLI::PositiveNumber);
+  auto* prompt = cmd->add_option("-p,--prompt", o.prompt, "Prompt text");
+  auto* prompt_file = cmd->add_option("--prompt-file", o.prompt_file, "Prompt text from a file (- for stdin)")
+                          ->excludes(prompt);
+  auto* ids = cmd->add_option("--ids", o.ids, "Prompt as token ids (1,2,3); prints ids")
+                  ->excludes(prompt)->excludes(prompt_file);
+  auto* batch = cmd->add_option("--batch-file", o.batch_file,
+                                "One prompt per line (blank lines skipped), decoded together; JSON lines out, in order")
+                    ->excludes(prompt)->excludes(prompt_file)->excludes(ids);
+  cmd->add_flag("-i,--interactive", o.interactive,
+                "Then read prompts from stdin, one per line, continuing the same state")->excludes(batch);
+  cmd->add_option("-n,--tokens", o.gen.max_new_tokens, "New tokens to generate (per prompt or turn)")
+      ->capture_default_str()->check(CLI::Range(1, 1 << 30));
   cmd->add_option("--temperature", o.sampling.temperature, "Sampling temperature (0: greedy)")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
+      ->capture_default_str()->check(CLI::Range(0.0, 1000.0));
   cmd->add_option("--top-k", o.sampling.top_k, "Sample among the k most likely (0: all)")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--seed", o.sampling.seed, "Sampling seed")->capture_default_str();
-  cmd->callback([] {
+      ->capture_default_str()->check(CLI::Range(0, 1 << 30));
+  cmd->add_option("--top-p", o.sampling.top_p, "Sample among the most likely tokens holding this mass (1: all)")
+      ->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--min-p", o.sampling.min_p, "Drop tokens less likely than min-p × the most likely (0: none)")
+      ->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--repeat-penalty", o.sampling.repetition_penalty,
+                  "Divide the positive logits of tokens already seen by this, multiply the negative (1: none)")
+      ->capture_default_str()->check(CLI::Range(1e-3, 1e3));
+  auto* seed = cmd->add_option("--seed", o.sampling.seed, "Sampling seed (prompt i of a batch uses seed + i)")
+                   ->capture_default_str();
+  cmd->add_option("--stop", o.gen.stop, "Stop when the text contains this (not printed); may be repeated");
+  cmd->add_flag("--ignore-eos", o.ignore_eos, "Do not stop at the end-of-sequence token");
+  cmd->add_option("--max-prompt", o.gen.max_prompt_tokens, "Refuse prompts longer than this many tokens")
+      ->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+  cmd->add_option("--save-state", o.save_state, "At the end, save the session (state, last token, sampler)")
+      ->excludes(batch);
+  cmd->add_option("--load-state", o.load_state, "Continue a session saved by --save-state (the prompt is optional)")
+      ->excludes(batch);
+  cmd->callback([seed] {
+    if (o.sampling.top_p <= 0) fail("--top-p: must be > 0");
     Model model = Model::load(o.dir);
     const Config& c = model.config();
-    std::vector<int32_t> prompt;
-    const bool as_ids = !o.ids.empty();
-    if (as_ids) {
-      size_t pos = 0;
-      while (pos <= o.ids.size()) {
-        size_t comma = o.ids.find(',', pos);
-        std::string item = o.ids.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
-        char* end = nullptr;
-        long v = std::strtol(item.c_str(), &end, 10);
-        if (item.empty() || *end != '\0' || v < 0 || v >= c.vocab_size) {
-          fail("--ids: \"", item, "\" is not a token id of this model (0..", c.vocab_size - 1, ")");
+    // With --ids the tokenizer is not needed; a folder without one takes and gives ids everywhere.
+    const TextCodec codec = o.ids.empty() ? TextCodec::for_model(o.dir, c) : TextCodec::ids_only();
+    const bool as_ids = !codec.has_text();
+    auto encode = [&](const std::string& text, const std::string& where) {
+      return as_ids ? parse_ids(text, where) : codec.encode(text);
+    };
+    o.gen.stop_at_eos = !o.ignore_eos;
+    o.gen.eos_token_id = c.eos_token_id;
+    Engine engine(model);
+    Generator gen(engine, codec, o.sampling, o.gen);
+
+    bool line_started = false;  // ids mode: a comma goes before every id but the first of a line
+    auto print = [&](int, int32_t id, std::string_view text) {
+      if (!as_ids) {
+        write(text);
+      } else if (id >= 0) {
+        write((line_started ? "," : "") + std::to_string(id));
+        line_started = true;
+      }
+    };
+    auto end_line = [&] {
+      write("\n");
+      line_started = false;
+    };
+
+    int64_t generated = 0;
+    if (!o.batch_file.empty()) {
+      std::ifstream in(o.batch_file, std::ios::binary);
+      if (!in) fail(o.batch_file, ": cannot open");
+      std::vector<std::string> prompts;
+      std::string line;
+      for (int number = 1; std::getline(in, line); number++) {
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        if (line.find_first_not_of(" \t") == std::string::npos) continue;
+        const int i = gen.add();
+        gen.feed(i, encode(line, o.batch_file + ":" + std::to_string(number)));
+        prompts.push_back(line);
+      }
+      if (prompts.empty()) fail(o.batch_file, ": no prompts");
+      gen.run();
+      for (int i = 0; i < gen.size(); i++) {
+        nlohmann::ordered_json j;  // keys in this order: prompt, text, ids, finish
+        if (as_ids) {
+          j["prompt"] = parse_ids(prompts[i], o.batch_file);
+        } else {
+          j["prompt"] = prompts[i];
+          j["text"] = gen.text(i);
         }
-        prompt.push_back(static_cast<int32_t>(v));
-        if (comma == std::string::npos) break;
-        pos = comma + 1;
+        j["ids"] = gen.output(i);
+        j["finish"] = finish_name(gen.finish(i));
+        write(dump(j) + "\n");
+        generated += static_cast<int64_t>(gen.output(i).size());
       }
     } else {
-      if (!c.byte_level) fail(o.dir, ": not a byte-level model; give the prompt as --ids");
-      if (o.prompt.empty()) fail("generate: give a prompt with -p");
-      for (unsigned char ch : o.prompt) prompt.push_back(ch);
-    }
-    Engine engine(model);
-    State state(c, 1);
-    Sampler sampler(o.sampling, c.vocab_size);
-    std::vector<float> logits(static_cast<size_t>(c.vocab_size));
-    auto t0 = std::chrono::steady_clock::now();
-    engine.forward(prompt.data(), 1, static_cast<int>(prompt.size()), state, logits.data(), Logits::Last);
-    auto t1 = std::chrono::steady_clock::now();
-    if (!as_ids) std::fwrite(o.prompt.data(), 1, o.prompt.size(), stdout);
-    int produced = 0;
-    for (; produced < o.n; produced++) {
-      int32_t next = sampler.sample(logits.data());
-      if (c.byte_level && next == c.eos_token_id) break;
-      if (as_ids) {
-        std::printf("%s%d", produced ? "," : "", next);
-      } else if (next < 256) {
-        std::fputc(next, stdout);
+      const int seq = o.load_state.empty() ? gen.add() : gen.load(o.load_state, seed->count() == 0);
+      std::string text = o.prompt;
+      if (!o.prompt_file.empty()) text = read_file(o.prompt_file);
+      std::vector<int32_t> tokens;
+      if (!o.ids.empty()) {
+        tokens = parse_ids(o.ids, "--ids");
+        if (tokens.empty()) fail("--ids: no token ids given");
+      } else if (!text.empty()) {
+        if (as_ids) fail(o.dir, ": no tokenizer.json and not byte-level: give the prompt as token ids (--ids)");
+        tokens = codec.encode(text);
       }
-      std::fflush(stdout);
-      engine.step(&next, 1, state, logits.data());
+      const bool first_turn = !tokens.empty() || !o.load_state.empty();
+      if (!first_turn && !o.interactive) fail("generate: give a prompt (-p, --prompt-file or --ids) or --load-state");
+      if (first_turn) {
+        gen.feed(seq, tokens);
+        if (!as_ids) write(text);  // the prompt, then its continuation
+        gen.run(print);
+        generated += static_cast<int64_t>(gen.output(seq).size());
+        end_line();
+      }
+      if (o.interactive) {
+        std::string line;
+        for (;;) {
+          std::fprintf(stderr, "> ");
+          if (!std::getline(std::cin, line)) break;
+          try {
+            gen.feed(seq, encode(line, "stdin"));
+          } catch (const Error& e) {  // a bad line is reported; the session goes on
+            std::fprintf(stderr, "error: %s\n", e.what());
+            continue;
+          }
+          gen.run(print);
+          generated += static_cast<int64_t>(gen.output(seq).size());
+          end_line();
+        }
+        std::fprintf(stderr, "\n");
+      }
+      if (!o.save_state.empty()) {
+        gen.save(seq, o.save_state);
+        std::fprintf(stderr, "saved the session to %s\n", o.save_state.c_str());
+      }
     }
-    std::printf("\n");
-    std::fflush(stdout);
-    auto t2 = std::chrono::steady_clock::now();
-    const double prefill = std::chrono::duration<double>(t1 - t0).count();
-    const double decode = std::chrono::duration<double>(t2 - t1).count();
-    std::fprintf(stderr, "prompt: %zu tokens, %.1f tokens/s; generated: %d tokens, %.1f tokens/s\n", prompt.size(),
-                 prompt.size() / std::max(prefill, 1e-9), produced, produced / std::max(decode, 1e-9));
+    std::fprintf(stderr, "prompt: %lld tokens, %.1f tokens/s; generated: %lld tokens; decode: %.1f tokens/s\n",
+                 static_cast<long long>(gen.prefill_tokens()),
+                 gen.prefill_tokens() / std::max(gen.prefill_seconds(), 1e-9), static_cast<long long>(generated),
+                 gen.decode_tokens() / std::max(gen.decode_seconds(), 1e-9));
   });
 }
 

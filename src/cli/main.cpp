@@ -1,5 +1,5 @@
 // mambacpp: the command-line front end. Errors the user can cause are printed as one line naming the
-// file, field or flag, with exit status 1; bad flags give CLI11's message and usage, exit status 2.
+// file, field or flag, with exit status 1; bad flags give CLI11's message and usage, and its non-zero code.
 #include <unistd.h>
 
 #include <cstdio>
@@ -30,7 +30,9 @@ int main(int argc, char** argv) {
   mamba::cli::add_bench(app);
   mamba::cli::add_train(app);
   mamba::cli::add_generate(app);
+  mamba::cli::add_perplexity(app);
   mamba::cli::add_tokenize(app);
+  mamba::cli::add_tasks(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -141,8 +141,9 @@ double Backprop::step(const float* params, float* grads, const int32_t* inputs, 
     g.ddelta = ddelta_;
     g.ddelta_stride = Di;
     g.dA = dA_;
-    g.dB = dxdbl_ + R;
-    g.dC = dxdbl_ + R + N;
+    const bool lti = c.ssm_mode == SsmMode::Lti;  // B, C are parameters (D, N): their gradients accumulate there
+    g.dB = lti ? mut(gw.lti_B) : dxdbl_ + R;
+    g.dC = lti ? mut(gw.lti_C) : dxdbl_ + R + N;
     g.dbc_stride = xw;
     g.dD = mut(gw.D);
     g.dz = dxz_ + Di;
@@ -151,11 +152,13 @@ double Backprop::step(const float* params, float* grads, const int32_t* inputs, 
     cpu::selective_scan_backward(g, mixer_scan_params(buffers(s), lw, A_, c, B_, L_), s.checkpoints, chunk_);
     float* dA_log = mut(gw.A_log);
     for (int64_t i = 0; i < int64_t{Di} * N; i++) dA_log[i] += dA_[i] * A_[i];  // A = −exp(A_log)
-    // dt_proj, x_proj
-    cpu::matmul_backward(dxdbl_, xw, mut(gw.dt_proj_w), nullptr, ddelta_, Di, s.xdbl, xw,
-                         lw.dt_proj_w, M, R, Di);
-    cpu::matmul_backward(dxc_, Di, mut(gw.x_proj_w), nullptr, dxdbl_, xw, s.xc, Di, lw.x_proj_w,
-                         M, Di, xw);
+    // dt_proj, x_proj (absent in LTI mode, where Δ's gradient went to dt_proj.bias alone)
+    if (!lti) {
+      cpu::matmul_backward(dxdbl_, xw, mut(gw.dt_proj_w), nullptr, ddelta_, Di, s.xdbl, xw,
+                           lw.dt_proj_w, M, R, Di);
+      cpu::matmul_backward(dxc_, Di, mut(gw.x_proj_w), nullptr, dxdbl_, xw, s.xc, Di, lw.x_proj_w,
+                           M, Di, xw);
+    }
     // conv1d + SiLU, into the x half of dxz
     cpu::conv1d_silu_backward(dxz_, 2 * Di, nullptr, mut(gw.conv_w), mut(gw.conv_b),
                               dxc_, s.xz, 2 * Di, nullptr, lw.conv_w, lw.conv_b, B_, L_, Di, K);

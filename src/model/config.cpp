@@ -42,11 +42,12 @@ int get_rank(const json& j, const char* key, const std::string& where, int d_mod
 
 int64_t Config::parameter_count() const {
   const int64_t d = d_model, di = d_inner(), n = d_state, r = dt_rank;
+  const bool lti = ssm_mode == SsmMode::Lti;
   int64_t layer = d                         // norm
                   + 2 * di * d + (use_bias ? 2 * di : 0)  // in_proj
                   + di * d_conv + (use_conv_bias ? di : 0)  // conv1d
-                  + (r + 2 * n) * di                       // x_proj
-                  + di * r + di                            // dt_proj
+                  + (lti ? 2 * di * n : (r + 2 * n) * di)  // x_proj, or the LTI mode's B and C
+                  + (lti ? 0 : di * r) + di                // dt_proj
                   + di * n + di                            // A_log, D
                   + d * di + (use_bias ? d : 0);           // out_proj
   return int64_t{vocab_size} * d * (tie_embeddings ? 1 : 2) + n_layer * layer + d;
@@ -107,6 +108,16 @@ Config config_from_json(const json& j, const std::string& where) {
                 "(d_model, ...)");
   }
   c.byte_level = get_bool(j, "byte_level", where, false);
+  if (j.contains("ssm_mode") && !j["ssm_mode"].is_null()) {
+    const json& mode = j["ssm_mode"];
+    if (mode == "selective") {
+      c.ssm_mode = SsmMode::Selective;
+    } else if (mode == "lti") {
+      c.ssm_mode = SsmMode::Lti;
+    } else {
+      fail(where, ": field \"ssm_mode\" must be \"selective\" or \"lti\", got ", mode.dump());
+    }
+  }
   if (j.contains("eos_token_id") && j["eos_token_id"].is_number_integer()) {
     c.eos_token_id = j["eos_token_id"].get<int>();
   }
@@ -157,6 +168,7 @@ json config_to_json(const Config& c) {
       {"pad_token_id", c.eos_token_id},
   };
   if (c.byte_level) j["byte_level"] = true;
+  if (c.ssm_mode == SsmMode::Lti) j["ssm_mode"] = "lti";  // absent: selective, as every published model
   return j;
 }
 

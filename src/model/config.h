@@ -9,6 +9,10 @@
 
 namespace mamba {
 
+// The SSM inside each block: the paper's selective S6 (Δ, B, C functions of the input), or the
+// linear time-invariant ablation of Table 1 (an S4D-style diagonal SSM: Δ, B, C learned parameters).
+enum class SsmMode { Selective, Lti };
+
 struct Config {
   int d_model = 0;     // hidden size
   int n_layer = 0;
@@ -25,6 +29,9 @@ struct Config {
   // end-of-document token; others use tokenizer.json beside the weights.
   bool byte_level = false;
   int eos_token_id = 0;
+  // "ssm_mode" in config.json ("selective" when absent). In LTI mode x_proj and dt_proj.weight are
+  // absent and each layer has B, C (d_inner, N) per channel and Δ = softplus(dt_proj.bias).
+  SsmMode ssm_mode = SsmMode::Selective;
 
   int d_inner() const { return expand * d_model; }
   int64_t parameter_count() const;

@@ -24,8 +24,13 @@ std::vector<ParamSpec> param_specs(const Config& c) {
     if (c.use_bias) add(p + "mixer.in_proj.bias", {2 * di}, false);
     add(p + "mixer.conv1d.weight", {di, 1, c.d_conv}, true);
     if (c.use_conv_bias) add(p + "mixer.conv1d.bias", {di}, false);
-    add(p + "mixer.x_proj.weight", {r + 2 * n, di}, true);
-    add(p + "mixer.dt_proj.weight", {di, r}, true);
+    if (c.ssm_mode == SsmMode::Lti) {  // B and C are parameters; Δ is its bias alone
+      add(p + "mixer.B", {di, n}, false);
+      add(p + "mixer.C", {di, n}, false);
+    } else {
+      add(p + "mixer.x_proj.weight", {r + 2 * n, di}, true);
+      add(p + "mixer.dt_proj.weight", {di, r}, true);
+    }
     add(p + "mixer.dt_proj.bias", {di}, false);
     add(p + "mixer.A_log", {di, n}, false);
     add(p + "mixer.D", {di}, false);
@@ -63,7 +68,8 @@ Weights bind_weights(const Config& c, const std::vector<ParamSpec>& specs,
         get(p + "norm.weight"), get(p + "mixer.in_proj.weight"), get(p + "mixer.in_proj.bias"),
         get(p + "mixer.conv1d.weight"), get(p + "mixer.conv1d.bias"), get(p + "mixer.x_proj.weight"),
         get(p + "mixer.dt_proj.weight"), get(p + "mixer.dt_proj.bias"), get(p + "mixer.A_log"),
-        get(p + "mixer.D"), get(p + "mixer.out_proj.weight"), get(p + "mixer.out_proj.bias")});
+        get(p + "mixer.D"), get(p + "mixer.out_proj.weight"), get(p + "mixer.out_proj.bias"), get(p + "mixer.B"),
+        get(p + "mixer.C")});
   }
   w.norm_f = get("backbone.norm_f.weight");
   w.lm_head = c.tie_embeddings ? w.embedding : get("lm_head.weight");
@@ -99,6 +105,10 @@ void init_params(float* params, const Config& c, const std::vector<ParamSpec>& s
     } else if (ends_with(s.name, "conv1d.bias")) {
       const double bound = 1.0 / std::sqrt(static_cast<double>(c.d_conv));
       for (int64_t i = 0; i < s.numel; i++) p[i] = static_cast<float>(rng.uniform(-bound, bound));
+    } else if (ends_with(s.name, "mixer.B")) {
+      for (int64_t i = 0; i < s.numel; i++) p[i] = 1.0f;
+    } else if (ends_with(s.name, "mixer.C")) {
+      for (int64_t i = 0; i < s.numel; i++) p[i] = static_cast<float>(rng.normal());
     } else if (ends_with(s.name, ".bias")) {
       for (int64_t i = 0; i < s.numel; i++) p[i] = 0.0f;
     } else {

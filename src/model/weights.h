@@ -29,13 +29,15 @@ struct LayerWeights {
   const float* in_proj_b;   // (2·d_inner) or null
   const float* conv_w;      // (d_inner, 1, d_conv)
   const float* conv_b;      // (d_inner) or null
-  const float* x_proj_w;    // (dt_rank + 2N, d_inner): rows give δ, B, C
-  const float* dt_proj_w;   // (d_inner, dt_rank)
-  const float* dt_proj_b;   // (d_inner)
+  const float* x_proj_w;    // (dt_rank + 2N, d_inner): rows give δ, B, C; null in LTI mode
+  const float* dt_proj_w;   // (d_inner, dt_rank); null in LTI mode
+  const float* dt_proj_b;   // (d_inner); in LTI mode Δ = softplus(dt_proj_b), the same at every step
   const float* A_log;       // (d_inner, N)
   const float* D;           // (d_inner)
   const float* out_proj_w;  // (d_model, d_inner)
   const float* out_proj_b;  // (d_model) or null
+  const float* lti_B;       // (d_inner, N) "mixer.B" in LTI mode, else null
+  const float* lti_C;       // (d_inner, N) "mixer.C" in LTI mode, else null
 };
 
 struct Weights {
@@ -50,7 +52,7 @@ Weights bind_weights(const Config& config, const std::vector<ParamSpec>& specs,
                      const std::function<const float*(const ParamSpec&)>& lookup);
 
 // The official initialisation (mamba_ssm's Mamba.__init__ and _init_weights), seeded:
-// A_log = log(1..N), D = 1, dt bias = softplus⁻¹(Δ) with Δ log-uniform in [1e-3, 0.1] floored at 1e-4,
+// A_log = log(1..N), D = 1, in LTI mode B = 1 and C ~ N(0, 1) (S4D's initialisation of B and C), dt bias = softplus⁻¹(Δ) with Δ log-uniform in [1e-3, 0.1] floored at 1e-4,
 // dt_proj weight U(±R^−½), embedding N(0, 0.02), out_proj scaled by 1/√n_layer, biases 0, norms 1.
 void init_params(float* params, const Config& config, const std::vector<ParamSpec>& specs, uint64_t seed);
 

@@ -23,9 +23,13 @@ struct ScanParams {
   const float* delta = nullptr;  // (B, L, D) Δ before its bias and softplus
   int64_t delta_stride = 0;
   const float* A = nullptr;      // (D, N) A = −exp(A_log), negative
-  const float* Bm = nullptr;     // (B, L, N) input-dependent B
-  const float* Cm = nullptr;     // (B, L, N) input-dependent C
-  int64_t bc_stride = 0;
+  const float* Bm = nullptr;     // (B, L, N) input-dependent B; (D, N) when bc_per_channel
+  const float* Cm = nullptr;     // (B, L, N) input-dependent C; (D, N) when bc_per_channel
+  int64_t bc_stride = 0;         // unused when bc_per_channel
+  // The linear time-invariant ablation (paper Table 1, an S4D-style diagonal SSM): B and C are
+  // parameters, one row of N per channel, the same at every step, instead of input-dependent rows of
+  // N shared by all channels. (Δ is made time-invariant by the caller: delta_stride = 0.)
+  bool bc_per_channel = false;
   const float* D = nullptr;           // (D) skip connection, or null
   const float* z = nullptr;           // (B, L, D) gate, or null
   int64_t z_stride = 0;

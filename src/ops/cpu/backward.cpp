@@ -160,11 +160,17 @@ void conv1d_silu_backward(float* dinp, int64_t dinp_stride, float* dtail, float*
   }
 }
 
-void selective_scan_backward(const ScanGrads& g, const ScanParams& p, const float* checkpoints, int chunk) {
+namespace {
+
+// kPerChannel: B and C are (D, N) parameters (ScanParams::bc_per_channel): they are loaded per block
+// like A, and their gradients summed per block like dA, so no per-thread partial is needed.
+template <bool kPerChannel>
+void scan_backward(const ScanGrads& g, const ScanParams& p, const float* checkpoints, int chunk) {
   // Vectorized across channels, like the forward: a block of kLanes channels steps through time together,
   // each state index n one vector operation over the lanes. A partial last block runs on zero-padded
   // lanes (u = dy = 0 there, so their gradients are exactly zero) that are never stored.
   constexpr int kLanes = 16;
+  constexpr int kBC = kPerChannel ? kMaxState : 1;  // rows of the per-channel B, C and their gradients
   const int N = p.dstate, D = p.dim, L = p.seqlen, B = p.batch;
   const int blocks = (D + kLanes - 1) / kLanes;
   const int n_chunks = scan_chunks(L, chunk);
@@ -176,11 +182,11 @@ void selective_scan_backward(const ScanGrads& g, const ScanParams& p, const floa
   // (B, L, 2N), reduced in thread order at the end. Parameters (dA, dD, ddelta_bias) belong to one
   // channel: channel blocks are split over threads with the batch inside, so each has a single writer.
   const int threads = omp_get_max_threads();
-  std::vector<float> partial(static_cast<size_t>(threads) * rows * 2 * N, 0.0f);  // (threads, B, L, 2N)
+  std::vector<float> partial(kPerChannel ? 0 : static_cast<size_t>(threads) * rows * 2 * N, 0.0f);  // (threads, B, L, 2N)
 
 #pragma omp parallel num_threads(threads)
   {
-    float* dbc = partial.data() + static_cast<int64_t>(omp_get_thread_num()) * rows * 2 * N;
+    float* dbc = kPerChannel ? nullptr : partial.data() + static_cast<int64_t>(omp_get_thread_num()) * rows * 2 * N;
     // The chunk recomputed (§3.3.2), lane-major: hs[j][n][l] is the state h_{t0+j−1} (slot 0 the
     // checkpoint), as[j][n][l] the decay a_{t0+j} = exp(Δ A), dts[j][l] Δ_{t0+j} = softplus(x) with
     // x = delta + bias, dsp[j][l] softplus'(x): the reverse pass then needs no exp or log of its own.
@@ -199,8 +205,16 @@ void selective_scan_backward(const ScanGrads& g, const ScanParams& p, const floa
       alignas(64) float A[kMaxState][kLanes] = {};   // A transposed for this block
       alignas(64) float dA[kMaxState][kLanes] = {};  // this block's dA, summed over batch and time
       alignas(64) float bias[kLanes] = {}, skip[kLanes] = {}, dD[kLanes] = {}, dbias[kLanes] = {};
+      // Per-channel B, C transposed, and this block's dB, dC summed over batch and time.
+      alignas(64) float Bc[kBC][kLanes] = {}, Cc[kBC][kLanes] = {}, dBc[kBC][kLanes] = {}, dCc[kBC][kLanes] = {};
       for (int l = 0; l < nd; l++) {
         for (int n = 0; n < N; n++) A[n][l] = p.A[static_cast<int64_t>(d0 + l) * N + n];
+        if constexpr (kPerChannel) {
+          for (int n = 0; n < N; n++) {
+            Bc[n][l] = p.Bm[static_cast<int64_t>(d0 + l) * N + n];
+            Cc[n][l] = p.Cm[static_cast<int64_t>(d0 + l) * N + n];
+          }
+        }
         bias[l] = has_bias ? p.delta_bias[d0 + l] : 0.0f;
         skip[l] = p.D ? p.D[d0 + l] : 0.0f;
       }
@@ -221,7 +235,7 @@ void selective_scan_backward(const ScanGrads& g, const ScanParams& p, const floa
           // Recompute the chunk's states forward from its checkpoint: h_t = a_t h_{t−1} + Δ_t B_t u_t.
           for (int j = 0; j < Lc; j++) {
             const int64_t row = static_cast<int64_t>(b) * L + t0 + j;
-            const float* Bt = p.Bm + row * p.bc_stride;
+            const float* Bt = kPerChannel ? nullptr : p.Bm + row * p.bc_stride;
             alignas(64) float u[kLanes], x[kLanes], dtu[kLanes];
             load(u, p.u + row * p.u_stride + d0);
             load(x, p.delta + row * p.delta_stride + d0);
@@ -237,10 +251,18 @@ void selective_scan_backward(const ScanGrads& g, const ScanParams& p, const floa
             float* h = hs.data() + (j + 1) * slab;
             float* a = as.data() + j * slab;
             for (int n = 0; n < N; n++) {
+              if constexpr (kPerChannel) {
 #pragma omp simd
-              for (int l = 0; l < kLanes; l++) {
-                a[n * kLanes + l] = exp_approx(dt[l] * A[n][l]);
-                h[n * kLanes + l] = a[n * kLanes + l] * hp[n * kLanes + l] + dtu[l] * Bt[n];
+                for (int l = 0; l < kLanes; l++) {
+                  a[n * kLanes + l] = exp_approx(dt[l] * A[n][l]);
+                  h[n * kLanes + l] = a[n * kLanes + l] * hp[n * kLanes + l] + dtu[l] * Bc[n][l];
+                }
+              } else {
+#pragma omp simd
+                for (int l = 0; l < kLanes; l++) {
+                  a[n * kLanes + l] = exp_approx(dt[l] * A[n][l]);
+                  h[n * kLanes + l] = a[n * kLanes + l] * hp[n * kLanes + l] + dtu[l] * Bt[n];
+                }
               }
             }
           }
@@ -248,8 +270,8 @@ void selective_scan_backward(const ScanGrads& g, const ScanParams& p, const floa
           // Reverse pass through the chunk.
           for (int j = Lc - 1; j >= 0; j--) {
             const int64_t row = static_cast<int64_t>(b) * L + t0 + j;
-            const float* Bt = p.Bm + row * p.bc_stride;
-            const float* Ct = p.Cm + row * p.bc_stride;
+            const float* Bt = kPerChannel ? nullptr : p.Bm + row * p.bc_stride;
+            const float* Ct = kPerChannel ? nullptr : p.Cm + row * p.bc_stride;
             const float* dt = dts.data() + j * kLanes;
             const float* hp = hs.data() + j * slab;
             const float* h = hs.data() + (j + 1) * slab;
@@ -264,7 +286,7 @@ void selective_scan_backward(const ScanGrads& g, const ScanParams& p, const floa
               load(z, p.z + row * p.z_stride + d0);
               for (int l = 0; l < kLanes; l++) y0[l] = skip[l] * u[l];
               for (int n = 0; n < N; n++) {
-                for (int l = 0; l < kLanes; l++) y0[l] += Ct[n] * h[n * kLanes + l];
+                for (int l = 0; l < kLanes; l++) y0[l] += (kPerChannel ? Cc[n][l] : Ct[n]) * h[n * kLanes + l];
               }
               for (int l = 0; l < kLanes; l++) {
                 float gate, gate_grad;
@@ -281,9 +303,25 @@ void selective_scan_backward(const ScanGrads& g, const ScanParams& p, const floa
               du[l] = skip[l] * gy[l];
               ddt[l] = 0.0f;
             }
-            float* dBt = dbc + row * 2 * N;
-            float* dCt = dBt + N;
-            for (int n = 0; n < N; n++) {
+            if constexpr (kPerChannel) {
+              for (int n = 0; n < N; n++) {
+#pragma omp simd
+                for (int l = 0; l < kLanes; l++) {
+                  const int k = n * kLanes + l;
+                  const float dhn = dh[n][l] + gy[l] * Cc[n][l];
+                  const float dah = dhn * a[k] * hp[k];
+                  dCc[n][l] += gy[l] * h[k];
+                  dBc[n][l] += dhn * dtu[l];
+                  du[l] += dhn * dt[l] * Bc[n][l];
+                  ddt[l] += dah * A[n][l] + dhn * Bc[n][l] * u[l];
+                  dA[n][l] += dah * dt[l];
+                  dh[n][l] = a[k] * dhn;
+                }
+              }
+            }
+            float* dBt = kPerChannel ? nullptr : dbc + row * 2 * N;
+            float* dCt = kPerChannel ? nullptr : dBt + N;
+            for (int n = 0; n < (kPerChannel ? 0 : N); n++) {
               const float Bn = Bt[n], Cn = Ct[n];
               float sum_dB = 0.0f, sum_dC = 0.0f;  // over the lanes: B and C are shared by all channels
 #pragma omp simd reduction(+ : sum_dB, sum_dC)
@@ -320,12 +358,18 @@ void selective_scan_backward(const ScanGrads& g, const ScanParams& p, const floa
         for (int n = 0; n < N; n++) g.dA[static_cast<int64_t>(d0 + l) * N + n] += dA[n][l];
         if (has_D) g.dD[d0 + l] += dD[l];
         if (has_bias && g.ddelta_bias) g.ddelta_bias[d0 + l] += dbias[l];
+        if constexpr (kPerChannel) {
+          for (int n = 0; n < N; n++) {
+            g.dB[static_cast<int64_t>(d0 + l) * N + n] += dBc[n][l];
+            g.dC[static_cast<int64_t>(d0 + l) * N + n] += dCc[n][l];
+          }
+        }
       }
     }
 
     // Sum the per-thread dB, dC in thread order.
 #pragma omp for schedule(static)
-    for (int64_t row = 0; row < rows; row++) {
+    for (int64_t row = 0; row < (kPerChannel ? 0 : rows); row++) {
       float* dBt = g.dB + row * g.dbc_stride;
       float* dCt = g.dC + row * g.dbc_stride;
       for (int t = 0; t < threads; t++) {
@@ -336,6 +380,16 @@ void selective_scan_backward(const ScanGrads& g, const ScanParams& p, const floa
         }
       }
     }
+  }
+}
+
+}  // namespace
+
+void selective_scan_backward(const ScanGrads& g, const ScanParams& p, const float* checkpoints, int chunk) {
+  if (p.bc_per_channel) {
+    scan_backward<true>(g, p, checkpoints, chunk);
+  } else {
+    scan_backward<false>(g, p, checkpoints, chunk);
   }
 }
 

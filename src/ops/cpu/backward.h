@@ -72,8 +72,8 @@ struct ScanGrads {
   int64_t ddelta_stride = 0;
   float* dA = nullptr;  // (D, N) w.r.t. A; the model's parameter is A_log, A = −exp(A_log), so
                         // dA_log = dA ⊙ A (the model applies it)
-  float* dB = nullptr;  // (B, L, N) slices of d_xdbl, like Bm and Cm
-  float* dC = nullptr;  // (B, L, N)
+  float* dB = nullptr;  // (B, L, N) slices of d_xdbl, like Bm and Cm; (D, N) when params.bc_per_channel
+  float* dC = nullptr;  // (B, L, N); (D, N) when params.bc_per_channel
   int64_t dbc_stride = 0;
   float* dD = nullptr;  // (D), or null (ignored when params.D is null)
   float* dz = nullptr;  // (B, L, D) slice of dxz, or null (ignored when params.z is null)

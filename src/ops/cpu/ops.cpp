@@ -80,11 +80,37 @@ void conv1d_silu_forward(float* out, float* tail, const float* inp, int64_t inp_
   }
 }
 
-void selective_scan_forward(const ScanParams& p) {
+namespace {
+
+// kPerChannel: B and C are (D, N) parameters (ScanParams::bc_per_channel), loaded once per block
+// like A; otherwise rows of N per token shared by the block's channels. One body for both, so the
+// selective path's arithmetic is the same as it was.
+constexpr int kLanes = 16;  // channels the scan advances together
+
+// One time step's values of a block's channels, zero-padded when the block is partial. A full block is
+// a fixed-size copy kept in vector registers; a loop over `nd` would become a memcpy call per step.
+inline void load_lanes(float* dst, const float* src, int nd) {
+  if (nd == kLanes) {
+    for (int i = 0; i < kLanes; i++) dst[i] = src[i];
+  } else {
+    for (int i = 0; i < kLanes; i++) dst[i] = i < nd ? src[i] : 0.0f;
+  }
+}
+
+inline void store_lanes(float* dst, const float* src, int nd) {
+  if (nd == kLanes) {
+    for (int i = 0; i < kLanes; i++) dst[i] = src[i];
+  } else {
+    for (int i = 0; i < nd; i++) dst[i] = src[i];
+  }
+}
+
+template <bool kPerChannel>
+void scan_forward(const ScanParams& p) {
   // Vectorized across channels: a block of kLanes channels advances one time step at a time, each
   // state index n one vector operation, so no horizontal sums are needed. A partial last block runs
   // on zero-padded lanes whose results are not stored.
-  constexpr int kLanes = 16;
+  constexpr int kBC = kPerChannel ? kMaxState : 1;  // rows of the per-channel B, C kept on the stack
   const int N = p.dstate, D = p.dim, L = p.seqlen;
   const int blocks = (D + kLanes - 1) / kLanes;
 #pragma omp parallel for collapse(2) schedule(static) if (static_cast<int64_t>(p.batch) * L * D * N > 65536)
@@ -94,47 +120,58 @@ void selective_scan_forward(const ScanParams& p) {
       alignas(64) float h[kMaxState][kLanes] = {};  // h[n][lane]
       alignas(64) float A[kMaxState][kLanes] = {};  // A transposed for this block
       alignas(64) float bias[kLanes] = {}, skip[kLanes] = {};
+      alignas(64) float Bc[kBC][kLanes] = {}, Cc[kBC][kLanes] = {};  // per-channel B, C transposed
       for (int i = 0; i < nd; i++) {
         const int64_t d = d0 + i;
         for (int n = 0; n < N; n++) {
           A[n][i] = p.A[d * N + n];
           if (p.state_in) h[n][i] = p.state_in[(b * int64_t{D} + d) * N + n];
+          if constexpr (kPerChannel) {
+            Bc[n][i] = p.Bm[d * N + n];
+            Cc[n][i] = p.Cm[d * N + n];
+          }
         }
         bias[i] = p.delta_bias ? p.delta_bias[d] : 0.0f;
         skip[i] = p.D ? p.D[d] : 0.0f;
       }
       for (int t = 0; t < L; t++) {
         const int64_t row = int64_t{b} * L + t;
-        const float* Bt = p.Bm + row * p.bc_stride;
-        const float* Ct = p.Cm + row * p.bc_stride;
-        alignas(64) float u[kLanes] = {}, dt[kLanes] = {}, gate[kLanes], y[kLanes] = {};
-        for (int i = 0; i < nd; i++) {
-          u[i] = p.u[row * p.u_stride + d0 + i];
-          dt[i] = p.delta[row * p.delta_stride + d0 + i];
-        }
+        const float* Bt = kPerChannel ? nullptr : p.Bm + row * p.bc_stride;
+        const float* Ct = kPerChannel ? nullptr : p.Cm + row * p.bc_stride;
+        alignas(64) float u[kLanes], dt[kLanes], gate[kLanes], y[kLanes] = {};
+        load_lanes(u, p.u + row * p.u_stride + d0, nd);
+        load_lanes(dt, p.delta + row * p.delta_stride + d0, nd);
         if (p.delta_softplus) {
 #pragma omp simd
           for (int i = 0; i < kLanes; i++) dt[i] = softplus(dt[i] + bias[i]);
         } else {
           for (int i = 0; i < kLanes; i++) dt[i] += bias[i];
         }
-        for (int n = 0; n < N; n++) {
-          const float bn = Bt[n], cn = Ct[n];
+        if constexpr (kPerChannel) {
+          for (int n = 0; n < N; n++) {
 #pragma omp simd
-          for (int i = 0; i < kLanes; i++) {
-            h[n][i] = exp_approx(dt[i] * A[n][i]) * h[n][i] + dt[i] * bn * u[i];
-            y[i] += cn * h[n][i];
+            for (int i = 0; i < kLanes; i++) {
+              h[n][i] = exp_approx(dt[i] * A[n][i]) * h[n][i] + dt[i] * Bc[n][i] * u[i];
+              y[i] += Cc[n][i] * h[n][i];
+            }
+          }
+        } else {
+          for (int n = 0; n < N; n++) {
+            const float bn = Bt[n], cn = Ct[n];
+#pragma omp simd
+            for (int i = 0; i < kLanes; i++) {
+              h[n][i] = exp_approx(dt[i] * A[n][i]) * h[n][i] + dt[i] * bn * u[i];
+              y[i] += cn * h[n][i];
+            }
           }
         }
         for (int i = 0; i < kLanes; i++) y[i] += skip[i] * u[i];
         if (p.z) {
-          for (int i = 0; i < nd; i++) gate[i] = p.z[row * p.z_stride + d0 + i];
-          for (int i = nd; i < kLanes; i++) gate[i] = 0.0f;
+          load_lanes(gate, p.z + row * p.z_stride + d0, nd);
 #pragma omp simd
           for (int i = 0; i < kLanes; i++) y[i] *= silu(gate[i]);
         }
-        float* out = p.y + row * p.y_stride + d0;
-        for (int i = 0; i < nd; i++) out[i] = y[i];
+        store_lanes(p.y + row * p.y_stride + d0, y, nd);
       }
       if (p.state_out) {
         for (int i = 0; i < nd; i++) {
@@ -142,6 +179,16 @@ void selective_scan_forward(const ScanParams& p) {
         }
       }
     }
+  }
+}
+
+}  // namespace
+
+void selective_scan_forward(const ScanParams& p) {
+  if (p.bc_per_channel) {
+    scan_forward<true>(p);
+  } else {
+    scan_forward<false>(p);
   }
 }
 
@@ -166,8 +213,10 @@ void selective_scan_forward_checkpointed(const ScanParams& p, float* checkpoints
       q.y = p.y + row * p.y_stride;
       q.u = p.u + row * p.u_stride;
       q.delta = p.delta + row * p.delta_stride;
-      q.Bm = p.Bm + row * p.bc_stride;
-      q.Cm = p.Cm + row * p.bc_stride;
+      if (!p.bc_per_channel) {  // per-channel B, C are the same for every chunk
+        q.Bm = p.Bm + row * p.bc_stride;
+        q.Cm = p.Cm + row * p.bc_stride;
+      }
       q.z = p.z ? p.z + row * p.z_stride : nullptr;
       q.state_in = ckpt + c * state_size;
       if (c + 1 < n_chunks) {

@@ -1,0 +1,234 @@
+#include "model/tasks.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "core/error.h"
+#include "model/backprop.h"
+#include "model/engine.h"
+#include "model/optimizer.h"
+#include "model/state.h"
+
+namespace mamba {
+
+namespace {
+
+// SplitMix64's finalizer: a counter-based draw, so filler token t needs no state but (seed, t).
+uint64_t mix(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+int32_t induction_trigger(const TaskSpec& spec) { return spec.vocab - 1; }
+
+int32_t filler_token(const TaskSpec& spec, uint64_t seed, int64_t t) {
+  return static_cast<int32_t>(mix(seed + 0x9e3779b97f4a7c15ull * static_cast<uint64_t>(t + 1)) %
+                              static_cast<uint64_t>(spec.vocab - 1));
+}
+
+}  // namespace
+
+const char* task_name(TaskKind kind) {
+  switch (kind) {
+    case TaskKind::SelectiveCopying: return "selective-copying";
+    case TaskKind::InductionHeads: return "induction-heads";
+    case TaskKind::Copying: return "copying";
+  }
+  return "?";
+}
+
+const char* task_names() { return "selective-copying, induction-heads, copying"; }
+
+TaskKind parse_task(const std::string& name) {
+  for (TaskKind k : {TaskKind::SelectiveCopying, TaskKind::InductionHeads, TaskKind::Copying}) {
+    if (name == task_name(k)) return k;
+  }
+  fail("unknown task \"", name, "\" (known: ", task_names(), ")");
+}
+
+void TaskSpec::validate() const {
+  if (vocab < 4) fail("task: a vocabulary of ", vocab, " is too small (at least 4)");
+  if (kind == TaskKind::InductionHeads) {
+    if (length < 4) fail("task ", task_name(kind), ": length ", length, " is too short (at least 4)");
+  } else {
+    if (n_data < 1) fail("task ", task_name(kind), ": needs at least one data token");
+    if (length < n_data) fail("task ", task_name(kind), ": length ", length, " cannot hold ", n_data, " data tokens");
+  }
+}
+
+TaskSequence make_sequence(const TaskSpec& spec, Rng& rng) {
+  TaskSequence s;
+  const int data_values = spec.vocab - kTaskFirstData;
+  switch (spec.kind) {
+    case TaskKind::InductionHeads: {
+      // Trigger at p ∈ [0, L − 3], its target at p + 1, the final trigger at L − 1: the target is never
+      // the last filler before the query, so the task cannot be solved by looking one step back.
+      s.positions = {static_cast<int64_t>(rng.below(static_cast<uint64_t>(spec.length - 2)))};
+      s.data = {static_cast<int32_t>(rng.below(static_cast<uint64_t>(spec.vocab - 1)))};
+      s.filler_seed = rng.next();
+      break;
+    }
+    case TaskKind::SelectiveCopying: {
+      // n_data distinct positions, uniformly: Floyd's sampling, then sorted.
+      std::vector<int64_t> chosen;
+      for (int64_t j = spec.length - spec.n_data; j < spec.length; j++) {
+        const int64_t t = static_cast<int64_t>(rng.below(static_cast<uint64_t>(j + 1)));
+        chosen.push_back(std::find(chosen.begin(), chosen.end(), t) == chosen.end() ? t : j);
+      }
+      std::sort(chosen.begin(), chosen.end());
+      s.positions = std::move(chosen);
+      for (int i = 0; i < spec.n_data; i++) {
+        s.data.push_back(kTaskFirstData + static_cast<int32_t>(rng.below(static_cast<uint64_t>(data_values))));
+      }
+      break;
+    }
+    case TaskKind::Copying: {
+      for (int i = 0; i < spec.n_data; i++) {
+        s.positions.push_back(i);
+        s.data.push_back(kTaskFirstData + static_cast<int32_t>(rng.below(static_cast<uint64_t>(data_values))));
+      }
+      break;
+    }
+  }
+  return s;
+}
+
+void sequence_tokens(const TaskSpec& spec, const TaskSequence& seq, int64_t t0, int64_t n, int32_t* out) {
+  const int64_t L = spec.length;
+  if (spec.kind == TaskKind::InductionHeads) {
+    const int64_t p = seq.positions[0];
+    for (int64_t i = 0; i < n; i++) {
+      const int64_t t = t0 + i;
+      if (t == p || t == L - 1) {
+        out[i] = induction_trigger(spec);
+      } else if (t == p + 1) {
+        out[i] = seq.data[0];
+      } else {
+        out[i] = filler_token(spec, seq.filler_seed, t);
+      }
+    }
+    return;
+  }
+  // Copying: noise, with the data at their positions, then markers for the answers.
+  auto next = std::lower_bound(seq.positions.begin(), seq.positions.end(), t0);
+  for (int64_t i = 0; i < n; i++) {
+    const int64_t t = t0 + i;
+    if (t >= L) {
+      out[i] = kTaskMarker;
+    } else if (next != seq.positions.end() && *next == t) {
+      out[i] = seq.data[static_cast<size_t>(next - seq.positions.begin())];
+      ++next;
+    } else {
+      out[i] = kTaskNoise;
+    }
+  }
+}
+
+void make_batch(const TaskSpec& spec, Rng& rng, int B, int32_t* inputs, int32_t* targets) {
+  const int64_t T = spec.total_length();
+  const int A = spec.answers();
+  for (int b = 0; b < B; b++) {
+    const TaskSequence seq = make_sequence(spec, rng);
+    sequence_tokens(spec, seq, 0, T, inputs + b * T);
+    std::fill(targets + b * T, targets + (b + 1) * T, kTaskIgnore);
+    for (int i = 0; i < A; i++) targets[b * T + T - A + i] = seq.data[static_cast<size_t>(i)];
+  }
+}
+
+std::vector<TaskSequence> test_set(const TaskSpec& spec, int count, uint64_t seed) {
+  Rng rng(mix(seed ^ mix(static_cast<uint64_t>(spec.length))));
+  std::vector<TaskSequence> out;
+  for (int i = 0; i < count; i++) out.push_back(make_sequence(spec, rng));
+  return out;
+}
+
+TaskScore evaluate_task(const Model& model, const TaskSpec& spec, const std::vector<TaskSequence>& sequences,
+                        int batch, int chunk) {
+  const int64_t T = spec.total_length();
+  const int A = spec.answers();
+  const int V = model.config().vocab_size;
+  const int64_t prompt = T - A;
+  batch = std::max(1, batch);
+  chunk = std::max(1, chunk);
+  Engine engine(model, int64_t{batch} * std::max(chunk, A));
+  std::vector<int32_t> tokens(static_cast<size_t>(batch) * std::max(chunk, A));
+  std::vector<float> logits(static_cast<size_t>(batch) * A * V);
+  TaskScore score;
+  for (size_t first = 0; first < sequences.size(); first += static_cast<size_t>(batch)) {
+    const int B = static_cast<int>(std::min<size_t>(static_cast<size_t>(batch), sequences.size() - first));
+    State state(model.config(), B);
+    for (int64_t t0 = 0; t0 < prompt; t0 += chunk) {
+      const int n = static_cast<int>(std::min<int64_t>(chunk, prompt - t0));
+      for (int b = 0; b < B; b++) sequence_tokens(spec, sequences[first + b], t0, n, tokens.data() + int64_t{b} * n);
+      engine.forward(tokens.data(), B, n, state, nullptr, Logits::None);
+    }
+    for (int b = 0; b < B; b++) sequence_tokens(spec, sequences[first + b], prompt, A, tokens.data() + int64_t{b} * A);
+    engine.forward(tokens.data(), B, A, state, logits.data(), Logits::All);
+    for (int b = 0; b < B; b++) {
+      for (int i = 0; i < A; i++) {
+        const float* row = logits.data() + (int64_t{b} * A + i) * V;
+        const int32_t guess = static_cast<int32_t>(std::max_element(row, row + V) - row);
+        score.correct += guess == sequences[first + b].data[static_cast<size_t>(i)];
+        score.total++;
+      }
+    }
+  }
+  return score;
+}
+
+TaskTrainResult train_task(const Config& config, std::vector<float>& params, const TaskSpec& spec,
+                           const TaskTrainOptions& o,
+                           const std::function<void(int64_t, double, double, double)>& on_eval) {
+  spec.validate();
+  if (config.vocab_size < spec.vocab) fail("task: the model's vocabulary is smaller than the task's ", spec.vocab);
+  const auto specs = param_specs(config);
+  if (static_cast<int64_t>(params.size()) != param_layout_size(specs)) fail("train_task: parameter buffer size");
+  const int T = static_cast<int>(spec.total_length());
+  Backprop backprop(config, o.batch, T);
+  AdamW adam(specs, static_cast<int64_t>(params.size()), AdamWOptions{o.lr, 0.9, 0.95, 1e-8, o.weight_decay});
+  Schedule schedule{"cosine", o.lr, o.lr_min, o.warmup, o.steps};
+  std::vector<float> grads(params.size());
+  std::vector<int32_t> inputs(static_cast<size_t>(o.batch) * T), targets(inputs.size());
+  Rng rng(o.seed);
+  const auto held_out = test_set(spec, o.eval_sequences, o.seed + 1);
+  const auto start = std::chrono::steady_clock::now();
+  auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+
+  TaskTrainResult r;
+  double smoothed = -1;
+  while (r.steps < o.steps) {
+    make_batch(spec, rng, o.batch, inputs.data(), targets.data());
+    std::fill(grads.begin(), grads.end(), 0.0f);
+    const double loss = backprop.step(params.data(), grads.data(), inputs.data(), targets.data(), kTaskIgnore);
+    const double norm = clip_grad_norm(grads.data(), static_cast<int64_t>(grads.size()), o.clip);
+    if (!std::isfinite(loss) || !std::isfinite(norm)) fail("task training diverged at step ", r.steps + 1);
+    adam.update(params.data(), grads.data(), schedule.at(r.steps));
+    r.steps++;
+    smoothed = smoothed < 0 ? loss : 0.95 * smoothed + 0.05 * loss;
+    r.loss = smoothed;
+    if ((o.eval_every > 0 && r.steps % o.eval_every == 0) || r.steps == o.steps) {
+      Model model = Model::from_params(config, params);
+      r.accuracy = evaluate_task(model, spec, held_out, 64, 4096).accuracy();
+      if (on_eval) on_eval(r.steps, smoothed, r.accuracy, seconds());
+      if (r.accuracy >= o.stop_accuracy) break;
+    }
+  }
+  r.seconds = seconds();
+  return r;
+}
+
+Config task_config(int d_model, int n_layer, SsmMode mode) {
+  Config c;
+  c.d_model = d_model;
+  c.n_layer = n_layer;
+  c.vocab_size = 16;
+  c.dt_rank = (d_model + 15) / 16;
+  c.ssm_mode = mode;
+  c.eos_token_id = 0;
+  c.validate("task model");
+  return c;
+}
+
+}  // namespace mamba

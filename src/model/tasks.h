@@ -1,0 +1,105 @@
+// The paper's synthetic tasks (Gu & Dao 2023, §4.1): selective copying, induction heads, and plain
+// copying as a control. Sequences are generated from a seed; their tokens can be produced a piece at a
+// time (a sequence of 2^20 tokens never exists in memory), and a model is scored on them through the
+// Engine with its recurrent State carried from piece to piece, so evaluation memory is constant in the
+// length.
+//
+// Every task's answers are its LAST tokens, read as next-token predictions: the input at an answer
+// position is a marker (copying) or the trigger (induction heads) and the target is the answer. Every
+// other position has target ignore_index, so only answers count in the loss and in the accuracy.
+//
+// Vocabulary (16 tokens, the paper's setting):
+//   copying tasks: 0 = noise, 1 = marker, 2..15 = data (14 values);
+//   induction heads: 15 = the trigger, 0..14 = filler and targets.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "model/config.h"
+#include "model/model.h"
+
+namespace mamba {
+
+enum class TaskKind { SelectiveCopying, InductionHeads, Copying };
+
+struct TaskSpec {
+  TaskKind kind = TaskKind::InductionHeads;
+  int64_t length = 256;  // L: tokens before the answers (copying) or in all (induction heads)
+  int n_data = 16;       // copying tasks: tokens to remember and reproduce
+  int vocab = 16;
+
+  // Tokens of one sequence: L + n_data for the copying tasks, L for induction heads.
+  int64_t total_length() const { return kind == TaskKind::InductionHeads ? length : length + n_data; }
+  // Answer positions at the end of the sequence: n_data, or 1 for induction heads.
+  int answers() const { return kind == TaskKind::InductionHeads ? 1 : n_data; }
+  void validate() const;  // fails with a message when the length cannot hold the task
+};
+
+constexpr int kTaskNoise = 0, kTaskMarker = 1, kTaskFirstData = 2;
+constexpr int32_t kTaskIgnore = -100;
+
+const char* task_name(TaskKind kind);  // "selective-copying", "induction-heads", "copying"
+TaskKind parse_task(const std::string& name);  // fails on an unknown name
+const char* task_names();
+
+// One sequence, described by O(n_data) numbers: where the data tokens sit and what they are.
+struct TaskSequence {
+  std::vector<int64_t> positions;  // increasing; the induction trigger's position for induction heads
+  std::vector<int32_t> data;       // the tokens to reproduce, in order (= the answers)
+  uint64_t filler_seed = 0;        // induction heads: the random filler is a function of (seed, t)
+};
+
+TaskSequence make_sequence(const TaskSpec& spec, Rng& rng);
+// Input tokens [t0, t0 + n) of the sequence (answers' inputs included: markers or the trigger).
+void sequence_tokens(const TaskSpec& spec, const TaskSequence& seq, int64_t t0, int64_t n, int32_t* out);
+
+// A training batch: inputs and targets (B, total_length), targets kTaskIgnore except at the answers.
+void make_batch(const TaskSpec& spec, Rng& rng, int B, int32_t* inputs, int32_t* targets);
+
+// The fixed test set of a length: `count` sequences drawn from a seed derived from (seed, length).
+std::vector<TaskSequence> test_set(const TaskSpec& spec, int count, uint64_t seed);
+
+struct TaskScore {
+  int64_t correct = 0, total = 0;  // answer tokens
+  double accuracy() const { return total ? static_cast<double>(correct) / static_cast<double>(total) : 0.0; }
+};
+
+// Greedy per-token accuracy over the answers: `batch` sequences at a time, the prompt fed in pieces of
+// `chunk` tokens with the State carried and no logits (Logits::None), then the answers' positions with
+// their logits. Memory: the Engine's buffers for batch × chunk tokens, whatever the length.
+TaskScore evaluate_task(const Model& model, const TaskSpec& spec, const std::vector<TaskSequence>& sequences,
+                        int batch = 16, int chunk = 4096);
+
+// Training on freshly generated batches with the model's own Backprop and AdamW (paper's recipe:
+// β = (0.9, 0.95)), warmup then cosine, global-norm clipping; every `eval_every` steps the greedy
+// accuracy on `eval_sequences` held-out sequences (seed + 1), stopping early once it reaches
+// `stop_accuracy` (> 1: never).
+struct TaskTrainOptions {
+  int batch = 32;
+  int64_t steps = 2000, warmup = 100;
+  double lr = 2e-3, lr_min = 1e-4, weight_decay = 0.1, clip = 1.0;
+  uint64_t seed = 0;
+  int64_t eval_every = 100;
+  int eval_sequences = 256;
+  double stop_accuracy = 2.0;
+};
+
+struct TaskTrainResult {
+  int64_t steps = 0;
+  double loss = 0, accuracy = 0, seconds = 0;
+};
+
+// Trains `params` (laid out by param_specs(config)) in place. `on_eval(step, loss, accuracy, seconds)`
+// is called after each evaluation, for progress and logs.
+TaskTrainResult train_task(const Config& config, std::vector<float>& params, const TaskSpec& spec,
+                           const TaskTrainOptions& options,
+                           const std::function<void(int64_t, double, double, double)>& on_eval = {});
+
+// The paper's model for these tasks: 2 layers, d_model 64, vocabulary 16, other fields default.
+Config task_config(int d_model = 64, int n_layer = 2, SsmMode mode = SsmMode::Selective);
+
+}  // namespace mamba
