@@ -82,9 +82,6 @@ void conv1d_silu_forward(float* out, float* tail, const float* inp, int64_t inp_
 
 namespace {
 
-// kPerChannel: B and C are (D, N) parameters (ScanParams::bc_per_channel), loaded once per block
-// like A; otherwise rows of N per token shared by the block's channels. One body for both, so the
-// selective path's arithmetic is the same as it was.
 constexpr int kLanes = 16;  // channels the scan advances together
 
 // One time step's values of a block's channels, zero-padded when the block is partial. A full block is
@@ -105,6 +102,9 @@ inline void store_lanes(float* dst, const float* src, int nd) {
   }
 }
 
+// kPerChannel: B and C are (D, N) parameters (ScanParams::bc_per_channel), loaded once per block
+// like A; otherwise rows of N per token shared by the block's channels. One body for both, so the
+// selective path's arithmetic is the same as it was.
 template <bool kPerChannel>
 void scan_forward(const ScanParams& p) {
   // Vectorized across channels: a block of kLanes channels advances one time step at a time, each
