@@ -3,6 +3,9 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
+#include <string>
+#include <vector>
 
 namespace mamba::cli {
 
@@ -15,6 +18,10 @@ void add_generate(CLI::App& app);
 void add_perplexity(CLI::App& app);
 void add_tokenize(CLI::App& app);
 void add_tasks(CLI::App& app);
+
+// Token ids separated by commas and/or whitespace, optionally in brackets: "1,2,3", "1 2 3", "[1, 2, 3]".
+// `where` names the source in errors.
+std::vector<int32_t> parse_ids(const std::string& text, const std::string& where);
 
 // Sets the OpenMP and OpenBLAS thread counts (0 = all cores).
 void set_threads(int threads);

@@ -12,34 +12,6 @@ namespace mamba::cli {
 
 namespace {
 
-// Token ids separated by commas and/or spaces: "1,2,3", "1 2 3".
-std::vector<int32_t> parse_ids(const std::string& text, const std::string& where) {
-  std::vector<int32_t> ids;
-  std::string item;
-  auto take = [&] {
-    if (item.empty()) return;
-    size_t used = 0;
-    long long v = -1;
-    try {
-      v = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != item.size() || v < 0 || v > INT32_MAX) fail(where, ": \"", item, "\" is not a token id");
-    ids.push_back(static_cast<int32_t>(v));
-    item.clear();
-  };
-  for (char c : text) {
-    if (c == ',' || c == ' ' || c == '\t' || c == '\r' || c == '\n') {
-      take();
-    } else {
-      item += c;
-    }
-  }
-  take();
-  return ids;
-}
-
 std::string read_file(const std::string& path) {
   if (path == "-") return std::string(std::istreambuf_iterator<char>(std::cin), {});
   std::ifstream in(path, std::ios::binary);

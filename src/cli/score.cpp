@@ -8,29 +8,6 @@
 
 namespace mamba::cli {
 
-namespace {
-
-std::vector<int32_t> parse_id_list(const std::string& text) {
-  std::vector<int32_t> ids;
-  std::stringstream in(text);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    size_t used = 0;
-    long long v = 0;
-    try {
-      v = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != item.size() || v < 0 || v > INT32_MAX) fail("--ids: \"", item, "\" is not a token id");
-    ids.push_back(static_cast<int32_t>(v));
-  }
-  if (ids.empty()) fail("--ids: no token ids given");
-  return ids;
-}
-
-}  // namespace
-
 void add_score(CLI::App& app) {
   auto* cmd = app.add_subcommand("score", "Run the full forward pass and write fp32 logits as a NumPy .npy");
   struct Options {
@@ -46,7 +23,8 @@ void add_score(CLI::App& app) {
     std::vector<int32_t> tokens;
     std::vector<int64_t> shape;
     if (!o.ids.empty()) {
-      tokens = parse_id_list(o.ids);
+      tokens = parse_ids(o.ids, "--ids");
+      if (tokens.empty()) fail("--ids: no token ids given");
       shape = {static_cast<int64_t>(tokens.size())};
     } else {
       NpyArray array = read_npy(o.ids_file);

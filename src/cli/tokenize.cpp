@@ -14,34 +14,6 @@ namespace mamba::cli {
 
 namespace {
 
-// Token ids separated by commas and/or whitespace: "1,2,3", "1 2 3", "[1, 2, 3]".
-std::vector<int32_t> parse_ids(const std::string& text, const std::string& where) {
-  std::vector<int32_t> ids;
-  std::string item;
-  auto flush = [&] {
-    if (item.empty()) return;
-    size_t used = 0;
-    long long v = -1;
-    try {
-      v = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != item.size() || v < 0 || v > INT32_MAX) fail(where, ": \"", item, "\" is not a token id");
-    ids.push_back(static_cast<int32_t>(v));
-    item.clear();
-  };
-  for (char c : text) {
-    if (c == ',' || c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '[' || c == ']') {
-      flush();
-    } else {
-      item += c;
-    }
-  }
-  flush();
-  return ids;
-}
-
 std::string read_stdin() { return std::string(std::istreambuf_iterator<char>(std::cin), {}); }
 
 void write(const std::string& s) { std::fwrite(s.data(), 1, s.size(), stdout); }
