@@ -16,42 +16,22 @@
 #include "core/rng.h"
 #include "model/generator.h"
 #include "ops/cpu/math.h"
+#include "small_model.h"
 #include "test_util.h"
 
 namespace mamba {
 namespace {
 
+using test::random_tokens;
 using test::relative_error;
+using test::SmallModelOptions;
 
-// A small random model with awkward sizes, as test_model.cpp builds it.
-Model small_model(uint64_t seed, int vocab = 37, bool byte_level = false) {
-  Config c;
-  c.d_model = 24;
-  c.n_layer = 2;
-  c.vocab_size = vocab;
-  c.d_state = 5;
-  c.dt_rank = 3;
-  c.use_bias = true;
-  c.tie_embeddings = false;
-  c.byte_level = byte_level;
-  c.eos_token_id = byte_level ? 256 : 0;
-  auto specs = param_specs(c);
-  std::vector<float> params(static_cast<size_t>(param_layout_size(specs)));
-  init_params(params.data(), c, specs, seed);
-  Rng rng(seed + 1);
-  // Larger than test_model's perturbation, so that the next-token distributions are far from uniform.
-  for (const ParamSpec& s : specs) {
-    for (int64_t i = 0; i < s.numel; i++) params[s.offset + i] += static_cast<float>(0.5 * rng.normal());
-  }
-  return Model::from_params(c, std::move(params));
+// Perturbed more than test_model's, so that the next-token distributions are far from uniform.
+Model generation_model(uint64_t seed, SmallModelOptions o = {}) {
+  o.perturb = 0.5;
+  return test::small_model(seed, o);
 }
 
-std::vector<int32_t> random_tokens(int n, int vocab, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab)));
-  return t;
-}
 
 int32_t argmax(const float* x, int n) { return static_cast<int32_t>(std::max_element(x, x + n) - x); }
 
@@ -247,7 +227,7 @@ TEST(Sampler, InvalidOptionsAreErrors) {
 // ---- generation ----
 
 TEST(Generate, GreedyIsTheArgmaxOfTheFullForwardAtEachStep) {
-  Model model = small_model(7);
+  Model model = generation_model(7);
   const int V = model.config().vocab_size, P = 9, N = 25;
   auto prompt = random_tokens(P, V, 1);
   Engine engine(model);
@@ -287,7 +267,7 @@ std::vector<std::vector<int32_t>> one_by_one(Engine& engine, const std::vector<s
 }
 
 TEST(Generate, BatchEqualsSequencesOneByOne) {
-  Model model = small_model(13);
+  Model model = generation_model(13);
   const int V = model.config().vocab_size;
   Engine engine(model);
   TextCodec codec = TextCodec::ids_only();
@@ -324,7 +304,7 @@ TEST(Generate, BatchEqualsSequencesOneByOne) {
 
 TEST(Generate, SavedSessionContinuesLikeAnUninterruptedRun) {
   test::TempDir tmp;
-  Model model = small_model(17);
+  Model model = generation_model(17);
   const int V = model.config().vocab_size;
   Engine engine(model);
   TextCodec codec = TextCodec::ids_only();
@@ -362,7 +342,7 @@ TEST(Generate, SavedSessionContinuesLikeAnUninterruptedRun) {
   EXPECT_EQ(resumed.output(0), whole.output(0));
 
   // A state saved for another model is refused with the file's name.
-  Model other = small_model(3, 41);
+  Model other = generation_model(3, {.vocab = 41});
   Engine other_engine(other);
   Generator wrong(other_engine, codec, sampling, no_eos(3));
   try {
@@ -375,7 +355,7 @@ TEST(Generate, SavedSessionContinuesLikeAnUninterruptedRun) {
 
 // Interactive turns: feeding more prompt after a run equals feeding it all in one go.
 TEST(Generate, TurnsContinueTheState) {
-  Model model = small_model(19);
+  Model model = generation_model(19);
   const int V = model.config().vocab_size;
   Engine engine(model);
   TextCodec codec = TextCodec::ids_only();
@@ -396,7 +376,7 @@ TEST(Generate, TurnsContinueTheState) {
 }
 
 TEST(Generate, StopStringsEndTheTextBeforeThem) {
-  Model model = small_model(23, 257, /*byte_level=*/true);
+  Model model = generation_model(23, {.vocab = 257, .byte_level = true});
   Engine engine(model);
   TextCodec codec = TextCodec::bytes();
   SamplerOptions sampling;
@@ -425,7 +405,7 @@ TEST(Generate, StopStringsEndTheTextBeforeThem) {
 }
 
 TEST(Generate, BadInputIsAnError) {
-  Model model = small_model(29);
+  Model model = generation_model(29);
   Engine engine(model);
   TextCodec codec = TextCodec::ids_only();
   GenerateOptions options = no_eos(4);
@@ -476,7 +456,7 @@ TEST(TextCodec, TokenizerStreamEqualsDecode) {
 
   // Generation through the real tokenizer with a tiny model of its vocabulary: the streamed text is
   // the decoded output.
-  Model model = small_model(31, 50280);
+  Model model = generation_model(31, {.vocab = 50280});
   Engine engine(model);
   SamplerOptions sampling;
   sampling.temperature = 1;
@@ -492,7 +472,7 @@ TEST(TextCodec, TokenizerStreamEqualsDecode) {
 // ---- perplexity ----
 
 TEST(Perplexity, EqualsTheFullForwardWhateverTheChunk) {
-  Model model = small_model(37);
+  Model model = generation_model(37);
   const int V = model.config().vocab_size, L = 45;
   auto tokens = random_tokens(L, V, 10);
   Engine engine(model);
@@ -535,8 +515,8 @@ std::string first_line(const std::string& s) { return s.substr(0, s.find('\n'));
 class GenerateCli : public ::testing::Test {
  protected:
   void SetUp() override {
-    small_model(41).save(tmp_ / "ids", DType::F32);
-    small_model(43, 257, true).save(tmp_ / "bytes", DType::F32);
+    generation_model(41).save(tmp_ / "ids", DType::F32);
+    generation_model(43, {.vocab = 257, .byte_level = true}).save(tmp_ / "bytes", DType::F32);
   }
   std::string ids_model() const { return (tmp_ / "ids").string(); }
   std::string byte_model() const { return (tmp_ / "bytes").string(); }

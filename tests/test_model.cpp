@@ -8,13 +8,16 @@
 #include "core/npy.h"
 #include "core/rng.h"
 #include "model/engine.h"
+#include "small_model.h"
 #include "test_util.h"
 
 namespace mamba {
 namespace {
 
 using test::fixtures_dir;
+using test::random_tokens;
 using test::relative_error;
+using test::small_model;
 
 std::vector<std::string> fixture_cases() {
   std::ifstream in(fixtures_dir() / "cases.json");
@@ -47,38 +50,10 @@ TEST_P(Golden, LogitsAndFinalStateMatchTheReference) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, Golden, ::testing::ValuesIn(fixture_cases()),
                          [](const auto& p) { return p.param; });
 
-// A small random model with awkward sizes, built in memory with the official initialisation and then
-// perturbed so that A_log and D are not at their initial values.
-Model small_model(uint64_t seed, int d_conv = 4) {
-  Config c;
-  c.d_model = 24;
-  c.n_layer = 2;
-  c.vocab_size = 37;
-  c.d_state = 5;
-  c.d_conv = d_conv;
-  c.dt_rank = 3;
-  c.use_bias = true;
-  c.tie_embeddings = false;
-  auto specs = param_specs(c);
-  std::vector<float> params(static_cast<size_t>(param_layout_size(specs)));
-  init_params(params.data(), c, specs, seed);
-  Rng rng(seed + 1);
-  for (const ParamSpec& s : specs) {
-    for (int64_t i = 0; i < s.numel; i++) params[s.offset + i] += static_cast<float>(0.2 * rng.normal());
-  }
-  return Model::from_params(c, std::move(params));
-}
-
-std::vector<int32_t> random_tokens(int n, int vocab, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab)));
-  return t;
-}
 
 TEST(Recurrent, StepByStepEqualsFullForward) {
   for (int d_conv : {1, 2, 4}) {
-    Model model = small_model(7, d_conv);
+    Model model = small_model(7, {.d_conv = d_conv});
     const int B = 2, L = 19, V = model.config().vocab_size;
     auto tokens = random_tokens(B * L, V, 3);
     Engine engine(model);

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "model/config.h"
+
 namespace mamba::cli {
 
 void add_info(CLI::App& app);
@@ -22,6 +24,18 @@ void add_tasks(CLI::App& app);
 // Token ids separated by commas and/or whitespace, optionally in brackets: "1,2,3", "1 2 3", "[1, 2, 3]".
 // `where` names the source in errors.
 std::vector<int32_t> parse_ids(const std::string& text, const std::string& where);
+
+// A model's shape from the command line: --preset NAME, or --d-model and --n-layer with the other
+// dimensions at their defaults. Shared by `init` and `train`.
+struct ShapeFlags {
+  std::string preset;
+  int d_model = 0, n_layer = 0, d_state = 16, d_conv = 4, expand = 2, dt_rank = 0;
+  bool given() const { return !preset.empty() || d_model || n_layer; }
+};
+void add_shape_flags(CLI::App* cmd, ShapeFlags& flags);
+// The Config they describe (vocabulary and the rest at Config's defaults); fails naming `command` when
+// they are incomplete, contradictory or invalid.
+Config shape_config(const ShapeFlags& flags, const char* command);
 
 // Sets the OpenMP and OpenBLAS thread counts (0 = all cores).
 void set_threads(int threads);

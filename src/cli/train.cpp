@@ -24,19 +24,15 @@ extern "C" void on_signal(int) { g_stop.store(true); }
 void add_train(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "Train a model on text, token files or a checkpoint's data (CPU, fp32)");
   struct Options {
-    std::string preset, init_from, out, resume, schedule = "cosine", progress = "auto";
+    ShapeFlags shape;
+    std::string init_from, out, resume, schedule = "cosine", progress = "auto";
     std::vector<std::string> data, tokens;
-    int d_model = 0, n_layer = 0, d_state = 16, d_conv = 4, expand = 2, val_every = 20;
+    int val_every = 20;
     TrainOptions train;
   };
   static Options o;
   o.train.steps = 1000;
-  cmd->add_option("--preset", o.preset, std::string("Model shape: ") + preset_names());
-  cmd->add_option("--d-model", o.d_model, "Model width (a new model of explicit shape)")->check(CLI::PositiveNumber);
-  cmd->add_option("--n-layer", o.n_layer, "Layers")->check(CLI::PositiveNumber);
-  cmd->add_option("--d-state", o.d_state, "SSM state size N")->capture_default_str()->check(CLI::Range(1, 256));
-  cmd->add_option("--d-conv", o.d_conv, "Convolution width")->capture_default_str()->check(CLI::Range(1, 64));
-  cmd->add_option("--expand", o.expand, "d_inner / d_model")->capture_default_str()->check(CLI::PositiveNumber);
+  add_shape_flags(cmd, o.shape);
   cmd->add_option("--init-from", o.init_from, "Fine-tune this model folder instead of a new model");
   cmd->add_option("--data", o.data, "Text files or folders (byte-level tokens: 256 bytes + end of document)");
   cmd->add_option("--tokens", o.tokens, "Pre-tokenized binary token files (MAMBATOK header, uint16/uint32)");
@@ -100,17 +96,8 @@ void add_train(CLI::App& app) {
         params.assign(static_cast<size_t>(param_layout_size(base.specs())), 0.0f);
         for (const ParamSpec& s : base.specs()) std::copy_n(base.param(s), s.numel, params.data() + s.offset);
       } else {
-        if (!o.preset.empty()) {
-          if (!preset_config(o.preset, &c)) fail("train: unknown preset \"", o.preset, "\" (known: ", preset_names(), ")");
-        } else {
-          if (!o.d_model || !o.n_layer) fail("train: give --preset, --d-model and --n-layer, or --init-from DIR");
-          c.d_model = o.d_model;
-          c.n_layer = o.n_layer;
-          c.d_state = o.d_state;
-          c.d_conv = o.d_conv;
-          c.expand = o.expand;
-          c.dt_rank = (o.d_model + 15) / 16;
-        }
+        if (!o.shape.given()) fail("train: give --preset, or --d-model and --n-layer, or --init-from DIR");
+        c = shape_config(o.shape, "train");
         if (byte_level) {
           c.vocab_size = kByteVocab;
           c.byte_level = true;

@@ -1,0 +1,51 @@
+// Small random models with awkward sizes, built in memory, shared by the model and generation tests.
+#pragma once
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "core/rng.h"
+#include "model/model.h"
+
+namespace mamba::test {
+
+struct SmallModelOptions {
+  int vocab = 37;
+  int d_conv = 4;
+  bool byte_level = false;  // vocabulary 257 with end-of-text 256, for streaming-text tests
+  // Every parameter gets N(0, perturb²) added after the official initialisation, so that A_log and D are
+  // not at their initial values and the next-token distributions are far from uniform.
+  double perturb = 0.2;
+};
+
+inline Model small_model(uint64_t seed, const SmallModelOptions& o = {}) {
+  Config c;
+  c.d_model = 24;
+  c.n_layer = 2;
+  c.vocab_size = o.vocab;
+  c.d_state = 5;
+  c.d_conv = o.d_conv;
+  c.dt_rank = 3;
+  c.use_bias = true;
+  c.tie_embeddings = false;
+  c.byte_level = o.byte_level;
+  c.eos_token_id = o.byte_level ? 256 : 0;
+  auto specs = param_specs(c);
+  std::vector<float> params(static_cast<size_t>(param_layout_size(specs)));
+  init_params(params.data(), c, specs, seed);
+  Rng rng(seed + 1);
+  for (const ParamSpec& s : specs) {
+    for (int64_t i = 0; i < s.numel; i++) params[s.offset + i] += static_cast<float>(o.perturb * rng.normal());
+  }
+  return Model::from_params(c, std::move(params));
+}
+
+inline std::vector<int32_t> random_tokens(int n, int vocab, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab)));
+  return t;
+}
+
+}  // namespace mamba::test
