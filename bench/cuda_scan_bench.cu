@@ -1,12 +1,13 @@
-// Selective scan forward on the GPU at the issue's anchor shapes: bf16 u, Δ, z, B, C; fp32 A and D; z
-// gate, Δ bias + softplus, variable B and C. Prints, per shape, the median time over many runs (CUDA
-// events around each run, after warm-up), the GB/s of compulsory traffic (u, Δ, z, B, C read once, y
-// written once), exponentials per second, the ratios to the two floors, and the official mamba_ssm
+// Selective scan forward on the GPU at the issue's anchor shapes: bf16 (or, with `f16`, fp16) u, Δ, z, B,
+// C; fp32 A and D; z gate, Δ bias + softplus, variable B and C. Prints, per shape, the median time over
+// many runs (CUDA events around each run, after warm-up), the GB/s of compulsory traffic (u, Δ, z, B, C
+// read once, y written once), exponentials per second, the ratios to the two floors, and the official mamba_ssm
 // 2.3.2 time measured on an H100 (issue 5). `cuda_scan_bench sweep` also times every split.
 //
 // The floors: B·D·L·N exponentials on the special-function units (SMs × 16 per clock × the peak clock
 // the device reports), and the compulsory bytes at the device-to-device copy bandwidth measured here.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "ops/cuda/check.h"
@@ -25,14 +27,22 @@ namespace {
 using mamba::cuda::ScanFwdParams;
 using mamba::cuda::ScanTuning;
 
-// Counter-based uniform values, so inputs of a GB fill in a few ms.
-__global__ void fill_uniform(__nv_bfloat16* x, int64_t n, uint32_t seed, float lo, float hi) {
+// Counter-based uniform values, so inputs of a GB fill in a few ms; 16-bit elements, bf16 or fp16.
+bool g_f16 = false;  // the inputs' dtype: fp16 with the `f16` argument, else bf16
+template <typename T>
+__global__ void fill_uniform_kernel(T* x, int64_t n, uint32_t seed, float lo, float hi) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     uint32_t h = static_cast<uint32_t>(i) * 0x9E3779B1u ^ seed ^ static_cast<uint32_t>(i >> 32) * 0x85EBCA77u;
     h ^= h >> 15, h *= 0x2C1B3C6Du, h ^= h >> 12, h *= 0x297A2D39u, h ^= h >> 15;
-    x[i] = __float2bfloat16_rn(lo + (hi - lo) * (h >> 8) * (1.0f / 16777216.0f));
+    const float v = lo + (hi - lo) * (h >> 8) * (1.0f / 16777216.0f);
+    if constexpr (std::is_same_v<T, __half>) x[i] = __float2half_rn(v);
+    else x[i] = __float2bfloat16_rn(v);
   }
+}
+void fill_uniform(void* x, int64_t n, uint32_t seed, float lo, float hi) {
+  if (g_f16) fill_uniform_kernel<<<1024, 256>>>(static_cast<__half*>(x), n, seed, lo, hi);
+  else fill_uniform_kernel<<<1024, 256>>>(static_cast<__nv_bfloat16*>(x), n, seed, lo, hi);
 }
 __global__ void fill_uniform_f32(float* x, int64_t n, uint32_t seed, float lo, float hi, bool neg_exp) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -85,7 +95,10 @@ double copy_bandwidth() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // `sweep`: every split as well; `one B D L N`: that shape alone (for a profiler).
+  // `sweep`: every split as well; `one B D L N`: that shape alone (for a profiler); `f16` (last): fp16
+  // inputs instead of bf16.
+  if (argc > 1 && std::strcmp(argv[argc - 1], "f16") == 0) g_f16 = true, argc--;
+  const mamba::cuda::DType dtype = g_f16 ? mamba::cuda::DType::f16 : mamba::cuda::DType::bf16;
   const bool sweep = argc > 1 && std::strcmp(argv[1], "sweep") == 0;
   std::vector<Shape> shapes = {{8, 1536, 2048, 16, 0.451, 2.29},
                                {8, 4096, 2048, 16, 1.168, 5.98},
@@ -105,7 +118,8 @@ int main(int argc, char** argv) {
   const double bw = copy_bandwidth();
   std::printf("device: %s, %d SMs, %.2f GHz peak clock; exp floor rate %.2e/s; copy bandwidth %.0f GB/s\n",
               prop.name, sms, clock_khz * 1e-6, exp_rate, bw * 1e-9);
-  std::printf("timing: median of CUDA-event times per run after warm-up; bf16 inputs, fp32 A, D; z gate, Δ bias+softplus\n\n");
+  std::printf("timing: median of CUDA-event times per run after warm-up; %s inputs, fp32 A, D; z gate, Δ bias+softplus\n\n",
+              g_f16 ? "fp16" : "bf16");
   std::printf("%-22s %9s %9s %8s %10s %9s %9s %10s %8s %12s %9s %7s\n", "B,D,L,N", "fwd ms", "official", "ratio",
               "GB/s", "exp/s", "x expflr", "x bw flr", "split", "fwd+bwd ms", "official", "ratio");
 
@@ -124,18 +138,18 @@ int main(int argc, char** argv) {
     MAMBA_CUDA_CHECK(cudaMalloc(&Dskip, sizeof(float) * s.D));
     MAMBA_CUDA_CHECK(cudaMalloc(&bias, sizeof(float) * s.D));
     MAMBA_CUDA_CHECK(cudaMalloc(&hL, sizeof(float) * s.B * s.D * s.N));
-    fill_uniform<<<1024, 256>>>(u, nx, 1, -2.0f, 2.0f);
-    fill_uniform<<<1024, 256>>>(delta, nx, 2, -3.0f, 1.0f);
-    fill_uniform<<<1024, 256>>>(z, nx, 3, -2.0f, 2.0f);
-    fill_uniform<<<1024, 256>>>(Bm, nbc, 4, -1.0f, 1.0f);
-    fill_uniform<<<1024, 256>>>(Cm, nbc, 5, -1.0f, 1.0f);
+    fill_uniform(u, nx, 1, -2.0f, 2.0f);
+    fill_uniform(delta, nx, 2, -3.0f, 1.0f);
+    fill_uniform(z, nx, 3, -2.0f, 2.0f);
+    fill_uniform(Bm, nbc, 4, -1.0f, 1.0f);
+    fill_uniform(Cm, nbc, 5, -1.0f, 1.0f);
     fill_uniform_f32<<<64, 256>>>(A, int64_t(s.D) * s.N, 6, -1.0f, 2.8f, true);
     fill_uniform_f32<<<64, 256>>>(Dskip, s.D, 7, 0.5f, 1.5f, false);
     fill_uniform_f32<<<64, 256>>>(bias, s.D, 8, -2.0f, 0.0f, false);
     MAMBA_CUDA_CHECK_LAUNCH();
 
     ScanFwdParams p;
-    p.batch = s.B, p.seqlen = s.L, p.dim = s.D, p.dstate = s.N, p.dtype = mamba::cuda::DType::bf16;
+    p.batch = s.B, p.seqlen = s.L, p.dim = s.D, p.dstate = s.N, p.dtype = dtype;
     p.y = y, p.y_stride = s.D, p.u = u, p.u_stride = s.D, p.delta = delta, p.delta_stride = s.D;
     p.A = A, p.Bm = Bm, p.B_stride = s.N, p.Cm = Cm, p.C_stride = s.N, p.D = Dskip, p.z = z, p.z_stride = s.D;
     p.delta_bias = bias, p.delta_softplus = true, p.state_out = hL;
@@ -165,7 +179,7 @@ int main(int argc, char** argv) {
       MAMBA_CUDA_CHECK(cudaMalloc(&dA, sizeof(float) * s.D * s.N));
       MAMBA_CUDA_CHECK(cudaMalloc(&dD, sizeof(float) * s.D));
       MAMBA_CUDA_CHECK(cudaMalloc(&dbias, sizeof(float) * s.D));
-      fill_uniform<<<1024, 256>>>(dy, nx, 9, -1.0f, 1.0f);
+      fill_uniform(dy, nx, 9, -1.0f, 1.0f);
       MAMBA_CUDA_CHECK_LAUNCH();
       ScanFwdParams pf = p;
       pf.chunk_states = chunks;
@@ -234,7 +248,7 @@ int main(int argc, char** argv) {
       fill_uniform_f32<<<64, 256>>>(tail_in, int64_t(s.B) * (K - 1) * s.D, 11, -1.0f, 1.0f, false);
       MAMBA_CUDA_CHECK_LAUNCH();
       mamba::cuda::Conv1dParams cp;
-      cp.batch = s.B, cp.seqlen = s.L, cp.dim = s.D, cp.width = K, cp.dtype = mamba::cuda::DType::bf16;
+      cp.batch = s.B, cp.seqlen = s.L, cp.dim = s.D, cp.width = K, cp.dtype = dtype;
       cp.out = y, cp.out_stride = s.D, cp.x = u, cp.x_stride = s.D, cp.weight = w, cp.bias = bias;
       cp.tail_in = tail_in, cp.tail_out = tail_out;
       mamba::cuda::Conv1dBwdParams cq;

@@ -1,7 +1,8 @@
 // The CUDA causal conv1d + SiLU against the CPU oracle (mamba::cpu::conv1d_silu_forward), its backward
 // against a float64 reference (itself checked by central differences), and the decode steps against
-// the full-sequence kernels: stepping token by token equals the forward over the sequence. Outputs are
-// poisoned with NaN first. Skipped when no GPU is present.
+// the full-sequence kernels: stepping token by token equals the forward over the sequence; fp32, bf16 and
+// fp16. Outputs are poisoned with NaN first. Skipped when no GPU is present.
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -38,15 +39,31 @@ float bf16_value(uint16_t h) {
   return f;
 }
 
-// Device buffer; from a host array (rounded to bf16 in place when asked) or NaN-poisoned.
+uint16_t f16_bits(float f) {
+  const __half h = __float2half_rn(f);
+  uint16_t u;
+  std::memcpy(&u, &h, 2);
+  return u;
+}
+float f16_value(uint16_t u) {
+  __half h;
+  std::memcpy(&h, &u, 2);
+  return __half2float(h);
+}
+const char* dtype_name(DType dtype) { return dtype == DType::bf16 ? "bf16" : dtype == DType::f16 ? "f16" : "f32"; }
+
+// Device buffer; from a host array (rounded to bf16 or fp16 in place when asked) or NaN-poisoned.
 struct Buf {
   void* ptr = nullptr;
   Buf(std::vector<float>& host, DType dtype) {
     const size_t n = host.size();
     MAMBA_CUDA_CHECK(cudaMalloc(&ptr, (n ? n : 1) * 4));
-    if (dtype == DType::bf16) {
+    if (dtype != DType::f32) {
       std::vector<uint16_t> bits(n);
-      for (size_t i = 0; i < n; i++) bits[i] = bf16_bits(host[i]), host[i] = bf16_value(bits[i]);
+      for (size_t i = 0; i < n; i++) {
+        bits[i] = dtype == DType::bf16 ? bf16_bits(host[i]) : f16_bits(host[i]);
+        host[i] = dtype == DType::bf16 ? bf16_value(bits[i]) : f16_value(bits[i]);
+      }
       MAMBA_CUDA_CHECK(cudaMemcpy(ptr, bits.data(), n * 2, cudaMemcpyHostToDevice));
     } else {
       MAMBA_CUDA_CHECK(cudaMemcpy(ptr, host.data(), n * 4, cudaMemcpyHostToDevice));
@@ -64,10 +81,10 @@ struct Buf {
 
 std::vector<float> download(const void* ptr, size_t n, DType dtype) {
   std::vector<float> out(n);
-  if (dtype == DType::bf16) {
+  if (dtype != DType::f32) {
     std::vector<uint16_t> bits(n);
     MAMBA_CUDA_CHECK(cudaMemcpy(bits.data(), ptr, n * 2, cudaMemcpyDeviceToHost));
-    for (size_t i = 0; i < n; i++) out[i] = bf16_value(bits[i]);
+    for (size_t i = 0; i < n; i++) out[i] = dtype == DType::bf16 ? bf16_value(bits[i]) : f16_value(bits[i]);
   } else {
     MAMBA_CUDA_CHECK(cudaMemcpy(out.data(), ptr, n * 4, cudaMemcpyDeviceToHost));
   }
@@ -180,13 +197,13 @@ TEST(ConvReference, BackwardMatchesFiniteDifferences) {
 void run_conv_case(int B, int L, int D, int K, bool bias, bool tail, DType dtype, uint32_t seed) {
   std::ostringstream name;
   name << "conv B=" << B << " L=" << L << " D=" << D << " K=" << K << (bias ? " bias" : "") << (tail ? " tail" : "")
-       << (dtype == DType::bf16 ? " bf16" : " f32");
+       << " " << dtype_name(dtype);
   SCOPED_TRACE(name.str());
   ConvData c = random_conv(B, L, D, K, seed);
   if (!bias) std::fill(c.bias.begin(), c.bias.end(), 0.0f);
   if (!tail) std::fill(c.tail.begin(), c.tail.end(), 0.0f);
   const size_t X = static_cast<size_t>(B) * L * D, T = static_cast<size_t>(B) * (K - 1) * D;
-  const size_t es = dtype == DType::bf16 ? 2 : 4;
+  const size_t es = dtype == DType::f32 ? 4 : 2;
   Buf x(c.x, dtype), dout(c.dout, dtype), w(c.w, DType::f32), bb(c.bias, DType::f32), tl(c.tail, DType::f32);
   Buf out(X * es), tail_out(T * 4), dx(X * es), dtail(T * 4);
   std::vector<float> zeros_w(c.w.size(), 0.0f), zeros_b(D, 0.0f);
@@ -209,7 +226,7 @@ void run_conv_case(int B, int L, int D, int K, bool bias, bool tail, DType dtype
   mamba::cpu::conv1d_silu_forward(out_ref.data(), tail_ref.data(), c.x.data(), D, c.w.data(), bias ? c.bias.data() : nullptr,
                                   B, L, D, K);
   const ConvRef r = conv_reference(c, true);
-  const double tol = dtype == DType::bf16 ? 2e-2 : 1e-5, gtol = dtype == DType::bf16 ? 2e-2 : 1e-5;
+  const double tol = dtype != DType::f32 ? 2e-2 : 1e-5, gtol = dtype != DType::f32 ? 2e-2 : 1e-5;
   const double e_out = rel_err(download(out.ptr, X, dtype), out_ref), e_tail = rel_err(download(tail_out.ptr, T, DType::f32), tail_ref);
   const double e_dx = rel_err(download(dx.ptr, X, dtype), r.dx), e_dw = rel_err(download(dw.ptr, c.w.size(), DType::f32), r.dw);
   const double e_dtail = rel_err(download(dtail.ptr, T, DType::f32), r.dtail);
@@ -229,7 +246,7 @@ void run_conv_case(int B, int L, int D, int K, bool bias, bool tail, DType dtype
 
 TEST_F(CudaConv, ForwardBackward) {
   uint32_t seed = 1;
-  for (DType dt : {DType::f32, DType::bf16}) {
+  for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
     for (int L : {1, 2, 7, 64, 65, 300}) {
       run_conv_case(3, L, 130, 4, true, true, dt, seed++);
       run_conv_case(1, L, 5, 2, false, L % 2, dt, seed++);
@@ -239,11 +256,14 @@ TEST_F(CudaConv, ForwardBackward) {
   }
 }
 
-// Decode: the conv step and the scan step, one token at a time, equal the sequence kernels.
-TEST_F(CudaConv, DecodeStepsEqualSequence) {
+// Decode: the conv step and the scan step, one token at a time, equal the sequence kernels (in every
+// dtype: the same fp32 arithmetic, so 16-bit outputs differ at most by their rounding).
+void run_decode_case(DType dtype) {
+  SCOPED_TRACE(dtype_name(dtype));
   const int B = 3, L = 9, D = 70, K = 4, N = 16;
+  const size_t es = dtype == DType::f32 ? 4 : 2;
+  auto at = [&](const Buf& b, size_t elems) { return static_cast<char*>(b.ptr) + elems * es; };
   std::mt19937 rng(77);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
   auto vec = [&](size_t n, float lo, float hi) {
     std::vector<float> v(n);
     for (auto& e : v) e = std::uniform_real_distribution<float>(lo, hi)(rng);
@@ -252,17 +272,18 @@ TEST_F(CudaConv, DecodeStepsEqualSequence) {
   // Conv.
   std::vector<float> x = vec(static_cast<size_t>(B) * L * D, -2, 2), w = vec(static_cast<size_t>(D) * K, -1, 1),
                      bias = vec(D, -0.5f, 0.5f), tail = vec(static_cast<size_t>(B) * (K - 1) * D, -1, 1);
-  Buf dx(x, DType::f32), dw(w, DType::f32), dbias(bias, DType::f32), dtail(tail, DType::f32);
-  Buf seq_out(x.size() * 4), seq_tail(tail.size() * 4), step_out(static_cast<size_t>(B) * D * 4);
+  Buf dx(x, dtype), dw(w, DType::f32), dbias(bias, DType::f32), dtail(tail, DType::f32);
+  Buf seq_out(x.size() * es), seq_tail(tail.size() * 4), step_out(static_cast<size_t>(B) * D * es);
   mamba::cuda::Conv1dParams p;
-  p.batch = B, p.seqlen = L, p.dim = D, p.width = K, p.out = seq_out.ptr, p.out_stride = D, p.x = dx.ptr, p.x_stride = D;
+  p.batch = B, p.seqlen = L, p.dim = D, p.width = K, p.dtype = dtype;
+  p.out = seq_out.ptr, p.out_stride = D, p.x = dx.ptr, p.x_stride = D;
   p.weight = dw.f(), p.bias = dbias.f(), p.tail_in = dtail.f(), p.tail_out = seq_tail.f();
   mamba::cuda::conv1d_silu_fwd(p, nullptr);
-  std::vector<float> seq = download(seq_out.ptr, x.size(), DType::f32), stepped(x.size());
+  std::vector<float> seq = download(seq_out.ptr, x.size(), dtype), stepped(x.size());
   for (int t = 0; t < L; t++) {  // dtail is updated in place by the steps
-    mamba::cuda::conv1d_silu_step(step_out.ptr, dtail.f(), dx.f() + static_cast<size_t>(t) * D, static_cast<int64_t>(L) * D,
-                                  dw.f(), dbias.f(), B, D, K, DType::f32, nullptr);
-    const std::vector<float> o = download(step_out.ptr, static_cast<size_t>(B) * D, DType::f32);
+    mamba::cuda::conv1d_silu_step(step_out.ptr, dtail.f(), at(dx, static_cast<size_t>(t) * D), static_cast<int64_t>(L) * D,
+                                  dw.f(), dbias.f(), B, D, K, dtype, nullptr);
+    const std::vector<float> o = download(step_out.ptr, static_cast<size_t>(B) * D, dtype);
     for (int b = 0; b < B; b++) std::copy(o.begin() + b * D, o.begin() + (b + 1) * D, stepped.begin() + (static_cast<size_t>(b) * L + t) * D);
   }
   EXPECT_LE(rel_err(stepped, seq), 1e-6);
@@ -273,33 +294,38 @@ TEST_F(CudaConv, DecodeStepsEqualSequence) {
                      Bm = vec(static_cast<size_t>(B) * L * N, -1, 1), Cm = vec(Bm.size(), -1, 1),
                      A = vec(static_cast<size_t>(D) * N, -4, -0.3f), Dk = vec(D, 0.5f, 1.5f), db2 = vec(D, -2, 0),
                      h0 = vec(static_cast<size_t>(B) * D * N, -1, 1);
-  Buf du(u, DType::f32), ddelta(delta, DType::f32), dz(z, DType::f32), dB(Bm, DType::f32), dC(Cm, DType::f32),
-      dA(A, DType::f32), dD(Dk, DType::f32), ddb(db2, DType::f32), dh(h0, DType::f32);
-  Buf y(u.size() * 4), hL(h0.size() * 4), ystep(static_cast<size_t>(B) * D * 4);
+  Buf du(u, dtype), ddelta(delta, dtype), dz(z, dtype), dB(Bm, dtype), dC(Cm, dtype), dA(A, DType::f32),
+      dD(Dk, DType::f32), ddb(db2, DType::f32), dh(h0, DType::f32);
+  Buf y(u.size() * es), hL(h0.size() * 4), ystep(static_cast<size_t>(B) * D * es);
   mamba::cuda::ScanFwdParams s;
-  s.batch = B, s.seqlen = L, s.dim = D, s.dstate = N, s.y = y.ptr, s.y_stride = D, s.u = du.ptr, s.u_stride = D;
+  s.batch = B, s.seqlen = L, s.dim = D, s.dstate = N, s.dtype = dtype;
+  s.y = y.ptr, s.y_stride = D, s.u = du.ptr, s.u_stride = D;
   s.delta = ddelta.ptr, s.delta_stride = D, s.A = dA.f(), s.Bm = dB.ptr, s.B_stride = N, s.Cm = dC.ptr, s.C_stride = N;
   s.D = dD.f(), s.z = dz.ptr, s.z_stride = D, s.delta_bias = ddb.f(), s.state_in = dh.f(), s.state_out = hL.f();
   Buf ws(mamba::cuda::selective_scan_fwd_workspace(s));
   mamba::cuda::selective_scan_fwd(s, ws.ptr, nullptr);
-  std::vector<float> yseq = download(y.ptr, u.size(), DType::f32), ystepped(u.size());
+  std::vector<float> yseq = download(y.ptr, u.size(), dtype), ystepped(u.size());
   for (int t = 0; t < L; t++) {
     mamba::cuda::ScanFwdParams one = s;
     one.seqlen = 1;
     one.y = ystep.ptr, one.y_stride = D;
-    one.u = du.f() + static_cast<size_t>(t) * D, one.u_stride = static_cast<int64_t>(L) * D;
-    one.delta = ddelta.f() + static_cast<size_t>(t) * D, one.delta_stride = static_cast<int64_t>(L) * D;
-    one.z = dz.f() + static_cast<size_t>(t) * D, one.z_stride = static_cast<int64_t>(L) * D;
-    one.Bm = dB.f() + static_cast<size_t>(t) * N, one.B_stride = static_cast<int64_t>(L) * N;
-    one.Cm = dC.f() + static_cast<size_t>(t) * N, one.C_stride = static_cast<int64_t>(L) * N;
+    one.u = at(du, static_cast<size_t>(t) * D), one.u_stride = static_cast<int64_t>(L) * D;
+    one.delta = at(ddelta, static_cast<size_t>(t) * D), one.delta_stride = static_cast<int64_t>(L) * D;
+    one.z = at(dz, static_cast<size_t>(t) * D), one.z_stride = static_cast<int64_t>(L) * D;
+    one.Bm = at(dB, static_cast<size_t>(t) * N), one.B_stride = static_cast<int64_t>(L) * N;
+    one.Cm = at(dC, static_cast<size_t>(t) * N), one.C_stride = static_cast<int64_t>(L) * N;
     mamba::cuda::selective_scan_step(one, dh.f(), nullptr);
-    const std::vector<float> o = download(ystep.ptr, static_cast<size_t>(B) * D, DType::f32);
+    const std::vector<float> o = download(ystep.ptr, static_cast<size_t>(B) * D, dtype);
     for (int b = 0; b < B; b++) std::copy(o.begin() + b * D, o.begin() + (b + 1) * D, ystepped.begin() + (static_cast<size_t>(b) * L + t) * D);
   }
   const double ey = rel_err(ystepped, yseq), eh = rel_err(download(dh.ptr, h0.size(), DType::f32), download(hL.ptr, h0.size(), DType::f32));
-  EXPECT_LE(ey, 1e-5);
+  EXPECT_LE(ey, dtype == DType::f32 ? 1e-5 : 2e-3);  // 16-bit: an output may round the other way
   EXPECT_LE(eh, 1e-5);
-  std::printf("  decode steps vs sequence: conv %.1e, scan y %.1e, state %.1e\n", rel_err(stepped, seq), ey, eh);
+  std::printf("  decode steps vs sequence (%s): conv %.1e, scan y %.1e, state %.1e\n", dtype_name(dtype), rel_err(stepped, seq), ey, eh);
+}
+
+TEST_F(CudaConv, DecodeStepsEqualSequence) {
+  for (DType dt : {DType::f32, DType::bf16, DType::f16}) run_decode_case(dt);
 }
 
 }  // namespace

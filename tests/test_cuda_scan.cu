@@ -1,7 +1,8 @@
 // The CUDA selective scan against the CPU fp32 oracle (mamba::cpu::selective_scan_forward) on fresh
 // random inputs: lengths 1, 7, 2048, 2049 and 65537, N in {1, 4, 16, 64}, optional z, D, Δ bias and
-// initial state, every (states per thread, segments) split, fp32 and bf16. Outputs are poisoned with NaN
+// initial state, every (states per thread, segments) split, fp32, bf16 and fp16. Outputs are poisoned with NaN
 // first, so an unwritten element fails. Skipped when no GPU is present (CI builds this without one).
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -10,6 +11,7 @@
 #include <cstring>
 #include <random>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -39,17 +41,32 @@ float bf16_value(uint16_t h) {
   return f;
 }
 
-// A device copy of a host array, in fp32 or (rounded) bf16; the host array is rounded in place so that
-// the oracle sees exactly what the GPU sees.
+uint16_t f16_bits(float f) {  // round to nearest even (cuda_fp16.h's conversions run on the host too)
+  const __half h = __float2half_rn(f);
+  uint16_t u;
+  std::memcpy(&u, &h, 2);
+  return u;
+}
+float f16_value(uint16_t u) {
+  __half h;
+  std::memcpy(&h, &u, 2);
+  return __half2float(h);
+}
+
+size_t dtype_size(DType dtype) { return dtype == DType::f32 ? 4 : 2; }
+const char* dtype_name(DType dtype) { return dtype == DType::bf16 ? "bf16" : dtype == DType::f16 ? "f16" : "f32"; }
+
+// A device copy of a host array, in fp32 or (rounded) bf16 or fp16; the host array is rounded in place so
+// that the oracle sees exactly what the GPU sees.
 struct DeviceArray {
   void* ptr = nullptr;
   DeviceArray() = default;
   DeviceArray(std::vector<float>& host, DType dtype) {
-    if (dtype == DType::bf16) {
+    if (dtype != DType::f32) {
       std::vector<uint16_t> bits(host.size());
       for (size_t i = 0; i < host.size(); i++) {
-        bits[i] = bf16_bits(host[i]);
-        host[i] = bf16_value(bits[i]);
+        bits[i] = dtype == DType::bf16 ? bf16_bits(host[i]) : f16_bits(host[i]);
+        host[i] = dtype == DType::bf16 ? bf16_value(bits[i]) : f16_value(bits[i]);
       }
       upload(bits.data(), bits.size() * 2);
     } else {
@@ -58,7 +75,7 @@ struct DeviceArray {
   }
   explicit DeviceArray(size_t bytes) {
     MAMBA_CUDA_CHECK(cudaMalloc(&ptr, bytes ? bytes : 1));
-    MAMBA_CUDA_CHECK(cudaMemset(ptr, 0xff, bytes));  // NaN in fp32 and bf16
+    MAMBA_CUDA_CHECK(cudaMemset(ptr, 0xff, bytes));  // NaN in fp32, bf16 and fp16
   }
   void upload(const void* src, size_t bytes) {
     MAMBA_CUDA_CHECK(cudaMalloc(&ptr, bytes ? bytes : 1));
@@ -80,10 +97,10 @@ struct DeviceArray {
 
 std::vector<float> download(const void* ptr, size_t count, DType dtype) {
   std::vector<float> out(count);
-  if (dtype == DType::bf16) {
+  if (dtype != DType::f32) {
     std::vector<uint16_t> bits(count);
     MAMBA_CUDA_CHECK(cudaMemcpy(bits.data(), ptr, count * 2, cudaMemcpyDeviceToHost));
-    for (size_t i = 0; i < count; i++) out[i] = bf16_value(bits[i]);
+    for (size_t i = 0; i < count; i++) out[i] = dtype == DType::bf16 ? bf16_value(bits[i]) : f16_value(bits[i]);
   } else {
     MAMBA_CUDA_CHECK(cudaMemcpy(out.data(), ptr, count * 4, cudaMemcpyDeviceToHost));
   }
@@ -126,7 +143,7 @@ struct Case {
     std::ostringstream s;
     s << "B=" << B << " L=" << L << " D=" << D << " N=" << N << (z ? " z" : "") << (skip ? " D" : "")
       << (bias ? " bias" : "") << (state_in ? " h0" : "") << (softplus ? "" : " no-softplus")
-      << (dtype == DType::bf16 ? " bf16" : " f32") << " kG=" << tuning.states_per_thread
+      << " " << dtype_name(dtype) << " kG=" << tuning.states_per_thread
       << " S=" << tuning.segments;
     return s.str();
   }
@@ -155,7 +172,7 @@ void run_case(const Case& c, uint32_t seed) {
 
   DeviceArray d_xz(xz, c.dtype), d_delta(delta, c.dtype), d_bc(bc, c.dtype);
   DeviceArray d_A(A, DType::f32), d_D(Dskip, DType::f32), d_bias(dbias, DType::f32), d_h0(h0, DType::f32);
-  const size_t esize = c.dtype == DType::bf16 ? 2 : 4;
+  const size_t esize = dtype_size(c.dtype);
   DeviceArray d_y(rows * D * esize), d_hL(h0.size() * 4);
   const int64_t chunks = mamba::cuda::state_chunks(L);
   DeviceArray d_chunks(c.chunk_states ? B * chunks * D * N * 4 : 0);
@@ -208,18 +225,19 @@ void run_case(const Case& c, uint32_t seed) {
     std::copy(h.begin(), h.end(), hL_ref.begin() + static_cast<int64_t>(b) * D * N);
   }
 
-  const double tol = c.dtype == DType::bf16 ? 2e-2 : 1e-5;
+  const bool half = c.dtype != DType::f32;  // bf16 or fp16 inputs and output
+  const double tol = half ? 2e-2 : 1e-5;
   const Errors ey = compare(download(d_y.ptr, y_ref.size(), c.dtype), y_ref);
   const Errors eh = compare(download(d_hL.ptr, hL_ref.size(), DType::f32), hL_ref);
   EXPECT_EQ(ey.nonfinite, 0u) << "y elements left unwritten or not finite";
   EXPECT_EQ(eh.nonfinite, 0u);
   EXPECT_LE(ey.rel_l2, tol) << "y max abs err " << ey.max_abs << " (max |ref| " << ey.ref_max << ")";
-  // The state is fp32 in both dtypes; with bf16 inputs only the output rounding differs.
-  EXPECT_LE(eh.rel_l2, c.dtype == DType::bf16 ? 1e-4 : 1e-5) << "state max abs err " << eh.max_abs;
+  // The state is fp32 in every dtype; with 16-bit inputs only the output rounding differs.
+  EXPECT_LE(eh.rel_l2, half ? 1e-4 : 1e-5) << "state max abs err " << eh.max_abs;
   if (c.chunk_states) {
     const Errors ec = compare(download(d_chunks.ptr, chunks_ref.size(), DType::f32), chunks_ref);
     EXPECT_EQ(ec.nonfinite, 0u);
-    EXPECT_LE(ec.rel_l2, c.dtype == DType::bf16 ? 1e-4 : 1e-5);
+    EXPECT_LE(ec.rel_l2, half ? 1e-4 : 1e-5);
   }
   std::printf("  %-70s y rel %.2e  h rel %.2e\n", c.name().c_str(), ey.rel_l2, eh.rel_l2);
 }
@@ -233,7 +251,7 @@ class CudaScan : public ::testing::Test {
 
 TEST_F(CudaScan, LengthsStatesAndOptions) {
   uint32_t seed = 1;
-  for (DType dt : {DType::f32, DType::bf16}) {
+  for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
     for (int L : {1, 7, 2048, 2049}) {
       for (int N : {1, 4, 16, 64}) {
         const bool odd = (L + N) % 2;
@@ -246,7 +264,7 @@ TEST_F(CudaScan, LengthsStatesAndOptions) {
 
 TEST_F(CudaScan, LongSequence) {
   uint32_t seed = 100;
-  for (DType dt : {DType::f32, DType::bf16}) {
+  for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
     run_case({1, 65537, 64, 16, true, true, true, true, dt}, seed++);
     run_case({2, 65537, 40, 4, false, true, true, false, dt, {4, 0}}, seed++);
   }
@@ -258,7 +276,7 @@ TEST_F(CudaScan, EverySplit) {
   struct Split {
     int N, kG;
   };
-  for (DType dt : {DType::f32, DType::bf16}) {
+  for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
     for (Split sp : {Split{1, 1}, Split{4, 4}, Split{16, 1}, Split{16, 2}, Split{16, 4}, Split{16, 8}, Split{16, 16}, Split{64, 4},
                      Split{64, 16}, Split{200, 16}}) {
       for (int S : {1, 3, 7}) {
@@ -425,11 +443,11 @@ TEST(ScanReference, BackwardMatchesFiniteDifferences) {
 void run_backward_case(int B, int L, int D, int N, bool opts, DType dtype, uint32_t seed, int segments = 0) {
   std::ostringstream name;
   name << "bwd B=" << B << " L=" << L << " D=" << D << " N=" << N << (opts ? " z D bias h0 dhL" : "")
-       << (dtype == DType::bf16 ? " bf16" : " f32") << " S=" << segments;
+       << " " << dtype_name(dtype) << " S=" << segments;
   SCOPED_TRACE(name.str());
   ScanData s = random_scan_data(B, L, D, N, opts, seed);
   const size_t X = static_cast<size_t>(B) * L * D, BC = static_cast<size_t>(B) * L * N;
-  const size_t esize = dtype == DType::bf16 ? 2 : 4;
+  const size_t esize = dtype_size(dtype);
   DeviceArray d_u(s.u, dtype), d_delta(s.delta, dtype), d_z(s.z, dtype), d_B(s.Bm, dtype), d_C(s.Cm, dtype),
       d_dy(s.dy, dtype);
   DeviceArray d_A(s.A, DType::f32), d_D(s.Dskip, DType::f32), d_bias(s.bias, DType::f32), d_h0(s.h0, DType::f32),
@@ -482,7 +500,7 @@ void run_backward_case(int B, int L, int D, int N, bool opts, DType dtype, uint3
         std::vector<float> r(refs[k]->begin(), refs[k]->end());
         const Errors e = compare(got[k], r);
         const bool act = k < 4 || k == 6;  // activation gradients come back in the input dtype
-        const double tol = dtype == DType::bf16 ? (act ? 2e-2 : 1e-3) : 1e-4;
+        const double tol = dtype != DType::f32 ? (act ? 2e-2 : 1e-3) : 1e-4;
         EXPECT_EQ(e.nonfinite, 0u) << names[k];
         EXPECT_LE(e.rel_l2, tol) << names[k] << " max abs err " << e.max_abs << " (max |ref| " << e.ref_max << ")";
         std::printf(" %s %.1e", names[k], e.rel_l2);
@@ -498,7 +516,7 @@ void run_backward_case(int B, int L, int D, int N, bool opts, DType dtype, uint3
 
 TEST_F(CudaScan, Backward) {
   uint32_t seed = 500;
-  for (DType dt : {DType::f32, DType::bf16}) {
+  for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
     run_backward_case(2, 7, 5, 4, true, dt, seed++);
     run_backward_case(1, 1, 3, 1, false, dt, seed++);
     run_backward_case(2, 600, 40, 16, true, dt, seed++);
@@ -510,6 +528,40 @@ TEST_F(CudaScan, Backward) {
     run_backward_case(2, 300, 24, 64, true, dt, seed++);
     run_backward_case(2, 300, 24, 64, true, dt, seed++, 1);
   }
+}
+
+// What the kernels cannot do is refused with std::invalid_argument and a message that says why.
+TEST_F(CudaScan, BadArguments) {
+  mamba::cuda::ScanFwdParams p;
+  p.batch = 1, p.seqlen = 8, p.dim = 4, p.dstate = 65, p.dtype = DType::bf16;
+  int dummy = 0;  // never dereferenced: every call below throws before any launch
+  p.y = &dummy, p.u = &dummy, p.delta = &dummy, p.A = reinterpret_cast<float*>(&dummy), p.Bm = &dummy, p.Cm = &dummy;
+  p.chunk_states = reinterpret_cast<float*>(&dummy);
+  mamba::cuda::ScanBwdParams q;
+  q.fwd = p;
+  q.dy = &dummy, q.du = &dummy, q.ddelta = &dummy, q.dB = &dummy, q.dC = &dummy, q.dA = reinterpret_cast<float*>(&dummy);
+  auto expect_throw = [](auto&& call, const char* needle) {
+    try {
+      call();
+      ADD_FAILURE() << "no exception; expected one mentioning '" << needle << "'";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      std::printf("  refused: %s\n", e.what());
+    }
+  };
+  // The backward holds N ≤ 64.
+  expect_throw([&] { mamba::cuda::selective_scan_bwd(q, &dummy, nullptr); }, "above 64");
+  expect_throw([&] { (void)mamba::cuda::selective_scan_bwd_workspace(q); }, "N = 65");
+  // Splits that were not compiled, or make no sense.
+  q.fwd.dstate = 16;
+  expect_throw([&] { mamba::cuda::selective_scan_bwd(q, &dummy, nullptr, {8, 0}); }, "states_per_thread");
+  expect_throw([&] { mamba::cuda::selective_scan_bwd(q, &dummy, nullptr, {0, -1}); }, "segments");
+  p.dstate = 64;
+  expect_throw([&] { (void)mamba::cuda::selective_scan_fwd_workspace(p, {8, 0}); }, "no compiled split");
+  expect_throw([&] { mamba::cuda::selective_scan_fwd(p, &dummy, nullptr, {8, 0}); }, "no compiled split");
+  expect_throw([&] { mamba::cuda::selective_scan_fwd(p, &dummy, nullptr, {0, -2}); }, "segments");
+  p.dtype = static_cast<DType>(7);
+  expect_throw([&] { mamba::cuda::selective_scan_fwd(p, &dummy, nullptr); }, "dtype");
 }
 
 }  // namespace

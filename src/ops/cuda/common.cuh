@@ -1,12 +1,15 @@
-// Device helpers shared by the CUDA kernels: dtype conversion and the elementwise functions.
+// Device helpers shared by the CUDA kernels: dtype conversion (fp32, bf16, fp16) and the elementwise
+// functions.
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 namespace mamba::cuda {
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 
 template <typename T>
 __device__ __forceinline__ T from_float(float x);
@@ -14,6 +17,17 @@ template <>
 __device__ __forceinline__ float from_float<float>(float x) { return x; }
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+
+// Keeps a value that only some lanes need computed by every lane, in straight-line code: without it
+// the compiler sinks an expensive function (softplus, SiLU) under a branch per element, and the
+// elements' latencies, which would overlap, are serialized (seen in the SASS: BSSY/BSYNC around each
+// element's MUFU.EX2 + MUFU.RCP). The empty asm emits nothing.
+__device__ __forceinline__ float unconditional(float x) {
+  asm volatile("" : "+f"(x));
+  return x;
+}
 
 constexpr float kLog2e = 1.4426950408889634f;
 

@@ -5,6 +5,7 @@
 #include "ops/cuda/conv1d.h"
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <stdexcept>
 #include <string>
@@ -186,7 +187,7 @@ void check_conv(const Conv1dParams& p, const char* who) {
   if (p.batch < 0 || p.seqlen < 0 || p.dim < 0 || p.width < 1 || p.width > kMaxConvWidth) fail("bad dimensions");
   if (p.batch > 65535) fail("batch above 65535");
   if (!p.x || !p.weight) fail("x and weight are required");
-  if (p.dtype != DType::f32 && p.dtype != DType::bf16) fail("dtype must be f32 or bf16");
+  if (p.dtype != DType::f32 && p.dtype != DType::bf16 && p.dtype != DType::f16) fail("dtype must be f32, bf16 or f16");
 }
 
 // Runtime K → template K.
@@ -237,8 +238,11 @@ void conv1d_silu_fwd(const Conv1dParams& p, cudaStream_t stream) {
     }
     return;
   }
-  if (p.dtype == DType::bf16) with_width<LaunchFwd, __nv_bfloat16>(p.width, p, stream);
-  else with_width<LaunchFwd, float>(p.width, p, stream);
+  switch (p.dtype) {
+    case DType::f32: with_width<LaunchFwd, float>(p.width, p, stream); break;
+    case DType::bf16: with_width<LaunchFwd, __nv_bfloat16>(p.width, p, stream); break;
+    case DType::f16: with_width<LaunchFwd, __half>(p.width, p, stream); break;
+  }
 }
 
 size_t conv1d_silu_bwd_workspace(const Conv1dBwdParams& q) {
@@ -265,8 +269,11 @@ void conv1d_silu_bwd(const Conv1dBwdParams& q, void* workspace, cudaStream_t str
   kp.tblocks = static_cast<int>(blocks_for(p.seqlen, kTL));
   kp.dw_part = static_cast<float*>(workspace);
   kp.dbias_part = kp.dw_part + static_cast<size_t>(p.batch) * kp.tblocks * p.dim * p.width;
-  if (p.dtype == DType::bf16) with_width<LaunchBwd, __nv_bfloat16>(p.width, kp, stream);
-  else with_width<LaunchBwd, float>(p.width, kp, stream);
+  switch (p.dtype) {
+    case DType::f32: with_width<LaunchBwd, float>(p.width, kp, stream); break;
+    case DType::bf16: with_width<LaunchBwd, __nv_bfloat16>(p.width, kp, stream); break;
+    case DType::f16: with_width<LaunchBwd, __half>(p.width, kp, stream); break;
+  }
   conv1d_bwd_reduce_kernel<<<blocks_for(static_cast<int64_t>(p.dim) * p.width, 256), 256, 0, stream>>>(kp);
   MAMBA_CUDA_CHECK_LAUNCH();
 }
@@ -276,16 +283,20 @@ void conv1d_silu_step(void* out, float* tail, const void* x, int64_t x_stride, c
   if (width < 1 || width > kMaxConvWidth || !out || !x || !weight || (width > 1 && !tail)) {
     throw std::invalid_argument("conv1d_silu_step: bad arguments");
   }
+  if (dtype != DType::f32 && dtype != DType::bf16 && dtype != DType::f16) {
+    throw std::invalid_argument("conv1d_silu_step: dtype must be f32, bf16 or f16");
+  }
   const int64_t n = static_cast<int64_t>(batch) * dim;
   if (n == 0) return;
-  if (dtype == DType::bf16) {
-    conv1d_step_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(static_cast<__nv_bfloat16*>(out), tail,
-                                                               static_cast<const __nv_bfloat16*>(x), x_stride, weight,
-                                                               bias, batch, dim, width);
-  } else {
-    conv1d_step_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(static_cast<float*>(out), tail,
-                                                               static_cast<const float*>(x), x_stride, weight, bias,
-                                                               batch, dim, width);
+  auto run = [&](auto zero) {
+    using T = decltype(zero);
+    conv1d_step_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(static_cast<T*>(out), tail, static_cast<const T*>(x),
+                                                               x_stride, weight, bias, batch, dim, width);
+  };
+  switch (dtype) {
+    case DType::f32: run(float{}); break;
+    case DType::bf16: run(__nv_bfloat16{}); break;
+    case DType::f16: run(__half{}); break;
   }
   MAMBA_CUDA_CHECK_LAUNCH();
 }
@@ -294,10 +305,16 @@ void selective_scan_step(const ScanFwdParams& p, float* state, cudaStream_t stre
   if (!p.y || !p.u || !p.delta || !p.A || !p.Bm || !p.Cm || !state || p.dstate < 1) {
     throw std::invalid_argument("selective_scan_step: y, u, delta, A, B, C and state are required");
   }
+  if (p.dtype != DType::f32 && p.dtype != DType::bf16 && p.dtype != DType::f16) {
+    throw std::invalid_argument("selective_scan_step: dtype must be f32, bf16 or f16");
+  }
   const int64_t n = static_cast<int64_t>(p.batch) * p.dim;
   if (n == 0) return;
-  if (p.dtype == DType::bf16) scan_step_kernel<__nv_bfloat16><<<blocks_for(n, 128), 128, 0, stream>>>(p, state);
-  else scan_step_kernel<float><<<blocks_for(n, 128), 128, 0, stream>>>(p, state);
+  switch (p.dtype) {
+    case DType::f32: scan_step_kernel<float><<<blocks_for(n, 128), 128, 0, stream>>>(p, state); break;
+    case DType::bf16: scan_step_kernel<__nv_bfloat16><<<blocks_for(n, 128), 128, 0, stream>>>(p, state); break;
+    case DType::f16: scan_step_kernel<__half><<<blocks_for(n, 128), 128, 0, stream>>>(p, state); break;
+  }
   MAMBA_CUDA_CHECK_LAUNCH();
 }
 

@@ -1,7 +1,7 @@
 // CUDA causal depthwise conv1d with SiLU (the Mamba block's conv, paper §3.4 / Figure 3), and the
 // one-token decode steps of the block: conv step and selective-scan step. Raw device pointers, token-major
 // (B, L, D) layouts with a token stride, as the CPU oracle mamba::cpu::conv1d_silu_forward; x and out in
-// fp32 or bf16 (DType), weights, bias, tails and states fp32. Every CUDA call is checked (throws).
+// fp32, bf16 or fp16 (DType), weights, bias, tails and states fp32. Every CUDA call is checked (throws).
 #pragma once
 
 #include <cuda_runtime_api.h>

@@ -1,7 +1,7 @@
 // CUDA selective scan (paper §3.3, Algorithm 2): the host API. Raw device pointers, shapes and strides;
 // no framework types. Memory order is the model's, token-major, as in ops/scan_params.h: element
 // (b, t, i) of a (B, L, X) array sits at ptr[(b * L + t) * stride + i], so u, Δ, z and B, C can be column
-// slices of wider projection outputs. u, Δ, z, B, C and y share one dtype (fp32 or bf16); A, D, the Δ
+// slices of wider projection outputs. u, Δ, z, B, C and y share one dtype (fp32, bf16 or fp16); A, D, the Δ
 // bias, the states and every accumulation are fp32. All indexing is 64-bit.
 //
 // Every function checks each CUDA call and throws std::runtime_error on failure. Work is queued on
@@ -15,7 +15,7 @@
 
 namespace mamba::cuda {
 
-enum class DType : int { f32 = 0, bf16 = 1 };
+enum class DType : int { f32 = 0, bf16 = 1, f16 = 2 };  // f16: IEEE half (__half)
 
 // The forward can keep h at every kStateChunk-th step; the backward starts each 16-step sub-tile from
 // those, so it never rescans. They take L·D·N/16 floats per sequence: at N = 16 as much as u in fp32.
@@ -28,7 +28,7 @@ struct ScanFwdParams {
   int seqlen = 0;  // L
   int dim = 0;     // D: channels (d_inner)
   int dstate = 0;  // N
-  DType dtype = DType::f32;  // of u, delta, z, B, C and y
+  DType dtype = DType::f32;  // of u, delta, z, B, C and y (and of the backward's dy and outputs)
 
   void* y = nullptr;  // (B, L, D) out: y_t = C_t·h_t + D ⊙ u_t, times SiLU(z_t) when z is given
   int64_t y_stride = 0;
@@ -70,7 +70,7 @@ void selective_scan_fwd(const ScanFwdParams& p, void* workspace, cudaStream_t st
 // dh_{t−1} = exp(Δ_t A) ⊙ dh_t (+ C_{t−1} ∂y_{t−1}) backwards, and gives every gradient. Deterministic:
 // no floating-point atomics; sums over channels and batch go through partial buffers in a fixed order.
 // Activation gradients are written (=); parameter gradients dA, dD, ddelta_bias accumulate (+=).
-// N ≤ 64.
+// N ≤ 64 (larger N throws std::invalid_argument).
 struct ScanBwdParams {
   ScanFwdParams fwd;                 // the forward's arguments; fwd.chunk_states is required, y unused
   const void* dy = nullptr;          // (B, L, D) ∂loss/∂y
@@ -92,7 +92,8 @@ struct ScanBwdParams {
   float* dstate_in = nullptr;        // (B, D, N) out: ∂loss/∂h_0, or null
 };
 
-// tuning.segments as in the forward (0: the dispatcher's choice); states_per_thread is fixed at 4.
+// tuning.segments as in the forward (0: the dispatcher's choice); states_per_thread is fixed at 4 (0 or 4;
+// anything else throws std::invalid_argument).
 size_t selective_scan_bwd_workspace(const ScanBwdParams& p, ScanTuning tuning = {});
 void selective_scan_bwd(const ScanBwdParams& p, void* workspace, cudaStream_t stream, ScanTuning tuning = {});
 

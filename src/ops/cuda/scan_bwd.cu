@@ -113,6 +113,10 @@ void launch_scan_bwd_chain(const ScanBwdKernelParams& kp, cudaStream_t stream) {
 }
 
 size_t selective_scan_bwd_workspace(const ScanBwdParams& q, ScanTuning tuning) {
+  if (q.fwd.dstate < 1 || q.fwd.dstate > 64) {
+    throw std::invalid_argument("selective_scan_bwd_workspace: N = " + std::to_string(q.fwd.dstate) +
+                                " outside 1..64, the backward's range");
+  }
   const BwdLayout l = layout(q, tuning);
   // dB, dC partials; dA, dD, dΔ-bias partials; the segments' carries and ΣΔ.
   return sizeof(float) * (2 * l.bc_part + 2 * l.dA_part + 3 * l.d_part);
@@ -121,8 +125,17 @@ size_t selective_scan_bwd_workspace(const ScanBwdParams& q, ScanTuning tuning) {
 void selective_scan_bwd(const ScanBwdParams& q, void* workspace, cudaStream_t stream, ScanTuning tuning) {
   const ScanFwdParams& p = q.fwd;
   auto fail = [](const std::string& what) { throw std::invalid_argument("selective_scan_bwd: " + what); };
-  if (p.batch < 0 || p.seqlen < 0 || p.dim < 0 || p.dstate < 1 || p.dstate > 64) fail("bad dimensions (N ≤ 64)");
+  if (p.batch < 0 || p.seqlen < 0 || p.dim < 0 || p.dstate < 1) fail("bad dimensions");
+  if (p.dstate > 64) {
+    fail("N = " + std::to_string(p.dstate) + " is above 64, the most the backward supports (4 states per thread, " +
+         "at most 16 threads per channel)");
+  }
   if (p.batch > 65535) fail("batch above 65535");
+  if (p.dtype != DType::f32 && p.dtype != DType::bf16 && p.dtype != DType::f16) fail("dtype must be f32, bf16 or f16");
+  if (tuning.states_per_thread != 0 && tuning.states_per_thread != 4) {
+    fail("states_per_thread = " + std::to_string(tuning.states_per_thread) + " is not supported (the backward holds 4)");
+  }
+  if (tuning.segments < 0) fail("segments must be ≥ 0 (0: the dispatcher's choice)");
   if (!p.u || !p.delta || !p.A || !p.Bm || !p.Cm || !p.chunk_states) fail("u, delta, A, B, C and chunk_states are required");
   if (!q.dy || !q.du || !q.ddelta || !q.dB || !q.dC || !q.dA) fail("dy, du, ddelta, dB, dC and dA are required");
   if (p.z && !q.dz) fail("dz is required when z is given");
@@ -152,19 +165,20 @@ void selective_scan_bwd(const ScanBwdParams& q, void* workspace, cudaStream_t st
   kp.carry = kp.dbias_part + l.d_part;
   kp.seg_dsum = kp.carry + l.dA_part;
 
-  if (p.dtype == DType::bf16) launch_scan_bwd_dtype<__nv_bfloat16>(kp, l.nsplit, stream);
-  else launch_scan_bwd_dtype<float>(kp, l.nsplit, stream);
-
   const int64_t rows = static_cast<int64_t>(p.batch) * p.seqlen;
   const unsigned grid = blocks_for(rows * p.dstate, 256);
-  if (p.dtype == DType::bf16) {
-    reduce_bc_kernel<<<grid, 256, 0, stream>>>(static_cast<__nv_bfloat16*>(q.dB), q.dB_stride, kp.dB_part, rows, l.tiles, p.dstate);
-    reduce_bc_kernel<<<grid, 256, 0, stream>>>(static_cast<__nv_bfloat16*>(q.dC), q.dC_stride, kp.dC_part, rows, l.tiles, p.dstate);
-  } else {
-    reduce_bc_kernel<<<grid, 256, 0, stream>>>(static_cast<float*>(q.dB), q.dB_stride, kp.dB_part, rows, l.tiles, p.dstate);
-    reduce_bc_kernel<<<grid, 256, 0, stream>>>(static_cast<float*>(q.dC), q.dC_stride, kp.dC_part, rows, l.tiles, p.dstate);
+  auto run = [&](auto zero) {  // the scan, then dB and dC from their per-tile partials, in the input dtype
+    using T = decltype(zero);
+    launch_scan_bwd_dtype<T>(kp, l.nsplit, stream);
+    reduce_bc_kernel<<<grid, 256, 0, stream>>>(static_cast<T*>(q.dB), q.dB_stride, kp.dB_part, rows, l.tiles, p.dstate);
+    reduce_bc_kernel<<<grid, 256, 0, stream>>>(static_cast<T*>(q.dC), q.dC_stride, kp.dC_part, rows, l.tiles, p.dstate);
+    MAMBA_CUDA_CHECK_LAUNCH();
+  };
+  switch (p.dtype) {
+    case DType::f32: run(float{}); break;
+    case DType::bf16: run(__nv_bfloat16{}); break;
+    case DType::f16: run(__half{}); break;
   }
-  MAMBA_CUDA_CHECK_LAUNCH();
   reduce_params_kernel<<<blocks_for(static_cast<int64_t>(p.dim) * p.dstate, 256), 256, 0, stream>>>(kp);
   MAMBA_CUDA_CHECK_LAUNCH();
 }

@@ -123,10 +123,12 @@ __global__ void __launch_bounds__(Kt::kThreads) scan_bwd_carry_kernel(ScanBwdKer
       const bool ok = t < nt && td_ok;
       const int64_t row = row0 + t0 + t;
       const float pre = (ok ? to_float(__ldg(static_cast<const input_t*>(p.delta) + row * p.delta_stride + td)) : 0.0f) + bias;
-      const float dt = ok ? (p.delta_softplus ? softplus(pre) : pre) : 0.0f;
+      const float sp = unconditional(softplus(pre));
+      const float dt = ok ? (p.delta_softplus ? sp : pre) : 0.0f;
       const float g_y = ok ? to_float(__ldg(static_cast<const input_t*>(q.dy) + row * q.dy_stride + td)) : 0.0f;
       const float zz = ok && p.z ? to_float(__ldg(static_cast<const input_t*>(p.z) + row * p.z_stride + td)) : 0.0f;
-      const float dout = p.z ? g_y * silu(zz) : g_y;
+      const float gate = unconditional(silu(zz));
+      const float dout = p.z ? g_y * gate : g_y;
       s_dt[t * kChannels + tc] = dt;
       s_dout[t * kChannels + tc] = dout;
     }
@@ -229,7 +231,8 @@ __global__ void __launch_bounds__(Kt::kThreads) scan_bwd_kernel(ScanBwdKernelPar
       const int64_t row = row0 + t0 + t;
       const float x = ok ? to_float(__ldg(u + row * p.u_stride + td)) : 0.0f;
       const float pre = (ok ? to_float(__ldg(delta + row * p.delta_stride + td)) : 0.0f) + bias;
-      const float dt = ok ? (p.delta_softplus ? softplus(pre) : pre) : 0.0f;
+      const float sp = unconditional(softplus(pre));
+      const float dt = ok ? (p.delta_softplus ? sp : pre) : 0.0f;
       s_dt[t * kChannels + tc] = dt;
       s_u[t * kChannels + tc] = x;
       dpre[j] = pre;
@@ -310,7 +313,7 @@ __global__ void __launch_bounds__(Kt::kThreads) scan_bwd_kernel(ScanBwdKernelPar
         const int64_t row = row0 + t0 + t;
         const float g_y = ok ? to_float(__ldg(dy + row * q.dy_stride + td)) : 0.0f;
         const float zz = ok && z ? to_float(__ldg(z + row * p.z_stride + td)) : 0.0f;
-        const float sig = sigmoid(zz);
+        const float sig = unconditional(sigmoid(zz));
         const float out = s_out[t * kChannels + tc] + skip * uu[j];
         const float dout = z ? g_y * zz * sig : g_y;
         // SiLU′(z) = σ(z)·(1 + z·(1 − σ(z)))
@@ -388,7 +391,8 @@ __global__ void __launch_bounds__(Kt::kThreads) scan_bwd_kernel(ScanBwdKernelPar
         const bool ok = t < nt && td_ok;
         const int64_t row = row0 + t0 + t;
         const float du = s_du[t * kChannels + tc] + skip * dout_r[j];
-        const float dd = s_ddt[t * kChannels + tc] * (p.delta_softplus ? sigmoid(dpre[j]) : 1.0f);  // softplus′ = σ
+        const float sig = unconditional(sigmoid(dpre[j]));
+        const float dd = s_ddt[t * kChannels + tc] * (p.delta_softplus ? sig : 1.0f);  // softplus′ = σ
         if (ok) {
           static_cast<input_t*>(q.du)[row * q.du_stride + td] = from_float<input_t>(du);
           static_cast<input_t*>(q.ddelta)[row * q.ddelta_stride + td] = from_float<input_t>(dd);
@@ -444,7 +448,7 @@ void launch_scan_bwd(const ScanBwdKernelParams& kp, cudaStream_t stream) {
   MAMBA_CUDA_CHECK_LAUNCH();
 }
 
-// Threads per channel → traits. Instantiated once per dtype (scan_bwd_f32.cu, scan_bwd_bf16.cu).
+// Threads per channel → traits. Instantiated once per dtype (scan_bwd_f32.cu, scan_bwd_bf16.cu, scan_bwd_f16.cu).
 template <typename input_t>
 void launch_scan_bwd_dtype(const ScanBwdKernelParams& kp, int nsplit, cudaStream_t stream) {
   switch (nsplit) {
@@ -456,5 +460,6 @@ void launch_scan_bwd_dtype(const ScanBwdKernelParams& kp, int nsplit, cudaStream
 }
 extern template void launch_scan_bwd_dtype<float>(const ScanBwdKernelParams&, int, cudaStream_t);
 extern template void launch_scan_bwd_dtype<__nv_bfloat16>(const ScanBwdKernelParams&, int, cudaStream_t);
+extern template void launch_scan_bwd_dtype<__half>(const ScanBwdKernelParams&, int, cudaStream_t);
 
 }  // namespace mamba::cuda

@@ -42,6 +42,9 @@ FwdPlan plan_fwd(const ScanFwdParams& p, ScanTuning tuning) {
   const int N = p.dstate;
   const int64_t channels = static_cast<int64_t>(p.batch) * p.dim;
   const int64_t sms = sm_count();
+  if (tuning.states_per_thread < 0 || tuning.segments < 0) {
+    throw std::invalid_argument("selective_scan_fwd: states_per_thread and segments must be ≥ 0 (0: the dispatcher's choice)");
+  }
   FwdPlan plan;
   plan.kG = tuning.states_per_thread;
   if (plan.kG == 0) {
@@ -72,7 +75,7 @@ void validate(const ScanFwdParams& p) {
   if (p.batch < 0 || p.seqlen < 0 || p.dim < 0 || p.dstate < 1 || p.dstate > 256) fail("bad dimensions");
   if (p.batch > 65535) fail("batch above 65535");
   if (!p.y || !p.u || !p.delta || !p.A || !p.Bm || !p.Cm) fail("y, u, delta, A, B and C are required");
-  if (p.dtype != DType::f32 && p.dtype != DType::bf16) fail("dtype must be f32 or bf16");
+  if (p.dtype != DType::f32 && p.dtype != DType::bf16 && p.dtype != DType::f16) fail("dtype must be f32, bf16 or f16");
 }
 
 __global__ void scan_fwd_chain_kernel(ScanFwdKernelParams kp) {
@@ -131,8 +134,11 @@ void selective_scan_fwd(const ScanFwdParams& p, void* workspace, cudaStream_t st
     kp.seg_state = static_cast<float*>(workspace);
     kp.seg_dsum = kp.seg_state + static_cast<int64_t>(p.batch) * plan.segments * p.dim * p.dstate;
   }
-  if (p.dtype == DType::bf16) launch_scan_fwd_dtype<__nv_bfloat16>(kp, plan.kG, plan.nsplit, stream);
-  else launch_scan_fwd_dtype<float>(kp, plan.kG, plan.nsplit, stream);
+  switch (p.dtype) {
+    case DType::f32: launch_scan_fwd_dtype<float>(kp, plan.kG, plan.nsplit, stream); break;
+    case DType::bf16: launch_scan_fwd_dtype<__nv_bfloat16>(kp, plan.kG, plan.nsplit, stream); break;
+    case DType::f16: launch_scan_fwd_dtype<__half>(kp, plan.kG, plan.nsplit, stream); break;
+  }
 }
 
 }  // namespace mamba::cuda

@@ -1,5 +1,5 @@
 // Selective scan forward: params → traits → kernel → launcher. The dispatcher (scan_fwd.cu) picks the
-// traits and the split; scan_fwd_{f32,bf16}.cu instantiate the launcher once per dtype.
+// traits and the split; scan_fwd_{f32,bf16,f16}.cu instantiate the launcher once per dtype.
 //
 // The work split. In the token-major layout the channels of one time step are contiguous, so a block
 // takes a tile of channels and walks along time: each thread holds kG of one channel's N states in
@@ -177,7 +177,8 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocks) scan_fwd_kernel(
       if (Kt::kXPer * kThreads > kT * kChannels && t >= kT) break;  // only when the tile has fewer elements than threads
       const float uu = to_float(next.u[j]);
       const float pre = to_float(next.delta[j]) + bias;
-      const float dt = t < nt && td_ok ? (p.delta_softplus ? softplus(pre) : pre) : 0.0f;
+      const float sp = unconditional(softplus(pre));
+      const float dt = t < nt && td_ok ? (p.delta_softplus ? sp : pre) : 0.0f;
       s_dtu[t * kChannels + tc] = make_float2(dt, dt * uu);
       du[j] = skip * uu;
     }
@@ -260,7 +261,8 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocks) scan_fwd_kernel(
         float out = du[j];
 #pragma unroll
         for (int k = 0; k < kNSplit; k++) out += part[k];
-        out *= p.z ? silu(to_float(zr[j])) : 1.0f;
+        const float gate = unconditional(silu(to_float(zr[j])));
+        out *= p.z ? gate : 1.0f;
         if (t < nt && td_ok) y[j * kNSplit * p.y_stride] = from_float<input_t>(out);
       }
     }
@@ -303,7 +305,7 @@ void launch_scan_fwd(const ScanFwdKernelParams& kp, cudaStream_t stream) {
 }
 
 // The compiled splits, (states per thread, threads per channel); the dispatcher picks one. Instantiated
-// once per dtype, in scan_fwd_f32.cu and scan_fwd_bf16.cu, so the two compile in parallel.
+// once per dtype, in scan_fwd_f32.cu, scan_fwd_bf16.cu and scan_fwd_f16.cu, so they compile in parallel.
 template <typename input_t>
 void launch_scan_fwd_dtype(const ScanFwdKernelParams& kp, int kG, int nsplit, cudaStream_t stream) {
   switch (kG * 100 + nsplit) {
@@ -322,5 +324,6 @@ void launch_scan_fwd_dtype(const ScanFwdKernelParams& kp, int kG, int nsplit, cu
 }
 extern template void launch_scan_fwd_dtype<float>(const ScanFwdKernelParams&, int, int, cudaStream_t);
 extern template void launch_scan_fwd_dtype<__nv_bfloat16>(const ScanFwdKernelParams&, int, int, cudaStream_t);
+extern template void launch_scan_fwd_dtype<__half>(const ScanFwdKernelParams&, int, int, cudaStream_t);
 
 }  // namespace mamba::cuda
