@@ -2,7 +2,8 @@
 // C; fp32 A and D; z gate, Δ bias + softplus, variable B and C. Prints, per shape, the median time over
 // many runs (CUDA events around each run, after warm-up), the GB/s of compulsory traffic (u, Δ, z, B, C
 // read once, y written once), exponentials per second, the ratios to the two floors, and the official mamba_ssm
-// 2.3.2 time measured on an H100 (issue 5). `cuda_scan_bench sweep` also times every split.
+// 2.3.2 time measured on an H100 (issue 5). `cuda_scan_bench sweep` also times the splits (channels and
+// states per thread, segments; S=0: the dispatcher's choice); `fwdsweep` times only the forward's splits.
 //
 // The floors: B·D·L·N exponentials on the special-function units (SMs × 16 per clock × the peak clock
 // the device reports), and the compulsory bytes at the device-to-device copy bandwidth measured here.
@@ -99,7 +100,9 @@ int main(int argc, char** argv) {
   // inputs instead of bf16.
   if (argc > 1 && std::strcmp(argv[argc - 1], "f16") == 0) g_f16 = true, argc--;
   const mamba::cuda::DType dtype = g_f16 ? mamba::cuda::DType::f16 : mamba::cuda::DType::bf16;
-  const bool sweep = argc > 1 && std::strcmp(argv[1], "sweep") == 0;
+  // `fwdsweep`: the forward's splits only (no backward, no conv1d), for comparing builds quickly.
+  const bool fwd_only = argc > 1 && std::strcmp(argv[1], "fwdsweep") == 0;
+  const bool sweep = fwd_only || (argc > 1 && std::strcmp(argv[1], "sweep") == 0);
   std::vector<Shape> shapes = {{8, 1536, 2048, 16, 0.451, 2.29},
                                {8, 4096, 2048, 16, 1.168, 5.98},
                                {1, 1536, 65536, 16, 2.23, 10.08},
@@ -166,7 +169,7 @@ int main(int argc, char** argv) {
 
     // Forward (keeping the chunk states) + backward, as training runs them.
     double fb_ms = 0;
-    {
+    if (!fwd_only) {
       __nv_bfloat16 *dy, *du, *ddelta, *dz, *dB, *dC;
       float *chunks, *dA, *dD, *dbias;
       MAMBA_CUDA_CHECK(cudaMalloc(&dy, nx * 2));
@@ -224,19 +227,22 @@ int main(int argc, char** argv) {
                 s.official_fwd_ms, ms / s.official_fwd_ms, bytes / (ms * 1e-3) * 1e-9, exps / (ms * 1e-3),
                 ms / exp_floor_ms, ms / bw_floor_ms, "auto", fb_ms, s.official_fwdbwd_ms, fb_ms / s.official_fwdbwd_ms);
     if (sweep) {
-      for (int kG : {4, 8}) {
-        for (int S : {1, 2, 4, 8, 16, 32}) {
-          if (S > 1 && s.B * s.D >= 32768) continue;
-          const double t = time_fwd({kG, S});
+      struct Split {
+        int kC, kG;
+      };
+      for (Split sp : {Split{1, 4}, Split{1, 8}, Split{2, 2}, Split{2, 4}, Split{2, 8}, Split{4, 2}, Split{4, 4}}) {
+        for (int S : {0, 32, 64}) {
+          if (S > 0 && s.B * s.D >= 32768) continue;
+          const double t = time_fwd({sp.kG, S, sp.kC});
           char split[32];
-          std::snprintf(split, sizeof split, "kG=%d S=%d", kG, S);
-          std::printf("%-22s %9.3f %9s %8.2f %10s %9s %9.2f %10s %8s\n", "", t, "", t / s.official_fwd_ms, "", "",
+          std::snprintf(split, sizeof split, "kC=%d kG=%d S=%d", sp.kC, sp.kG, S);
+          std::printf("%-22s %9.3f %9s %8.2f %10s %9s %9.2f %10s %14s\n", "", t, "", t / s.official_fwd_ms, "", "",
                       t / exp_floor_ms, "", split);
         }
       }
     }
     // The block's causal conv1d (K = 4) + SiLU over the same (B, L, D) bf16 input, forward and backward.
-    {
+    if (!fwd_only) {
       float *w, *tail_in, *tail_out, *dw, *dbias_c, *cws;
       const int K = 4;
       MAMBA_CUDA_CHECK(cudaMalloc(&w, sizeof(float) * s.D * K));

@@ -1,7 +1,8 @@
 // The CUDA selective scan against the CPU fp32 oracle (mamba::cpu::selective_scan_forward) on fresh
 // random inputs: lengths 1, 7, 2048, 2049 and 65537, N in {1, 4, 16, 64}, optional z, D, Δ bias and
-// initial state, every (states per thread, segments) split, fp32, bf16 and fp16. Outputs are poisoned with NaN
-// first, so an unwritten element fails. Skipped when no GPU is present (CI builds this without one).
+// initial state, every (channels per thread, states per thread, segments) split, fp32, bf16 and fp16.
+// Outputs are poisoned with NaN first, so an unwritten element fails. Skipped when no GPU is present (CI
+// builds this without one).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
@@ -143,7 +144,7 @@ struct Case {
     std::ostringstream s;
     s << "B=" << B << " L=" << L << " D=" << D << " N=" << N << (z ? " z" : "") << (skip ? " D" : "")
       << (bias ? " bias" : "") << (state_in ? " h0" : "") << (softplus ? "" : " no-softplus")
-      << " " << dtype_name(dtype) << " kG=" << tuning.states_per_thread
+      << " " << dtype_name(dtype) << " kC=" << tuning.channels_per_thread << " kG=" << tuning.states_per_thread
       << " S=" << tuning.segments;
     return s.str();
   }
@@ -270,19 +271,36 @@ TEST_F(CudaScan, LongSequence) {
   }
 }
 
-// Every compiled split, one and several segments, with the chunk-boundary states for the backward.
+// Every compiled split (channels and states per thread; N that fills it or leaves it part empty), one and
+// several segments, with the chunk-boundary states for the backward.
 TEST_F(CudaScan, EverySplit) {
   uint32_t seed = 200;
   struct Split {
-    int N, kG;
+    int N, kG, kC;
   };
   for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
-    for (Split sp : {Split{1, 1}, Split{4, 4}, Split{16, 1}, Split{16, 2}, Split{16, 4}, Split{16, 8}, Split{16, 16}, Split{64, 4},
-                     Split{64, 16}, Split{200, 16}}) {
+    for (Split sp : {Split{1, 1, 1}, Split{4, 4, 1}, Split{16, 1, 1}, Split{16, 2, 1}, Split{16, 4, 1}, Split{16, 8, 1},
+                     Split{16, 16, 1}, Split{64, 4, 1}, Split{64, 16, 1}, Split{200, 16, 1}, Split{16, 2, 2},
+                     Split{16, 4, 2}, Split{12, 4, 2}, Split{16, 8, 2}, Split{16, 2, 4}, Split{5, 2, 4},
+                     Split{16, 4, 4}}) {
       for (int S : {1, 3, 7}) {
-        Case c{3, 2049, 70, sp.N, true, true, true, true, dt, {sp.kG, S}};
+        Case c{3, 2049, 70, sp.N, true, true, true, true, dt, {sp.kG, S, sp.kC}};
         c.chunk_states = true;
         run_case(c, seed++);
+      }
+    }
+  }
+}
+
+// The same splits on short sequences, small enough for compute-sanitizer's memcheck and racecheck.
+TEST_F(CudaScan, EverySplitSmall) {
+  uint32_t seed = 250;
+  for (int kC : {1, 2, 4}) {
+    for (int kG : {2, 4, 8}) {
+      for (int S : {1, 3}) {
+        Case c{2, 77, 70, 16, true, true, true, true, DType::f32, {kG, S, kC}};
+        c.chunk_states = true;
+        if (kC * kG <= 16) run_case(c, seed++);
       }
     }
   }

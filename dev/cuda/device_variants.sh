@@ -2,7 +2,7 @@
 # Times compile-time variants of the bf16 forward at the anchor shapes: each variant rebuilds
 # scan_fwd_bf16.cu with its -D flags (knobs an experimental kernel reads, as v6 in dev/notes/scan.md did)
 # and relinks the benchmark against device_run.sh's other objects (run that first, in the same call).
-#   usage: dev/cuda/device_variants.sh "NAME:-DFLAG=1 -DOTHER=2" ...
+#   usage: [BENCH_ARGS=fwdsweep] dev/cuda/device_variants.sh "NAME:-DFLAG=1 -DOTHER=2" ...
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; B=/tmp/mb
 NVCC="nvcc -std=c++20 -O3 --use_fast_math -lineinfo -arch=sm_90 -I src"
@@ -15,5 +15,5 @@ wait
 for v in "$@"; do
   name=${v%%:*}
   echo "== $name: ${v#*:}"
-  $B/bench_$name | grep -E "^[0-9]+,"
+  $B/bench_$name ${BENCH_ARGS:-} | grep -E "^[0-9]+,|kC="
 done 2>&1 | tee $OUT/variants.txt

@@ -57,6 +57,7 @@ struct ScanFwdParams {
 struct ScanTuning {
   int states_per_thread = 0;  // 1, 2, 4, 8 or 16 state indices n held in each thread's registers
   int segments = 0;           // pieces of L scanned in parallel (two passes when more than one)
+  int channels_per_thread = 0;  // forward only: 1, 2 or 4 channels whose states each thread holds (0: 1)
 };
 
 // Bytes of device scratch memory that selective_scan_fwd needs (0 when none).

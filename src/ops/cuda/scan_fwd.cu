@@ -20,47 +20,59 @@ int sm_count() {
 }
 
 struct FwdPlan {
-  int kG = 4;        // states per thread
-  int nsplit = 1;    // threads per channel
+  int kC = 1;        // channels per thread
+  int kG = 4;        // states per thread and channel
+  int nsplit = 1;    // threads per channel group
   int segments = 1;  // S
   int64_t seg_len = 0;
 };
 
-// Threads per channel for kG states per thread: the fewest of the compiled splits (see
-// launch_scan_fwd_dtype) that hold N states, or 0 when none does.
-int nsplit_for(int N, int kG) {
-  static constexpr int kSplits[][2] = {{1, 1}, {1, 16}, {2, 8}, {4, 1}, {4, 4}, {4, 16}, {8, 2}, {16, 1}, {16, 4}, {16, 16}};
-  for (const auto& s : kSplits) {
-    if (s[0] == kG && s[0] * s[1] >= N) return s[1];
+// The compiled splits (launch_scan_fwd_dtype): channels per thread, states per thread, threads per group.
+constexpr int kFwdSplits[][3] = {{1, 1, 1},  {1, 1, 16}, {1, 2, 8},  {1, 4, 1}, {1, 4, 4},
+                                 {1, 4, 16}, {1, 8, 2},  {1, 16, 1}, {1, 16, 4}, {1, 16, 16},
+                                 {2, 2, 8},  {2, 4, 4},  {2, 8, 2},  {4, 2, 8}, {4, 4, 4}};
+
+// Threads per channel group for kC channels and kG states per thread: the fewest of the compiled splits
+// that hold N states, or 0 when none does.
+int nsplit_for(int N, int kC, int kG) {
+  for (const auto& s : kFwdSplits) {
+    if (s[0] == kC && s[1] == kG && s[1] * s[2] >= N) return s[2];
   }
   return 0;
 }
 
-// The split, from the measurements in dev/notes/scan.md (H100): 4 states per thread (4 threads per channel
-// at N = 16) unless there are channels enough for 8 per thread; 16 per thread only when N needs it.
+// The split, from the measurements in dev/notes/scan.md (H200).
 FwdPlan plan_fwd(const ScanFwdParams& p, ScanTuning tuning) {
   const int N = p.dstate;
   const int64_t channels = static_cast<int64_t>(p.batch) * p.dim;
   const int64_t sms = sm_count();
-  if (tuning.states_per_thread < 0 || tuning.segments < 0) {
-    throw std::invalid_argument("selective_scan_fwd: states_per_thread and segments must be ≥ 0 (0: the dispatcher's choice)");
+  if (tuning.states_per_thread < 0 || tuning.segments < 0 || tuning.channels_per_thread < 0) {
+    throw std::invalid_argument(
+        "selective_scan_fwd: channels_per_thread, states_per_thread and segments must be ≥ 0 (0: the "
+        "dispatcher's choice)");
   }
   FwdPlan plan;
+  plan.kC = tuning.channels_per_thread == 0 ? 1 : tuning.channels_per_thread;
   plan.kG = tuning.states_per_thread;
   if (plan.kG == 0) {
     plan.kG = N == 1 ? 1 : N <= 64 ? 4 : 16;
-    if (N > 4 && N <= 16 && channels * nsplit_for(N, 8) >= sms * 384) plan.kG = 8;
+    // 8 states per thread at N ≤ 16 when there are channels enough (or L is cut into segments, which
+    // then fill the GPU anyway): fewer shared-memory loads and partial sums per state.
+    const bool few = channels * nsplit_for(N, plan.kC, 4) / plan.kC < sms * 128;
+    const int64_t threads8 = channels * nsplit_for(N, plan.kC, 8) / plan.kC;
+    if (N > 4 && N <= 16 && threads8 > 0 && (few || threads8 >= sms * 384)) plan.kG = 8;
   }
-  plan.nsplit = nsplit_for(N, plan.kG);
+  plan.nsplit = nsplit_for(N, plan.kC, plan.kG);
   if (plan.nsplit == 0) {
-    throw std::invalid_argument("selective_scan_fwd: no compiled split holds N = " + std::to_string(N) +
-                                " with " + std::to_string(plan.kG) + " states per thread");
+    throw std::invalid_argument("selective_scan_fwd: no compiled split holds N = " + std::to_string(N) + " with " +
+                                std::to_string(plan.kG) + " states and " + std::to_string(plan.kC) +
+                                " channels per thread");
   }
   plan.segments = tuning.segments;
   if (plan.segments == 0) {
     // Two passes cost the exponentials twice, but one pass over a few long sequences leaves most of
     // the GPU idle: then aim at ~1500 threads per SM, where the measured time stops improving.
-    const int64_t threads = channels * plan.nsplit;
+    const int64_t threads = channels * plan.nsplit / plan.kC;
     plan.segments = threads < sms * 128 ? static_cast<int>((sms * 1536 + threads - 1) / threads) : 1;
   }
   const int64_t L = p.seqlen;
@@ -135,9 +147,9 @@ void selective_scan_fwd(const ScanFwdParams& p, void* workspace, cudaStream_t st
     kp.seg_dsum = kp.seg_state + static_cast<int64_t>(p.batch) * plan.segments * p.dim * p.dstate;
   }
   switch (p.dtype) {
-    case DType::f32: launch_scan_fwd_dtype<float>(kp, plan.kG, plan.nsplit, stream); break;
-    case DType::bf16: launch_scan_fwd_dtype<__nv_bfloat16>(kp, plan.kG, plan.nsplit, stream); break;
-    case DType::f16: launch_scan_fwd_dtype<__half>(kp, plan.kG, plan.nsplit, stream); break;
+    case DType::f32: launch_scan_fwd_dtype<float>(kp, plan.kC, plan.kG, plan.nsplit, stream); break;
+    case DType::bf16: launch_scan_fwd_dtype<__nv_bfloat16>(kp, plan.kC, plan.kG, plan.nsplit, stream); break;
+    case DType::f16: launch_scan_fwd_dtype<__half>(kp, plan.kC, plan.kG, plan.nsplit, stream); break;
   }
 }
 

@@ -2,17 +2,19 @@
 // traits and the split; scan_fwd_{f32,bf16,f16}.cu instantiate the launcher once per dtype.
 //
 // The work split. In the token-major layout the channels of one time step are contiguous, so a block
-// takes a tile of channels and walks along time: each thread holds kG of one channel's N states in
-// registers (kNSplit = N / kG threads per channel), and every step costs kG exponentials, 2·kG FMAs and a
-// few shared-memory reads. That is the paper's fused scan (§3.3): Δ·A, Δ·B·u, the states h and C·h never
-// leave the chip. B_t and C_t are shared by the whole tile, so they are read from memory once per tile
-// rather than once per channel as in the official (batch, channel)-per-block kernel.
+// takes a tile of channels and walks along time: each thread holds kG of the N states of each of kC
+// channels in registers (kNSplit = N / kG threads per channel group), and every step costs kC·kG
+// exponentials, 3·kC·kG FMAs and a few shared-memory reads. That is the paper's fused scan (§3.3): Δ·A,
+// Δ·B·u, the states h and C·h never leave the chip. B_t and C_t are shared by the whole tile, so they are
+// read from memory once per tile rather than once per channel as in the official (batch,
+// channel)-per-block kernel; with kC > 1 each value read from shared memory also serves kC channels.
 //
 // Time goes through shared memory kT steps at a time: all threads stage u, Δ (bias and softplus applied
-// once per element, not once per state), B and C for the tile, having loaded them into registers while
-// the previous tile was scanned; then each scans its states over the kT steps, writing its partial C·h
-// per step; last, the partial sums are added, D·u and the gate applied, and y stored with the channels
-// contiguous across threads. dev/notes/scan.md has each version's measurements.
+// once per element, not once per state), B and C for the tile, having loaded them (and z) into registers
+// while the previous tile was scanned; then each scans its states over the kT steps, writing its partial
+// C·h per step and channel; last, the kNSplit partial sums are added, D·u and the gate applied, and y
+// stored with the channels contiguous across threads. Two barriers per tile. dev/notes/scan.md has each
+// version's measurements.
 //
 // When B·D is too small to fill the GPU (long single sequences), L is cut into `segments` run in
 // parallel: pass 1 (kStateOnly) scans each segment from zero and keeps only its final state and ΣΔ, a
@@ -42,39 +44,57 @@ struct ScanFwdKernelParams {
   float* seg_dsum = nullptr;     // (B, S, D) pass 1: ΣΔ over each segment
 };
 
-template <typename input_t_, int kG_, int kNSplit_>
+template <typename input_t_, int kC_, int kG_, int kNSplit_>
 struct ScanFwdTraits {
   using input_t = input_t_;
-  static constexpr int kG = kG_;                       // states per thread, in registers
-  static constexpr int kNSplit = kNSplit_;             // threads per channel: N ≤ kG · kNSplit
-  static constexpr int kThreads = 128;
-  static constexpr int kChannels = kThreads / kNSplit;  // channels per block
-  static constexpr int kNPad = kG * kNSplit;           // states per channel, padded
-  // Steps per tile: each thread holds its share of the next tile's u, Δ, B, C (and this tile's z) in
-  // registers while it scans, so the tile is cut to keep that share at 8 values of each.
-  static constexpr int kT = std::min({32, 8 * kNSplit, 8 * kThreads / kNPad});
+  static constexpr int kC = kC_;            // channels per thread
+  static constexpr int kG = kG_;            // states per thread and channel, in registers
+  static constexpr int kNSplit = kNSplit_;  // threads per channel group: N ≤ kG · kNSplit
+  static_assert(kNSplit % kC == 0 && 32 % kNSplit == 0,
+                "a channel group's threads sit in one warp; staging takes kNSplit / kC threads per step");
+  // 32 channels per block where that fits in 32–128 threads: one warp-wide row per step for staging and
+  // the epilogue, and as many blocks as v5 had, so they spread as evenly over the SMs.
+  static constexpr int kThreads = std::clamp(32 * kNSplit / kC, 32, 128);
+  static constexpr int kChannels = kThreads / kNSplit * kC;  // channels per block
+  static constexpr int kRowStride = kThreads / kChannels;    // staging: threads per step of a tile
+  static constexpr int kNPad = kG * kNSplit;                 // states per channel, padded
+  // Steps per tile: each thread holds its share of the next tile's u, Δ, z, B, C in registers while it
+  // scans, so the tile is cut to keep that share at 8 values of each, and the partial sums C·h (kC per
+  // thread and step) at 16 KB.
+  static constexpr int kT = std::min({32, 8 * kRowStride, 8 * kThreads / kNPad, 4096 / (kC * kThreads)});
   static constexpr int kXPer = (kT * kChannels + kThreads - 1) / kThreads;  // a thread's share of a (kT, channels) tile
-  static constexpr int kBCPer = (kT * kNPad + kThreads - 1) / kThreads;  // and of a (kT, N) tile
-  // Steps whose loads and exponentials the scan issues together (see the scan loop): ~16 exponentials.
-  static constexpr int kUnroll = kG >= 16 ? 1 : 16 / kG < kT ? 16 / kG : kT;
-  // At least 4 blocks (16 warps) per SM: caps registers at 128 per thread.
-  static constexpr int kMinBlocks = 4;
+  static constexpr int kBCPer = (kT * kNPad + kThreads - 1) / kThreads;    // and of a (kT, N) tile
+  // Steps whose loads and exponentials the scan issues together (see the scan loop): ~32 exponentials
+  // (measured: 2–3% faster than 16 at four of the anchor shapes, equal at the fifth; one step at 16
+  // states per channel, where more would spill).
+  static constexpr int kUnroll = kC * kG >= 32 || kG >= 16 ? 1 : std::min({32 / (kC * kG), kT, kStateChunk});
+  // Step groups unrolled together, so that one group's loads and exponentials overlap the previous
+  // group's h chains and stores (measured: 0.5–2.5% faster than 1).
+  static constexpr int kGroupUnroll = 2;
+  // 16 warps per SM at least: caps registers at 128 per thread.
+  static constexpr int kMinBlocks = 512 / kThreads;
   static_assert(kStateChunk % kUnroll == 0 && (kT % kStateChunk == 0 || kStateChunk % kT == 0),
                 "state chunks must start at a step group");
 };
 
-// kG consecutive fp32 values from shared memory, 16 bytes at a time where kG allows.
-template <int kG>
-__device__ __forceinline__ void load_smem(float (&out)[kG], const float* src) {
-  if constexpr (kG % 4 == 0) {
+// n consecutive fp32 values from shared memory, 16 (or 8) bytes at a time where n allows.
+template <int n>
+__device__ __forceinline__ void load_smem(float (&out)[n], const float* src) {
+  if constexpr (n % 4 == 0) {
 #pragma unroll
-    for (int q = 0; q < kG / 4; q++) {
+    for (int q = 0; q < n / 4; q++) {
       const float4 v = reinterpret_cast<const float4*>(src)[q];
       out[4 * q] = v.x, out[4 * q + 1] = v.y, out[4 * q + 2] = v.z, out[4 * q + 3] = v.w;
     }
+  } else if constexpr (n % 2 == 0) {
+#pragma unroll
+    for (int q = 0; q < n / 2; q++) {
+      const float2 v = reinterpret_cast<const float2*>(src)[q];
+      out[2 * q] = v.x, out[2 * q + 1] = v.y;
+    }
   } else {
 #pragma unroll
-    for (int g = 0; g < kG; g++) out[g] = src[g];
+    for (int g = 0; g < n; g++) out[g] = src[g];
   }
 }
 
@@ -82,52 +102,79 @@ __device__ __forceinline__ void load_smem(float (&out)[kG], const float* src) {
 // hides behind the scan of the previous tile.
 //
 // A thread's place in the (kT, channels) tiles of u, Δ, z and y is the same in every tile: channel tc
-// and steps tr, tr + kNSplit, tr + 2·kNSplit, ... (kThreads / kChannels = kNSplit threads share a step).
-// Staging and the epilogue use the same place, so D·u and z never go through shared memory. In the
-// (kT, kNPad) tiles of B and C, element j of a thread is element threadIdx.x + j·kThreads.
+// and steps tr, tr + kRowStride, tr + 2·kRowStride, ...; staging and the epilogue use the same place, so
+// D·u and the gate stay in registers between them. In the (kT, kNPad) tiles of B and C, element j of a
+// thread is element threadIdx.x + j·kThreads.
 template <class Kt>
 struct TileRegs {
-  typename Kt::input_t u[Kt::kXPer], delta[Kt::kXPer], B[Kt::kBCPer], C[Kt::kBCPer];
+  typename Kt::input_t u[Kt::kXPer], delta[Kt::kXPer], z[Kt::kXPer], B[Kt::kBCPer], C[Kt::kBCPer];
 };
 
-// The tile whose first step is row t0_row (= b·L + t0), nt steps of it valid.
-template <class Kt, bool kStateOnly>
-__device__ __forceinline__ void load_tile(TileRegs<Kt>& r, const ScanFwdParams& p, int64_t t0_row, int nt, int tr,
-                                          int td, bool td_ok) {
+// Pointers to this thread's first element of the current tile in u, Δ, z, B, C and y, advanced a tile at
+// a time, and the distances between its elements: one 64-bit add per element instead of a multiply.
+template <class Kt>
+struct TilePtrs {
   using input_t = typename Kt::input_t;
-  const auto* u = static_cast<const input_t*>(p.u) + (t0_row + tr) * p.u_stride + td;
-  const auto* delta = static_cast<const input_t*>(p.delta) + (t0_row + tr) * p.delta_stride + td;
+  const input_t *u, *delta, *z, *B, *C;
+  input_t* y;
+  int64_t u_step, delta_step, z_step, y_step;  // kRowStride rows
+  int64_t B_step, C_step;  // kThreads / kNPad rows; one row when a row holds more than kThreads states
+};
+
+// The tile at x with nt valid steps; kFull: nt = kT, so no step needs a test. Threads past the last
+// channel load the last channel's values (their pointers are clamped there), which staging ignores.
+template <class Kt, bool kStateOnly, bool kFull>
+__device__ __forceinline__ void load_tile(TileRegs<Kt>& r, const TilePtrs<Kt>& x, int nt, int tr, bool n_ok, int N) {
+  using input_t = typename Kt::input_t;
+  constexpr int kT = Kt::kT, kThreads = Kt::kThreads, kNPad = Kt::kNPad;
+  const int lim = kFull ? kT : nt;
+  const input_t *u = x.u, *delta = x.delta, *z = x.z;
   // __ldg: read-only loads, which the compiler may issue all at once, ahead of shared-memory stores.
 #pragma unroll
   for (int j = 0; j < Kt::kXPer; j++) {
-    const int t = tr + j * Kt::kNSplit;
-    const bool ok = t < nt && td_ok;
-    r.u[j] = ok ? __ldg(u + j * Kt::kNSplit * p.u_stride) : input_t(0.0f);
-    r.delta[j] = ok ? __ldg(delta + j * Kt::kNSplit * p.delta_stride) : input_t(0.0f);
+    const bool ok = (kFull && Kt::kXPer * Kt::kRowStride <= kT) || tr + j * Kt::kRowStride < lim;
+    r.u[j] = ok ? __ldg(u) : input_t(0.0f);
+    r.delta[j] = ok ? __ldg(delta) : input_t(0.0f);
+    if (!kStateOnly) r.z[j] = ok ? __ldg(z) : input_t(0.0f);
+    u += x.u_step, delta += x.delta_step, z += x.z_step;
   }
-  const auto* Bm = static_cast<const input_t*>(p.Bm);
-  const auto* Cm = static_cast<const input_t*>(p.Cm);
+  if constexpr (kThreads % kNPad == 0) {
+    // Step threadIdx.x / kNPad + j·kRows, state threadIdx.x % kNPad (valid: n_ok).
+    constexpr int kRows = kThreads / kNPad;
+    const int tb = threadIdx.x / kNPad;
+    const input_t *Bm = x.B, *Cm = x.C;
 #pragma unroll
-  for (int j = 0; j < Kt::kBCPer; j++) {
-    const int i = threadIdx.x + j * Kt::kThreads, t = i / Kt::kNPad, n = i % Kt::kNPad;
-    const bool ok = t < nt && n < p.dstate;
-    r.B[j] = ok ? __ldg(Bm + (t0_row + t) * p.B_stride + n) : input_t(0.0f);
-    if (!kStateOnly) r.C[j] = ok ? __ldg(Cm + (t0_row + t) * p.C_stride + n) : input_t(0.0f);
+    for (int j = 0; j < Kt::kBCPer; j++) {
+      const bool ok = ((kFull && Kt::kBCPer * kRows <= kT) || tb + j * kRows < lim) && n_ok;
+      r.B[j] = ok ? __ldg(Bm) : input_t(0.0f);
+      if (!kStateOnly) r.C[j] = ok ? __ldg(Cm) : input_t(0.0f);
+      Bm += x.B_step, Cm += x.C_step;
+    }
+  } else {
+    // A row holds kR·kThreads states: step j / kR, state threadIdx.x + (j % kR)·kThreads.
+    constexpr int kR = kNPad / kThreads;
+#pragma unroll
+    for (int j = 0; j < Kt::kBCPer; j++) {
+      const bool ok = j / kR < lim && static_cast<int>(threadIdx.x) + (j % kR) * kThreads < N;
+      r.B[j] = ok ? __ldg(x.B + j / kR * x.B_step + (j % kR) * kThreads) : input_t(0.0f);
+      if (!kStateOnly) r.C[j] = ok ? __ldg(x.C + j / kR * x.C_step + (j % kR) * kThreads) : input_t(0.0f);
+    }
   }
 }
 
 template <class Kt, bool kStateOnly>
 __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocks) scan_fwd_kernel(ScanFwdKernelParams kp) {
   using input_t = typename Kt::input_t;
-  constexpr int kG = Kt::kG, kT = Kt::kT, kThreads = Kt::kThreads, kChannels = Kt::kChannels;
+  constexpr int kC = Kt::kC, kG = Kt::kG, kT = Kt::kT, kThreads = Kt::kThreads, kChannels = Kt::kChannels;
   constexpr int kNPad = Kt::kNPad, kNSplit = Kt::kNSplit, kXPer = Kt::kXPer, kBCPer = Kt::kBCPer;
+  constexpr int kRowStride = Kt::kRowStride;
   const ScanFwdParams& p = kp.p;
   const int N = p.dstate, D = p.dim;
   const int b = blockIdx.z, seg = blockIdx.y, d0 = blockIdx.x * kChannels;
-  // The scan: this thread's channel and first state.
-  const int c = threadIdx.x / kNSplit, n0 = (threadIdx.x % kNSplit) * kG;
-  const int d = d0 + c;
-  const bool d_ok = d < D;
+  // The scan: this thread's channel group (channels dq, dq + 1, ..., dq + kC − 1), its lane s in the
+  // group and its first state.
+  const int q = threadIdx.x / kNSplit, s = threadIdx.x % kNSplit, n0 = s * kG;
+  const int dq = d0 + q * kC;
   // Staging and epilogue: this thread's channel and first step in every tile.
   const int tc = threadIdx.x % kChannels, tr = threadIdx.x / kChannels;
   const int td = d0 + tc;
@@ -135,52 +182,94 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocks) scan_fwd_kernel(
   const float bias = td_ok && p.delta_bias ? p.delta_bias[td] : 0.0f;
   const float skip = td_ok && p.D ? p.D[td] : 0.0f;
 
-  __shared__ float2 s_dtu[kT * kChannels];            // (kT, channels) Δ after bias and softplus, and Δ·u
-  __shared__ __align__(16) float s_y[kT * kThreads];  // (kT, kThreads) each thread's Σ_{its n} C·h
-  __shared__ __align__(16) float s_B[kT * kNPad];     // (kT, kNPad)
-  __shared__ __align__(16) float s_C[kT * kNPad];     // (kT, kNPad)
+  __shared__ __align__(16) float2 s_dtu[kT * kChannels];  // (kT, channels) Δ after bias and softplus, and Δ·u
+  // (kT, kC, kThreads): a thread's Σ_{its n} C·h for step t and its channel c at (t, c, threadIdx.x), so
+  // the kNSplit partial sums of a channel sit side by side.
+  __shared__ __align__(16) float s_y[kT * kC * kThreads];
+  __shared__ __align__(16) float s_B[kT * kNPad];         // (kT, kNPad)
+  __shared__ __align__(16) float s_C[kT * kNPad];         // (kT, kNPad)
 
   // exp(Δ·A) = exp2(Δ·A·log2 e): A pre-scaled so each step needs one multiply and one ex2.
-  float A2[kG], h[kG];
-  const int64_t bdn = (static_cast<int64_t>(b) * D + d) * N;  // (b, d, 0) of a (B, D, N) array
-  const int64_t seg_bdn = ((static_cast<int64_t>(b) * kp.segments + seg) * D + d) * N;
-#pragma unroll
-  for (int g = 0; g < kG; g++) {
-    const int n = n0 + g;
-    const bool ok = d_ok && n < N;
-    A2[g] = ok ? p.A[static_cast<int64_t>(d) * N + n] * kLog2e : 0.0f;
-    float h0 = 0.0f;
-    if (ok && !kStateOnly) {
-      if (kp.segments > 1) h0 = kp.seg_state[seg_bdn + n];
-      else if (p.state_in) h0 = p.state_in[bdn + n];
-    }
-    h[g] = h0;
-  }
-  float dsum = 0.0f;
-
+  float A2[kC][kG], h[kC][kG];
   const int64_t L = p.seqlen;
+#pragma unroll
+  for (int c = 0; c < kC; c++) {
+    const int d = dq + c;
+    const int64_t bdn = (static_cast<int64_t>(b) * D + d) * N;  // (b, d, 0) of a (B, D, N) array
+    const int64_t seg_bdn = ((static_cast<int64_t>(b) * kp.segments + seg) * D + d) * N;
+#pragma unroll
+    for (int g = 0; g < kG; g++) {
+      const int n = n0 + g;
+      const bool ok = d < D && n < N;
+      A2[c][g] = ok ? p.A[static_cast<int64_t>(d) * N + n] * kLog2e : 0.0f;
+      float h0 = 0.0f;
+      if (ok && !kStateOnly) {
+        if (kp.segments > 1) h0 = kp.seg_state[seg_bdn + n];
+        else if (p.state_in) h0 = p.state_in[bdn + n];
+      }
+      h[c][g] = h0;
+    }
+  }
+  float dsum[kC] = {};
+
   const int64_t t_begin = seg * kp.seg_len, t_end = L < t_begin + kp.seg_len ? L : t_begin + kp.seg_len;
   const int64_t row0 = static_cast<int64_t>(b) * L;  // row of (b, t = 0)
   auto steps = [&](int64_t t0) { return t_end - t0 < kT ? static_cast<int>(t_end - t0) : kT; };
 
+  const int64_t z_stride = p.z ? p.z_stride : p.u_stride;
+  TilePtrs<Kt> x;
+  bool n_ok = true;  // this thread's state index in the B, C tiles is below N
+  {
+    const int64_t row = row0 + t_begin + tr;
+    const int tdl = td_ok ? td : D - 1;  // loads of threads past the last channel read the last one
+    x.u = static_cast<const input_t*>(p.u) + row * p.u_stride + tdl;
+    x.delta = static_cast<const input_t*>(p.delta) + row * p.delta_stride + tdl;
+    // Without a gate, z points at u (loaded, then ignored) so that its loads need no test of their own.
+    x.z = p.z ? static_cast<const input_t*>(p.z) + row * z_stride + tdl : x.u;
+    x.y = static_cast<input_t*>(p.y) + row * p.y_stride + td;
+    x.u_step = kRowStride * p.u_stride, x.delta_step = kRowStride * p.delta_stride;
+    x.z_step = kRowStride * z_stride, x.y_step = kRowStride * p.y_stride;
+    int64_t bc_row = row0 + t_begin;
+    int bc_n = threadIdx.x;
+    if constexpr (kThreads % kNPad == 0) {
+      bc_row += threadIdx.x / kNPad, bc_n = threadIdx.x % kNPad, n_ok = bc_n < N;
+      x.B_step = kThreads / kNPad * p.B_stride, x.C_step = kThreads / kNPad * p.C_stride;
+    } else {
+      x.B_step = p.B_stride, x.C_step = p.C_stride;
+    }
+    x.B = static_cast<const input_t*>(p.Bm) + bc_row * p.B_stride + bc_n;
+    x.C = static_cast<const input_t*>(p.Cm) + bc_row * p.C_stride + bc_n;
+  }
+  auto advance = [&](TilePtrs<Kt>& xp) {
+    xp.u += kT * p.u_stride, xp.delta += kT * p.delta_stride, xp.z += kT * z_stride, xp.y += kT * p.y_stride;
+    xp.B += kT * p.B_stride, xp.C += kT * p.C_stride;
+  };
+  auto load = [&](TileRegs<Kt>& r, const TilePtrs<Kt>& xp, int nt) {
+    if (nt == kT) load_tile<Kt, kStateOnly, true>(r, xp, nt, tr, n_ok, N);
+    else load_tile<Kt, kStateOnly, false>(r, xp, nt, tr, n_ok, N);
+  };
+
   TileRegs<Kt> next;
-  load_tile<Kt, kStateOnly>(next, p, row0 + t_begin, steps(t_begin), tr, td, td_ok);
+  load(next, x, steps(t_begin));
+  float du[kXPer], gate[kXPer];  // D·u and SiLU(z) of this thread's elements, from staging to the epilogue
   for (int64_t t0 = t_begin; t0 < t_end; t0 += kT) {
     const int nt = steps(t0);
     // Stage the tile in fp32, Δ's bias and softplus applied once per element. Steps past the end get
     // Δ = 0 and B = 0: exp(0·A) = 1 and no input, so the scan runs all kT steps and those keep h.
     // Branch-free: a branch around each element's softplus would serialize their SFU latencies.
-    float du[kXPer];  // D·u, for the epilogue
 #pragma unroll
     for (int j = 0; j < kXPer; j++) {
-      const int t = tr + j * kNSplit;
+      const int t = tr + j * kRowStride;
       if (Kt::kXPer * kThreads > kT * kChannels && t >= kT) break;  // only when the tile has fewer elements than threads
       const float uu = to_float(next.u[j]);
       const float pre = to_float(next.delta[j]) + bias;
       const float sp = unconditional(softplus(pre));
       const float dt = t < nt && td_ok ? (p.delta_softplus ? sp : pre) : 0.0f;
       s_dtu[t * kChannels + tc] = make_float2(dt, dt * uu);
-      du[j] = skip * uu;
+      if (!kStateOnly) {
+        const float g = unconditional(silu(to_float(next.z[j])));
+        du[j] = skip * uu, gate[j] = p.z ? g : 1.0f;
+      }
     }
 #pragma unroll
     for (int j = 0; j < kBCPer; j++) {
@@ -192,94 +281,111 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocks) scan_fwd_kernel(
     }
     __syncthreads();
 
-    // In flight during the scan: the next tile, and this tile's gate.
-    if (t0 + kT < t_end) load_tile<Kt, kStateOnly>(next, p, row0 + t0 + kT, steps(t0 + kT), tr, td, td_ok);
-    input_t zr[kXPer];
-    const auto* z = static_cast<const input_t*>(p.z) + (row0 + t0 + tr) * p.z_stride + td;
-#pragma unroll
-    for (int j = 0; j < kXPer; j++) {
-      zr[j] = !kStateOnly && p.z && tr + j * kNSplit < nt && td_ok ? __ldg(z + j * kNSplit * p.z_stride) : input_t(0.0f);
+    // In flight during the scan: the next tile.
+    if (t0 + kT < t_end) {
+      TilePtrs<Kt> xn = x;
+      advance(xn);
+      load(next, xn, steps(t0 + kT));
     }
 
     // The recurrence (paper eq. 2a, 2b with the ZOH-discretized Ā = exp(ΔA) and the Euler B̄ = ΔB):
-    // h_t = exp(Δ_t A) ⊙ h_{t−1} + Δ_t B_t u_t, and this thread's share of C_t·h_t. kU steps at a time,
-    // written as loads, then exponentials, then the h chain: the exponentials do not depend on h, so
-    // all kU·kG of them are in flight together and only the FMAs into h wait on one another.
-    constexpr int kU = Kt::kUnroll;
+    // h_t = exp(Δ_t A) ⊙ h_{t−1} + Δ_t B_t u_t, and this thread's share of C_t·h_t for each of its kC
+    // channels. kU steps at a time, written as loads, then exponentials, then the h chains: the
+    // exponentials do not depend on h, so all kU·kC·kG of them are in flight together and only the FMAs
+    // into h wait on one another. Every B_t, C_t value read from shared memory serves kC channels, and
+    // the kC channels' (Δ, Δ·u) come as one 16-byte load per two.
+    constexpr int kU = Kt::kUnroll, kGroupUnroll = Kt::kGroupUnroll;
     // The chunk states (every kStateChunk steps) are written between pieces of kPiece steps, outside
     // the inner loop: a branch inside it cost 4–8% (measured).
     constexpr int kPiece = kT < kStateChunk ? kT : kStateChunk;
 #pragma unroll 1
     for (int p0 = 0; p0 < kT; p0 += kPiece) {
-      if (!kStateOnly && p.chunk_states && (t0 + p0) % kStateChunk == 0 && t0 + p0 < t_end && d_ok) {
+      if (!kStateOnly && p.chunk_states && (t0 + p0) % kStateChunk == 0 && t0 + p0 < t_end) {
         const int64_t chunk = static_cast<int64_t>(b) * ((L + kStateChunk - 1) / kStateChunk) + (t0 + p0) / kStateChunk;
-        float* cs = p.chunk_states + (chunk * D + d) * N;
 #pragma unroll
-        for (int g = 0; g < kG; g++) {
-          if (n0 + g < N) cs[n0 + g] = h[g];
+        for (int c = 0; c < kC; c++) {
+          float* cs = p.chunk_states + (chunk * D + dq + c) * N;
+#pragma unroll
+          for (int g = 0; g < kG; g++) {
+            if (dq + c < D && n0 + g < N) cs[n0 + g] = h[c][g];
+          }
         }
       }
-#pragma unroll 1
+#pragma unroll kGroupUnroll
       for (int t0s = p0; t0s < p0 + kPiece; t0s += kU) {
-        float2 v[kU];  // (Δ, Δ·u)
-        float Bt[kU][kG], Ct[kU][kG], e[kU][kG];
+        float v[kU][2 * kC];  // (Δ, Δ·u) of each channel
+        float Bt[kU][kG], Ct[kU][kG], e[kU][kC][kG];
 #pragma unroll
         for (int k = 0; k < kU; k++) {
-          v[k] = s_dtu[(t0s + k) * kChannels + c];
+          load_smem<2 * kC>(v[k], reinterpret_cast<const float*>(s_dtu + (t0s + k) * kChannels + q * kC));
           load_smem<kG>(Bt[k], s_B + (t0s + k) * kNPad + n0);
           if (!kStateOnly) load_smem<kG>(Ct[k], s_C + (t0s + k) * kNPad + n0);
         }
 #pragma unroll
         for (int k = 0; k < kU; k++) {
 #pragma unroll
-          for (int g = 0; g < kG; g++) e[k][g] = exp2f(v[k].x * A2[g]);
+          for (int c = 0; c < kC; c++) {
+#pragma unroll
+            for (int g = 0; g < kG; g++) e[k][c][g] = exp2f(v[k][2 * c] * A2[c][g]);
+          }
         }
 #pragma unroll
         for (int k = 0; k < kU; k++) {
-          float acc = 0.0f;
 #pragma unroll
-          for (int g = 0; g < kG; g++) {
-            h[g] = e[k][g] * h[g] + v[k].y * Bt[k][g];
-            if (!kStateOnly) acc += Ct[k][g] * h[g];
+          for (int c = 0; c < kC; c++) {
+            float acc = 0.0f;
+#pragma unroll
+            for (int g = 0; g < kG; g++) {
+              h[c][g] = e[k][c][g] * h[c][g] + v[k][2 * c + 1] * Bt[k][g];
+              if (!kStateOnly) acc += Ct[k][g] * h[c][g];
+            }
+            if (kStateOnly) dsum[c] += v[k][2 * c];
+            else s_y[((t0s + k) * kC + c) * kThreads + threadIdx.x] = acc;
           }
-          if (kStateOnly) dsum += v[k].x;
-          else s_y[(t0s + k) * kThreads + threadIdx.x] = acc;
         }
       }
     }
     __syncthreads();
 
     if (!kStateOnly) {
-      // y_t = (C_t·h_t + D u_t) · SiLU(z_t); the kNSplit partial sums of a channel sit side by side.
-      auto* y = static_cast<input_t*>(p.y) + (row0 + t0 + tr) * p.y_stride + td;
+      // y_t = (C_t·h_t + D u_t) · SiLU(z_t). No barrier after this: the next tile's staging writes only
+      // s_dtu, s_B, s_C (all threads are past this tile's scan), and its scan writes s_y only after the
+      // next barrier.
+      input_t* y = x.y;
 #pragma unroll
       for (int j = 0; j < kXPer; j++) {
-        const int t = tr + j * kNSplit;
+        const int t = tr + j * kRowStride;
         if (Kt::kXPer * kThreads > kT * kChannels && t >= kT) break;
         float part[kNSplit];
-        load_smem<kNSplit>(part, s_y + t * kThreads + tc * kNSplit);
+        load_smem<kNSplit>(part, s_y + (t * kC + tc % kC) * kThreads + tc / kC * kNSplit);
         float out = du[j];
 #pragma unroll
         for (int k = 0; k < kNSplit; k++) out += part[k];
-        const float gate = unconditional(silu(to_float(zr[j])));
-        out *= p.z ? gate : 1.0f;
-        if (t < nt && td_ok) y[j * kNSplit * p.y_stride] = from_float<input_t>(out);
+        out *= gate[j];
+        if (t < nt && td_ok) *y = from_float<input_t>(out);
+        y += x.y_step;
       }
     }
-    __syncthreads();  // before the next tile overwrites shared memory
+    advance(x);
   }
 
-  if (!d_ok) return;
-  if (kStateOnly) {
 #pragma unroll
-    for (int g = 0; g < kG; g++) {
-      if (n0 + g < N) kp.seg_state[seg_bdn + n0 + g] = h[g];
-    }
-    if (n0 == 0) kp.seg_dsum[(static_cast<int64_t>(b) * kp.segments + seg) * D + d] = dsum;
-  } else if (p.state_out && seg == kp.segments - 1) {
+  for (int c = 0; c < kC; c++) {
+    const int d = dq + c;
+    if (d >= D) break;
+    if (kStateOnly) {
+      const int64_t seg_bd = (static_cast<int64_t>(b) * kp.segments + seg) * D + d;
 #pragma unroll
-    for (int g = 0; g < kG; g++) {
-      if (n0 + g < N) p.state_out[bdn + n0 + g] = h[g];
+      for (int g = 0; g < kG; g++) {
+        if (n0 + g < N) kp.seg_state[seg_bd * N + n0 + g] = h[c][g];
+      }
+      if (n0 == 0) kp.seg_dsum[seg_bd] = dsum[c];
+    } else if (p.state_out && seg == kp.segments - 1) {
+      const int64_t bdn = (static_cast<int64_t>(b) * D + d) * N;
+#pragma unroll
+      for (int g = 0; g < kG; g++) {
+        if (n0 + g < N) p.state_out[bdn + n0 + g] = h[c][g];
+      }
     }
   }
 }
@@ -304,26 +410,34 @@ void launch_scan_fwd(const ScanFwdKernelParams& kp, cudaStream_t stream) {
   launch_scan_fwd_pass<Kt, false>(kp, stream);
 }
 
-// The compiled splits, (states per thread, threads per channel); the dispatcher picks one. Instantiated
-// once per dtype, in scan_fwd_f32.cu, scan_fwd_bf16.cu and scan_fwd_f16.cu, so they compile in parallel.
+// The compiled splits, (channels per thread, states per thread, threads per channel group); the dispatcher
+// picks one (kFwdSplits in scan_fwd.cu lists the same). Instantiated once per dtype, in scan_fwd_f32.cu,
+// scan_fwd_bf16.cu and scan_fwd_f16.cu, so they compile in parallel.
 template <typename input_t>
-void launch_scan_fwd_dtype(const ScanFwdKernelParams& kp, int kG, int nsplit, cudaStream_t stream) {
-  switch (kG * 100 + nsplit) {
-    case 101: launch_scan_fwd<ScanFwdTraits<input_t, 1, 1>>(kp, stream); break;
-    case 401: launch_scan_fwd<ScanFwdTraits<input_t, 4, 1>>(kp, stream); break;
-    case 404: launch_scan_fwd<ScanFwdTraits<input_t, 4, 4>>(kp, stream); break;
-    case 416: launch_scan_fwd<ScanFwdTraits<input_t, 4, 16>>(kp, stream); break;
-    case 116: launch_scan_fwd<ScanFwdTraits<input_t, 1, 16>>(kp, stream); break;
-    case 208: launch_scan_fwd<ScanFwdTraits<input_t, 2, 8>>(kp, stream); break;
-    case 802: launch_scan_fwd<ScanFwdTraits<input_t, 8, 2>>(kp, stream); break;
-    case 1601: launch_scan_fwd<ScanFwdTraits<input_t, 16, 1>>(kp, stream); break;
-    case 1604: launch_scan_fwd<ScanFwdTraits<input_t, 16, 4>>(kp, stream); break;
-    case 1616: launch_scan_fwd<ScanFwdTraits<input_t, 16, 16>>(kp, stream); break;
-    default: throw std::invalid_argument("selective_scan_fwd: no compiled split for this states_per_thread and N");
+void launch_scan_fwd_dtype(const ScanFwdKernelParams& kp, int kC, int kG, int nsplit, cudaStream_t stream) {
+  switch (kC * 10000 + kG * 100 + nsplit) {
+    case 10101: launch_scan_fwd<ScanFwdTraits<input_t, 1, 1, 1>>(kp, stream); break;
+    case 10401: launch_scan_fwd<ScanFwdTraits<input_t, 1, 4, 1>>(kp, stream); break;
+    case 10404: launch_scan_fwd<ScanFwdTraits<input_t, 1, 4, 4>>(kp, stream); break;
+    case 10416: launch_scan_fwd<ScanFwdTraits<input_t, 1, 4, 16>>(kp, stream); break;
+    case 10116: launch_scan_fwd<ScanFwdTraits<input_t, 1, 1, 16>>(kp, stream); break;
+    case 10208: launch_scan_fwd<ScanFwdTraits<input_t, 1, 2, 8>>(kp, stream); break;
+    case 10802: launch_scan_fwd<ScanFwdTraits<input_t, 1, 8, 2>>(kp, stream); break;
+    case 11601: launch_scan_fwd<ScanFwdTraits<input_t, 1, 16, 1>>(kp, stream); break;
+    case 11604: launch_scan_fwd<ScanFwdTraits<input_t, 1, 16, 4>>(kp, stream); break;
+    case 11616: launch_scan_fwd<ScanFwdTraits<input_t, 1, 16, 16>>(kp, stream); break;
+    case 20208: launch_scan_fwd<ScanFwdTraits<input_t, 2, 2, 8>>(kp, stream); break;
+    case 20404: launch_scan_fwd<ScanFwdTraits<input_t, 2, 4, 4>>(kp, stream); break;
+    case 20802: launch_scan_fwd<ScanFwdTraits<input_t, 2, 8, 2>>(kp, stream); break;
+    case 40208: launch_scan_fwd<ScanFwdTraits<input_t, 4, 2, 8>>(kp, stream); break;
+    case 40404: launch_scan_fwd<ScanFwdTraits<input_t, 4, 4, 4>>(kp, stream); break;
+    default:
+      throw std::invalid_argument(
+          "selective_scan_fwd: no compiled split for this channels_per_thread, states_per_thread and N");
   }
 }
-extern template void launch_scan_fwd_dtype<float>(const ScanFwdKernelParams&, int, int, cudaStream_t);
-extern template void launch_scan_fwd_dtype<__nv_bfloat16>(const ScanFwdKernelParams&, int, int, cudaStream_t);
-extern template void launch_scan_fwd_dtype<__half>(const ScanFwdKernelParams&, int, int, cudaStream_t);
+extern template void launch_scan_fwd_dtype<float>(const ScanFwdKernelParams&, int, int, int, cudaStream_t);
+extern template void launch_scan_fwd_dtype<__nv_bfloat16>(const ScanFwdKernelParams&, int, int, int, cudaStream_t);
+extern template void launch_scan_fwd_dtype<__half>(const ScanFwdKernelParams&, int, int, int, cudaStream_t);
 
 }  // namespace mamba::cuda
