@@ -3,7 +3,8 @@
 // many runs (CUDA events around each run, after warm-up), the GB/s of compulsory traffic (u, Δ, z, B, C
 // read once, y written once), exponentials per second, the ratios to the two floors, and the official mamba_ssm
 // 2.3.2 time measured on an H100 (issue 5). `cuda_scan_bench sweep` also times the splits (channels and
-// states per thread, segments; S=0: the dispatcher's choice); `fwdsweep` times only the forward's splits.
+// states per thread, segments; S=0: the dispatcher's choice); `fwdsweep` times only the forward's splits,
+// `fwd` only the forward.
 //
 // The floors: B·D·L·N exponentials on the special-function units (SMs × 16 per clock × the peak clock
 // the device reports), and the compulsory bytes at the device-to-device copy bandwidth measured here.
@@ -100,9 +101,11 @@ int main(int argc, char** argv) {
   // inputs instead of bf16.
   if (argc > 1 && std::strcmp(argv[argc - 1], "f16") == 0) g_f16 = true, argc--;
   const mamba::cuda::DType dtype = g_f16 ? mamba::cuda::DType::f16 : mamba::cuda::DType::bf16;
-  // `fwdsweep`: the forward's splits only (no backward, no conv1d), for comparing builds quickly.
-  const bool fwd_only = argc > 1 && std::strcmp(argv[1], "fwdsweep") == 0;
-  const bool sweep = fwd_only || (argc > 1 && std::strcmp(argv[1], "sweep") == 0);
+  // `fwdsweep`: the forward's splits only (no backward, no conv1d); `fwd`: the forward alone at the
+  // dispatcher's split, for comparing builds quickly.
+  const bool fwd_sweep = argc > 1 && std::strcmp(argv[1], "fwdsweep") == 0;
+  const bool fwd_only = fwd_sweep || (argc > 1 && std::strcmp(argv[1], "fwd") == 0);
+  const bool sweep = fwd_sweep || (argc > 1 && std::strcmp(argv[1], "sweep") == 0);
   std::vector<Shape> shapes = {{8, 1536, 2048, 16, 0.451, 2.29},
                                {8, 4096, 2048, 16, 1.168, 5.98},
                                {1, 1536, 65536, 16, 2.23, 10.08},
