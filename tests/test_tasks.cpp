@@ -369,6 +369,7 @@ TEST(TaskTraining, LearnsInductionHeadsAndExtrapolates) {
   o.batch = 32;
   o.steps = 800;
   o.lr = 4e-3;
+  o.lr_min = 1e-4;
   o.eval_every = 50;
   o.eval_sequences = 128;
   o.stop_accuracy = 1.0;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <atomic>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -36,6 +37,10 @@ void add_shape_flags(CLI::App* cmd, ShapeFlags& flags);
 // The Config they describe (vocabulary and the rest at Config's defaults); fails naming `command` when
 // they are incomplete, contradictory or invalid.
 Config shape_config(const ShapeFlags& flags, const char* command);
+
+// From now on SIGINT and SIGTERM set the returned flag instead of ending the process: long commands
+// check it, save their work and stop cleanly.
+const std::atomic<bool>& stop_on_signals();
 
 // Sets the OpenMP and OpenBLAS thread counts (0 = all cores).
 void set_threads(int threads);

@@ -1,6 +1,8 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <csignal>
+
 #include <string>
 #include <vector>
 
@@ -8,6 +10,17 @@
 #include "core/error.h"
 
 namespace mamba::cli {
+
+namespace {
+std::atomic<bool> g_stop{false};
+extern "C" void on_stop_signal(int) { g_stop.store(true); }
+}  // namespace
+
+const std::atomic<bool>& stop_on_signals() {
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
+  return g_stop;
+}
 
 void add_shape_flags(CLI::App* cmd, ShapeFlags& f) {
   cmd->add_option("--preset", f.preset, std::string("Shape of a published checkpoint: ") + preset_names());

@@ -133,7 +133,7 @@ void add_tasks(CLI::App& app) {
   train->add_option("--steps", t.opt.steps, "Optimizer steps (at most)")->capture_default_str()->check(CLI::PositiveNumber);
   train->add_option("--batch", t.opt.batch, "Sequences per step")->capture_default_str()->check(CLI::PositiveNumber);
   train->add_option("--lr", t.opt.lr, "Peak learning rate")->capture_default_str()->check(CLI::PositiveNumber);
-  train->add_option("--lr-min", t.opt.lr_min, "Floor of the cosine decay")->capture_default_str()->check(CLI::NonNegativeNumber);
+  train->add_option("--lr-min", t.opt.lr_min, "Floor of the cosine decay (default: none, a constant --lr)")->check(CLI::NonNegativeNumber);
   train->add_option("--warmup", t.opt.warmup, "Linear warmup steps")->capture_default_str()->check(CLI::NonNegativeNumber);
   train->add_option("--weight-decay", t.opt.weight_decay, "AdamW weight decay")->capture_default_str()
       ->check(CLI::NonNegativeNumber);
@@ -173,7 +173,8 @@ void add_tasks(CLI::App& app) {
       std::fprintf(stderr, "step %6lld  loss %.4f  held-out accuracy %6.2f%%  %.1f s\n", static_cast<long long>(step),
                    loss, 100 * acc, secs);
       log << json{{"step", step}, {"loss", loss}, {"accuracy", acc}, {"elapsed_s", secs}}.dump() << "\n" << std::flush;
-    });
+    }, &stop_on_signals());
+    if (r.interrupted) std::fprintf(stderr, "interrupted at step %lld; saving\n", static_cast<long long>(r.steps));
     Model::from_params(c, std::move(params)).save(t.out, DType::F32);
     json info = {{"task", task_name(spec.kind)},
                  {"length", spec.length},
@@ -182,11 +183,12 @@ void add_tasks(CLI::App& app) {
                  {"ssm_mode", t.ssm},
                  {"init_from", t.init_from},
                  {"steps", r.steps},
+                 {"interrupted", r.interrupted},
                  {"seconds", r.seconds},
                  {"loss", r.loss},
                  {"held_out_accuracy", r.accuracy},
                  {"options",
-                  {{"batch", t.opt.batch}, {"max_steps", t.opt.steps}, {"lr", t.opt.lr}, {"lr_min", t.opt.lr_min},
+                  {{"batch", t.opt.batch}, {"max_steps", t.opt.steps}, {"lr", t.opt.lr}, {"lr_min", t.opt.lr_min < 0 ? t.opt.lr : t.opt.lr_min},
                    {"warmup", t.opt.warmup}, {"weight_decay", t.opt.weight_decay}, {"clip", t.opt.clip},
                    {"seed", t.opt.seed}, {"eval_sequences", t.opt.eval_sequences}, {"threads", thread_count()}}}};
     write_text(std::filesystem::path(t.out) / "task.json", info.dump(2) + "\n");

@@ -3,7 +3,6 @@
 #include <atomic>
 #include <cmath>
 #include <optional>
-#include <csignal>
 #include <cstdio>
 
 #include "cli/commands.h"
@@ -12,14 +11,6 @@
 #include "model/trainer.h"
 
 namespace mamba::cli {
-
-namespace {
-
-std::atomic<bool> g_stop{false};
-
-extern "C" void on_signal(int) { g_stop.store(true); }
-
-}  // namespace
 
 void add_train(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "Train a model on text, token files or a checkpoint's data (CPU, fp32)");
@@ -75,8 +66,7 @@ void add_train(CLI::App& app) {
     if (!byte_level) paths.assign(o.tokens.begin(), o.tokens.end());
     const bool progress = o.progress == "on" || (o.progress == "auto" && ::isatty(STDERR_FILENO));
 
-    std::signal(SIGINT, on_signal);
-    std::signal(SIGTERM, on_signal);
+    const std::atomic<bool>& stop = stop_on_signals();
     std::optional<Dataset> data;
     std::optional<Trainer> trainer;
     if (!o.resume.empty()) {
@@ -119,7 +109,7 @@ void add_train(CLI::App& app) {
                    trainer->activation_bytes() / 1048576.0);
     }
     trainer->set_progress(progress);
-    TrainResult r = trainer->run(&g_stop);
+    TrainResult r = trainer->run(&stop);
     const auto where = Trainer::latest_checkpoint(trainer->out());
     if (r.interrupted) {
       std::fprintf(stderr, "interrupted at step %lld: checkpoint saved in %s; continue with --resume\n",

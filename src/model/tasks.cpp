@@ -180,7 +180,8 @@ TaskScore evaluate_task(const Model& model, const TaskSpec& spec, const std::vec
 
 TaskTrainResult train_task(const Config& config, std::vector<float>& params, const TaskSpec& spec,
                            const TaskTrainOptions& o,
-                           const std::function<void(int64_t, double, double, double)>& on_eval) {
+                           const std::function<void(int64_t, double, double, double)>& on_eval,
+                           const std::atomic<bool>* stop) {
   spec.validate();
   if (config.vocab_size < spec.vocab) fail("task: the model's vocabulary is smaller than the task's ", spec.vocab);
   const auto specs = param_specs(config);
@@ -188,7 +189,7 @@ TaskTrainResult train_task(const Config& config, std::vector<float>& params, con
   const int T = static_cast<int>(spec.total_length());
   Backprop backprop(config, o.batch, T);
   AdamW adam(specs, static_cast<int64_t>(params.size()), AdamWOptions{o.lr, 0.9, 0.95, 1e-8, o.weight_decay});
-  Schedule schedule{"cosine", o.lr, o.lr_min, o.warmup, o.steps};
+  Schedule schedule{"cosine", o.lr, o.lr_min < 0 ? o.lr : o.lr_min, o.warmup, o.steps};
   std::vector<float> grads(params.size());
   std::vector<int32_t> inputs(static_cast<size_t>(o.batch) * T), targets(inputs.size());
   Rng rng(o.seed);
@@ -208,11 +209,12 @@ TaskTrainResult train_task(const Config& config, std::vector<float>& params, con
     r.steps++;
     smoothed = smoothed < 0 ? loss : 0.95 * smoothed + 0.05 * loss;
     r.loss = smoothed;
-    if ((o.eval_every > 0 && r.steps % o.eval_every == 0) || r.steps == o.steps) {
+    r.interrupted = stop && stop->load();
+    if ((o.eval_every > 0 && r.steps % o.eval_every == 0) || r.steps == o.steps || r.interrupted) {
       Model model = Model::from_params(config, params);
       r.accuracy = evaluate_task(model, spec, held_out, 64, 4096).accuracy();
       if (on_eval) on_eval(r.steps, smoothed, r.accuracy, seconds());
-      if (r.accuracy >= o.stop_accuracy) break;
+      if (r.accuracy >= o.stop_accuracy || r.interrupted) break;
     }
   }
   r.seconds = seconds();

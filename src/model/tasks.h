@@ -13,6 +13,7 @@
 //   induction heads: 15 = the trigger, 0..14 = filler and targets.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -74,14 +75,15 @@ struct TaskScore {
 TaskScore evaluate_task(const Model& model, const TaskSpec& spec, const std::vector<TaskSequence>& sequences,
                         int batch = 16, int chunk = 4096);
 
-// Training on freshly generated batches with the model's own Backprop and AdamW (paper's recipe:
-// β = (0.9, 0.95)), warmup then cosine, global-norm clipping; every `eval_every` steps the greedy
-// accuracy on `eval_sequences` held-out sequences (seed + 1), stopping early once it reaches
-// `stop_accuracy` (> 1: never).
+// Training on freshly generated batches with the model's own Backprop and AdamW, warmup then cosine
+// to lr_min (lr_min < 0: constant lr after the warmup), global-norm clipping; every `eval_every` steps
+// the greedy accuracy on `eval_sequences` held-out sequences (seed + 1), stopping early once it reaches
+// `stop_accuracy` (> 1: never). The defaults are the paper's recipe for these tasks (its appendix
+// E.1): batch 8, constant learning rate 1e-3, no weight decay.
 struct TaskTrainOptions {
-  int batch = 32;
-  int64_t steps = 2000, warmup = 100;
-  double lr = 2e-3, lr_min = 1e-4, weight_decay = 0.1, clip = 1.0;
+  int batch = 8;
+  int64_t steps = 10000, warmup = 100;
+  double lr = 1e-3, lr_min = -1, weight_decay = 0, clip = 1.0;
   uint64_t seed = 0;
   int64_t eval_every = 100;
   int eval_sequences = 256;
@@ -90,14 +92,17 @@ struct TaskTrainOptions {
 
 struct TaskTrainResult {
   int64_t steps = 0;
+  bool interrupted = false;  // *stop was set: ended after the step in progress, with an evaluation
   double loss = 0, accuracy = 0, seconds = 0;
 };
 
 // Trains `params` (laid out by param_specs(config)) in place. `on_eval(step, loss, accuracy, seconds)`
-// is called after each evaluation, for progress and logs.
+// is called after each evaluation, for progress and logs. Training stops early, after an evaluation,
+// once `stop` (if given) is set.
 TaskTrainResult train_task(const Config& config, std::vector<float>& params, const TaskSpec& spec,
                            const TaskTrainOptions& options,
-                           const std::function<void(int64_t, double, double, double)>& on_eval = {});
+                           const std::function<void(int64_t, double, double, double)>& on_eval = {},
+                           const std::atomic<bool>* stop = nullptr);
 
 // The paper's model for these tasks: 2 layers, d_model 64, vocabulary 16, other fields default.
 Config task_config(int d_model = 64, int n_layer = 2, SsmMode mode = SsmMode::Selective);
