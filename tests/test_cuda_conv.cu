@@ -14,43 +14,20 @@
 #include <vector>
 
 #include "ops/cpu/ops.h"
+#include "cuda_test_util.h"
 #include "ops/cuda/check.h"
 #include "ops/cuda/conv1d.h"
 
 namespace {
 
 using mamba::cuda::DType;
-
-bool have_gpu() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
-
-uint16_t bf16_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-float bf16_value(uint16_t h) {
-  uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-uint16_t f16_bits(float f) {
-  const __half h = __float2half_rn(f);
-  uint16_t u;
-  std::memcpy(&u, &h, 2);
-  return u;
-}
-float f16_value(uint16_t u) {
-  __half h;
-  std::memcpy(&h, &u, 2);
-  return __half2float(h);
-}
-const char* dtype_name(DType dtype) { return dtype == DType::bf16 ? "bf16" : dtype == DType::f16 ? "f16" : "f32"; }
+using mamba::cuda::test::bf16_bits;
+using mamba::cuda::test::bf16_value;
+using mamba::cuda::test::dtype_name;
+using mamba::cuda::test::dtype_size;
+using mamba::cuda::test::f16_bits;
+using mamba::cuda::test::f16_value;
+using mamba::cuda::test::have_gpu;
 
 // Device buffer; from a host array (rounded to bf16 or fp16 in place when asked) or NaN-poisoned.
 struct Buf {

@@ -72,11 +72,9 @@ def linear(v, w, b=None):
     return out
 
 
-def mixer_forward(p, h, cfg, conv_state=None, ssm_state=None):
-    """Full-sequence mixer. h: (B, L, d_model). Returns out, conv_state, ssm_state.
-
-    conv_state (B, K-1, d_inner) and ssm_state (B, d_inner, N) are optional
-    initial states (zeros if None)."""
+def mixer_inputs(p, h, cfg, conv_state=None):
+    """The selective scan's inputs from the mixer's input h (B, L, d_model):
+    x (after conv and SiLU), z, delta, B, C, and the new conv_state."""
     Bsz, L, _ = h.shape
     di, N, K, R = cfg["d_inner"], cfg["d_state"], cfg["d_conv"], cfg["dt_rank"]
     xz = linear(h, p["in_proj.weight"], p.get("in_proj.bias"))
@@ -96,6 +94,17 @@ def mixer_forward(p, h, cfg, conv_state=None, ssm_state=None):
     x_dbl = linear(x, p["x_proj.weight"])
     dt, Bm, Cm = x_dbl[..., :R], x_dbl[..., R:R + N], x_dbl[..., R + N:R + 2 * N]
     delta = softplus(linear(dt, p["dt_proj.weight"], p["dt_proj.bias"]))  # (B, L, di)
+    return x, z, delta, Bm, Cm, new_conv_state
+
+
+def mixer_forward(p, h, cfg, conv_state=None, ssm_state=None):
+    """Full-sequence mixer. h: (B, L, d_model). Returns out, conv_state, ssm_state.
+
+    conv_state (B, K-1, d_inner) and ssm_state (B, d_inner, N) are optional
+    initial states (zeros if None)."""
+    Bsz, L, _ = h.shape
+    di, N = cfg["d_inner"], cfg["d_state"]
+    x, z, delta, Bm, Cm, new_conv_state = mixer_inputs(p, h, cfg, conv_state)
     A = -torch.exp(p["A_log"])                                          # (di, N)
     hs = torch.zeros(Bsz, di, N, dtype=F64) if ssm_state is None else ssm_state.clone()
     ys = []

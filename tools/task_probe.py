@@ -48,18 +48,6 @@ def load_safetensors(path):
     return out
 
 
-def layer_deltas(p, h, cfg):
-    """Δ (B, L, d_inner) of one mixer for its input h, as mamba_ref.mixer_forward computes it."""
-    di, K, R = cfg["d_inner"], cfg["d_conv"], cfg["dt_rank"]
-    x = ref.linear(h, p["in_proj.weight"], p.get("in_proj.bias"))[..., :di]
-    window = torch.cat([torch.zeros(x.shape[0], K - 1, di, dtype=F64), x], dim=1)
-    xc = torch.zeros_like(x) + p.get("conv1d.bias", 0)
-    for k in range(K):
-        xc = xc + p["conv1d.weight"][:, 0, k] * window[:, k:k + x.shape[1], :]
-    dt = ref.linear(ref.silu(xc), p["x_proj.weight"])[..., :R]
-    return ref.softplus(ref.linear(dt, p["dt_proj.weight"], p["dt_proj.bias"]))
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model")
@@ -92,7 +80,7 @@ def main():
         residual = hidden if residual is None else hidden + residual
         h = ref.rmsnorm(residual, P[f"layers.{i}.norm.weight"])
         lp = {k[len(f"layers.{i}.mixer."):]: v for k, v in P.items() if k.startswith(f"layers.{i}.mixer.")}
-        delta = layer_deltas(lp, h, cfg)
+        delta = ref.mixer_inputs(lp, h, cfg)[2]
         store = delta[:, p + 1, :].mean(0)
         fill_mean = delta[:, filler, :].mean((0, 1))
         fill_max = delta[:, filler, :].amax((0, 1))
