@@ -34,18 +34,18 @@ for f in bench/cuda_*.cu; do n=$(basename $f .cu); nvcc -arch=sm_90 -o $B/$n $B/
 for f in $B/*.ptxas; do echo "== $(basename $f)"; grep -E "Compiling entry|registers|spill" $f | paste - - - | sed -E 's/ptxas info\s*://g' | cut -c1-260; done >> $LOG
 echo "build: $(( $(date +%s) - t0 )) s" | tee -a $LOG
 t0=$(date +%s)
-for n in $TESTS; do OMP_NUM_THREADS=16 $B/$n --gtest_filter="$FILTER" 2>&1; done | tee $OUT/test.txt | grep -vE "^\s+B=" | grep -E "FAIL|OK|PASS|Failure|error|rel" | tail -40
+for n in $TESTS; do OMP_NUM_THREADS=16 timeout 180 $B/$n --gtest_filter="$FILTER" 2>&1; done | tee $OUT/test.txt | grep -vE "^\s+B=" | grep -E "FAIL|OK|PASS|Failure|error|rel" | tail -40
 awk '/ y rel /{dt=($0 ~ / bf16 /)?"bf16":($0 ~ / f16 /)?"f16":"f32"; for(i=1;i<=NF;i++){if($i=="rel"&&$(i-1)=="y"&&$(i+1)>my[dt])my[dt]=$(i+1); if($i=="rel"&&$(i-1)=="h"&&$(i+1)>mh[dt])mh[dt]=$(i+1)}; n[dt]++} END{for(k in n) printf "%s: %d cases, max y rel %s, max state rel %s\n", k, n[k], my[k], mh[k]}' $OUT/test.txt | tee -a $LOG
 echo "tests: $(( $(date +%s) - t0 )) s" | tee -a $LOG
 if [ "$NO_SAN" != 1 ]; then
   t0=$(date +%s)
   SAN_FILTER='CudaScan.NoSoftplus*:CudaScan.EverySplitSmall:CudaScan.Backward:CudaScan.BadArguments:CudaConv.*'
-  for n in $TESTS; do compute-sanitizer --tool memcheck $B/$n --gtest_filter="$SAN_FILTER"; done > $B/memcheck.txt 2>&1
-  for n in $TESTS; do compute-sanitizer --tool racecheck $B/$n --gtest_filter="$SAN_FILTER"; done > $B/racecheck.txt 2>&1
+  for n in $TESTS; do timeout 150 compute-sanitizer --tool memcheck $B/$n --gtest_filter="$SAN_FILTER"; done > $B/memcheck.txt 2>&1
+  for n in $TESTS; do timeout 150 compute-sanitizer --tool racecheck $B/$n --gtest_filter="$SAN_FILTER"; done > $B/racecheck.txt 2>&1
   cat $B/memcheck.txt $B/racecheck.txt > $OUT/sanitizer.txt
   echo "memcheck: $(grep -E 'ERROR SUMMARY' $B/memcheck.txt | tr '\n' ' ')" | tee -a $LOG
   echo "racecheck: $(grep -E 'RACECHECK SUMMARY' $B/racecheck.txt | tr '\n' ' ')" | tee -a $LOG
   echo "sanitizers: $(( $(date +%s) - t0 )) s" | tee -a $LOG
 fi
-for f in bench/cuda_*.cu; do n=$(basename $f .cu); $B/$n $BENCH_ARGS 2>&1 | tee $OUT/bench.txt; done
+for f in bench/cuda_*.cu; do n=$(basename $f .cu); timeout 300 $B/$n $BENCH_ARGS 2>&1 | tee $OUT/bench.txt; done
 { cuobjdump -sass $B/scan_fwd_bf16.o; cuobjdump -sass $B/scan_bwd_bf16.o; } > $OUT/sass.txt 2>&1

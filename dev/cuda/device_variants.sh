@@ -15,5 +15,5 @@ wait
 for v in "$@"; do
   name=${v%%:*}
   echo "== $name: ${v#*:}"
-  $B/bench_$name ${BENCH_ARGS:-} | grep -E "^[0-9]+,|kC="
+  timeout 120 $B/bench_$name ${BENCH_ARGS:-} | grep -E "^[0-9]+,|kC="
 done 2>&1 | tee $OUT/variants.txt

@@ -90,39 +90,25 @@ void validate(const ScanFwdParams& p) {
   if (p.dtype != DType::f32 && p.dtype != DType::bf16 && p.dtype != DType::f16) fail("dtype must be f32, bf16 or f16");
 }
 
-__global__ void scan_fwd_chain_kernel(ScanFwdKernelParams kp) {
-  const ScanFwdParams& p = kp.p;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // (b, d, n)
-  const int N = p.dstate, D = p.dim, S = kp.segments;
-  if (i >= static_cast<int64_t>(p.batch) * D * N) return;
-  const int n = static_cast<int>(i % N);
-  const int d = static_cast<int>((i / N) % D);
-  const int64_t b = i / (static_cast<int64_t>(N) * D);
-  const float A = p.A[static_cast<int64_t>(d) * N + n];
-  float h = p.state_in ? p.state_in[i] : 0.0f;
-  for (int s = 0; s < S; s++) {
-    const int64_t bsd = (b * S + s) * D + d;
-    const float local = kp.seg_state[bsd * N + n];
-    kp.seg_state[bsd * N + n] = h;
-    // Over a segment, Π_t exp(Δ_t A) = exp(A ΣΔ).
-    h = __expf(A * kp.seg_dsum[bsd]) * h + local;
-  }
+// The segmented launch's workspace: seg_state, seg_carry (B, S, D, N), seg_dsum (B, S, D) floats, then
+// seg_ready, carry_ready (B, S, tiles) and the ticket as ints (room for D tiles: a split's tile count is
+// not known here).
+struct FwdWorkspace {
+  int64_t state, dsum, flags;  // element counts
+  size_t bytes() const { return sizeof(float) * (2 * state + dsum) + sizeof(int) * (2 * flags + 1); }
+};
+FwdWorkspace fwd_workspace(const ScanFwdParams& p, const FwdPlan& plan) {
+  const int64_t bs = static_cast<int64_t>(p.batch) * plan.segments;
+  return {bs * p.dim * p.dstate, bs * p.dim, bs * p.dim};
 }
 
 }  // namespace
-
-void launch_scan_fwd_chain(const ScanFwdKernelParams& kp, cudaStream_t stream) {
-  const int64_t total = static_cast<int64_t>(kp.p.batch) * kp.p.dim * kp.p.dstate;
-  const int threads = 256;
-  scan_fwd_chain_kernel<<<static_cast<unsigned>((total + threads - 1) / threads), threads, 0, stream>>>(kp);
-  MAMBA_CUDA_CHECK_LAUNCH();
-}
 
 size_t selective_scan_fwd_workspace(const ScanFwdParams& p, ScanTuning tuning) {
   if (p.batch == 0 || p.seqlen == 0 || p.dim == 0) return 0;
   const FwdPlan plan = plan_fwd(p, tuning);
   if (plan.segments == 1) return 0;
-  return sizeof(float) * static_cast<size_t>(p.batch) * plan.segments * p.dim * (p.dstate + 1);
+  return fwd_workspace(p, plan).bytes();
 }
 
 void selective_scan_fwd(const ScanFwdParams& p, void* workspace, cudaStream_t stream, ScanTuning tuning) {
@@ -141,10 +127,17 @@ void selective_scan_fwd(const ScanFwdParams& p, void* workspace, cudaStream_t st
   kp.p = p;
   kp.segments = plan.segments;
   kp.seg_len = plan.seg_len;
+  kp.sm_count = sm_count();
   if (plan.segments > 1) {
     if (!workspace) throw std::invalid_argument("selective_scan_fwd: workspace required (selective_scan_fwd_workspace)");
+    const FwdWorkspace ws = fwd_workspace(p, plan);
     kp.seg_state = static_cast<float*>(workspace);
-    kp.seg_dsum = kp.seg_state + static_cast<int64_t>(p.batch) * plan.segments * p.dim * p.dstate;
+    kp.seg_carry = kp.seg_state + ws.state;
+    kp.seg_dsum = kp.seg_carry + ws.state;
+    kp.seg_ready = reinterpret_cast<int*>(kp.seg_dsum + ws.dsum);
+    kp.carry_ready = kp.seg_ready + ws.flags;
+    kp.ticket = kp.carry_ready + ws.flags;
+    MAMBA_CUDA_CHECK(cudaMemsetAsync(kp.seg_ready, 0, sizeof(int) * (2 * ws.flags + 1), stream));
   }
   switch (p.dtype) {
     case DType::f32: launch_scan_fwd_dtype<float>(kp, plan.kC, plan.kG, plan.nsplit, stream); break;

@@ -17,10 +17,10 @@
 // version's measurements.
 //
 // When B·D is too small to fill the GPU (long single sequences), L is cut into `segments` run in
-// parallel: pass 1 (kStateOnly) scans each segment from zero and keeps only its final state and ΣΔ, a
-// small kernel chains them (h_end = exp(A·ΣΔ) ⊙ h_start + h_local), and pass 2 rescans every segment
-// from its true start state. This costs the exponentials twice, so the dispatcher uses it only when too
-// few threads would run otherwise.
+// parallel: pass 1 (kStateOnly) scans each segment but the last from zero and keeps only its final state
+// and ΣΔ, a small kernel chains them (h_end = exp(A·ΣΔ) ⊙ h_start + h_local), and pass 2 rescans every
+// segment from its true start state. This costs the exponentials twice, so the dispatcher uses it only
+// when too few threads would run otherwise.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -38,10 +38,18 @@ namespace mamba::cuda {
 // The kernel's arguments: the user's params plus the split the dispatcher chose.
 struct ScanFwdKernelParams {
   ScanFwdParams p;
+  int tiles = 0;                 // channel tiles (blocks per segment and sequence)
   int segments = 1;              // S
   int64_t seg_len = 0;           // steps per segment, a multiple of kStateChunk (the last one shorter)
-  float* seg_state = nullptr;    // (B, S, D, N) pass 1: each segment's h from zero; then its start state
+  int lag = 0;                   // segmented launch: slots between pass 1 and the full scan (seg_item); 0: one wave
+  int sm_count = 0;
+  // Segmented launch only (workspace), all (B, S, ...) with segment S − 1's slots unused:
+  float* seg_state = nullptr;    // (B, S, D, N) pass 1: each segment's end state from zero
   float* seg_dsum = nullptr;     // (B, S, D) pass 1: ΣΔ over each segment
+  float* seg_carry = nullptr;    // (B, S, D, N) each segment's true end state
+  int* seg_ready = nullptr;      // (B, S, tiles) pass 1 of the tile's segment is published
+  int* carry_ready = nullptr;    // (B, S, tiles) its true end state is published
+  int* ticket = nullptr;         // the blocks' start order; zeroed with the flags before each launch
 };
 
 template <typename input_t_, int kC_, int kG_, int kNSplit_>
@@ -72,7 +80,10 @@ struct ScanFwdTraits {
   // group's h chains and stores (measured: 0.5–2.5% faster than 1).
   static constexpr int kGroupUnroll = 2;
   // 16 warps per SM at least: caps registers at 128 per thread.
-  static constexpr int kMinBlocks = 512 / kThreads;
+#ifndef MAMBA_SCAN_FWD_WARPS
+#define MAMBA_SCAN_FWD_WARPS 16
+#endif
+  static constexpr int kMinBlocks = MAMBA_SCAN_FWD_WARPS * 32 / kThreads;
   static_assert(kStateChunk % kUnroll == 0 && (kT % kStateChunk == 0 || kStateChunk % kT == 0),
                 "state chunks must start at a step group");
 };
@@ -162,15 +173,44 @@ __device__ __forceinline__ void load_tile(TileRegs<Kt>& r, const TilePtrs<Kt>& x
   }
 }
 
+// The block's shared tiles.
+template <class Kt>
+struct ScanFwdSmem {
+  __align__(16) float2 dtu[Kt::kT * Kt::kChannels];  // (kT, channels) Δ after bias and softplus, and Δ·u
+  // (kT, kC, kThreads): a thread's Σ_{its n} C·h for step t and its channel c at (t, c, threadIdx.x), so
+  // the kNSplit partial sums of a channel sit side by side.
+  __align__(16) float y[Kt::kT * Kt::kC * Kt::kThreads];
+  __align__(16) float B[Kt::kT * Kt::kNPad];  // (kT, kNPad)
+  __align__(16) float C[Kt::kT * Kt::kNPad];  // (kT, kNPad)
+};
+
+// Segmented runs: a flag another block waits for, set once the data it guards is visible GPU-wide.
+__device__ __forceinline__ void wait_flag(const int* flag) {
+  int v = 0;
+  do {
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
+  } while (v == 0);
+}
+// Called by every thread of the block after its last store of the guarded data.
+__device__ __forceinline__ void set_flag(int* flag) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(flag), "r"(1) : "memory");
+}
+
+// One block's work: channels [tile·kChannels, +kChannels) of batch b over segment seg. kStateOnly: pass 1
+// (the segment's end state from zero and its ΣΔ, published for the blocks of later segments); otherwise
+// the full scan from the segment's true start state.
 template <class Kt, bool kStateOnly>
-__global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocks) scan_fwd_kernel(ScanFwdKernelParams kp) {
+__device__ __forceinline__ void scan_fwd_block(const ScanFwdKernelParams& kp, ScanFwdSmem<Kt>& sm, int tile, int seg,
+                                               int b) {
   using input_t = typename Kt::input_t;
   constexpr int kC = Kt::kC, kG = Kt::kG, kT = Kt::kT, kThreads = Kt::kThreads, kChannels = Kt::kChannels;
   constexpr int kNPad = Kt::kNPad, kNSplit = Kt::kNSplit, kXPer = Kt::kXPer, kBCPer = Kt::kBCPer;
   constexpr int kRowStride = Kt::kRowStride;
   const ScanFwdParams& p = kp.p;
-  const int N = p.dstate, D = p.dim;
-  const int b = blockIdx.z, seg = blockIdx.y, d0 = blockIdx.x * kChannels;
+  const int N = p.dstate, D = p.dim, S = kp.segments;
+  const int d0 = tile * kChannels;
   // The scan: this thread's channel group (channels dq, dq + 1, ..., dq + kC − 1), its lane s in the
   // group and its first state.
   const int q = threadIdx.x / kNSplit, s = threadIdx.x % kNSplit, n0 = s * kG;
@@ -181,13 +221,21 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocks) scan_fwd_kernel(
   const bool td_ok = td < D;
   const float bias = td_ok && p.delta_bias ? p.delta_bias[td] : 0.0f;
   const float skip = td_ok && p.D ? p.D[td] : 0.0f;
+  float2* s_dtu = sm.dtu;
+  float *s_y = sm.y, *s_B = sm.B, *s_C = sm.C;
+  // Segment seg's flags: (B, S, tiles) each.
+  const int64_t flag_i = (static_cast<int64_t>(b) * S + seg) * kp.tiles + tile;
 
-  __shared__ __align__(16) float2 s_dtu[kT * kChannels];  // (kT, channels) Δ after bias and softplus, and Δ·u
-  // (kT, kC, kThreads): a thread's Σ_{its n} C·h for step t and its channel c at (t, c, threadIdx.x), so
-  // the kNSplit partial sums of a channel sit side by side.
-  __shared__ __align__(16) float s_y[kT * kC * kThreads];
-  __shared__ __align__(16) float s_B[kT * kNPad];         // (kT, kNPad)
-  __shared__ __align__(16) float s_C[kT * kNPad];         // (kT, kNPad)
+  if (!kStateOnly && S > 1) {
+    // The start state: segment seg − 1's true end state, published by its own full-scan block. Then this
+    // segment's true end state, exp(A·ΣΔ) ⊙ h_start + (pass 1's end state from zero), published at once
+    // for the next segment, before the scan.
+    if (threadIdx.x == 0) {
+      if (seg > 0) wait_flag(kp.carry_ready + flag_i - kp.tiles);
+      if (seg < S - 1) wait_flag(kp.seg_ready + flag_i);
+    }
+    __syncthreads();
+  }
 
   // exp(Δ·A) = exp2(Δ·A·log2 e): A pre-scaled so each step needs one multiply and one ex2.
   float A2[kC][kG], h[kC][kG];
@@ -196,7 +244,7 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocks) scan_fwd_kernel(
   for (int c = 0; c < kC; c++) {
     const int d = dq + c;
     const int64_t bdn = (static_cast<int64_t>(b) * D + d) * N;  // (b, d, 0) of a (B, D, N) array
-    const int64_t seg_bdn = ((static_cast<int64_t>(b) * kp.segments + seg) * D + d) * N;
+    const int64_t seg_bdn = ((static_cast<int64_t>(b) * S + seg) * D + d) * N;
 #pragma unroll
     for (int g = 0; g < kG; g++) {
       const int n = n0 + g;
@@ -204,12 +252,19 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocks) scan_fwd_kernel(
       A2[c][g] = ok ? p.A[static_cast<int64_t>(d) * N + n] * kLog2e : 0.0f;
       float h0 = 0.0f;
       if (ok && !kStateOnly) {
-        if (kp.segments > 1) h0 = kp.seg_state[seg_bdn + n];
+        // Other blocks wrote seg_carry, seg_state and seg_dsum during this launch: read through L2.
+        if (seg > 0) h0 = __ldcg(kp.seg_carry + seg_bdn - static_cast<int64_t>(D) * N + n);
         else if (p.state_in) h0 = p.state_in[bdn + n];
+        if (seg < S - 1) {
+          // Over a segment, Π_t exp(Δ_t A) = exp(A ΣΔ).
+          const float decay = exp2f(A2[c][g] * __ldcg(kp.seg_dsum + seg_bdn / N));
+          kp.seg_carry[seg_bdn + n] = decay * h0 + __ldcg(kp.seg_state + seg_bdn + n);
+        }
       }
       h[c][g] = h0;
     }
   }
+  if (!kStateOnly && seg < S - 1) set_flag(kp.carry_ready + flag_i);
   float dsum[kC] = {};
 
   const int64_t t_begin = seg * kp.seg_len, t_end = L < t_begin + kp.seg_len ? L : t_begin + kp.seg_len;
@@ -374,13 +429,13 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocks) scan_fwd_kernel(
     const int d = dq + c;
     if (d >= D) break;
     if (kStateOnly) {
-      const int64_t seg_bd = (static_cast<int64_t>(b) * kp.segments + seg) * D + d;
+      const int64_t seg_bd = (static_cast<int64_t>(b) * S + seg) * D + d;
 #pragma unroll
       for (int g = 0; g < kG; g++) {
         if (n0 + g < N) kp.seg_state[seg_bd * N + n0 + g] = h[c][g];
       }
       if (n0 == 0) kp.seg_dsum[seg_bd] = dsum[c];
-    } else if (p.state_out && seg == kp.segments - 1) {
+    } else if (p.state_out && seg == S - 1) {
       const int64_t bdn = (static_cast<int64_t>(b) * D + d) * N;
 #pragma unroll
       for (int g = 0; g < kG; g++) {
@@ -388,26 +443,87 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocks) scan_fwd_kernel(
       }
     }
   }
+  if (kStateOnly) set_flag(kp.seg_ready + flag_i);
 }
 
-template <class Kt, bool kStateOnly>
-void launch_scan_fwd_pass(const ScanFwdKernelParams& kp, cudaStream_t stream) {
-  const dim3 grid((kp.p.dim + Kt::kChannels - 1) / Kt::kChannels, kp.segments, kp.p.batch);
-  scan_fwd_kernel<Kt, kStateOnly><<<grid, Kt::kThreads, 0, stream>>>(kp);
-  MAMBA_CUDA_CHECK_LAUNCH();
-}
-
-// Between the passes: replaces each segment's from-zero end state by its true start state (scan_fwd.cu).
-void launch_scan_fwd_chain(const ScanFwdKernelParams& kp, cudaStream_t stream);
-
-// One pass, or the two passes and the chain between them.
+// One segment (the whole of L): block (tile, 0, b).
 template <class Kt>
-void launch_scan_fwd(const ScanFwdKernelParams& kp, cudaStream_t stream) {
-  if (kp.segments > 1) {
-    launch_scan_fwd_pass<Kt, true>(kp, stream);
-    launch_scan_fwd_chain(kp, stream);
+__global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocks) scan_fwd_kernel(ScanFwdKernelParams kp) {
+  __shared__ ScanFwdSmem<Kt> sm;
+  scan_fwd_block<Kt, false>(kp, sm, blockIdx.x, 0, blockIdx.z);
+}
+
+// Which work item a segmented launch's ticket stands for. The items come in slots of `tiles · batch`
+// blocks, one slot per segment and role: pass 1 of segments 0 .. lag − 1 first, then pass 1 of segment r
+// and the full scan of segment r − lag alternately, then the full scans left. A block takes the next
+// ticket when it starts, so every item it waits for (pass 1 of its segment, the full scan of the one
+// before) started earlier and is resident or done: no deadlock, whatever the order the hardware starts
+// blocks in. With lag ≈ one wave of blocks, pass 1 of a segment has usually finished when its full scan
+// starts, and the SMs run pass 1 blocks (the exponentials' pipe binds) beside full-scan blocks (the issue
+// port binds) for most of the launch.
+struct SegItem {
+  bool state_only;
+  int tile, seg, b;
+};
+__device__ __forceinline__ SegItem seg_item(const ScanFwdKernelParams& kp, int ticket) {
+  const int per = kp.tiles * kp.p.batch, S = kp.segments;
+  const int k = ticket / per, i = ticket % per;
+  const int lag = kp.lag;  // 1 ≤ lag ≤ S − 1
+  SegItem it{};
+  it.b = i / kp.tiles, it.tile = i % kp.tiles;
+  if (k < lag) {
+    it.state_only = true, it.seg = k;
+  } else if (k < lag + 2 * (S - 1 - lag)) {
+    const int j = k - lag;
+    it.state_only = j % 2 == 0, it.seg = j % 2 == 0 ? lag + j / 2 : j / 2;
+  } else {
+    it.state_only = false, it.seg = S - 1 - lag + (k - lag - 2 * (S - 1 - lag));
   }
-  launch_scan_fwd_pass<Kt, false>(kp, stream);
+  return it;
+}
+
+// Several segments: (2S − 1) · tiles · batch blocks, each taking a ticket (seg_item).
+template <class Kt>
+__global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocks) scan_fwd_segmented_kernel(ScanFwdKernelParams kp) {
+  __shared__ ScanFwdSmem<Kt> sm;
+  __shared__ int ticket;
+  if (threadIdx.x == 0) ticket = atomicAdd(kp.ticket, 1);
+  __syncthreads();
+  const SegItem it = seg_item(kp, ticket);
+  if (it.state_only) scan_fwd_block<Kt, true>(kp, sm, it.tile, it.seg, it.b);
+  else scan_fwd_block<Kt, false>(kp, sm, it.tile, it.seg, it.b);
+}
+
+#ifndef MAMBA_SCAN_FWD_LAG_PERCENT
+#define MAMBA_SCAN_FWD_LAG_PERCENT 200
+#endif
+
+template <class Kt>
+void launch_scan_fwd(const ScanFwdKernelParams& kp_in, cudaStream_t stream) {
+  ScanFwdKernelParams kp = kp_in;
+  kp.tiles = (kp.p.dim + Kt::kChannels - 1) / Kt::kChannels;
+  if (kp.segments == 1) {
+    const dim3 grid(kp.tiles, 1, kp.p.batch);
+    scan_fwd_kernel<Kt><<<grid, Kt::kThreads, 0, stream>>>(kp);
+  } else {
+    const int64_t per = static_cast<int64_t>(kp.tiles) * kp.p.batch;
+    const int64_t blocks = (2 * kp.segments - 1) * per;
+    if (blocks > 0x7fffffff) throw std::invalid_argument("selective_scan_fwd: too many segments and channel tiles");
+    if (kp.lag <= 0) {
+      // Two waves of blocks (measured: 1.5% faster than one at the long anchors, where a full scan then
+      // seldom waits for pass 1 of its segment; 4% faster than half a wave).
+      static const int resident_per_sm = [] {
+        int n = 0;
+        MAMBA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, scan_fwd_segmented_kernel<Kt>, Kt::kThreads, 0));
+        return n;
+      }();
+      const int64_t wave = static_cast<int64_t>(resident_per_sm) * kp.sm_count;
+      kp.lag = static_cast<int>((wave * MAMBA_SCAN_FWD_LAG_PERCENT / 100 + per / 2) / per);
+    }
+    kp.lag = std::clamp(kp.lag, 1, kp.segments - 1);
+    scan_fwd_segmented_kernel<Kt><<<static_cast<unsigned>(blocks), Kt::kThreads, 0, stream>>>(kp);
+  }
+  MAMBA_CUDA_CHECK_LAUNCH();
 }
 
 // The compiled splits, (channels per thread, states per thread, threads per channel group); the dispatcher
