@@ -16,11 +16,13 @@
 // stored with the channels contiguous across threads. Two barriers per tile. dev/notes/scan.md has each
 // version's measurements.
 //
-// When B·D is too small to fill the GPU (long single sequences), L is cut into `segments` run in
-// parallel: pass 1 (kStateOnly) scans each segment but the last from zero and keeps only its final state
-// and ΣΔ, a small kernel chains them (h_end = exp(A·ΣΔ) ⊙ h_start + h_local), and pass 2 rescans every
-// segment from its true start state. This costs the exponentials twice, so the dispatcher uses it only
-// when too few threads would run otherwise.
+// When B·D is too small to fill the GPU (long single sequences), L is cut into `segments` scanned in
+// parallel, in one launch of two kinds of block: pass 1 (kStateOnly) scans a segment from zero and
+// publishes its end state and ΣΔ; the full scan of a segment waits for its predecessor's true end state
+// h_end, publishes its own (exp(A·ΣΔ) ⊙ h_start + pass 1's end state) at once, and then scans from h_start.
+// Every exponential is computed twice, so the dispatcher cuts L only when too few threads would run
+// otherwise; the blocks' order (seg_item) puts pass-1 blocks, which the SFU binds, on the SMs beside
+// full-scan blocks, which the issue port binds.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -41,7 +43,7 @@ struct ScanFwdKernelParams {
   int tiles = 0;                 // channel tiles (blocks per segment and sequence)
   int segments = 1;              // S
   int64_t seg_len = 0;           // steps per segment, a multiple of kStateChunk (the last one shorter)
-  int lag = 0;                   // segmented launch: slots between pass 1 and the full scan (seg_item); 0: one wave
+  int lag = 0;                   // segmented launch: slots between pass 1 and the full scan (seg_item)
   int sm_count = 0;
   // Segmented launch only (workspace), all (B, S, ...) with segment S − 1's slots unused:
   float* seg_state = nullptr;    // (B, S, D, N) pass 1: each segment's end state from zero
@@ -80,10 +82,7 @@ struct ScanFwdTraits {
   // group's h chains and stores (measured: 0.5–2.5% faster than 1).
   static constexpr int kGroupUnroll = 2;
   // 16 warps per SM at least: caps registers at 128 per thread.
-#ifndef MAMBA_SCAN_FWD_WARPS
-#define MAMBA_SCAN_FWD_WARPS 16
-#endif
-  static constexpr int kMinBlocks = MAMBA_SCAN_FWD_WARPS * 32 / kThreads;
+  static constexpr int kMinBlocks = 512 / kThreads;
   static_assert(kStateChunk % kUnroll == 0 && (kT % kStateChunk == 0 || kStateChunk % kT == 0),
                 "state chunks must start at a step group");
 };
@@ -458,9 +457,9 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocks) scan_fwd_kernel(
 // and the full scan of segment r − lag alternately, then the full scans left. A block takes the next
 // ticket when it starts, so every item it waits for (pass 1 of its segment, the full scan of the one
 // before) started earlier and is resident or done: no deadlock, whatever the order the hardware starts
-// blocks in. With lag ≈ one wave of blocks, pass 1 of a segment has usually finished when its full scan
-// starts, and the SMs run pass 1 blocks (the exponentials' pipe binds) beside full-scan blocks (the issue
-// port binds) for most of the launch.
+// blocks in. With lag ≈ two waves of blocks, pass 1 of a segment has usually finished when its full
+// scan starts, and the SMs run pass-1 blocks (the exponentials' pipe binds) beside full-scan blocks (the
+// issue port binds) for most of the launch.
 struct SegItem {
   bool state_only;
   int tile, seg, b;
@@ -494,10 +493,6 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocks) scan_fwd_segment
   else scan_fwd_block<Kt, false>(kp, sm, it.tile, it.seg, it.b);
 }
 
-#ifndef MAMBA_SCAN_FWD_LAG_PERCENT
-#define MAMBA_SCAN_FWD_LAG_PERCENT 200
-#endif
-
 template <class Kt>
 void launch_scan_fwd(const ScanFwdKernelParams& kp_in, cudaStream_t stream) {
   ScanFwdKernelParams kp = kp_in;
@@ -510,15 +505,15 @@ void launch_scan_fwd(const ScanFwdKernelParams& kp_in, cudaStream_t stream) {
     const int64_t blocks = (2 * kp.segments - 1) * per;
     if (blocks > 0x7fffffff) throw std::invalid_argument("selective_scan_fwd: too many segments and channel tiles");
     if (kp.lag <= 0) {
-      // Two waves of blocks (measured: 1.5% faster than one at the long anchors, where a full scan then
-      // seldom waits for pass 1 of its segment; 4% faster than half a wave).
+      // Two waves of blocks (measured at the long anchors: 1% faster than one wave, 5% than half a wave,
+      // within 1% of three).
       static const int resident_per_sm = [] {
         int n = 0;
         MAMBA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, scan_fwd_segmented_kernel<Kt>, Kt::kThreads, 0));
         return n;
       }();
       const int64_t wave = static_cast<int64_t>(resident_per_sm) * kp.sm_count;
-      kp.lag = static_cast<int>((wave * MAMBA_SCAN_FWD_LAG_PERCENT / 100 + per / 2) / per);
+      kp.lag = static_cast<int>((2 * wave + per / 2) / per);
     }
     kp.lag = std::clamp(kp.lag, 1, kp.segments - 1);
     scan_fwd_segmented_kernel<Kt><<<static_cast<unsigned>(blocks), Kt::kThreads, 0, stream>>>(kp);
