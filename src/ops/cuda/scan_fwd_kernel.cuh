@@ -40,18 +40,18 @@ namespace mamba::cuda {
 // The kernel's arguments: the user's params plus the split the dispatcher chose.
 struct ScanFwdKernelParams {
   ScanFwdParams p;
-  int tiles = 0;                 // channel tiles (blocks per segment and sequence)
-  int segments = 1;              // S
-  int64_t seg_len = 0;           // steps per segment, a multiple of kStateChunk (the last one shorter)
-  int lag = 0;                   // segmented launch: slots between pass 1 and the full scan (seg_item)
+  int tiles = 0;        // channel tiles (blocks per segment and sequence)
+  int segments = 1;     // S
+  int64_t seg_len = 0;  // steps per segment, a multiple of kStateChunk (the last one shorter)
+  int lag = 0;          // segmented launch: slots between pass 1 and the full scan (seg_item)
   int sm_count = 0;
   // Segmented launch only (workspace), all (B, S, ...) with segment S − 1's slots unused:
-  float* seg_state = nullptr;    // (B, S, D, N) pass 1: each segment's end state from zero
-  float* seg_dsum = nullptr;     // (B, S, D) pass 1: ΣΔ over each segment
-  float* seg_carry = nullptr;    // (B, S, D, N) each segment's true end state
-  int* seg_ready = nullptr;      // (B, S, tiles) pass 1 of the tile's segment is published
-  int* carry_ready = nullptr;    // (B, S, tiles) its true end state is published
-  int* ticket = nullptr;         // the blocks' start order; zeroed with the flags before each launch
+  float* seg_state = nullptr;  // (B, S, D, N) pass 1: each segment's end state from zero
+  float* seg_dsum = nullptr;   // (B, S, D) pass 1: ΣΔ over each segment
+  float* seg_carry = nullptr;  // (B, S, D, N) each segment's true end state
+  int* seg_ready = nullptr;    // (B, S, tiles) pass 1 of the tile's segment is published
+  int* carry_ready = nullptr;  // (B, S, tiles) its true end state is published
+  int* ticket = nullptr;       // the blocks' start order; zeroed with the flags before each launch
 };
 
 template <typename input_t_, int kC_, int kG_, int kNSplit_>
