@@ -350,6 +350,34 @@ TEST(LtiModel, ChunkedPrefillEqualsOnePieceAndTrainingForward) {
   EXPECT_NEAR(bp.step(params.data(), nullptr, ids.data(), targets.data(), -100), expected / L, 1e-5);
 }
 
+// Every sequence with a wrong answer is listed once, in test-set order, with its count of wrong answers
+// and its first data position; together they account for every wrong answer.
+TEST(TaskEval, ListsMissedSequences) {
+  TaskSpec spec;
+  spec.kind = TaskKind::SelectiveCopying;
+  spec.length = 64;
+  spec.n_data = 4;
+  Config c = task_config();
+  auto specs = param_specs(c);
+  std::vector<float> params(static_cast<size_t>(param_layout_size(specs)));
+  init_params(params.data(), c, specs, 3);
+  Model model = Model::from_params(c, params);
+  const std::vector<TaskSequence> set = test_set(spec, 24, 5);
+  const TaskScore s = evaluate_task(model, spec, set, 8, 16);
+  ASSERT_LT(s.correct, s.total);  // an untrained model: chance is 1/14 per answer
+  int64_t wrong = 0, previous = -1;
+  for (const TaskMiss& m : s.misses) {
+    EXPECT_GT(m.sequence, previous);
+    ASSERT_LT(m.sequence, 24);
+    previous = m.sequence;
+    EXPECT_GE(m.wrong, 1);
+    EXPECT_LE(m.wrong, spec.n_data);
+    EXPECT_EQ(m.first_position, set[static_cast<size_t>(m.sequence)].positions[0]);
+    wrong += m.wrong;
+  }
+  EXPECT_EQ(wrong, s.total - s.correct);
+}
+
 // ---- learning ----
 
 TEST(TaskTraining, LearnsInductionHeadsAndExtrapolates) {

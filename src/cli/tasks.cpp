@@ -1,6 +1,7 @@
 // mambacpp tasks train|eval: the paper's synthetic tasks (§4.1; model/tasks.h).
 // A trained task model is a model folder (config.json, model.safetensors) plus task.json (the task,
 // its training length, the run's options, steps, wall time and held-out accuracy).
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -258,8 +259,16 @@ void add_tasks(CLI::App& app) {
       std::printf("%10lld %6.1f %10d %9.2f%% %10.2f\n", static_cast<long long>(L), std::log2(static_cast<double>(L)),
                   count, 100 * s.accuracy(), secs);
       std::fflush(stdout);
+      // The missed sequences, for looking into the failures (the first 64 of them).
+      json misses = json::array();
+      for (size_t i = 0; i < std::min<size_t>(s.misses.size(), 64); i++) {
+        misses.push_back({{"sequence", s.misses[i].sequence},
+                          {"wrong", s.misses[i].wrong},
+                          {"first_position", s.misses[i].first_position}});
+      }
       rows.push_back({{"length", L}, {"sequences", count}, {"correct", s.correct}, {"total", s.total},
-                      {"accuracy", s.accuracy()}, {"seconds", secs}});
+                      {"accuracy", s.accuracy()}, {"seconds", secs},
+                      {"missed_sequences", static_cast<int64_t>(s.misses.size())}, {"misses", misses}});
       accuracy.push_back(s.accuracy());
     }
     json out = {{"model", dir.string()}, {"task", task_name(base.kind)}, {"train_length", train_length},

@@ -167,12 +167,16 @@ TaskScore evaluate_task(const Model& model, const TaskSpec& spec, const std::vec
     for (int b = 0; b < B; b++) sequence_tokens(spec, sequences[first + b], prompt, A, tokens.data() + int64_t{b} * A);
     engine.forward(tokens.data(), B, A, state, logits.data(), Logits::All);
     for (int b = 0; b < B; b++) {
+      const TaskSequence& seq = sequences[first + b];
+      int wrong = 0;
       for (int i = 0; i < A; i++) {
         const float* row = logits.data() + (int64_t{b} * A + i) * V;
         const int32_t guess = static_cast<int32_t>(std::max_element(row, row + V) - row);
-        score.correct += guess == sequences[first + b].data[static_cast<size_t>(i)];
-        score.total++;
+        wrong += guess != seq.data[static_cast<size_t>(i)];
       }
+      score.correct += A - wrong;
+      score.total += A;
+      if (wrong > 0) score.misses.push_back({static_cast<int64_t>(first) + b, wrong, seq.positions.front()});
     }
   }
   return score;

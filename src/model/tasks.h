@@ -64,8 +64,16 @@ void make_batch(const TaskSpec& spec, Rng& rng, int B, int32_t* inputs, int32_t*
 // The fixed test set of a length: `count` sequences drawn from a seed derived from (seed, length).
 std::vector<TaskSequence> test_set(const TaskSpec& spec, int count, uint64_t seed);
 
+// A test sequence with at least one wrong answer.
+struct TaskMiss {
+  int64_t sequence = 0;        // index in the test set
+  int wrong = 0;               // its wrong answers
+  int64_t first_position = 0;  // positions[0]: the trigger (induction heads) or the first data token
+};
+
 struct TaskScore {
   int64_t correct = 0, total = 0;  // answer tokens
+  std::vector<TaskMiss> misses;    // every sequence with a wrong answer, in test-set order
   double accuracy() const { return total ? static_cast<double>(correct) / static_cast<double>(total) : 0.0; }
 };
 
