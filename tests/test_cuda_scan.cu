@@ -281,6 +281,70 @@ TEST_F(CudaScan, EverySplitSmall) {
   }
 }
 
+// L = 2^22 with u, Δ, z and y rows 1024 elements apart: offsets reach 2^32, so any 32-bit index
+// arithmetic in the kernels would read or write the wrong rows. 32 GB of device memory (skipped when
+// less is free); only the L × D elements in use are copied, with cudaMemcpy2D.
+TEST_F(CudaScan, OffsetsBeyond32Bits) {
+  const int L = 1 << 22, D = 4, N = 4;
+  const int64_t stride = 1024;
+  const size_t big = static_cast<size_t>(L) * stride * 2;  // bf16 bytes of one strided array
+  size_t free_bytes = 0, total_bytes = 0;
+  MAMBA_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  if (free_bytes < 4 * big + (size_t{1} << 30)) GTEST_SKIP() << "needs 33 GB of free device memory";
+  std::mt19937 rng(400);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<float> dt_dist(-3.0f, 1.0f);
+  const int64_t n = static_cast<int64_t>(L) * D;
+  std::vector<float> u(n), delta(n), z(n), Bm(static_cast<size_t>(L) * N), Cm(static_cast<size_t>(L) * N);
+  std::vector<float> A(D * N), Dskip(D, 1.0f), dbias(D, -1.0f), h0(D * N);
+  for (auto* v : {&u, &z, &Bm, &Cm, &h0}) {
+    for (auto& x : *v) x = normal(rng);
+  }
+  for (auto& x : delta) x = dt_dist(rng);
+  for (int i = 0; i < D * N; i++) A[i] = -1.0f - static_cast<float>(i % N);
+  // Strided device copies of u, Δ, z (rounded to bf16 on the host too, as DeviceArray does).
+  auto strided = [&](std::vector<float>& host) {
+    std::vector<uint16_t> bits(host.size());
+    for (size_t i = 0; i < host.size(); i++) bits[i] = bf16_bits(host[i]), host[i] = bf16_value(bits[i]);
+    DeviceArray d(big);
+    MAMBA_CUDA_CHECK(cudaMemcpy2D(d.ptr, stride * 2, bits.data(), D * 2, D * 2, L, cudaMemcpyHostToDevice));
+    return d;
+  };
+  DeviceArray d_u = strided(u), d_delta = strided(delta), d_z = strided(z), d_y(big);
+  DeviceArray d_B(Bm, DType::bf16), d_C(Cm, DType::bf16), d_A(A, DType::f32), d_D(Dskip, DType::f32);
+  DeviceArray d_bias(dbias, DType::f32), d_h0(h0, DType::f32), d_hL(h0.size() * 4);
+
+  mamba::cuda::ScanFwdParams p;
+  p.batch = 1, p.seqlen = L, p.dim = D, p.dstate = N, p.dtype = DType::bf16;
+  p.y = d_y.ptr, p.y_stride = stride, p.u = d_u.ptr, p.u_stride = stride;
+  p.delta = d_delta.ptr, p.delta_stride = stride, p.z = d_z.ptr, p.z_stride = stride;
+  p.A = d_A.as<float>(), p.Bm = d_B.ptr, p.B_stride = N, p.Cm = d_C.ptr, p.C_stride = N;
+  p.D = d_D.as<float>(), p.delta_bias = d_bias.as<float>(), p.delta_softplus = true;
+  p.state_in = d_h0.as<float>(), p.state_out = d_hL.as<float>();
+  DeviceArray d_ws(mamba::cuda::selective_scan_fwd_workspace(p));
+  mamba::cuda::selective_scan_fwd(p, d_ws.ptr, nullptr);
+  MAMBA_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<uint16_t> y_bits(n);
+  MAMBA_CUDA_CHECK(cudaMemcpy2D(y_bits.data(), D * 2, d_y.ptr, stride * 2, D * 2, L, cudaMemcpyDeviceToHost));
+  std::vector<float> y(n);
+  for (int64_t i = 0; i < n; i++) y[i] = bf16_value(y_bits[i]);
+
+  std::vector<float> y_ref(n), h = h0;
+  mamba::ScanParams r;
+  r.batch = 1, r.seqlen = L, r.dim = D, r.dstate = N;
+  r.y = y_ref.data(), r.y_stride = D, r.u = u.data(), r.u_stride = D, r.delta = delta.data(), r.delta_stride = D;
+  r.A = A.data(), r.Bm = Bm.data(), r.Cm = Cm.data(), r.bc_stride = N, r.D = Dskip.data();
+  r.z = z.data(), r.z_stride = D, r.delta_bias = dbias.data(), r.delta_softplus = true;
+  r.state_in = h.data(), r.state_out = h.data();
+  mamba::cpu::selective_scan_forward(r);
+  const Errors ey = compare(y, y_ref);
+  const Errors eh = compare(download(d_hL.ptr, h.size(), DType::f32), h);
+  EXPECT_EQ(ey.nonfinite, 0u);
+  EXPECT_LE(ey.rel_l2, 2e-2) << "y max abs err " << ey.max_abs;
+  EXPECT_LE(eh.rel_l2, 1e-4) << "state max abs err " << eh.max_abs;
+  std::printf("  L=2^22 strided rows (offsets to 2^32) bf16  y rel %.2e  h rel %.2e\n", ey.rel_l2, eh.rel_l2);
+}
+
 TEST_F(CudaScan, NoSoftplusAndLargeState) {
   Case c{2, 300, 32, 16, true, true, true, true, DType::f32};
   c.softplus = false;
