@@ -1,6 +1,7 @@
 // The CUDA selective scan against the CPU fp32 oracle (mamba::cpu::selective_scan_forward) on fresh
-// random inputs: lengths 1, 7, 2048, 2049 and 65537, N in {1, 4, 16, 64}, optional z, D, Δ bias and
-// initial state, every (channels per thread, states per thread, segments) split, fp32, bf16 and fp16.
+// random inputs: lengths 1, 7, 2048, 2049, 65537 and 2^22 (rows strided so that offsets pass 2^32), N in
+// {1, 4, 16, 64}, optional z, D, Δ bias and initial state, every (channels per thread, states per
+// thread, segments) split, fp32, bf16 and fp16.
 // Outputs are poisoned with NaN first, so an unwritten element fails. Skipped when no GPU is present (CI
 // builds this without one).
 #include <cuda_fp16.h>
