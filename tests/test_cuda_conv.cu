@@ -21,52 +21,7 @@
 namespace {
 
 using mamba::cuda::DType;
-using mamba::cuda::test::bf16_bits;
-using mamba::cuda::test::bf16_value;
-using mamba::cuda::test::dtype_name;
-using mamba::cuda::test::dtype_size;
-using mamba::cuda::test::f16_bits;
-using mamba::cuda::test::f16_value;
-using mamba::cuda::test::have_gpu;
-
-// Device buffer; from a host array (rounded to bf16 or fp16 in place when asked) or NaN-poisoned.
-struct Buf {
-  void* ptr = nullptr;
-  Buf(std::vector<float>& host, DType dtype) {
-    const size_t n = host.size();
-    MAMBA_CUDA_CHECK(cudaMalloc(&ptr, (n ? n : 1) * 4));
-    if (dtype != DType::f32) {
-      std::vector<uint16_t> bits(n);
-      for (size_t i = 0; i < n; i++) {
-        bits[i] = dtype == DType::bf16 ? bf16_bits(host[i]) : f16_bits(host[i]);
-        host[i] = dtype == DType::bf16 ? bf16_value(bits[i]) : f16_value(bits[i]);
-      }
-      MAMBA_CUDA_CHECK(cudaMemcpy(ptr, bits.data(), n * 2, cudaMemcpyHostToDevice));
-    } else {
-      MAMBA_CUDA_CHECK(cudaMemcpy(ptr, host.data(), n * 4, cudaMemcpyHostToDevice));
-    }
-  }
-  explicit Buf(size_t bytes) {
-    MAMBA_CUDA_CHECK(cudaMalloc(&ptr, bytes ? bytes : 1));
-    MAMBA_CUDA_CHECK(cudaMemset(ptr, 0xff, bytes));
-  }
-  Buf(const Buf&) = delete;
-  Buf& operator=(const Buf&) = delete;
-  ~Buf() { cudaFree(ptr); }
-  float* f() const { return static_cast<float*>(ptr); }
-};
-
-std::vector<float> download(const void* ptr, size_t n, DType dtype) {
-  std::vector<float> out(n);
-  if (dtype != DType::f32) {
-    std::vector<uint16_t> bits(n);
-    MAMBA_CUDA_CHECK(cudaMemcpy(bits.data(), ptr, n * 2, cudaMemcpyDeviceToHost));
-    for (size_t i = 0; i < n; i++) out[i] = dtype == DType::bf16 ? bf16_value(bits[i]) : f16_value(bits[i]);
-  } else {
-    MAMBA_CUDA_CHECK(cudaMemcpy(out.data(), ptr, n * 4, cudaMemcpyDeviceToHost));
-  }
-  return out;
-}
+using namespace mamba::cuda::test;
 
 // ‖out − ref‖ / ‖ref‖; NaN (unwritten) counts as failure.
 template <typename R>
@@ -181,20 +136,20 @@ void run_conv_case(int B, int L, int D, int K, bool bias, bool tail, DType dtype
   if (!tail) std::fill(c.tail.begin(), c.tail.end(), 0.0f);
   const size_t X = static_cast<size_t>(B) * L * D, T = static_cast<size_t>(B) * (K - 1) * D;
   const size_t es = dtype == DType::f32 ? 4 : 2;
-  Buf x(c.x, dtype), dout(c.dout, dtype), w(c.w, DType::f32), bb(c.bias, DType::f32), tl(c.tail, DType::f32);
-  Buf out(X * es), tail_out(T * 4), dx(X * es), dtail(T * 4);
+  DeviceArray x(c.x, dtype), dout(c.dout, dtype), w(c.w, DType::f32), bb(c.bias, DType::f32), tl(c.tail, DType::f32);
+  DeviceArray out(X * es), tail_out(T * 4), dx(X * es), dtail(T * 4);
   std::vector<float> zeros_w(c.w.size(), 0.0f), zeros_b(D, 0.0f);
-  Buf dw(zeros_w, DType::f32), db(zeros_b, DType::f32);
+  DeviceArray dw(zeros_w, DType::f32), db(zeros_b, DType::f32);
 
   mamba::cuda::Conv1dParams p;
   p.batch = B, p.seqlen = L, p.dim = D, p.width = K, p.dtype = dtype;
-  p.out = out.ptr, p.out_stride = D, p.x = x.ptr, p.x_stride = D, p.weight = w.f(), p.bias = bias ? bb.f() : nullptr;
-  p.tail_in = tail ? tl.f() : nullptr, p.tail_out = tail_out.f();
+  p.out = out.ptr, p.out_stride = D, p.x = x.ptr, p.x_stride = D, p.weight = w.as<float>(), p.bias = bias ? bb.as<float>() : nullptr;
+  p.tail_in = tail ? tl.as<float>() : nullptr, p.tail_out = tail_out.as<float>();
   mamba::cuda::conv1d_silu_fwd(p, nullptr);
   mamba::cuda::Conv1dBwdParams q;
-  q.fwd = p, q.dout = dout.ptr, q.dout_stride = D, q.dx = dx.ptr, q.dx_stride = D, q.dweight = dw.f();
-  q.dbias = bias ? db.f() : nullptr, q.dtail_in = dtail.f();
-  Buf ws(mamba::cuda::conv1d_silu_bwd_workspace(q));
+  q.fwd = p, q.dout = dout.ptr, q.dout_stride = D, q.dx = dx.ptr, q.dx_stride = D, q.dweight = dw.as<float>();
+  q.dbias = bias ? db.as<float>() : nullptr, q.dtail_in = dtail.as<float>();
+  DeviceArray ws(mamba::cuda::conv1d_silu_bwd_workspace(q));
   mamba::cuda::conv1d_silu_bwd(q, ws.ptr, nullptr);
   MAMBA_CUDA_CHECK(cudaDeviceSynchronize());
 
@@ -239,7 +194,7 @@ void run_decode_case(DType dtype) {
   SCOPED_TRACE(dtype_name(dtype));
   const int B = 3, L = 9, D = 70, K = 4, N = 16;
   const size_t es = dtype == DType::f32 ? 4 : 2;
-  auto at = [&](const Buf& b, size_t elems) { return static_cast<char*>(b.ptr) + elems * es; };
+  auto at = [&](const DeviceArray& b, size_t elems) { return static_cast<char*>(b.ptr) + elems * es; };
   std::mt19937 rng(77);
   auto vec = [&](size_t n, float lo, float hi) {
     std::vector<float> v(n);
@@ -249,17 +204,17 @@ void run_decode_case(DType dtype) {
   // Conv.
   std::vector<float> x = vec(static_cast<size_t>(B) * L * D, -2, 2), w = vec(static_cast<size_t>(D) * K, -1, 1),
                      bias = vec(D, -0.5f, 0.5f), tail = vec(static_cast<size_t>(B) * (K - 1) * D, -1, 1);
-  Buf dx(x, dtype), dw(w, DType::f32), dbias(bias, DType::f32), dtail(tail, DType::f32);
-  Buf seq_out(x.size() * es), seq_tail(tail.size() * 4), step_out(static_cast<size_t>(B) * D * es);
+  DeviceArray dx(x, dtype), dw(w, DType::f32), dbias(bias, DType::f32), dtail(tail, DType::f32);
+  DeviceArray seq_out(x.size() * es), seq_tail(tail.size() * 4), step_out(static_cast<size_t>(B) * D * es);
   mamba::cuda::Conv1dParams p;
   p.batch = B, p.seqlen = L, p.dim = D, p.width = K, p.dtype = dtype;
   p.out = seq_out.ptr, p.out_stride = D, p.x = dx.ptr, p.x_stride = D;
-  p.weight = dw.f(), p.bias = dbias.f(), p.tail_in = dtail.f(), p.tail_out = seq_tail.f();
+  p.weight = dw.as<float>(), p.bias = dbias.as<float>(), p.tail_in = dtail.as<float>(), p.tail_out = seq_tail.as<float>();
   mamba::cuda::conv1d_silu_fwd(p, nullptr);
   std::vector<float> seq = download(seq_out.ptr, x.size(), dtype), stepped(x.size());
   for (int t = 0; t < L; t++) {  // dtail is updated in place by the steps
-    mamba::cuda::conv1d_silu_step(step_out.ptr, dtail.f(), at(dx, static_cast<size_t>(t) * D), static_cast<int64_t>(L) * D,
-                                  dw.f(), dbias.f(), B, D, K, dtype, nullptr);
+    mamba::cuda::conv1d_silu_step(step_out.ptr, dtail.as<float>(), at(dx, static_cast<size_t>(t) * D), static_cast<int64_t>(L) * D,
+                                  dw.as<float>(), dbias.as<float>(), B, D, K, dtype, nullptr);
     const std::vector<float> o = download(step_out.ptr, static_cast<size_t>(B) * D, dtype);
     for (int b = 0; b < B; b++) std::copy(o.begin() + b * D, o.begin() + (b + 1) * D, stepped.begin() + (static_cast<size_t>(b) * L + t) * D);
   }
@@ -271,15 +226,15 @@ void run_decode_case(DType dtype) {
                      Bm = vec(static_cast<size_t>(B) * L * N, -1, 1), Cm = vec(Bm.size(), -1, 1),
                      A = vec(static_cast<size_t>(D) * N, -4, -0.3f), Dk = vec(D, 0.5f, 1.5f), db2 = vec(D, -2, 0),
                      h0 = vec(static_cast<size_t>(B) * D * N, -1, 1);
-  Buf du(u, dtype), ddelta(delta, dtype), dz(z, dtype), dB(Bm, dtype), dC(Cm, dtype), dA(A, DType::f32),
+  DeviceArray du(u, dtype), ddelta(delta, dtype), dz(z, dtype), dB(Bm, dtype), dC(Cm, dtype), dA(A, DType::f32),
       dD(Dk, DType::f32), ddb(db2, DType::f32), dh(h0, DType::f32);
-  Buf y(u.size() * es), hL(h0.size() * 4), ystep(static_cast<size_t>(B) * D * es);
+  DeviceArray y(u.size() * es), hL(h0.size() * 4), ystep(static_cast<size_t>(B) * D * es);
   mamba::cuda::ScanFwdParams s;
   s.batch = B, s.seqlen = L, s.dim = D, s.dstate = N, s.dtype = dtype;
   s.y = y.ptr, s.y_stride = D, s.u = du.ptr, s.u_stride = D;
-  s.delta = ddelta.ptr, s.delta_stride = D, s.A = dA.f(), s.Bm = dB.ptr, s.B_stride = N, s.Cm = dC.ptr, s.C_stride = N;
-  s.D = dD.f(), s.z = dz.ptr, s.z_stride = D, s.delta_bias = ddb.f(), s.state_in = dh.f(), s.state_out = hL.f();
-  Buf ws(mamba::cuda::selective_scan_fwd_workspace(s));
+  s.delta = ddelta.ptr, s.delta_stride = D, s.A = dA.as<float>(), s.Bm = dB.ptr, s.B_stride = N, s.Cm = dC.ptr, s.C_stride = N;
+  s.D = dD.as<float>(), s.z = dz.ptr, s.z_stride = D, s.delta_bias = ddb.as<float>(), s.state_in = dh.as<float>(), s.state_out = hL.as<float>();
+  DeviceArray ws(mamba::cuda::selective_scan_fwd_workspace(s));
   mamba::cuda::selective_scan_fwd(s, ws.ptr, nullptr);
   std::vector<float> yseq = download(y.ptr, u.size(), dtype), ystepped(u.size());
   for (int t = 0; t < L; t++) {
@@ -291,7 +246,7 @@ void run_decode_case(DType dtype) {
     one.z = at(dz, static_cast<size_t>(t) * D), one.z_stride = static_cast<int64_t>(L) * D;
     one.Bm = at(dB, static_cast<size_t>(t) * N), one.B_stride = static_cast<int64_t>(L) * N;
     one.Cm = at(dC, static_cast<size_t>(t) * N), one.C_stride = static_cast<int64_t>(L) * N;
-    mamba::cuda::selective_scan_step(one, dh.f(), nullptr);
+    mamba::cuda::selective_scan_step(one, dh.as<float>(), nullptr);
     const std::vector<float> o = download(ystep.ptr, static_cast<size_t>(B) * D, dtype);
     for (int b = 0; b < B; b++) std::copy(o.begin() + b * D, o.begin() + (b + 1) * D, ystepped.begin() + (static_cast<size_t>(b) * L + t) * D);
   }

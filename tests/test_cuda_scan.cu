@@ -25,64 +25,7 @@
 namespace {
 
 using mamba::cuda::DType;
-using mamba::cuda::test::bf16_bits;
-using mamba::cuda::test::bf16_value;
-using mamba::cuda::test::dtype_name;
-using mamba::cuda::test::dtype_size;
-using mamba::cuda::test::f16_bits;
-using mamba::cuda::test::f16_value;
-using mamba::cuda::test::have_gpu;
-
-// A device copy of a host array, in fp32 or (rounded) bf16 or fp16; the host array is rounded in place so
-// that the oracle sees exactly what the GPU sees.
-struct DeviceArray {
-  void* ptr = nullptr;
-  DeviceArray() = default;
-  DeviceArray(std::vector<float>& host, DType dtype) {
-    if (dtype != DType::f32) {
-      std::vector<uint16_t> bits(host.size());
-      for (size_t i = 0; i < host.size(); i++) {
-        bits[i] = dtype == DType::bf16 ? bf16_bits(host[i]) : f16_bits(host[i]);
-        host[i] = dtype == DType::bf16 ? bf16_value(bits[i]) : f16_value(bits[i]);
-      }
-      upload(bits.data(), bits.size() * 2);
-    } else {
-      upload(host.data(), host.size() * 4);
-    }
-  }
-  explicit DeviceArray(size_t bytes) {
-    MAMBA_CUDA_CHECK(cudaMalloc(&ptr, bytes ? bytes : 1));
-    MAMBA_CUDA_CHECK(cudaMemset(ptr, 0xff, bytes));  // NaN in fp32, bf16 and fp16
-  }
-  void upload(const void* src, size_t bytes) {
-    MAMBA_CUDA_CHECK(cudaMalloc(&ptr, bytes ? bytes : 1));
-    MAMBA_CUDA_CHECK(cudaMemcpy(ptr, src, bytes, cudaMemcpyHostToDevice));
-  }
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-  DeviceArray(DeviceArray&& o) noexcept : ptr(o.ptr) { o.ptr = nullptr; }
-  DeviceArray& operator=(DeviceArray&& o) noexcept {
-    std::swap(ptr, o.ptr);
-    return *this;
-  }
-  ~DeviceArray() {
-    if (ptr) cudaFree(ptr);
-  }
-  template <typename T>
-  T* as() const { return static_cast<T*>(ptr); }
-};
-
-std::vector<float> download(const void* ptr, size_t count, DType dtype) {
-  std::vector<float> out(count);
-  if (dtype != DType::f32) {
-    std::vector<uint16_t> bits(count);
-    MAMBA_CUDA_CHECK(cudaMemcpy(bits.data(), ptr, count * 2, cudaMemcpyDeviceToHost));
-    for (size_t i = 0; i < count; i++) out[i] = dtype == DType::bf16 ? bf16_value(bits[i]) : f16_value(bits[i]);
-  } else {
-    MAMBA_CUDA_CHECK(cudaMemcpy(out.data(), ptr, count * 4, cudaMemcpyDeviceToHost));
-  }
-  return out;
-}
+using namespace mamba::cuda::test;
 
 struct Errors {
   double rel_l2 = 0, max_abs = 0, ref_max = 0;
@@ -305,8 +248,7 @@ TEST_F(CudaScan, OffsetsBeyond32Bits) {
   for (int i = 0; i < D * N; i++) A[i] = -1.0f - static_cast<float>(i % N);
   // Strided device copies of u, Δ, z (rounded to bf16 on the host too, as DeviceArray does).
   auto strided = [&](std::vector<float>& host) {
-    std::vector<uint16_t> bits(host.size());
-    for (size_t i = 0; i < host.size(); i++) bits[i] = bf16_bits(host[i]), host[i] = bf16_value(bits[i]);
+    const std::vector<uint16_t> bits = round_to(host, DType::bf16);
     DeviceArray d(big);
     MAMBA_CUDA_CHECK(cudaMemcpy2D(d.ptr, stride * 2, bits.data(), D * 2, D * 2, L, cudaMemcpyHostToDevice));
     return d;

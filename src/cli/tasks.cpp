@@ -189,7 +189,7 @@ void add_tasks(CLI::App& app) {
                  {"loss", r.loss},
                  {"held_out_accuracy", r.accuracy},
                  {"options",
-                  {{"batch", t.opt.batch}, {"max_steps", t.opt.steps}, {"lr", t.opt.lr}, {"lr_min", t.opt.lr_min < 0 ? t.opt.lr : t.opt.lr_min},
+                  {{"batch", t.opt.batch}, {"max_steps", t.opt.steps}, {"lr", t.opt.lr}, {"lr_min", t.opt.lr_floor()},
                    {"warmup", t.opt.warmup}, {"weight_decay", t.opt.weight_decay}, {"clip", t.opt.clip},
                    {"seed", t.opt.seed}, {"eval_sequences", t.opt.eval_sequences}, {"threads", thread_count()}}}};
     write_text(std::filesystem::path(t.out) / "task.json", info.dump(2) + "\n");

@@ -96,6 +96,7 @@ struct TaskTrainOptions {
   int64_t eval_every = 100;
   int eval_sequences = 256;
   double stop_accuracy = 2.0;
+  double lr_floor() const { return lr_min < 0 ? lr : lr_min; }  // where the cosine ends
 };
 
 struct TaskTrainResult {

@@ -43,7 +43,7 @@ struct ScanFwdKernelParams {
   int tiles = 0;        // channel tiles (blocks per segment and sequence)
   int segments = 1;     // S
   int64_t seg_len = 0;  // steps per segment, a multiple of kStateChunk (the last one shorter)
-  int lag = 0;          // segmented launch: slots between pass 1 and the full scan (seg_item)
+  int lag = 0;          // segmented launch: slots between pass 1 and the full scan (seg_item); the launcher sets it
   int sm_count = 0;
   // Segmented launch only (workspace), all (B, S, ...) with segment S − 1's slots unused:
   float* seg_state = nullptr;  // (B, S, D, N) pass 1: each segment's end state from zero
@@ -504,18 +504,15 @@ void launch_scan_fwd(const ScanFwdKernelParams& kp_in, cudaStream_t stream) {
     const int64_t per = static_cast<int64_t>(kp.tiles) * kp.p.batch;
     const int64_t blocks = (2 * kp.segments - 1) * per;
     if (blocks > 0x7fffffff) throw std::invalid_argument("selective_scan_fwd: too many segments and channel tiles");
-    if (kp.lag <= 0) {
-      // Two waves of blocks (measured at the long anchors: 1% faster than one wave, 5% than half a wave,
-      // within 1% of three).
-      static const int resident_per_sm = [] {
-        int n = 0;
-        MAMBA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, scan_fwd_segmented_kernel<Kt>, Kt::kThreads, 0));
-        return n;
-      }();
-      const int64_t wave = static_cast<int64_t>(resident_per_sm) * kp.sm_count;
-      kp.lag = static_cast<int>((2 * wave + per / 2) / per);
-    }
-    kp.lag = std::clamp(kp.lag, 1, kp.segments - 1);
+    // The lag: two waves of blocks (measured at the long anchors: 1% faster than one wave, 5% than half a
+    // wave, within 1% of three).
+    static const int resident_per_sm = [] {
+      int n = 0;
+      MAMBA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, scan_fwd_segmented_kernel<Kt>, Kt::kThreads, 0));
+      return n;
+    }();
+    const int64_t wave = static_cast<int64_t>(resident_per_sm) * kp.sm_count;
+    kp.lag = static_cast<int>(std::clamp<int64_t>((2 * wave + per / 2) / per, 1, kp.segments - 1));
     scan_fwd_segmented_kernel<Kt><<<static_cast<unsigned>(blocks), Kt::kThreads, 0, stream>>>(kp);
   }
   MAMBA_CUDA_CHECK_LAUNCH();
