@@ -233,8 +233,9 @@ int main(int argc, char** argv) {
       struct Split {
         int kC, kG;
       };
-      for (Split sp : {Split{1, 1}, Split{1, 2}, Split{1, 4}, Split{1, 8}, Split{2, 2}, Split{2, 4}, Split{2, 8}, Split{4, 2}, Split{4, 4}}) {
-        for (int S : {0, 16, 32, 48, 64, 96, 128}) {
+      for (Split sp : {Split{1, 1}, Split{1, 2}, Split{1, 4}, Split{1, 8}, Split{1, 16}, Split{2, 2}, Split{2, 4},
+                       Split{2, 8}, Split{4, 2}, Split{4, 4}}) {
+        for (int S : {0, 16, 32, 48, 64, 96, 128, 192, 256}) {
           if (S > 0 && s.B * s.D >= 32768) continue;
           const double t = time_fwd({sp.kG, S, sp.kC});
           char split[32];

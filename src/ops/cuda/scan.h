@@ -60,7 +60,8 @@ struct ScanTuning {
   int channels_per_thread = 0;  // forward only: 1, 2 or 4 channels whose states each thread holds (0: 1)
 };
 
-// Bytes of device scratch memory that selective_scan_fwd needs (0 when none).
+// Bytes of device scratch memory that selective_scan_fwd needs: 0 unless L is cut into segments (few
+// long sequences), then 4·B·L·D bytes for the staged Δ plus 4·B·S·D·(2N + 1) for the segments' states and their flags.
 size_t selective_scan_fwd_workspace(const ScanFwdParams& p, ScanTuning tuning = {});
 
 // y (and state_out, chunk_states) from the inputs. `workspace` holds selective_scan_fwd_workspace bytes.

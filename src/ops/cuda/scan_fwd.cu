@@ -99,16 +99,16 @@ void validate(const ScanFwdParams& p) {
   if (p.dtype != DType::f32 && p.dtype != DType::bf16 && p.dtype != DType::f16) fail("dtype must be f32, bf16 or f16");
 }
 
-// The segmented launch's workspace: seg_state, seg_carry (B, S, D, N), seg_dsum (B, S, D) floats, then
-// seg_ready, carry_ready (B, S, tiles) and the ticket as ints (room for D tiles: a split's tile count is
-// not known here).
+// The segmented launch's workspace: seg_state, seg_carry (B, S, D, N), seg_dsum (B, S, D), seg_delta
+// (B, L, D) floats, then seg_ready, carry_ready (B, S, tiles) and the ticket as ints (room for D tiles: a
+// split's tile count is not known here).
 struct FwdWorkspace {
-  int64_t state, dsum, flags;  // element counts
-  size_t bytes() const { return sizeof(float) * (2 * state + dsum) + sizeof(int) * (2 * flags + 1); }
+  int64_t state, dsum, delta, flags;  // element counts
+  size_t bytes() const { return sizeof(float) * (2 * state + dsum + delta) + sizeof(int) * (2 * flags + 1); }
 };
 FwdWorkspace fwd_workspace(const ScanFwdParams& p, const FwdPlan& plan) {
   const int64_t bs = static_cast<int64_t>(p.batch) * plan.segments;
-  return {bs * p.dim * p.dstate, bs * p.dim, bs * p.dim};
+  return {bs * p.dim * p.dstate, bs * p.dim, static_cast<int64_t>(p.batch) * p.seqlen * p.dim, bs * p.dim};
 }
 
 }  // namespace
@@ -143,7 +143,8 @@ void selective_scan_fwd(const ScanFwdParams& p, void* workspace, cudaStream_t st
     kp.seg_state = static_cast<float*>(workspace);
     kp.seg_carry = kp.seg_state + ws.state;
     kp.seg_dsum = kp.seg_carry + ws.state;
-    kp.seg_ready = reinterpret_cast<int*>(kp.seg_dsum + ws.dsum);
+    kp.seg_delta = kp.seg_dsum + ws.dsum;
+    kp.seg_ready = reinterpret_cast<int*>(kp.seg_delta + ws.delta);
     kp.carry_ready = kp.seg_ready + ws.flags;
     kp.ticket = kp.carry_ready + ws.flags;
     MAMBA_CUDA_CHECK(cudaMemsetAsync(kp.seg_ready, 0, sizeof(int) * (2 * ws.flags + 1), stream));

@@ -18,8 +18,10 @@
 //
 // When B·D is too small to fill the GPU (long single sequences), L is cut into `segments` scanned in
 // parallel, in one launch of two kinds of block: pass 1 (kStateOnly) scans a segment from zero and
-// publishes its end state and ΣΔ; the full scan of a segment waits for its predecessor's true end state
-// h_end, publishes its own (exp(A·ΣΔ) ⊙ h_start + pass 1's end state) at once, and then scans from h_start.
+// publishes its end state and ΣΔ, and stores the staged Δ (bias and softplus applied) for the full scan
+// to read instead of computing them again; the full scan of a segment waits for its predecessor's true
+// end state h_end, publishes its own (exp(A·ΣΔ) ⊙ h_start + pass 1's end state) at once, and then scans
+// from h_start.
 // Every exponential is computed twice, so the dispatcher cuts L only when too few threads would run
 // otherwise; the blocks' order (seg_item) puts pass-1 blocks, which the SFU binds, on the SMs beside
 // full-scan blocks, which the issue port binds.
@@ -48,6 +50,7 @@ struct ScanFwdKernelParams {
   // Segmented launch only (workspace), all (B, S, ...) with segment S − 1's slots unused:
   float* seg_state = nullptr;  // (B, S, D, N) pass 1: each segment's end state from zero
   float* seg_dsum = nullptr;   // (B, S, D) pass 1: ΣΔ over each segment
+  float* seg_delta = nullptr;  // (B, L, D) pass 1: Δ after bias and softplus, for its segment's full scan
   float* seg_carry = nullptr;  // (B, S, D, N) each segment's true end state
   int* seg_ready = nullptr;    // (B, S, tiles) pass 1 of the tile's segment is published
   int* carry_ready = nullptr;  // (B, S, tiles) its true end state is published
@@ -118,6 +121,7 @@ __device__ __forceinline__ void load_smem(float (&out)[n], const float* src) {
 template <class Kt>
 struct TileRegs {
   typename Kt::input_t u[Kt::kXPer], delta[Kt::kXPer], z[Kt::kXPer], B[Kt::kBCPer], C[Kt::kBCPer];
+  float dt[Kt::kXPer];  // Δ as pass 1 staged it (full scans of a segmented run)
 };
 
 // Pointers to this thread's first element of the current tile in u, Δ, z, B, C and y, advanced a tile at
@@ -127,26 +131,31 @@ struct TilePtrs {
   using input_t = typename Kt::input_t;
   const input_t *u, *delta, *z, *B, *C;
   input_t* y;
-  int64_t u_step, delta_step, z_step, y_step;  // kRowStride rows
+  float* dt;  // segmented runs: the staged Δ in seg_delta, written by pass 1 and read by the full scan
+  int64_t u_step, delta_step, z_step, y_step, dt_step;  // kRowStride rows
   int64_t B_step, C_step;  // kThreads / kNPad rows; one row when a row holds more than kThreads states
 };
 
 // The tile at x with nt valid steps; kFull: nt = kT, so no step needs a test. Threads past the last
 // channel load the last channel's values (their pointers are clamped there), which staging ignores.
-template <class Kt, bool kStateOnly, bool kFull>
+// kDtStaged: Δ comes from seg_delta, as pass 1 staged it, instead of from delta.
+template <class Kt, bool kStateOnly, bool kDtStaged, bool kFull>
 __device__ __forceinline__ void load_tile(TileRegs<Kt>& r, const TilePtrs<Kt>& x, int nt, int tr, bool n_ok, int N) {
   using input_t = typename Kt::input_t;
   constexpr int kT = Kt::kT, kThreads = Kt::kThreads, kNPad = Kt::kNPad;
   const int lim = kFull ? kT : nt;
   const input_t *u = x.u, *delta = x.delta, *z = x.z;
+  const float* dt = x.dt;
   // __ldg: read-only loads, which the compiler may issue all at once, ahead of shared-memory stores.
+  // seg_delta was written during this launch, so it is read through L2 (__ldcg), not the read-only path.
 #pragma unroll
   for (int j = 0; j < Kt::kXPer; j++) {
     const bool ok = (kFull && Kt::kXPer * Kt::kRowStride <= kT) || tr + j * Kt::kRowStride < lim;
     r.u[j] = ok ? __ldg(u) : input_t(0.0f);
-    r.delta[j] = ok ? __ldg(delta) : input_t(0.0f);
+    if (kDtStaged) r.dt[j] = ok ? __ldcg(dt) : 0.0f;
+    else r.delta[j] = ok ? __ldg(delta) : input_t(0.0f);
     if (!kStateOnly) r.z[j] = ok ? __ldg(z) : input_t(0.0f);
-    u += x.u_step, delta += x.delta_step, z += x.z_step;
+    u += x.u_step, delta += x.delta_step, z += x.z_step, dt += x.dt_step;
   }
   if constexpr (kThreads % kNPad == 0) {
     // Step threadIdx.x / kNPad + j·kRows, state threadIdx.x % kNPad (valid: n_ok).
@@ -198,9 +207,10 @@ __device__ __forceinline__ void set_flag(int* flag) {
 }
 
 // One block's work: channels [tile·kChannels, +kChannels) of batch b over segment seg. kStateOnly: pass 1
-// (the segment's end state from zero and its ΣΔ, published for the blocks of later segments); otherwise
-// the full scan from the segment's true start state.
-template <class Kt, bool kStateOnly>
+// (the segment's end state from zero and its ΣΔ, published for the blocks of later segments, and the
+// staged Δ in seg_delta); otherwise the full scan from the segment's true start state, with kDtStaged
+// reading Δ from seg_delta instead of applying the bias and softplus again.
+template <class Kt, bool kStateOnly, bool kDtStaged = false>
 __device__ __forceinline__ void scan_fwd_block(const ScanFwdKernelParams& kp, ScanFwdSmem<Kt>& sm, int tile, int seg,
                                                int b) {
   using input_t = typename Kt::input_t;
@@ -281,8 +291,10 @@ __device__ __forceinline__ void scan_fwd_block(const ScanFwdKernelParams& kp, Sc
     // Without a gate, z points at u (loaded, then ignored) so that its loads need no test of their own.
     x.z = p.z ? static_cast<const input_t*>(p.z) + row * z_stride + tdl : x.u;
     x.y = static_cast<input_t*>(p.y) + row * p.y_stride + td;
+    // seg_delta is (B·L, D) and dense; without it dt stays null and is never dereferenced.
+    x.dt = kp.seg_delta ? kp.seg_delta + row * D + tdl : nullptr;
     x.u_step = kRowStride * p.u_stride, x.delta_step = kRowStride * p.delta_stride;
-    x.z_step = kRowStride * z_stride, x.y_step = kRowStride * p.y_stride;
+    x.z_step = kRowStride * z_stride, x.y_step = kRowStride * p.y_stride, x.dt_step = kRowStride * D;
     int64_t bc_row = row0 + t_begin;
     int bc_n = threadIdx.x;
     if constexpr (kThreads % kNPad == 0) {
@@ -296,11 +308,12 @@ __device__ __forceinline__ void scan_fwd_block(const ScanFwdKernelParams& kp, Sc
   }
   auto advance = [&](TilePtrs<Kt>& xp) {
     xp.u += kT * p.u_stride, xp.delta += kT * p.delta_stride, xp.z += kT * z_stride, xp.y += kT * p.y_stride;
+    if (kp.seg_delta) xp.dt += kT * D;
     xp.B += kT * p.B_stride, xp.C += kT * p.C_stride;
   };
   auto load = [&](TileRegs<Kt>& r, const TilePtrs<Kt>& xp, int nt) {
-    if (nt == kT) load_tile<Kt, kStateOnly, true>(r, xp, nt, tr, n_ok, N);
-    else load_tile<Kt, kStateOnly, false>(r, xp, nt, tr, n_ok, N);
+    if (nt == kT) load_tile<Kt, kStateOnly, kDtStaged, true>(r, xp, nt, tr, n_ok, N);
+    else load_tile<Kt, kStateOnly, kDtStaged, false>(r, xp, nt, tr, n_ok, N);
   };
 
   TileRegs<Kt> next;
@@ -316,9 +329,15 @@ __device__ __forceinline__ void scan_fwd_block(const ScanFwdKernelParams& kp, Sc
       const int t = tr + j * kRowStride;
       if (Kt::kXPer * kThreads > kT * kChannels && t >= kT) break;  // only when the tile has fewer elements than threads
       const float uu = to_float(next.u[j]);
-      const float pre = to_float(next.delta[j]) + bias;
-      const float sp = unconditional(softplus(pre));
-      const float dt = t < nt && td_ok ? (p.delta_softplus ? sp : pre) : 0.0f;
+      float dt;
+      if constexpr (kDtStaged) {
+        dt = t < nt && td_ok ? next.dt[j] : 0.0f;
+      } else {
+        const float pre = to_float(next.delta[j]) + bias;
+        const float sp = unconditional(softplus(pre));
+        dt = t < nt && td_ok ? (p.delta_softplus ? sp : pre) : 0.0f;
+        if (kStateOnly && kp.seg_delta && t < nt && td_ok) x.dt[j * x.dt_step] = dt;
+      }
       s_dtu[t * kChannels + tc] = make_float2(dt, dt * uu);
       if (!kStateOnly) {
         const float g = unconditional(silu(to_float(next.z[j])));
@@ -490,6 +509,7 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocks) scan_fwd_segment
   __syncthreads();
   const SegItem it = seg_item(kp, ticket);
   if (it.state_only) scan_fwd_block<Kt, true>(kp, sm, it.tile, it.seg, it.b);
+  else if (kp.seg_delta && it.seg < kp.segments - 1) scan_fwd_block<Kt, false, true>(kp, sm, it.tile, it.seg, it.b);
   else scan_fwd_block<Kt, false>(kp, sm, it.tile, it.seg, it.b);
 }
 
