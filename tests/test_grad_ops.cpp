@@ -486,6 +486,23 @@ INSTANTIATE_TEST_SUITE_P(Cases, GradCrossEntropy,
                          ::testing::Values(CeCase{9, 6, 11, 4, 1.0}, CeCase{1, 3, 5, 1, 1.0}, CeCase{8, 5, 7, 8, 1.0},
                                            CeCase{5, 4, 6, 2, 60.0}));
 
+// A confident right answer: p_target rounds to 1 in fp32, yet its gradient is −Σ_{v≠target} p_v, not
+// 0, so the logits' gradients still sum to zero and training keeps widening the margin.
+TEST(GradOps, CrossEntropyGradientSurvivesSaturation) {
+  const int C = 1, V = 4;
+  const int32_t target = 2;
+  Vec hidden = {1.0f}, weight = {0.0f, 1.0f, 20.0f, -3.0f}, scratch(V);  // logits = weight (C = 1)
+  Vec dhidden(1), dweight(V, 0.0f);
+  cpu::lm_head_cross_entropy(dhidden.data(), dweight.data(), hidden.data(), weight.data(), &target, 1, C, V, kIgnore,
+                             scratch.data(), 1);
+  double others = 0, sum = 0;
+  for (int v = 0; v < V; v++) others += v == target ? 0.0 : std::exp(double{weight[v]} - 20.0);
+  for (int v = 0; v < V; v++) sum += dweight[v];
+  ASSERT_LT(others, 1e-7);  // below fp32's epsilon next to 1
+  EXPECT_NEAR(dweight[target], -others / (1 + others), 1e-6 * others);
+  EXPECT_NEAR(sum, 0.0, 1e-6 * others);
+}
+
 TEST(GradOps, CrossEntropyAllIgnored) {
   const int64_t M = 4;
   const int C = 3, V = 5;

@@ -138,6 +138,7 @@ void add_tasks(CLI::App& app) {
   train->add_option("--warmup", t.opt.warmup, "Linear warmup steps")->capture_default_str()->check(CLI::NonNegativeNumber);
   train->add_option("--weight-decay", t.opt.weight_decay, "AdamW weight decay")->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  train->add_option("--adam-eps", t.opt.adam_eps, "AdamW's epsilon")->capture_default_str()->check(CLI::PositiveNumber);
   train->add_option("--clip", t.opt.clip, "Global gradient-norm clip")->capture_default_str()->check(CLI::NonNegativeNumber);
   train->add_option("--seed", t.opt.seed, "Seed of the initialisation and of the batches")->capture_default_str();
   train->add_option("--eval-every", t.opt.eval_every, "Held-out accuracy every N steps")->capture_default_str()
@@ -190,7 +191,7 @@ void add_tasks(CLI::App& app) {
                  {"held_out_accuracy", r.accuracy},
                  {"options",
                   {{"batch", t.opt.batch}, {"max_steps", t.opt.steps}, {"lr", t.opt.lr}, {"lr_min", t.opt.lr_floor()},
-                   {"warmup", t.opt.warmup}, {"weight_decay", t.opt.weight_decay}, {"clip", t.opt.clip},
+                   {"warmup", t.opt.warmup}, {"weight_decay", t.opt.weight_decay}, {"adam_eps", t.opt.adam_eps}, {"clip", t.opt.clip},
                    {"seed", t.opt.seed}, {"eval_sequences", t.opt.eval_sequences}, {"threads", thread_count()}}}};
     write_text(std::filesystem::path(t.out) / "task.json", info.dump(2) + "\n");
     std::fprintf(stderr, "done: %lld steps in %.1f s; held-out accuracy %.2f%% at length %lld; saved %s\n",

@@ -192,7 +192,7 @@ TaskTrainResult train_task(const Config& config, std::vector<float>& params, con
   if (static_cast<int64_t>(params.size()) != param_layout_size(specs)) fail("train_task: parameter buffer size");
   const int T = static_cast<int>(spec.total_length());
   Backprop backprop(config, o.batch, T);
-  AdamW adam(specs, static_cast<int64_t>(params.size()), AdamWOptions{o.lr, 0.9, 0.95, 1e-8, o.weight_decay});
+  AdamW adam(specs, static_cast<int64_t>(params.size()), AdamWOptions{o.lr, 0.9, 0.95, o.adam_eps, o.weight_decay});
   Schedule schedule{"cosine", o.lr, o.lr_floor(), o.warmup, o.steps};
   std::vector<float> grads(params.size());
   std::vector<int32_t> inputs(static_cast<size_t>(o.batch) * T), targets(inputs.size());

@@ -92,6 +92,7 @@ struct TaskTrainOptions {
   int batch = 8;
   int64_t steps = 10000, warmup = 100;
   double lr = 1e-3, lr_min = -1, weight_decay = 0, clip = 1.0;
+  double adam_eps = 1e-8;  // AdamW's ε; smaller keeps the steps full-sized once the loss nears zero
   uint64_t seed = 0;
   int64_t eval_every = 100;
   int eval_sequences = 256;

@@ -430,11 +430,14 @@ float lm_head_cross_entropy(float* dhidden, float* dweight, const float* hidden,
         sum += z[v];
       }
       // loss = logsumexp(z) − z_target = log(sum) − (z_target − max): finite even where p_target underflows
-      const float p_target = z[target] / sum;
       row_loss[r] = std::log(static_cast<double>(sum)) - shifted_target;
+      // p_target − 1 = −Σ_{v≠target} p_v, summed directly: 1 − p_target rounds to 0 once the other
+      // probabilities fall below fp32's epsilon, and the target's gradient would vanish with them.
+      float others = 0.0f;
+      for (int v = 0; v < V; v++) others += v == target ? 0.0f : z[v];
       const float inv = scale / sum;
       for (int v = 0; v < V; v++) z[v] *= inv;
-      z[target] = (p_target - 1.0f) * scale;
+      z[target] = -others * inv;
     }
     for (int r = 0; r < rows; r++) loss += row_loss[r];
     // dhidden (rows, C) = dlogits · weight;  dweight (V, C) += dlogitsᵀ · hidden
