@@ -373,9 +373,14 @@ TEST(TaskEval, ListsMissedSequences) {
     EXPECT_GE(m.wrong, 1);
     EXPECT_LE(m.wrong, spec.n_data);
     EXPECT_EQ(m.first_position, set[static_cast<size_t>(m.sequence)].positions[0]);
+    EXPECT_LE(m.margin, 0.0f);  // a wrong answer's logit is not above the best other one
+    EXPECT_GE(m.margin, s.margin_min);
     wrong += m.wrong;
   }
   EXPECT_EQ(wrong, s.total - s.correct);
+  EXPECT_LE(s.margin_min, 0.0);
+  EXPECT_GE(s.margin_mean(), s.margin_min);
+  EXPECT_TRUE(std::isfinite(s.margin_mean()));
 }
 
 // ---- learning ----

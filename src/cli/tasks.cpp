@@ -246,7 +246,7 @@ void add_tasks(CLI::App& app) {
     const auto lengths = parse_lengths(e.lengths);
     std::printf("%s, %s SSM, trained at length %lld: greedy accuracy over the answer tokens\n", task_name(base.kind),
                 model.config().ssm_mode == SsmMode::Lti ? "LTI" : "selective", static_cast<long long>(train_length));
-    std::printf("%10s %6s %10s %10s %10s\n", "length", "log2", "sequences", "accuracy", "seconds");
+    std::printf("%10s %6s %10s %10s %11s %10s\n", "length", "log2", "sequences", "accuracy", "min margin", "seconds");
     json rows = json::array();
     std::vector<double> accuracy;
     for (int64_t L : lengths) {
@@ -257,18 +257,20 @@ void add_tasks(CLI::App& app) {
       const auto start = std::chrono::steady_clock::now();
       const TaskScore s = evaluate_task(model, spec, test_set(spec, count, e.seed), e.batch, e.chunk);
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      std::printf("%10lld %6.1f %10d %9.2f%% %10.2f\n", static_cast<long long>(L), std::log2(static_cast<double>(L)),
-                  count, 100 * s.accuracy(), secs);
+      std::printf("%10lld %6.1f %10d %9.2f%% %11.3f %10.2f\n", static_cast<long long>(L),
+                  std::log2(static_cast<double>(L)), count, 100 * s.accuracy(), s.margin_min, secs);
       std::fflush(stdout);
       // The missed sequences, for looking into the failures (the first 64 of them).
       json misses = json::array();
       for (size_t i = 0; i < std::min<size_t>(s.misses.size(), 64); i++) {
         misses.push_back({{"sequence", s.misses[i].sequence},
                           {"wrong", s.misses[i].wrong},
-                          {"first_position", s.misses[i].first_position}});
+                          {"first_position", s.misses[i].first_position},
+                          {"margin", s.misses[i].margin}});
       }
       rows.push_back({{"length", L}, {"sequences", count}, {"correct", s.correct}, {"total", s.total},
-                      {"accuracy", s.accuracy()}, {"seconds", secs},
+                      {"accuracy", s.accuracy()}, {"margin_min", s.margin_min}, {"margin_mean", s.margin_mean()},
+                      {"seconds", secs},
                       {"missed_sequences", static_cast<int64_t>(s.misses.size())}, {"misses", misses}});
       accuracy.push_back(s.accuracy());
     }

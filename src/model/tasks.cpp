@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 
 #include "core/error.h"
 #include "model/backprop.h"
@@ -169,14 +170,21 @@ TaskScore evaluate_task(const Model& model, const TaskSpec& spec, const std::vec
     for (int b = 0; b < B; b++) {
       const TaskSequence& seq = sequences[first + b];
       int wrong = 0;
+      float worst = std::numeric_limits<float>::infinity();
       for (int i = 0; i < A; i++) {
         const float* row = logits.data() + (int64_t{b} * A + i) * V;
-        const int32_t guess = static_cast<int32_t>(std::max_element(row, row + V) - row);
-        wrong += guess != seq.data[static_cast<size_t>(i)];
+        const int32_t answer = seq.data[static_cast<size_t>(i)];
+        float other = -std::numeric_limits<float>::infinity();
+        for (int v = 0; v < V; v++) other = v == answer ? other : std::max(other, row[v]);
+        const float margin = row[answer] - other;
+        wrong += !(margin > 0);  // a tie or a NaN counts as wrong
+        worst = std::min(worst, margin);
+        score.margin_sum += margin;
       }
+      score.margin_min = score.total == 0 ? worst : std::min<double>(score.margin_min, worst);
       score.correct += A - wrong;
       score.total += A;
-      if (wrong > 0) score.misses.push_back({static_cast<int64_t>(first) + b, wrong, seq.positions.front()});
+      if (wrong > 0) score.misses.push_back({static_cast<int64_t>(first) + b, wrong, seq.positions.front(), worst});
     }
   }
   return score;

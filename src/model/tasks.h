@@ -69,12 +69,17 @@ struct TaskMiss {
   int64_t sequence = 0;        // index in the test set
   int wrong = 0;               // its wrong answers
   int64_t first_position = 0;  // positions[0]: the trigger (induction heads) or the first data token
+  float margin = 0;            // its smallest answer margin (negative: wrong)
 };
 
+// An answer's margin: its logit minus the largest other logit, positive when the greedy answer is right.
+// The smallest over a test set says how close a length is to its first failure.
 struct TaskScore {
   int64_t correct = 0, total = 0;  // answer tokens
   std::vector<TaskMiss> misses;    // every sequence with a wrong answer, in test-set order
+  double margin_min = 0, margin_sum = 0;  // over the answer tokens
   double accuracy() const { return total ? static_cast<double>(correct) / static_cast<double>(total) : 0.0; }
+  double margin_mean() const { return total ? margin_sum / static_cast<double>(total) : 0.0; }
 };
 
 // Greedy per-token accuracy over the answers: `batch` sequences at a time, the prompt fed in pieces of
