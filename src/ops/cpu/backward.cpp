@@ -424,17 +424,17 @@ float lm_head_cross_entropy(float* dhidden, float* dweight, const float* hidden,
       float mx = z[0];
       for (int v = 1; v < V; v++) mx = std::max(mx, z[v]);
       const float shifted_target = z[target] - mx;
-      float sum = 0.0f;
+      // The sum over the other classes is kept on its own: p_target − 1 = −Σ_{v≠target} p_v, whereas
+      // 1 − p_target rounds to 0 once the other probabilities fall below fp32's epsilon, and the
+      // target's gradient would vanish with them.
+      float others = 0.0f;
       for (int v = 0; v < V; v++) {
         z[v] = exp_approx(z[v] - mx);
-        sum += z[v];
+        others += v == target ? 0.0f : z[v];
       }
+      const float sum = others + z[target];
       // loss = logsumexp(z) − z_target = log(sum) − (z_target − max): finite even where p_target underflows
       row_loss[r] = std::log(static_cast<double>(sum)) - shifted_target;
-      // p_target − 1 = −Σ_{v≠target} p_v, summed directly: 1 − p_target rounds to 0 once the other
-      // probabilities fall below fp32's epsilon, and the target's gradient would vanish with them.
-      float others = 0.0f;
-      for (int v = 0; v < V; v++) others += v == target ? 0.0f : z[v];
       const float inv = scale / sum;
       for (int v = 0; v < V; v++) z[v] *= inv;
       z[target] = -others * inv;

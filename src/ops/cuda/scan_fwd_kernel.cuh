@@ -155,7 +155,8 @@ __device__ __forceinline__ void load_tile(TileRegs<Kt>& r, const TilePtrs<Kt>& x
     if (kDtStaged) r.dt[j] = ok ? __ldcg(dt) : 0.0f;
     else r.delta[j] = ok ? __ldg(delta) : input_t(0.0f);
     if (!kStateOnly) r.z[j] = ok ? __ldg(z) : input_t(0.0f);
-    u += x.u_step, delta += x.delta_step, z += x.z_step, dt += x.dt_step;
+    u += x.u_step, delta += x.delta_step, z += x.z_step;
+    if (kDtStaged) dt += x.dt_step;
   }
   if constexpr (kThreads % kNPad == 0) {
     // Step threadIdx.x / kNPad + j·kRows, state threadIdx.x % kNPad (valid: n_ok).
@@ -234,6 +235,8 @@ __device__ __forceinline__ void scan_fwd_block(const ScanFwdKernelParams& kp, Sc
   float *s_y = sm.y, *s_B = sm.B, *s_C = sm.C;
   // Segment seg's flags: (B, S, tiles) each.
   const int64_t flag_i = (static_cast<int64_t>(b) * S + seg) * kp.tiles + tile;
+  // Pass 1 writes seg_delta and a full scan with kDtStaged reads it; only segmented launches have either.
+  constexpr bool kUsesDt = kStateOnly || kDtStaged;
 
   if (!kStateOnly && S > 1) {
     // The start state: segment seg − 1's true end state, published by its own full-scan block. Then this
@@ -291,8 +294,7 @@ __device__ __forceinline__ void scan_fwd_block(const ScanFwdKernelParams& kp, Sc
     // Without a gate, z points at u (loaded, then ignored) so that its loads need no test of their own.
     x.z = p.z ? static_cast<const input_t*>(p.z) + row * z_stride + tdl : x.u;
     x.y = static_cast<input_t*>(p.y) + row * p.y_stride + td;
-    // seg_delta is (B·L, D) and dense; without it dt stays null and is never dereferenced.
-    x.dt = kp.seg_delta ? kp.seg_delta + row * D + tdl : nullptr;
+    x.dt = kUsesDt ? kp.seg_delta + row * D + tdl : nullptr;  // seg_delta is (B·L, D) and dense
     x.u_step = kRowStride * p.u_stride, x.delta_step = kRowStride * p.delta_stride;
     x.z_step = kRowStride * z_stride, x.y_step = kRowStride * p.y_stride, x.dt_step = kRowStride * D;
     int64_t bc_row = row0 + t_begin;
@@ -308,7 +310,7 @@ __device__ __forceinline__ void scan_fwd_block(const ScanFwdKernelParams& kp, Sc
   }
   auto advance = [&](TilePtrs<Kt>& xp) {
     xp.u += kT * p.u_stride, xp.delta += kT * p.delta_stride, xp.z += kT * z_stride, xp.y += kT * p.y_stride;
-    if (kp.seg_delta) xp.dt += kT * D;
+    if (kUsesDt) xp.dt += kT * D;
     xp.B += kT * p.B_stride, xp.C += kT * p.C_stride;
   };
   auto load = [&](TileRegs<Kt>& r, const TilePtrs<Kt>& xp, int nt) {
@@ -336,7 +338,7 @@ __device__ __forceinline__ void scan_fwd_block(const ScanFwdKernelParams& kp, Sc
         const float pre = to_float(next.delta[j]) + bias;
         const float sp = unconditional(softplus(pre));
         dt = t < nt && td_ok ? (p.delta_softplus ? sp : pre) : 0.0f;
-        if (kStateOnly && kp.seg_delta && t < nt && td_ok) x.dt[j * x.dt_step] = dt;
+        if (kStateOnly && t < nt && td_ok) x.dt[j * x.dt_step] = dt;
       }
       s_dtu[t * kChannels + tc] = make_float2(dt, dt * uu);
       if (!kStateOnly) {
@@ -509,8 +511,8 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocks) scan_fwd_segment
   __syncthreads();
   const SegItem it = seg_item(kp, ticket);
   if (it.state_only) scan_fwd_block<Kt, true>(kp, sm, it.tile, it.seg, it.b);
-  else if (kp.seg_delta && it.seg < kp.segments - 1) scan_fwd_block<Kt, false, true>(kp, sm, it.tile, it.seg, it.b);
-  else scan_fwd_block<Kt, false>(kp, sm, it.tile, it.seg, it.b);
+  else if (it.seg < kp.segments - 1) scan_fwd_block<Kt, false, true>(kp, sm, it.tile, it.seg, it.b);
+  else scan_fwd_block<Kt, false>(kp, sm, it.tile, it.seg, it.b);  // the last segment has no pass 1
 }
 
 template <class Kt>
