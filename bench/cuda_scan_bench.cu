@@ -4,7 +4,9 @@
 // read once, y written once), exponentials per second, the ratios to the two floors, and the official mamba_ssm
 // 2.3.2 time measured on an H100 (issue 5). `cuda_scan_bench sweep` also times the splits (channels and
 // states per thread, segments; S=0: the dispatcher's choice); `fwdsweep` times only the forward's splits,
-// `fwd` only the forward.
+// `fwd` only the forward; `lanesweep` the forward's two kernels (one state per lane, blocked) on long
+// sequences of 64 to 1536 channels, where the dispatcher switches between them. At N = 16 every shape
+// also prints both kernels' times.
 //
 // The floors: B·D·L·N exponentials on the special-function units (SMs × 16 per clock × the peak clock
 // the device reports), and the compulsory bytes at the device-to-device copy bandwidth measured here.
@@ -104,13 +106,18 @@ int main(int argc, char** argv) {
   // `fwdsweep`: the forward's splits only (no backward, no conv1d); `fwd`: the forward alone at the
   // dispatcher's split, for comparing builds quickly.
   const bool fwd_sweep = argc > 1 && std::strcmp(argv[1], "fwdsweep") == 0;
-  const bool fwd_only = fwd_sweep || (argc > 1 && std::strcmp(argv[1], "fwd") == 0);
+  const bool fwd_only = fwd_sweep || (argc > 1 && (std::strcmp(argv[1], "fwd") == 0 || std::strcmp(argv[1], "lanesweep") == 0));
   const bool sweep = fwd_sweep || (argc > 1 && std::strcmp(argv[1], "sweep") == 0);
   std::vector<Shape> shapes = {{8, 1536, 2048, 16, 0.451, 2.29},
                                {8, 4096, 2048, 16, 1.168, 5.98},
                                {1, 1536, 65536, 16, 2.23, 10.08},
                                {1, 1536, 262144, 16, 9.02, 40.4},
                                {16, 5120, 2048, 16, 2.89, 14.96}};
+  if (argc > 1 && std::strcmp(argv[1], "lanesweep") == 0) {  // where the dispatcher switches kernels
+    shapes.clear();
+    for (int D : {64, 128, 192, 256, 320, 384, 512, 1536}) shapes.push_back({1, D, 65536, 16, 0.0, 0.0});
+    for (int B : {2, 4}) shapes.push_back({B, 128, 65536, 16, 0.0, 0.0});
+  }
   if (argc == 6 && std::strcmp(argv[1], "one") == 0) {
     shapes = {{std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]), 0.0, 0.0}};
   }
@@ -229,6 +236,15 @@ int main(int argc, char** argv) {
     std::printf("%-22s %9.3f %9.3f %8.2f %10.0f %9.2e %9.2f %10.2f %8s %12.3f %9.2f %7.2f\n", label, ms,
                 s.official_fwd_ms, ms / s.official_fwd_ms, bytes / (ms * 1e-3) * 1e-9, exps / (ms * 1e-3),
                 ms / exp_floor_ms, ms / bw_floor_ms, "auto", fb_ms, s.official_fwdbwd_ms, fb_ms / s.official_fwdbwd_ms);
+    if (s.N == 16) {  // the two forward kernels side by side
+      for (int lanes : {1, -1}) {
+        ScanTuning t{};
+        t.one_state_per_lane = lanes;
+        const double tl = time_fwd(t);
+        std::printf("%-22s %9.3f %9s %8.2f %10s %9s %9.2f %10s %14s\n", "", tl, "", s.official_fwd_ms > 0 ? tl / s.official_fwd_ms : 0.0,
+                    "", "", tl / exp_floor_ms, "", lanes == 1 ? "lanes" : "blocked");
+      }
+    }
     if (sweep) {
       struct Split {
         int kC, kG;

@@ -58,13 +58,15 @@ struct Case {
   mamba::cuda::ScanTuning tuning{};
   bool softplus = true;
   bool chunk_states = false;
+  bool aligned = false;  // B and C at 16-byte aligned columns (else at column 3, as an odd dt_rank puts them)
 
   std::string name() const {
     std::ostringstream s;
     s << "B=" << B << " L=" << L << " D=" << D << " N=" << N << (z ? " z" : "") << (skip ? " D" : "")
       << (bias ? " bias" : "") << (state_in ? " h0" : "") << (softplus ? "" : " no-softplus")
+      << (aligned ? " aligned" : "")
       << " " << dtype_name(dtype) << " kC=" << tuning.channels_per_thread << " kG=" << tuning.states_per_thread
-      << " S=" << tuning.segments;
+      << " S=" << tuning.segments << (tuning.one_state_per_lane == 1 ? " lanes" : "");
     return s.str();
   }
 };
@@ -79,7 +81,8 @@ void run_case(const Case& c, uint32_t seed) {
 
   // u and z are the two halves of one (B, L, 2D) buffer, as in_proj writes them; B and C are column
   // slices of one (B, L, 3 + 2N) buffer, as x_proj writes them (3 columns standing in for Δ's rank).
-  const int64_t xz_stride = 2 * D, bc_stride = 3 + 2 * N;
+  const int bc_col = c.aligned ? 8 : 3;
+  const int64_t xz_stride = 2 * D, bc_stride = bc_col + 2 * N;
   std::vector<float> xz(rows * xz_stride), delta(rows * D), bc(rows * bc_stride);
   for (auto& v : xz) v = normal(rng);
   for (auto& v : delta) v = c.softplus ? uniform(-3.0f, 1.0f) : uniform(0.0f, 0.2f);
@@ -103,8 +106,8 @@ void run_case(const Case& c, uint32_t seed) {
   p.u = d_xz.ptr, p.u_stride = xz_stride;
   p.delta = d_delta.ptr, p.delta_stride = D;
   p.A = d_A.as<float>();
-  p.Bm = static_cast<char*>(d_bc.ptr) + 3 * esize, p.B_stride = bc_stride;
-  p.Cm = static_cast<char*>(d_bc.ptr) + (3 + N) * esize, p.C_stride = bc_stride;
+  p.Bm = static_cast<char*>(d_bc.ptr) + bc_col * esize, p.B_stride = bc_stride;
+  p.Cm = static_cast<char*>(d_bc.ptr) + (bc_col + N) * esize, p.C_stride = bc_stride;
   p.D = c.skip ? d_D.as<float>() : nullptr;
   p.z = c.z ? static_cast<char*>(d_xz.ptr) + D * esize : nullptr, p.z_stride = xz_stride;
   p.delta_bias = c.bias ? d_bias.as<float>() : nullptr;
@@ -134,7 +137,7 @@ void run_case(const Case& c, uint32_t seed) {
       r.u = xz.data() + row * xz_stride, r.u_stride = xz_stride;
       r.delta = delta.data() + row * D, r.delta_stride = D;
       r.A = A.data();
-      r.Bm = bc.data() + row * bc_stride + 3, r.Cm = bc.data() + row * bc_stride + 3 + N, r.bc_stride = bc_stride;
+      r.Bm = bc.data() + row * bc_stride + bc_col, r.Cm = bc.data() + row * bc_stride + bc_col + N, r.bc_stride = bc_stride;
       r.D = p.D ? Dskip.data() : nullptr;
       r.z = c.z ? xz.data() + row * xz_stride + D : nullptr, r.z_stride = xz_stride;
       r.delta_bias = c.bias ? dbias.data() : nullptr;
@@ -187,6 +190,10 @@ TEST_F(CudaScan, LongSequence) {
   for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
     run_case({1, 65537, 64, 16, true, true, true, true, dt}, seed++);
     run_case({2, 65537, 40, 4, false, true, true, false, dt, {4, 0}}, seed++);
+    // Aligned rows and few channels: the dispatcher's one-state-per-lane kernel.
+    Case c{1, 65537, 64, 16, true, true, true, true, dt};
+    c.aligned = true, c.chunk_states = true;
+    run_case(c, seed++);
   }
 }
 
@@ -211,9 +218,46 @@ TEST_F(CudaScan, EverySplit) {
   }
 }
 
+// The one-state-per-lane kernel (N = 16 only): lengths around its 32-step tiles and its 4-tile copy
+// pipeline, channel counts that leave its 8-channel blocks part empty (the unaligned path), aligned rows
+// (the cp.async path), every option, the chunk states.
+TEST_F(CudaScan, OneStatePerLane) {
+  uint32_t seed = 300;
+  mamba::cuda::ScanTuning lanes{};
+  lanes.one_state_per_lane = 1;
+  for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
+    for (int L : {1, 7, 31, 32, 33, 100, 129, 2049, 65537}) {
+      const bool odd = L % 2;
+      Case c{L > 4096 ? 1 : 3, L, L > 4096 ? 40 : 70, 16, odd, !odd, true, odd, dt, lanes};
+      c.chunk_states = true;
+      run_case(c, seed++);
+      run_case({2, L, 9, 16, !odd, odd, false, !odd, dt, lanes}, seed++);
+      Case a{2, L, L > 4096 ? 32 : 48, 16, !odd, true, true, odd, dt, lanes};
+      a.aligned = true, a.chunk_states = odd;
+      run_case(a, seed++);
+      a.z = !a.z, a.skip = false, a.aligned = true;
+      run_case(a, seed++);
+    }
+    Case c{2, 300, 24, 16, true, true, true, true, dt, lanes};
+    c.softplus = false;
+    run_case(c, seed++);
+  }
+}
+
 // The same splits on short sequences, small enough for compute-sanitizer's memcheck and racecheck.
 TEST_F(CudaScan, EverySplitSmall) {
   uint32_t seed = 250;
+  {
+    mamba::cuda::ScanTuning lanes{};
+    lanes.one_state_per_lane = 1;
+    Case c{2, 77, 70, 16, true, true, true, true, DType::f32, lanes};
+    c.chunk_states = true;
+    run_case(c, seed++);
+    c.D = 24, c.aligned = true;
+    run_case(c, seed++);
+    c.dtype = DType::bf16, c.L = 200;
+    run_case(c, seed++);
+  }
   for (int kC : {1, 2, 4}) {
     for (int kG : {2, 4, 8}) {
       for (int S : {1, 3}) {
@@ -560,6 +604,10 @@ TEST_F(CudaScan, BadArguments) {
   expect_throw([&] { (void)mamba::cuda::selective_scan_fwd_workspace(p, {8, 0}); }, "no compiled split");
   expect_throw([&] { mamba::cuda::selective_scan_fwd(p, &dummy, nullptr, {8, 0}); }, "no compiled split");
   expect_throw([&] { mamba::cuda::selective_scan_fwd(p, &dummy, nullptr, {0, -2}); }, "segments");
+  expect_throw([&] { mamba::cuda::selective_scan_fwd(p, &dummy, nullptr, {0, 0, 0, 1}); }, "needs N = 16");
+  expect_throw([&] { (void)mamba::cuda::selective_scan_fwd_workspace(p, {0, 0, 0, 2}); }, "one_state_per_lane");
+  p.dstate = 16;
+  expect_throw([&] { mamba::cuda::selective_scan_fwd(p, &dummy, nullptr, {0, 4, 0, 1}); }, "excludes");
   p.dtype = static_cast<DType>(7);
   expect_throw([&] { mamba::cuda::selective_scan_fwd(p, &dummy, nullptr); }, "dtype");
 }

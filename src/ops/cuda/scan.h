@@ -58,10 +58,15 @@ struct ScanTuning {
   int states_per_thread = 0;  // 1, 2, 4, 8 or 16 state indices n held in each thread's registers
   int segments = 0;           // pieces of L scanned in parallel (two passes when more than one)
   int channels_per_thread = 0;  // forward only: 1, 2 or 4 channels whose states each thread holds (0: 1)
+  // Forward only, N = 16: the single-pass kernel with one state per lane (scan_fwd_lanes.cu), which the
+  // dispatcher takes for long sequences of very few channels (B·D ≤ 2.5·SMs) instead of cutting L into
+  // many short segments. 1: always (N must be 16; the fields above must be 0), −1: never, 0: the
+  // dispatcher's choice.
+  int one_state_per_lane = 0;
 };
 
 // Bytes of device scratch memory that selective_scan_fwd needs: 0 unless L is cut into segments (few
-// long sequences), then 4·B·L·D bytes for the staged Δ plus 4·B·S·D·(2N + 1) for the segments' states and their flags.
+// long sequences; not for the one-state-per-lane kernel), then 4·B·L·D bytes for the staged Δ plus 4·B·S·D·(2N + 1) for the segments' states and their flags.
 size_t selective_scan_fwd_workspace(const ScanFwdParams& p, ScanTuning tuning = {});
 
 // y (and state_out, chunk_states) from the inputs. `workspace` holds selective_scan_fwd_workspace bytes.

@@ -8,6 +8,12 @@
 
 namespace mamba::cuda {
 
+// scan_fwd_lanes.cu
+template <typename input_t>
+void launch_scan_fwd_lanes(const ScanFwdParams& p, cudaStream_t stream);
+template <typename input_t>
+bool scan_fwd_lanes_aligned(const ScanFwdParams& p);
+
 namespace {
 
 int sm_count() {
@@ -91,6 +97,32 @@ FwdPlan plan_fwd(const ScanFwdParams& p, ScanTuning tuning) {
   return plan;
 }
 
+// The one-state-per-lane kernel, at N = 16: where the blocked split would cut L into segments (every
+// exponential twice) and B·D·N/32 warps are at most 1.25 per SM, so that the segments would be many
+// and short (measured in dev/notes/scan.md, v12: 1.1–4.3× faster at 64–320 channels, slower from 384
+// on), and its rows are aligned for its asynchronous copies (without them it waits on memory).
+bool use_lanes(const ScanFwdParams& p, ScanTuning tuning) {
+  if (tuning.one_state_per_lane < -1 || tuning.one_state_per_lane > 1) {
+    throw std::invalid_argument("selective_scan_fwd: one_state_per_lane must be -1, 0 or 1");
+  }
+  if (tuning.one_state_per_lane == 1) {
+    if (p.dstate != 16) throw std::invalid_argument("selective_scan_fwd: one_state_per_lane needs N = 16");
+    if (tuning.states_per_thread || tuning.segments || tuning.channels_per_thread) {
+      throw std::invalid_argument("selective_scan_fwd: one_state_per_lane excludes the blocked split's fields");
+    }
+    return true;
+  }
+  if (tuning.one_state_per_lane == -1 || p.dstate != 16 || tuning.states_per_thread || tuning.segments ||
+      tuning.channels_per_thread) {
+    return false;
+  }
+  const int64_t warps = static_cast<int64_t>(p.batch) * p.dim * p.dstate / 32;
+  const bool aligned = p.dtype == DType::f32    ? scan_fwd_lanes_aligned<float>(p)
+                       : p.dtype == DType::bf16 ? scan_fwd_lanes_aligned<__nv_bfloat16>(p)
+                                                : scan_fwd_lanes_aligned<__half>(p);
+  return aligned && plan_fwd(p, tuning).segments > 1 && 4 * warps <= 5 * sm_count();
+}
+
 void validate(const ScanFwdParams& p) {
   auto fail = [](const std::string& what) { throw std::invalid_argument("selective_scan_fwd: " + what); };
   if (p.batch < 0 || p.seqlen < 0 || p.dim < 0 || p.dstate < 1 || p.dstate > 256) fail("bad dimensions");
@@ -114,7 +146,7 @@ FwdWorkspace fwd_workspace(const ScanFwdParams& p, const FwdPlan& plan) {
 }  // namespace
 
 size_t selective_scan_fwd_workspace(const ScanFwdParams& p, ScanTuning tuning) {
-  if (p.batch == 0 || p.seqlen == 0 || p.dim == 0) return 0;
+  if (p.batch == 0 || p.seqlen == 0 || p.dim == 0 || use_lanes(p, tuning)) return 0;
   const FwdPlan plan = plan_fwd(p, tuning);
   if (plan.segments == 1) return 0;
   return fwd_workspace(p, plan).bytes();
@@ -128,6 +160,14 @@ void selective_scan_fwd(const ScanFwdParams& p, void* workspace, cudaStream_t st
       const size_t bytes = sizeof(float) * static_cast<size_t>(p.batch) * p.dim * p.dstate;
       if (p.state_in) MAMBA_CUDA_CHECK(cudaMemcpyAsync(p.state_out, p.state_in, bytes, cudaMemcpyDeviceToDevice, stream));
       else MAMBA_CUDA_CHECK(cudaMemsetAsync(p.state_out, 0, bytes, stream));
+    }
+    return;
+  }
+  if (use_lanes(p, tuning)) {
+    switch (p.dtype) {
+      case DType::f32: launch_scan_fwd_lanes<float>(p, stream); break;
+      case DType::bf16: launch_scan_fwd_lanes<__nv_bfloat16>(p, stream); break;
+      case DType::f16: launch_scan_fwd_lanes<__half>(p, stream); break;
     }
     return;
   }
