@@ -16,6 +16,9 @@
 // that staged element (c, t) sums the 16 states' terms for it, adds D·u, applies the gate and stores y.
 // One block barrier per tile (B and C are double-buffered). Where the rows are 16-byte aligned the
 // inputs come kStages tiles ahead by cp.async; otherwise each thread loads its own one tile ahead.
+//
+// One split only, so its constants stand in for a traits struct, and the three dtypes' six small
+// instances share this file (they compile in seconds) rather than one file each as the blocked kernel's.
 #include <cuda_runtime.h>
 
 #include <algorithm>
