@@ -11,7 +11,6 @@ namespace mamba::cuda {
 // scan_fwd_lanes.cu
 template <typename input_t>
 void launch_scan_fwd_lanes(const ScanFwdParams& p, cudaStream_t stream);
-template <typename input_t>
 bool scan_fwd_lanes_aligned(const ScanFwdParams& p);
 
 namespace {
@@ -27,6 +26,7 @@ int sm_count() {
 }
 
 struct FwdPlan {
+  bool lanes = false;  // the one-state-per-lane kernel (scan_fwd_lanes.cu); the fields below then unused
   int kC = 1;        // channels per thread
   int kG = 4;        // states per thread and channel
   int nsplit = 1;    // threads per channel group
@@ -48,16 +48,11 @@ int nsplit_for(int N, int kC, int kG) {
   return 0;
 }
 
-// The split, from the measurements in dev/notes/scan.md (H200).
-FwdPlan plan_fwd(const ScanFwdParams& p, ScanTuning tuning) {
+// The blocked kernel's split, from the measurements in dev/notes/scan.md (H200).
+FwdPlan plan_blocked(const ScanFwdParams& p, ScanTuning tuning) {
   const int N = p.dstate;
   const int64_t channels = static_cast<int64_t>(p.batch) * p.dim;
   const int64_t sms = sm_count();
-  if (tuning.states_per_thread < 0 || tuning.segments < 0 || tuning.channels_per_thread < 0) {
-    throw std::invalid_argument(
-        "selective_scan_fwd: channels_per_thread, states_per_thread and segments must be ≥ 0 (0: the "
-        "dispatcher's choice)");
-  }
   FwdPlan plan;
   plan.kC = tuning.channels_per_thread == 0 ? 1 : tuning.channels_per_thread;
   plan.kG = tuning.states_per_thread;
@@ -97,30 +92,34 @@ FwdPlan plan_fwd(const ScanFwdParams& p, ScanTuning tuning) {
   return plan;
 }
 
-// The one-state-per-lane kernel, at N = 16: where the blocked split would cut L into segments (every
-// exponential twice) and B·D·N/32 warps are at most 1.25 per SM, so that the segments would be many
-// and short (measured in dev/notes/scan.md, v12: 1.1–4.3× faster at 64–320 channels, slower from 384
-// on), and its rows are aligned for its asynchronous copies (without them it waits on memory).
-bool use_lanes(const ScanFwdParams& p, ScanTuning tuning) {
+// The kernel and its split. The one-state-per-lane kernel at N = 16 where the blocked split would cut L
+// into segments (every exponential twice) and B·D·N/32 warps are at most 1.25 per SM, so that the
+// segments would be many and short (dev/notes/scan.md, v12: 1.1–4.3× faster at 64–320 channels,
+// slower from 384 on), and where its rows are aligned for its asynchronous copies (without them it
+// waits on memory); or when asked for.
+FwdPlan plan_fwd(const ScanFwdParams& p, ScanTuning tuning) {
+  if (tuning.states_per_thread < 0 || tuning.segments < 0 || tuning.channels_per_thread < 0) {
+    throw std::invalid_argument(
+        "selective_scan_fwd: channels_per_thread, states_per_thread and segments must be ≥ 0 (0: the "
+        "dispatcher's choice)");
+  }
   if (tuning.one_state_per_lane < -1 || tuning.one_state_per_lane > 1) {
     throw std::invalid_argument("selective_scan_fwd: one_state_per_lane must be -1, 0 or 1");
   }
+  const bool blocked_fields = tuning.states_per_thread || tuning.segments || tuning.channels_per_thread;
+  FwdPlan lanes;
+  lanes.lanes = true;
   if (tuning.one_state_per_lane == 1) {
     if (p.dstate != 16) throw std::invalid_argument("selective_scan_fwd: one_state_per_lane needs N = 16");
-    if (tuning.states_per_thread || tuning.segments || tuning.channels_per_thread) {
+    if (blocked_fields) {
       throw std::invalid_argument("selective_scan_fwd: one_state_per_lane excludes the blocked split's fields");
     }
-    return true;
+    return lanes;
   }
-  if (tuning.one_state_per_lane == -1 || p.dstate != 16 || tuning.states_per_thread || tuning.segments ||
-      tuning.channels_per_thread) {
-    return false;
-  }
+  const FwdPlan blocked = plan_blocked(p, tuning);
+  if (tuning.one_state_per_lane == -1 || blocked_fields || p.dstate != 16 || blocked.segments == 1) return blocked;
   const int64_t warps = static_cast<int64_t>(p.batch) * p.dim * p.dstate / 32;
-  const bool aligned = p.dtype == DType::f32    ? scan_fwd_lanes_aligned<float>(p)
-                       : p.dtype == DType::bf16 ? scan_fwd_lanes_aligned<__nv_bfloat16>(p)
-                                                : scan_fwd_lanes_aligned<__half>(p);
-  return aligned && plan_fwd(p, tuning).segments > 1 && 4 * warps <= 5 * sm_count();
+  return 4 * warps <= 5 * sm_count() && scan_fwd_lanes_aligned(p) ? lanes : blocked;
 }
 
 void validate(const ScanFwdParams& p) {
@@ -146,9 +145,9 @@ FwdWorkspace fwd_workspace(const ScanFwdParams& p, const FwdPlan& plan) {
 }  // namespace
 
 size_t selective_scan_fwd_workspace(const ScanFwdParams& p, ScanTuning tuning) {
-  if (p.batch == 0 || p.seqlen == 0 || p.dim == 0 || use_lanes(p, tuning)) return 0;
+  if (p.batch == 0 || p.seqlen == 0 || p.dim == 0) return 0;
   const FwdPlan plan = plan_fwd(p, tuning);
-  if (plan.segments == 1) return 0;
+  if (plan.lanes || plan.segments == 1) return 0;
   return fwd_workspace(p, plan).bytes();
 }
 
@@ -163,7 +162,8 @@ void selective_scan_fwd(const ScanFwdParams& p, void* workspace, cudaStream_t st
     }
     return;
   }
-  if (use_lanes(p, tuning)) {
+  const FwdPlan plan = plan_fwd(p, tuning);
+  if (plan.lanes) {
     switch (p.dtype) {
       case DType::f32: launch_scan_fwd_lanes<float>(p, stream); break;
       case DType::bf16: launch_scan_fwd_lanes<__nv_bfloat16>(p, stream); break;
@@ -171,7 +171,6 @@ void selective_scan_fwd(const ScanFwdParams& p, void* workspace, cudaStream_t st
     }
     return;
   }
-  const FwdPlan plan = plan_fwd(p, tuning);
   ScanFwdKernelParams kp;
   kp.p = p;
   kp.segments = plan.segments;

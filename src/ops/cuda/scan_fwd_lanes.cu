@@ -268,28 +268,23 @@ __global__ void __launch_bounds__(kThreads) scan_fwd_lanes_kernel(ScanFwdParams 
   if (p.state_out && d_ok) p.state_out[bdn] = h;
 }
 
-// Whether every row the aligned path copies starts on a 16-byte boundary.
-template <typename input_t>
-bool lanes_aligned(const ScanFwdParams& p) {
-  constexpr int64_t kE = 16 / sizeof(input_t);
-  auto ok = [](const void* ptr, int64_t stride) {
-    return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && stride % kE == 0;
+}  // namespace
+
+// Whether every row the aligned path copies starts on a 16-byte boundary: D a multiple of the block's
+// channels, each pointer and stride a multiple of 16 bytes.
+bool scan_fwd_lanes_aligned(const ScanFwdParams& p) {
+  const int64_t esize = p.dtype == DType::f32 ? 4 : 2;
+  auto ok = [&](const void* ptr, int64_t stride) {
+    return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && stride * esize % 16 == 0;
   };
   return p.dim % kChannels == 0 && ok(p.u, p.u_stride) && ok(p.delta, p.delta_stride) &&
          (!p.z || ok(p.z, p.z_stride)) && ok(p.Bm, p.B_stride) && ok(p.Cm, p.C_stride);
 }
 
-}  // namespace
-
-template <typename input_t>
-bool scan_fwd_lanes_aligned(const ScanFwdParams& p) {
-  return lanes_aligned<input_t>(p);
-}
-
 template <typename input_t>
 void launch_scan_fwd_lanes(const ScanFwdParams& p, cudaStream_t stream) {
   const dim3 grid((p.dim + kChannels - 1) / kChannels, p.batch);
-  if (lanes_aligned<input_t>(p)) {
+  if (scan_fwd_lanes_aligned(p)) {
     constexpr size_t kRaw = kStages * sizeof(RawTile<input_t>);
     static const bool configured = [] {
       MAMBA_CUDA_CHECK(cudaFuncSetAttribute(scan_fwd_lanes_kernel<input_t, true>,
@@ -306,8 +301,5 @@ void launch_scan_fwd_lanes(const ScanFwdParams& p, cudaStream_t stream) {
 template void launch_scan_fwd_lanes<float>(const ScanFwdParams&, cudaStream_t);
 template void launch_scan_fwd_lanes<__nv_bfloat16>(const ScanFwdParams&, cudaStream_t);
 template void launch_scan_fwd_lanes<__half>(const ScanFwdParams&, cudaStream_t);
-template bool scan_fwd_lanes_aligned<float>(const ScanFwdParams&);
-template bool scan_fwd_lanes_aligned<__nv_bfloat16>(const ScanFwdParams&);
-template bool scan_fwd_lanes_aligned<__half>(const ScanFwdParams&);
 
 }  // namespace mamba::cuda
