@@ -8,6 +8,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "ops/cpu/math.h"
 
 int main(int argc, char** argv) {
   // Idle OpenMP threads should sleep, not spin: spinning threads take the cores from OpenBLAS and
@@ -18,6 +19,10 @@ int main(int argc, char** argv) {
     ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
     ::execv("/proc/self/exe", argv);  // returns only on failure: then run as we are
   }
+  // Subnormal floats flushed to zero for the whole program, before any thread starts (threads inherit
+  // the mode): every op, OpenBLAS's too, skips the x86 microcode assist that each subnormal costs. The
+  // scans also set it themselves (ops/cpu/math.h), for programs that use the library directly.
+  const mamba::cpu::FlushSubnormals ftz;
   CLI::App app{"mambacpp " MAMBA_VERSION ": Mamba selective state space models on the CPU"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "mambacpp " MAMBA_VERSION " (" MAMBA_BUILD_FLAGS ")");

@@ -186,6 +186,7 @@ void scan_backward(const ScanGrads& g, const ScanParams& p, const float* checkpo
 
 #pragma omp parallel num_threads(threads)
   {
+    const FlushSubnormals ftz;
     float* dbc = kPerChannel ? nullptr : partial.data() + static_cast<int64_t>(omp_get_thread_num()) * rows * 2 * N;
     // The chunk recomputed (§3.3.2), lane-major: hs[j][n][l] is the state h_{t0+j−1} (slot 0 the
     // checkpoint), as[j][n][l] the decay a_{t0+j} = exp(Δ A), dts[j][l] Δ_{t0+j} = softplus(x) with

@@ -116,6 +116,7 @@ void scan_forward(const ScanParams& p) {
 #pragma omp parallel for collapse(2) schedule(static) if (static_cast<int64_t>(p.batch) * L * D * N > 65536)
   for (int b = 0; b < p.batch; b++) {
     for (int blk = 0; blk < blocks; blk++) {
+      const FlushSubnormals ftz;
       const int d0 = blk * kLanes, nd = std::min(kLanes, D - d0);
       alignas(64) float h[kMaxState][kLanes] = {};  // h[n][lane]
       alignas(64) float A[kMaxState][kLanes] = {};  // A transposed for this block
