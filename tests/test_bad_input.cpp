@@ -277,6 +277,22 @@ TEST(Cli, ErrorsExitNonZeroWithAMessage) {
   EXPECT_NE(out.find("ids.npy"), std::string::npos) << out;
 }
 
+TEST(Cli, TasksTrainSavesEveryNSteps) {
+  test::TempDir tmp;
+  std::string out;
+  const std::string dir = (tmp / "ih").string();
+  const std::string train = "-t 1 tasks train induction-heads --length 16 --batch 2 --eval-sequences 4 --steps 6 ";
+  EXPECT_EQ(run_cli(train + "--eval-every 2 --save-every 3 --out " + dir, &out), 1);
+  EXPECT_NE(out.find("--save-every 3 must be a multiple of --eval-every 2"), std::string::npos) << out;
+  ASSERT_EQ(run_cli(train + "--eval-every 2 --save-every 4 --out " + dir, &out), 0) << out;
+  EXPECT_TRUE(std::filesystem::exists(tmp / "ih" / "step-4" / "model.safetensors"));
+  EXPECT_FALSE(std::filesystem::exists(tmp / "ih" / "step-2"));
+  EXPECT_FALSE(std::filesystem::exists(tmp / "ih" / "step-6"));
+  // The saved step is a complete task model: eval reads its task.json.
+  ASSERT_EQ(run_cli("-t 1 tasks eval " + (tmp / "ih" / "step-4").string() + " --lengths 16 --sequences 4", &out), 0) << out;
+  EXPECT_EQ(Model::load(tmp / "ih" / "step-4").config().d_model, 64);
+}
+
 TEST(Cli, InitInfoScoreRoundTrip) {
   test::TempDir tmp;
   std::string out;

@@ -117,6 +117,7 @@ void add_tasks(CLI::App& app) {
     std::string task, out, ssm = "selective", init_from;
     int64_t length = 256;
     int n_data = 16, d_model = 64, n_layer = 2;
+    int64_t save_every = 0;
     TaskTrainOptions opt;
   };
   static TrainFlags t;
@@ -147,7 +148,14 @@ void add_tasks(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   train->add_option("--stop-at", t.opt.stop_accuracy, "Stop once held-out accuracy reaches this (e.g. 1.0)")
       ->check(CLI::Range(0.0, 2.0));
+  train->add_option("--save-every", t.save_every,
+                    "Also save the model every N steps, to OUT/step-N (N a multiple of --eval-every)")
+      ->check(CLI::NonNegativeNumber);
   train->callback([] {
+    if (t.save_every > 0 && (t.opt.eval_every <= 0 || t.save_every % t.opt.eval_every != 0)) {
+      throw Error("tasks train: --save-every " + std::to_string(t.save_every) + " must be a multiple of --eval-every " +
+                  std::to_string(t.opt.eval_every) + " (models are saved at the held-out evaluations)");
+    }
     TaskSpec spec;
     spec.kind = parse_task(t.task);
     spec.length = t.length;
@@ -171,29 +179,38 @@ void add_tasks(CLI::App& app) {
                  t.opt.batch, static_cast<long long>(t.opt.steps));
     std::filesystem::create_directories(t.out);
     std::ofstream log(std::filesystem::path(t.out) / "log.jsonl");
+    // The model and task.json (what `tasks eval` reads) in dir.
+    auto save = [&](const std::filesystem::path& dir, const TaskTrainResult& r) {
+      Model::from_params(c, params).save(dir, DType::F32);
+      json info = {{"task", task_name(spec.kind)},
+                   {"length", spec.length},
+                   {"n_data", spec.n_data},
+                   {"vocab", spec.vocab},
+                   {"ssm_mode", t.ssm},
+                   {"init_from", t.init_from},
+                   {"steps", r.steps},
+                   {"interrupted", r.interrupted},
+                   {"seconds", r.seconds},
+                   {"loss", r.loss},
+                   {"held_out_accuracy", r.accuracy},
+                   {"options",
+                    {{"batch", t.opt.batch}, {"max_steps", t.opt.steps}, {"lr", t.opt.lr}, {"lr_min", t.opt.lr_floor()},
+                     {"warmup", t.opt.warmup}, {"weight_decay", t.opt.weight_decay}, {"adam_eps", t.opt.adam_eps}, {"clip", t.opt.clip},
+                     {"seed", t.opt.seed}, {"eval_sequences", t.opt.eval_sequences}, {"threads", thread_count()}}}};
+      write_text(dir / "task.json", info.dump(2) + "\n");
+    };
     TaskTrainResult r = train_task(c, params, spec, t.opt, [&](int64_t step, double loss, double acc, double secs) {
       std::fprintf(stderr, "step %6lld  loss %.4f  held-out accuracy %6.2f%%  %.1f s\n", static_cast<long long>(step),
                    loss, 100 * acc, secs);
       log << json{{"step", step}, {"loss", loss}, {"accuracy", acc}, {"elapsed_s", secs}}.dump() << "\n" << std::flush;
+      if (t.save_every > 0 && step % t.save_every == 0) {
+        TaskTrainResult now;
+        now.steps = step, now.seconds = secs, now.loss = loss, now.accuracy = acc;
+        save(std::filesystem::path(t.out) / ("step-" + std::to_string(step)), now);
+      }
     }, &stop_on_signals());
     if (r.interrupted) std::fprintf(stderr, "interrupted at step %lld; saving\n", static_cast<long long>(r.steps));
-    Model::from_params(c, std::move(params)).save(t.out, DType::F32);
-    json info = {{"task", task_name(spec.kind)},
-                 {"length", spec.length},
-                 {"n_data", spec.n_data},
-                 {"vocab", spec.vocab},
-                 {"ssm_mode", t.ssm},
-                 {"init_from", t.init_from},
-                 {"steps", r.steps},
-                 {"interrupted", r.interrupted},
-                 {"seconds", r.seconds},
-                 {"loss", r.loss},
-                 {"held_out_accuracy", r.accuracy},
-                 {"options",
-                  {{"batch", t.opt.batch}, {"max_steps", t.opt.steps}, {"lr", t.opt.lr}, {"lr_min", t.opt.lr_floor()},
-                   {"warmup", t.opt.warmup}, {"weight_decay", t.opt.weight_decay}, {"adam_eps", t.opt.adam_eps}, {"clip", t.opt.clip},
-                   {"seed", t.opt.seed}, {"eval_sequences", t.opt.eval_sequences}, {"threads", thread_count()}}}};
-    write_text(std::filesystem::path(t.out) / "task.json", info.dump(2) + "\n");
+    save(t.out, r);
     std::fprintf(stderr, "done: %lld steps in %.1f s; held-out accuracy %.2f%% at length %lld; saved %s\n",
                  static_cast<long long>(r.steps), r.seconds, 100 * r.accuracy, static_cast<long long>(spec.length),
                  t.out.c_str());
