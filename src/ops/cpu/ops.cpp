@@ -113,70 +113,73 @@ void scan_forward(const ScanParams& p) {
   constexpr int kBC = kPerChannel ? kMaxState : 1;  // rows of the per-channel B, C kept on the stack
   const int N = p.dstate, D = p.dim, L = p.seqlen;
   const int blocks = (D + kLanes - 1) / kLanes;
-#pragma omp parallel for collapse(2) schedule(static) if (static_cast<int64_t>(p.batch) * L * D * N > 65536)
-  for (int b = 0; b < p.batch; b++) {
-    for (int blk = 0; blk < blocks; blk++) {
-      const FlushSubnormals ftz;
-      const int d0 = blk * kLanes, nd = std::min(kLanes, D - d0);
-      alignas(64) float h[kMaxState][kLanes] = {};  // h[n][lane]
-      alignas(64) float A[kMaxState][kLanes] = {};  // A transposed for this block
-      alignas(64) float bias[kLanes] = {}, skip[kLanes] = {};
-      alignas(64) float Bc[kBC][kLanes] = {}, Cc[kBC][kLanes] = {};  // per-channel B, C transposed
-      for (int i = 0; i < nd; i++) {
-        const int64_t d = d0 + i;
-        for (int n = 0; n < N; n++) {
-          A[n][i] = p.A[d * N + n];
-          if (p.state_in) h[n][i] = p.state_in[(b * int64_t{D} + d) * N + n];
-          if constexpr (kPerChannel) {
-            Bc[n][i] = p.Bm[d * N + n];
-            Cc[n][i] = p.Cm[d * N + n];
-          }
-        }
-        bias[i] = p.delta_bias ? p.delta_bias[d] : 0.0f;
-        skip[i] = p.D ? p.D[d] : 0.0f;
-      }
-      for (int t = 0; t < L; t++) {
-        const int64_t row = int64_t{b} * L + t;
-        const float* Bt = kPerChannel ? nullptr : p.Bm + row * p.bc_stride;
-        const float* Ct = kPerChannel ? nullptr : p.Cm + row * p.bc_stride;
-        alignas(64) float u[kLanes], dt[kLanes], gate[kLanes], y[kLanes] = {};
-        load_lanes(u, p.u + row * p.u_stride + d0, nd);
-        load_lanes(dt, p.delta + row * p.delta_stride + d0, nd);
-        if (p.delta_softplus) {
-#pragma omp simd
-          for (int i = 0; i < kLanes; i++) dt[i] = softplus(dt[i] + bias[i]);
-        } else {
-          for (int i = 0; i < kLanes; i++) dt[i] += bias[i];
-        }
-        if constexpr (kPerChannel) {
-          for (int n = 0; n < N; n++) {
-#pragma omp simd
-            for (int i = 0; i < kLanes; i++) {
-              h[n][i] = exp_approx(dt[i] * A[n][i]) * h[n][i] + dt[i] * Bc[n][i] * u[i];
-              y[i] += Cc[n][i] * h[n][i];
-            }
-          }
-        } else {
-          for (int n = 0; n < N; n++) {
-            const float bn = Bt[n], cn = Ct[n];
-#pragma omp simd
-            for (int i = 0; i < kLanes; i++) {
-              h[n][i] = exp_approx(dt[i] * A[n][i]) * h[n][i] + dt[i] * bn * u[i];
-              y[i] += cn * h[n][i];
-            }
-          }
-        }
-        for (int i = 0; i < kLanes; i++) y[i] += skip[i] * u[i];
-        if (p.z) {
-          load_lanes(gate, p.z + row * p.z_stride + d0, nd);
-#pragma omp simd
-          for (int i = 0; i < kLanes; i++) y[i] *= silu(gate[i]);
-        }
-        store_lanes(p.y + row * p.y_stride + d0, y, nd);
-      }
-      if (p.state_out) {
+#pragma omp parallel if (static_cast<int64_t>(p.batch) * L * D * N > 65536)
+  {
+    const FlushSubnormals ftz;
+#pragma omp for collapse(2) schedule(static)
+    for (int b = 0; b < p.batch; b++) {
+      for (int blk = 0; blk < blocks; blk++) {
+        const int d0 = blk * kLanes, nd = std::min(kLanes, D - d0);
+        alignas(64) float h[kMaxState][kLanes] = {};  // h[n][lane]
+        alignas(64) float A[kMaxState][kLanes] = {};  // A transposed for this block
+        alignas(64) float bias[kLanes] = {}, skip[kLanes] = {};
+        alignas(64) float Bc[kBC][kLanes] = {}, Cc[kBC][kLanes] = {};  // per-channel B, C transposed
         for (int i = 0; i < nd; i++) {
-          for (int n = 0; n < N; n++) p.state_out[(b * int64_t{D} + d0 + i) * N + n] = h[n][i];
+          const int64_t d = d0 + i;
+          for (int n = 0; n < N; n++) {
+            A[n][i] = p.A[d * N + n];
+            if (p.state_in) h[n][i] = p.state_in[(b * int64_t{D} + d) * N + n];
+            if constexpr (kPerChannel) {
+              Bc[n][i] = p.Bm[d * N + n];
+              Cc[n][i] = p.Cm[d * N + n];
+            }
+          }
+          bias[i] = p.delta_bias ? p.delta_bias[d] : 0.0f;
+          skip[i] = p.D ? p.D[d] : 0.0f;
+        }
+        for (int t = 0; t < L; t++) {
+          const int64_t row = int64_t{b} * L + t;
+          const float* Bt = kPerChannel ? nullptr : p.Bm + row * p.bc_stride;
+          const float* Ct = kPerChannel ? nullptr : p.Cm + row * p.bc_stride;
+          alignas(64) float u[kLanes], dt[kLanes], gate[kLanes], y[kLanes] = {};
+          load_lanes(u, p.u + row * p.u_stride + d0, nd);
+          load_lanes(dt, p.delta + row * p.delta_stride + d0, nd);
+          if (p.delta_softplus) {
+#pragma omp simd
+            for (int i = 0; i < kLanes; i++) dt[i] = softplus(dt[i] + bias[i]);
+          } else {
+            for (int i = 0; i < kLanes; i++) dt[i] += bias[i];
+          }
+          if constexpr (kPerChannel) {
+            for (int n = 0; n < N; n++) {
+#pragma omp simd
+              for (int i = 0; i < kLanes; i++) {
+                h[n][i] = exp_approx(dt[i] * A[n][i]) * h[n][i] + dt[i] * Bc[n][i] * u[i];
+                y[i] += Cc[n][i] * h[n][i];
+              }
+            }
+          } else {
+            for (int n = 0; n < N; n++) {
+              const float bn = Bt[n], cn = Ct[n];
+#pragma omp simd
+              for (int i = 0; i < kLanes; i++) {
+                h[n][i] = exp_approx(dt[i] * A[n][i]) * h[n][i] + dt[i] * bn * u[i];
+                y[i] += cn * h[n][i];
+              }
+            }
+          }
+          for (int i = 0; i < kLanes; i++) y[i] += skip[i] * u[i];
+          if (p.z) {
+            load_lanes(gate, p.z + row * p.z_stride + d0, nd);
+#pragma omp simd
+            for (int i = 0; i < kLanes; i++) y[i] *= silu(gate[i]);
+          }
+          store_lanes(p.y + row * p.y_stride + d0, y, nd);
+        }
+        if (p.state_out) {
+          for (int i = 0; i < nd; i++) {
+            for (int n = 0; n < N; n++) p.state_out[(b * int64_t{D} + d0 + i) * N + n] = h[n][i];
+          }
         }
       }
     }
