@@ -36,6 +36,22 @@ TEST(Math, ExpLogSoftplusAgainstLibm) {
   EXPECT_EQ(softplus(30.0f), 30.0f);
 }
 
+// Subnormal results are zero inside the scope, and the caller's mode is back after it.
+TEST(Math, FlushSubnormalsIsScoped) {
+#if !defined(__SSE__)
+  GTEST_SKIP() << "FlushSubnormals is a no-op on this ISA";
+#endif
+  volatile float tiny = 1e-30f, scale = 1e-10f;  // their product, 1e-40, is subnormal
+  const float before = tiny * scale;
+  {
+    const FlushSubnormals ftz;
+    EXPECT_EQ(tiny * scale, 0.0f);
+    EXPECT_EQ(before * 1.0f, 0.0f);  // a subnormal input reads as zero
+  }
+  EXPECT_EQ(tiny * scale, before);
+  EXPECT_GT(before, 0.0f);  // the default mode keeps subnormals
+}
+
 struct ScanCase {
   int B, L, D, N;
   bool with_z, with_D, with_bias, with_state;
