@@ -4,7 +4,9 @@
 // after the trigger (the state branched, one trigger token stepped). A diagnostic, not part of the build:
 //   g++ -O2 -std=c++20 -march=native -fopenmp -I src dev/tasks/ih_margin_probe.cpp build/libmamba.a \
 //       -lopenblas -o ih_margin_probe
-//   ./ih_margin_probe MODEL_DIR TEST_LENGTH SEQUENCE P MAX_DISTANCE
+//   ./ih_margin_probe MODEL_DIR TEST_LENGTH SEQUENCE P MAX_DISTANCE [SEED]
+// SEED (default 1234, the test sets' seed) picks the filler from another set, e.g. to choose between
+// checkpoints without looking at the test sequences.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -20,14 +22,15 @@ using namespace mamba;
 
 int main(int argc, char** argv) {
   if (argc < 6) {
-    std::fprintf(stderr, "usage: %s MODEL_DIR TEST_LENGTH SEQUENCE P MAX_DISTANCE\n", argv[0]);
+    std::fprintf(stderr, "usage: %s MODEL_DIR TEST_LENGTH SEQUENCE P MAX_DISTANCE [SEED]\n", argv[0]);
     return 2;
   }
   const Model model = Model::load(argv[1]);
   TaskSpec spec;
   spec.kind = TaskKind::InductionHeads;
   spec.length = std::atoll(argv[2]);
-  const TaskSequence base = test_set(spec, 16, 1234)[static_cast<size_t>(std::atoi(argv[3]))];
+  const uint64_t seed = argc > 6 ? std::strtoull(argv[6], nullptr, 10) : 1234;
+  const TaskSequence base = test_set(spec, 16, seed)[static_cast<size_t>(std::atoi(argv[3]))];
   const int64_t P = std::atoll(argv[4]), max_d = std::atoll(argv[5]);
   const int B = 16, V = model.config().vocab_size, chunk = 4096;
   spec.length = P + max_d + 2;  // long enough that sequence_tokens never places the query inside
