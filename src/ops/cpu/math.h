@@ -77,7 +77,8 @@ inline float silu(float x) { return x * sigmoid(x); }
 // its state) decays by exp(Δ·A) ≤ 1.2e-38, and the products that follow are subnormal: x86 cores take
 // a microcode assist for each, so a trained induction-heads model ran its training step 3.5× slower
 // (measured). Values that small are zero to every output. The scans set it once in each of their
-// threads (MXCSR is per thread: it costs a serializing write), and restore the caller's mode after. No-op where the ISA has no such mode here.
+// threads (MXCSR is per thread; writing it serializes), and restore the caller's mode after. A no-op
+// where the ISA has no such mode here.
 class FlushSubnormals {
  public:
 #if defined(__SSE__)
