@@ -6,7 +6,8 @@
 // states per thread, segments; S=0: the dispatcher's choice); `fwdsweep` times only the forward's splits,
 // `fwd` only the forward; `lanesweep` the forward's two kernels (one state per lane, blocked) on long
 // sequences of 64 to 1536 channels, where the dispatcher switches between them. At N = 16 every shape
-// also prints both kernels' times.
+// also prints both kernels' times, and the blocked kernel's with its rows moved element by element
+// ("blocked elem": ScanTuning::vector_rows = −1) rather than in 16-byte vectors.
 //
 // The floors: B·D·L·N exponentials on the special-function units (SMs × 16 per clock × the peak clock
 // the device reports), and the compulsory bytes at the device-to-device copy bandwidth measured here.
@@ -99,8 +100,8 @@ double copy_bandwidth() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // `sweep`: every split as well; `one B D L N`: that shape alone (for a profiler); `f16` (last): fp16
-  // inputs instead of bf16.
+  // `sweep`: every split as well; `one B D L N`: that shape alone (for a profiler; also after a mode,
+  // e.g. `fwdsweep one 8 1536 2048 16`); `f16` (last): fp16 inputs instead of bf16.
   if (argc > 1 && std::strcmp(argv[argc - 1], "f16") == 0) g_f16 = true, argc--;
   const mamba::cuda::DType dtype = g_f16 ? mamba::cuda::DType::f16 : mamba::cuda::DType::bf16;
   // `fwdsweep`: the forward's splits only (no backward, no conv1d); `fwd`: the forward alone at the
@@ -118,8 +119,10 @@ int main(int argc, char** argv) {
     for (int D : {64, 128, 192, 256, 320, 384, 512, 1536}) shapes.push_back({1, D, 65536, 16, 0.0, 0.0});
     for (int B : {2, 4}) shapes.push_back({B, 128, 65536, 16, 0.0, 0.0});
   }
-  if (argc == 6 && std::strcmp(argv[1], "one") == 0) {
-    shapes = {{std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]), 0.0, 0.0}};
+  for (int i = 1; i + 4 < argc; i++) {  // `one B D L N`, alone or after a mode
+    if (std::strcmp(argv[i], "one") == 0) {
+      shapes = {{std::atoi(argv[i + 1]), std::atoi(argv[i + 2]), std::atoi(argv[i + 3]), std::atoi(argv[i + 4]), 0.0, 0.0}};
+    }
   }
   int dev = 0, sms = 0, clock_khz = 0;
   cudaDeviceProp prop;
@@ -237,12 +240,13 @@ int main(int argc, char** argv) {
                 s.official_fwd_ms, ms / s.official_fwd_ms, bytes / (ms * 1e-3) * 1e-9, exps / (ms * 1e-3),
                 ms / exp_floor_ms, ms / bw_floor_ms, "auto", fb_ms, s.official_fwdbwd_ms, fb_ms / s.official_fwdbwd_ms);
     if (s.N == 16) {  // the two forward kernels side by side
-      for (int lanes : {1, -1}) {
+      for (int kernel : {0, 1, 2}) {
         ScanTuning t{};
-        t.one_state_per_lane = lanes;
+        t.one_state_per_lane = kernel == 0 ? 1 : -1;
+        t.vector_rows = kernel == 2 ? -1 : 0;
         const double tl = time_fwd(t);
         std::printf("%-22s %9.3f %9s %8.2f %10s %9s %9.2f %10s %14s\n", "", tl, "", s.official_fwd_ms > 0 ? tl / s.official_fwd_ms : 0.0,
-                    "", "", tl / exp_floor_ms, "", lanes == 1 ? "lanes" : "blocked");
+                    "", "", tl / exp_floor_ms, "", kernel == 0 ? "lanes" : kernel == 1 ? "blocked" : "blocked elem");
       }
     }
     if (sweep) {
@@ -253,11 +257,16 @@ int main(int argc, char** argv) {
                        Split{2, 8}, Split{4, 2}, Split{4, 4}}) {
         for (int S : {0, 16, 32, 48, 64, 96, 128, 192, 256}) {
           if (S > 0 && s.B * s.D >= 32768) continue;
-          const double t = time_fwd({sp.kG, S, sp.kC});
-          char split[32];
-          std::snprintf(split, sizeof split, "kC=%d kG=%d S=%d", sp.kC, sp.kG, S);
-          std::printf("%-22s %9.3f %9s %8.2f %10s %9s %9.2f %10s %14s\n", "", t, "", t / s.official_fwd_ms, "", "",
-                      t / exp_floor_ms, "", split);
+          for (int vec : {0, -1}) {  // 16-byte vectors where the rows allow, then element by element
+            if (vec == -1 && S > 0) continue;
+            ScanTuning tu{sp.kG, S, sp.kC};
+            tu.vector_rows = vec;
+            const double t = time_fwd(tu);
+            char split[40];
+            std::snprintf(split, sizeof split, "kC=%d kG=%d S=%d%s", sp.kC, sp.kG, S, vec ? " elem" : "");
+            std::printf("%-22s %9.3f %9s %8.2f %10s %9s %9.2f %10s %14s\n", "", t, "",
+                        s.official_fwd_ms > 0 ? t / s.official_fwd_ms : 0.0, "", "", t / exp_floor_ms, "", split);
+          }
         }
       }
     }

@@ -59,12 +59,15 @@ struct Case {
   bool softplus = true;
   bool chunk_states = false;
   bool aligned = false;  // B and C at 16-byte aligned columns (else at column 3, as an odd dt_rank puts them)
+  // Run the blocked kernel a second time element by element (ScanTuning::vector_rows = −1) and require
+  // bitwise the same y, state and chunk states.
+  bool vector_twin = false;
 
   std::string name() const {
     std::ostringstream s;
     s << "B=" << B << " L=" << L << " D=" << D << " N=" << N << (z ? " z" : "") << (skip ? " D" : "")
       << (bias ? " bias" : "") << (state_in ? " h0" : "") << (softplus ? "" : " no-softplus")
-      << (aligned ? " aligned" : "")
+      << (aligned ? " aligned" : "") << (vector_twin ? " twin" : "")
       << " " << dtype_name(dtype) << " kC=" << tuning.channels_per_thread << " kG=" << tuning.states_per_thread
       << " S=" << tuning.segments << (tuning.one_state_per_lane == 1 ? " lanes" : "");
     return s.str();
@@ -162,6 +165,26 @@ void run_case(const Case& c, uint32_t seed) {
     EXPECT_EQ(ec.nonfinite, 0u);
     EXPECT_LE(ec.rel_l2, half ? 1e-4 : 1e-5);
   }
+  if (c.vector_twin) {
+    mamba::cuda::ScanTuning elementwise = c.tuning;
+    elementwise.vector_rows = -1;
+    const size_t y_bytes = rows * D * esize, h_bytes = h0.size() * 4, chunk_bytes = chunks_ref.size() * 4;
+    DeviceArray d_y2(y_bytes), d_hL2(h_bytes), d_chunks2(chunk_bytes);
+    p.y = d_y2.ptr, p.state_out = d_hL2.as<float>();
+    p.chunk_states = c.chunk_states ? d_chunks2.as<float>() : nullptr;
+    DeviceArray d_ws2(mamba::cuda::selective_scan_fwd_workspace(p, elementwise));
+    mamba::cuda::selective_scan_fwd(p, d_ws2.ptr, nullptr, elementwise);
+    MAMBA_CUDA_CHECK(cudaDeviceSynchronize());
+    auto same = [](const DeviceArray& a, const DeviceArray& b, size_t n) {
+      std::vector<char> ha(n), hb(n);
+      MAMBA_CUDA_CHECK(cudaMemcpy(ha.data(), a.ptr, n, cudaMemcpyDeviceToHost));
+      MAMBA_CUDA_CHECK(cudaMemcpy(hb.data(), b.ptr, n, cudaMemcpyDeviceToHost));
+      return ha == hb;
+    };
+    EXPECT_TRUE(same(d_y, d_y2, y_bytes)) << "y differs from the element-wise kernel's";
+    EXPECT_TRUE(same(d_hL, d_hL2, h_bytes)) << "the final state differs from the element-wise kernel's";
+    if (c.chunk_states) EXPECT_TRUE(same(d_chunks, d_chunks2, chunk_bytes)) << "the chunk states differ";
+  }
   std::printf("  %-70s y rel %.2e  h rel %.2e\n", c.name().c_str(), ey.rel_l2, eh.rel_l2);
 }
 
@@ -218,6 +241,34 @@ TEST_F(CudaScan, EverySplit) {
   }
 }
 
+// Aligned rows, where the blocked kernel moves u, Δ, z, y, B and C in 16-byte vectors (16-bit dtypes;
+// fp32 stays element-wise, and the twin check holds trivially): every split that vectorizes, one and
+// several segments, a partial last tile (L = 2049) and a part-empty last block of channels (D = 72),
+// bitwise equal to the element-wise kernel and within tolerance of the oracle.
+TEST_F(CudaScan, VectorRowsMatchElementwise) {
+  uint32_t seed = 400;
+  struct Split {
+    int N, kG, kC;
+  };
+  for (DType dt : {DType::bf16, DType::f16, DType::f32}) {
+    for (Split sp : {Split{16, 1, 1}, Split{16, 2, 1}, Split{16, 4, 1}, Split{16, 8, 1}, Split{16, 16, 1},
+                     Split{64, 16, 1}, Split{16, 2, 2}, Split{16, 4, 2}, Split{16, 8, 2}, Split{16, 2, 4},
+                     Split{16, 4, 4}}) {
+      for (int S : {1, 3}) {
+        const bool odd = seed % 2;
+        Case c{3, 2049, odd ? 72 : 64, sp.N, !odd, true, true, odd, dt, {sp.kG, S, sp.kC}};
+        c.aligned = true, c.vector_twin = true, c.chunk_states = S == 3;
+        run_case(c, seed++);
+      }
+    }
+    // The dispatcher's own choice at a long sequence (segments, the staged Δ read back as vectors).
+    Case c{1, 65537, 256, 16, true, true, true, true, dt};
+    c.aligned = true, c.vector_twin = true;
+    c.tuning.one_state_per_lane = -1;
+    run_case(c, seed++);
+  }
+}
+
 // The one-state-per-lane kernel (N = 16 only): lengths around its 32-step tiles and its 4-tile copy
 // pipeline, channel counts that leave its 8-channel blocks part empty (the unaligned path), aligned rows
 // (the cp.async path), every option, the chunk states.
@@ -265,6 +316,14 @@ TEST_F(CudaScan, EverySplitSmall) {
         c.chunk_states = true;
         if (kC * kG <= 16) run_case(c, seed++);
       }
+    }
+  }
+  // 16-byte vectors (aligned rows, bf16), a part-empty last block of channels.
+  for (int kG : {4, 8}) {
+    for (int S : {1, 3}) {
+      Case c{2, 77, 40, 16, true, true, true, true, DType::bf16, {kG, S, 1}};
+      c.aligned = true, c.vector_twin = true, c.chunk_states = true;
+      run_case(c, seed++);
     }
   }
 }
@@ -606,6 +665,7 @@ TEST_F(CudaScan, BadArguments) {
   expect_throw([&] { mamba::cuda::selective_scan_fwd(p, &dummy, nullptr, {0, -2}); }, "segments");
   expect_throw([&] { mamba::cuda::selective_scan_fwd(p, &dummy, nullptr, {0, 0, 0, 1}); }, "needs N = 16");
   expect_throw([&] { (void)mamba::cuda::selective_scan_fwd_workspace(p, {0, 0, 0, 2}); }, "one_state_per_lane");
+  expect_throw([&] { (void)mamba::cuda::selective_scan_fwd_workspace(p, {0, 0, 0, 0, 1}); }, "vector_rows");
   p.dstate = 16;
   expect_throw([&] { mamba::cuda::selective_scan_fwd(p, &dummy, nullptr, {0, 4, 0, 1}); }, "excludes");
   p.dtype = static_cast<DType>(7);

@@ -5,6 +5,10 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
 namespace mamba::cuda {
 
 __device__ __forceinline__ float to_float(float x) { return x; }
@@ -19,6 +23,82 @@ template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 template <>
 __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+
+// Host side: whether rows of elem_bytes-byte elements at ptr, stride elements apart, all start on 16 bytes.
+inline bool rows_aligned16(const void* ptr, int64_t stride, int64_t elem_bytes) {
+  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && stride * elem_bytes % 16 == 0;
+}
+
+// Vectors of kWords 32-bit words (4, 8, 16 bytes or a multiple of 16) between global memory and
+// registers: one load or store instruction per 16 bytes. The address must be aligned to the vector (to
+// 16 bytes past 16).
+template <int kWords, typename Load>
+__device__ __forceinline__ void load_words(uint32_t (&w)[kWords], const void* src, Load load) {
+  if constexpr (kWords % 4 == 0) {
+#pragma unroll
+    for (int q = 0; q < kWords / 4; q++) {
+      const uint4 v = load(static_cast<const uint4*>(src) + q);
+      w[4 * q] = v.x, w[4 * q + 1] = v.y, w[4 * q + 2] = v.z, w[4 * q + 3] = v.w;
+    }
+  } else if constexpr (kWords == 2) {
+    const uint2 v = load(static_cast<const uint2*>(src));
+    w[0] = v.x, w[1] = v.y;
+  } else {
+    static_assert(kWords == 1, "vectors of 4, 8 or 16·k bytes");
+    w[0] = load(static_cast<const unsigned*>(src));
+  }
+}
+// Read-only data (the non-coherent path) and data written earlier in the same launch (through L2).
+template <int kWords>
+__device__ __forceinline__ void ldg_words(uint32_t (&w)[kWords], const void* src) {
+  load_words(w, src, [](auto* p) { return __ldg(p); });
+}
+template <int kWords>
+__device__ __forceinline__ void ldcg_words(uint32_t (&w)[kWords], const void* src) {
+  load_words(w, src, [](auto* p) { return __ldcg(p); });
+}
+template <int kWords>
+__device__ __forceinline__ void store_words(void* dst, const uint32_t (&w)[kWords]) {
+  if constexpr (kWords % 4 == 0) {
+#pragma unroll
+    for (int q = 0; q < kWords / 4; q++) {
+      static_cast<uint4*>(dst)[q] = make_uint4(w[4 * q], w[4 * q + 1], w[4 * q + 2], w[4 * q + 3]);
+    }
+  } else if constexpr (kWords == 2) {
+    *static_cast<uint2*>(dst) = make_uint2(w[0], w[1]);
+  } else {
+    static_assert(kWords == 1, "vectors of 4, 8 or 16·k bytes");
+    *static_cast<unsigned*>(dst) = w[0];
+  }
+}
+
+// Element i of T values packed in 32-bit words (two 16-bit values a word, the first in the low half),
+// as fp32; and fp32 values packed back, rounded to nearest as from_float does.
+template <typename T>
+__device__ __forceinline__ float unpack(const uint32_t* w, int i) {
+  if constexpr (sizeof(T) == 4) {
+    return __uint_as_float(w[i]);
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return __uint_as_float(i % 2 ? w[i / 2] & 0xffff0000u : w[i / 2] << 16);
+  } else {
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(i % 2 ? w[i / 2] >> 16 : w[i / 2] & 0xffffu)));
+  }
+}
+template <typename T, int n>
+__device__ __forceinline__ void pack(uint32_t (&w)[n * sizeof(T) / 4], const float (&x)[n]) {
+#pragma unroll
+  for (int i = 0; i < n * static_cast<int>(sizeof(T)) / 4; i++) {
+    if constexpr (sizeof(T) == 4) {
+      w[i] = __float_as_uint(x[i]);
+    } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      const __nv_bfloat162 v = __floats2bfloat162_rn(x[2 * i], x[2 * i + 1]);
+      memcpy(&w[i], &v, 4);
+    } else {
+      const __half2 v = __floats2half2_rn(x[2 * i], x[2 * i + 1]);
+      memcpy(&w[i], &v, 4);
+    }
+  }
+}
 
 // Keeps a value that only some lanes need computed by every lane, in straight-line code: without it
 // the compiler sinks an expensive function (softplus, SiLU) under a branch per element, and the

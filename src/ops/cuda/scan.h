@@ -63,6 +63,11 @@ struct ScanTuning {
   // many short segments. 1: always (N must be 16; the fields above must be 0), −1: never, 0: the
   // dispatcher's choice.
   int one_state_per_lane = 0;
+  // Forward only, the blocked kernel: u, Δ, z, y, B and C moved 16 bytes at a time where their rows
+  // allow (each pointer and stride a multiple of 16 bytes, D and N of 16 bytes' elements, N filling
+  // the split's states; the results are bitwise the same). 0: where they allow, −1: never (one element
+  // at a time, for comparisons).
+  int vector_rows = 0;
 };
 
 // Bytes of device scratch memory that selective_scan_fwd needs: 0 unless L is cut into segments (few

@@ -106,7 +106,11 @@ FwdPlan plan_fwd(const ScanFwdParams& p, ScanTuning tuning) {
   if (tuning.one_state_per_lane < -1 || tuning.one_state_per_lane > 1) {
     throw std::invalid_argument("selective_scan_fwd: one_state_per_lane must be -1, 0 or 1");
   }
-  const bool blocked_fields = tuning.states_per_thread || tuning.segments || tuning.channels_per_thread;
+  if (tuning.vector_rows < -1 || tuning.vector_rows > 0) {
+    throw std::invalid_argument("selective_scan_fwd: vector_rows must be -1 or 0");
+  }
+  const bool blocked_fields =
+      tuning.states_per_thread || tuning.segments || tuning.channels_per_thread || tuning.vector_rows;
   FwdPlan lanes;
   lanes.lanes = true;
   if (tuning.one_state_per_lane == 1) {
@@ -120,6 +124,17 @@ FwdPlan plan_fwd(const ScanFwdParams& p, ScanTuning tuning) {
   if (tuning.one_state_per_lane == -1 || blocked_fields || p.dstate != 16 || blocked.segments == 1) return blocked;
   const int64_t warps = static_cast<int64_t>(p.batch) * p.dim * p.dstate / 32;
   return 4 * warps <= 5 * sm_count() && scan_fwd_lanes_aligned(p) ? lanes : blocked;
+}
+
+// Whether the blocked kernel may move every row in 16-byte vectors (ScanFwdTraits::kAligned); the
+// workspace too, where L is cut (seg_delta's rows are D floats, 16-byte aligned when D's elements are).
+bool rows_vectorize(const ScanFwdParams& p, const FwdPlan& plan, const void* workspace, ScanTuning tuning) {
+  const int64_t esize = p.dtype == DType::f32 ? 4 : 2;
+  auto ok = [&](const void* ptr, int64_t stride) { return rows_aligned16(ptr, stride, esize); };
+  return tuning.vector_rows == 0 && p.dim * esize % 16 == 0 && p.dstate * esize % 16 == 0 &&
+         plan.kG * plan.nsplit == p.dstate && ok(p.u, p.u_stride) && ok(p.delta, p.delta_stride) &&
+         ok(p.y, p.y_stride) && (!p.z || ok(p.z, p.z_stride)) && ok(p.Bm, p.B_stride) && ok(p.Cm, p.C_stride) &&
+         (plan.segments == 1 || reinterpret_cast<uintptr_t>(workspace) % 16 == 0);
 }
 
 void validate(const ScanFwdParams& p) {
@@ -188,10 +203,11 @@ void selective_scan_fwd(const ScanFwdParams& p, void* workspace, cudaStream_t st
     kp.ticket = kp.carry_ready + ws.flags;
     MAMBA_CUDA_CHECK(cudaMemsetAsync(kp.seg_ready, 0, sizeof(int) * (2 * ws.flags + 1), stream));
   }
+  const bool vec = rows_vectorize(p, plan, workspace, tuning);
   switch (p.dtype) {
-    case DType::f32: launch_scan_fwd_dtype<float>(kp, plan.kC, plan.kG, plan.nsplit, stream); break;
-    case DType::bf16: launch_scan_fwd_dtype<__nv_bfloat16>(kp, plan.kC, plan.kG, plan.nsplit, stream); break;
-    case DType::f16: launch_scan_fwd_dtype<__half>(kp, plan.kC, plan.kG, plan.nsplit, stream); break;
+    case DType::f32: launch_scan_fwd_dtype<float>(kp, plan.kC, plan.kG, plan.nsplit, vec, stream); break;
+    case DType::bf16: launch_scan_fwd_dtype<__nv_bfloat16>(kp, plan.kC, plan.kG, plan.nsplit, vec, stream); break;
+    case DType::f16: launch_scan_fwd_dtype<__half>(kp, plan.kC, plan.kG, plan.nsplit, vec, stream); break;
   }
 }
 

@@ -2,5 +2,5 @@
 #include "ops/cuda/scan_fwd_kernel.cuh"
 
 namespace mamba::cuda {
-template void launch_scan_fwd_dtype<__nv_bfloat16>(const ScanFwdKernelParams&, int, int, int, cudaStream_t);
+template void launch_scan_fwd_dtype<__nv_bfloat16>(const ScanFwdKernelParams&, int, int, int, bool, cudaStream_t);
 }  // namespace mamba::cuda

@@ -13,8 +13,11 @@
 // once per element, not once per state), B and C for the tile, having loaded them (and z) into registers
 // while the previous tile was scanned; then each scans its states over the kT steps, writing its partial
 // C·h per step and channel; last, the kNSplit partial sums are added, D·u and the gate applied, and y
-// stored with the channels contiguous across threads. Two barriers per tile. dev/notes/scan.md has each
-// version's measurements.
+// stored with the channels contiguous across threads. Two barriers per tile. Where the rows are 16-byte
+// aligned (kAligned: the usual case, u and z halves of in_proj's output, B and C columns of x_proj's
+// when dt_rank is a multiple of 8, as in every released model), staging and the epilogue move 16-byte vectors (8 channels of one step in bf16/fp16) instead
+// of single elements: one load, one pointer step per 8 elements instead of per element, and bitwise
+// the same results. dev/notes/scan.md has each version's measurements.
 //
 // When B·D is too small to fill the GPU (long single sequences), L is cut into `segments` scanned in
 // parallel, in one launch of two kinds of block: pass 1 (kStateOnly) scans a segment from zero and
@@ -57,7 +60,17 @@ struct ScanFwdKernelParams {
   int* ticket = nullptr;       // the blocks' start order; zeroed with the flags before each launch
 };
 
-template <typename input_t_, int kC_, int kG_, int kNSplit_>
+// Elements of u, Δ, z and y that a thread moves with one instruction when the rows are 16-byte aligned:
+// the widest vector of at most 16 bytes such that whole vectors tile a step's channels and the threads
+// tile the steps of a tile; 1 when none does.
+constexpr int fwd_vec_width(int elem_bytes, int channels, int threads, int steps) {
+  for (int v = 16 / elem_bytes; v > 1; v /= 2) {
+    if (channels % v == 0 && threads % (channels / v) == 0 && steps % (threads / (channels / v)) == 0) return v;
+  }
+  return 1;
+}
+
+template <typename input_t_, int kC_, int kG_, int kNSplit_, bool kAligned_ = false>
 struct ScanFwdTraits {
   using input_t = input_t_;
   static constexpr int kC = kC_;            // channels per thread
@@ -69,14 +82,41 @@ struct ScanFwdTraits {
   // the epilogue, and as many blocks as v5 had, so they spread as evenly over the SMs.
   static constexpr int kThreads = std::clamp(32 * kNSplit / kC, 32, 128);
   static constexpr int kChannels = kThreads / kNSplit * kC;  // channels per block
-  static constexpr int kRowStride = kThreads / kChannels;    // staging: threads per step of a tile
   static constexpr int kNPad = kG * kNSplit;                 // states per channel, padded
   // Steps per tile: each thread holds its share of the next tile's u, Δ, z, B, C in registers while it
   // scans, so the tile is cut to keep that share at 8 values of each, and the partial sums C·h (kC per
   // thread and step) at 16 KB.
-  static constexpr int kT = std::min({32, 8 * kRowStride, 8 * kThreads / kNPad, 4096 / (kC * kThreads)});
+  static constexpr int kT = std::min({32, 8 * kThreads / kChannels, 8 * kThreads / kNPad, 4096 / (kC * kThreads)});
   static constexpr int kXPer = (kT * kChannels + kThreads - 1) / kThreads;  // a thread's share of a (kT, channels) tile
   static constexpr int kBCPer = (kT * kNPad + kThreads - 1) / kThreads;    // and of a (kT, N) tile
+  // kAligned: the rows of u, Δ, z, y, B and C start on 16 bytes, D and N fill whole 16-byte vectors
+  // and N = kNPad (the dispatcher checks). Staging and the epilogue then move kVec elements at a time:
+  // one load, conversion pair and pointer step per vector instead of per element (measured: see v14
+  // in dev/notes/scan.md).
+  static constexpr bool kAligned = kAligned_;
+  static constexpr int kVec = kAligned ? fwd_vec_width(sizeof(input_t), kChannels, kThreads, kT) : 1;
+  static constexpr int kVecRow = kChannels / kVec;       // threads per step of a (kT, channels) tile
+  static constexpr int kRowStride = kThreads / kVecRow;  // steps between a thread's vectors
+  static constexpr int kPasses = kXPer / kVec;           // a thread's vectors per tile
+  static constexpr int kXWords = kVec * sizeof(input_t) / 4;  // 32-bit words per vector (kVec > 1)
+  // B and C likewise: rows of kNPad values in vectors of 16 bytes, the B vectors of a tile then the C
+  // vectors dealt out over the threads.
+  static constexpr int kBCVec = kAligned ? std::min<int>(16 / sizeof(input_t), kNPad) : 1;
+  static constexpr int kBCRow = kNPad / kBCVec;  // vectors per step
+  static constexpr int kBCVecPer = (2 * kT * kBCRow + kThreads - 1) / kThreads;
+  static constexpr int kBCWords = kBCVec * sizeof(input_t) / 4;
+  static_assert(!kAligned || (kVec > 1 && kBCWords * 4 == 16), "kAligned: the dispatcher takes it only where it vectorizes");
+  // The staged (Δ, Δ·u) in shared memory, (kT, channels) float2: with vectors, 16 bytes of padding after
+  // every 16 channels, so that a quarter-warp's 16-byte stores (two rows of four 64-byte vectors) fall
+  // on distinct banks while the scan's reads of a warp's channels stay one wavefront. (Unpadded, eight
+  // threads share each bank group: at 8×1536 the vectorized kernel then ran 0.227 ms against 0.219
+  // element by element; padded, 0.209.)
+  static constexpr int kDtuRow = kVec > 1 ? kChannels + kChannels / 16 * 2 : kChannels;
+  __host__ __device__ static constexpr int dtu_col(int c) { return kVec > 1 ? c + c / 16 * 2 : c; }
+  // The partial sums C·h in shared memory, (kT, kNSplit, channels) with padded rows when vectorized, so
+  // that neither the scan's stores nor the epilogue's 16-byte loads meet on a bank.
+  static constexpr int kYPlane = kChannels + (kNSplit > 1 ? std::max(4, 32 * kC / kNSplit) : 0);
+  static constexpr int kYRow = kNSplit * kYPlane + 4;
   // Steps whose loads and exponentials the scan issues together (see the scan loop): ~32 exponentials
   // (measured: 2–3% faster than 16 at four of the anchor shapes, equal at the fifth; one step at 16
   // states per channel, where more would spill).
@@ -89,6 +129,16 @@ struct ScanFwdTraits {
   static_assert(kStateChunk % kUnroll == 0 && (kT % kStateChunk == 0 || kStateChunk % kT == 0),
                 "state chunks must start at a step group");
 };
+
+// Whether a split vectorizes for a dtype's element size (the dispatcher asks before taking kAligned).
+template <typename input_t, int kC, int kG, int kNSplit>
+constexpr bool fwd_split_vectorizes() {
+  using Kt = ScanFwdTraits<input_t, kC, kG, kNSplit>;
+  // 16-bit types only: fp32 vectors carry half the elements, and at the (1, 8, 2) split their words
+  // made ptxas spill where the element-wise kernel does not.
+  return sizeof(input_t) == 2 && fwd_vec_width(sizeof(input_t), Kt::kChannels, Kt::kThreads, Kt::kT) > 1 &&
+         Kt::kNPad * sizeof(input_t) % 16 == 0;
+}
 
 // n consecutive fp32 values from shared memory, 16 (or 8) bytes at a time where n allows.
 template <int n>
@@ -111,16 +161,40 @@ __device__ __forceinline__ void load_smem(float (&out)[n], const float* src) {
   }
 }
 
+// n fp32 values to shared or global memory, 16 (or 8) bytes at a time where n allows.
+template <int n>
+__device__ __forceinline__ void store_floats(float* dst, const float (&x)[n]) {
+  if constexpr (n % 4 == 0) {
+#pragma unroll
+    for (int q = 0; q < n / 4; q++) {
+      reinterpret_cast<float4*>(dst)[q] = make_float4(x[4 * q], x[4 * q + 1], x[4 * q + 2], x[4 * q + 3]);
+    }
+  } else if constexpr (n % 2 == 0) {
+#pragma unroll
+    for (int q = 0; q < n / 2; q++) reinterpret_cast<float2*>(dst)[q] = make_float2(x[2 * q], x[2 * q + 1]);
+  } else {
+#pragma unroll
+    for (int g = 0; g < n; g++) dst[g] = x[g];
+  }
+}
+
 // A tile's raw inputs, loaded into registers one tile ahead of their use so that the loads' latency
 // hides behind the scan of the previous tile.
 //
-// A thread's place in the (kT, channels) tiles of u, Δ, z and y is the same in every tile: channel tc
-// and steps tr, tr + kRowStride, tr + 2·kRowStride, ...; staging and the epilogue use the same place, so
-// D·u and the gate stay in registers between them. In the (kT, kNPad) tiles of B and C, element j of a
-// thread is element threadIdx.x + j·kThreads.
+// A thread's place in the (kT, channels) tiles of u, Δ, z and y is the same in every tile: the kVec
+// channels from tc and steps tr, tr + kRowStride, tr + 2·kRowStride, ...; staging and the epilogue use
+// the same place, so D·u and the gate stay in registers between them. kVec = 1: one element per
+// step, held as input_t; kVec > 1: each step's vector as the 32-bit words loaded. In the (kT, kNPad)
+// tiles of B and C, element j of a thread is element threadIdx.x + j·kThreads (kVec = 1), or vector
+// threadIdx.x + j·kThreads of the tile's B vectors followed by its C vectors.
 template <class Kt>
 struct TileRegs {
-  typename Kt::input_t u[Kt::kXPer], delta[Kt::kXPer], z[Kt::kXPer], B[Kt::kBCPer], C[Kt::kBCPer];
+  static constexpr bool kV = Kt::kVec > 1;
+  typename Kt::input_t u[kV ? 1 : Kt::kXPer], delta[kV ? 1 : Kt::kXPer], z[kV ? 1 : Kt::kXPer];
+  typename Kt::input_t B[kV ? 1 : Kt::kBCPer], C[kV ? 1 : Kt::kBCPer];
+  static constexpr int kP = kV ? Kt::kPasses : 1, kW = kV ? Kt::kXWords : 1;
+  uint32_t uw[kP][kW], deltaw[kP][kW], zw[kP][kW];
+  uint32_t bcw[kV ? Kt::kBCVecPer : 1][kV ? Kt::kBCWords : 1];
   float dt[Kt::kXPer];  // Δ as pass 1 staged it (full scans of a segmented run)
 };
 
@@ -134,13 +208,55 @@ struct TilePtrs {
   float* dt;  // segmented runs: the staged Δ in seg_delta, written by pass 1 and read by the full scan
   int64_t u_step, delta_step, z_step, y_step, dt_step;  // kRowStride rows
   int64_t B_step, C_step;  // kThreads / kNPad rows; one row when a row holds more than kThreads states
+  // kVec > 1: this thread's B or C vectors, and their distance from one tile to the next.
+  const input_t* bc[Kt::kVec > 1 ? Kt::kBCVecPer : 1];
+  int64_t bc_tile[Kt::kVec > 1 ? Kt::kBCVecPer : 1];
 };
 
-// The tile at x with nt valid steps; kFull: nt = kT, so no step needs a test. Threads past the last
-// channel load the last channel's values (their pointers are clamped there), which staging ignores.
-// kDtStaged: Δ comes from seg_delta, as pass 1 staged it, instead of from delta.
+// kVec > 1: whole vectors, the steps past the end zeroed; B's and C's vectors kBCRow per step.
 template <class Kt, bool kStateOnly, bool kDtStaged, bool kFull>
-__device__ __forceinline__ void load_tile(TileRegs<Kt>& r, const TilePtrs<Kt>& x, int nt, int tr, bool n_ok, int N) {
+__device__ __forceinline__ void load_tile_vec(TileRegs<Kt>& r, const TilePtrs<Kt>& x, int nt, int tr) {
+  using input_t = typename Kt::input_t;
+  constexpr int kT = Kt::kT, kThreads = Kt::kThreads;
+  const int lim = kFull ? kT : nt;
+  const input_t *u = x.u, *delta = x.delta, *z = x.z;
+  const float* dt = x.dt;
+#pragma unroll
+  for (int j = 0; j < Kt::kPasses; j++) {
+    const bool ok = kFull || tr + j * Kt::kRowStride < lim;
+#pragma unroll
+    for (int w = 0; w < Kt::kXWords; w++) r.uw[j][w] = r.deltaw[j][w] = r.zw[j][w] = 0;
+#pragma unroll
+    for (int v = 0; v < Kt::kVec; v++) r.dt[j * Kt::kVec + v] = 0.0f;
+    if (ok) {
+      ldg_words(r.uw[j], u);
+      if constexpr (kDtStaged) {
+        uint32_t w[Kt::kVec];
+        ldcg_words(w, dt);  // written during this launch: through L2, not the read-only path
+#pragma unroll
+        for (int v = 0; v < Kt::kVec; v++) r.dt[j * Kt::kVec + v] = __uint_as_float(w[v]);
+      } else {
+        ldg_words(r.deltaw[j], delta);
+      }
+      if (!kStateOnly) ldg_words(r.zw[j], z);
+    }
+    u += x.u_step, delta += x.delta_step, z += x.z_step;
+    if (kDtStaged) dt += x.dt_step;
+  }
+  constexpr int kItems = (kStateOnly ? 1 : 2) * kT * Kt::kBCRow;
+#pragma unroll
+  for (int j = 0; j < Kt::kBCVecPer; j++) {
+    const int i = threadIdx.x + j * kThreads;
+    const bool ok = i < kItems && (kFull || i % (kT * Kt::kBCRow) / Kt::kBCRow < lim);
+#pragma unroll
+    for (int w = 0; w < Kt::kBCWords; w++) r.bcw[j][w] = 0;
+    if (ok) ldg_words(r.bcw[j], x.bc[j]);
+  }
+}
+
+// kVec = 1: element by element.
+template <class Kt, bool kStateOnly, bool kDtStaged, bool kFull>
+__device__ __forceinline__ void load_tile_elems(TileRegs<Kt>& r, const TilePtrs<Kt>& x, int nt, int tr, bool n_ok, int N) {
   using input_t = typename Kt::input_t;
   constexpr int kT = Kt::kT, kThreads = Kt::kThreads, kNPad = Kt::kNPad;
   const int lim = kFull ? kT : nt;
@@ -182,15 +298,27 @@ __device__ __forceinline__ void load_tile(TileRegs<Kt>& r, const TilePtrs<Kt>& x
   }
 }
 
+// The tile at x with nt valid steps; kFull: nt = kT, so no step needs a test. Threads past the last
+// channel load the last channel's values (their pointers are clamped there), which staging ignores.
+// kDtStaged: Δ comes from seg_delta, as pass 1 staged it, instead of from delta.
+template <class Kt, bool kStateOnly, bool kDtStaged, bool kFull>
+__device__ __forceinline__ void load_tile(TileRegs<Kt>& r, const TilePtrs<Kt>& x, int nt, int tr, bool n_ok, int N) {
+  if constexpr (Kt::kVec > 1) load_tile_vec<Kt, kStateOnly, kDtStaged, kFull>(r, x, nt, tr);
+  else load_tile_elems<Kt, kStateOnly, kDtStaged, kFull>(r, x, nt, tr, n_ok, N);
+}
+
 // The block's shared tiles.
 template <class Kt>
 struct ScanFwdSmem {
-  __align__(16) float2 dtu[Kt::kT * Kt::kChannels];  // (kT, channels) Δ after bias and softplus, and Δ·u
-  // (kT, kC, kThreads): a thread's Σ_{its n} C·h for step t and its channel c at (t, c, threadIdx.x), so
-  // the kNSplit partial sums of a channel sit side by side.
-  __align__(16) float y[Kt::kT * Kt::kC * Kt::kThreads];
+  __align__(16) float2 dtu[Kt::kT * Kt::kDtuRow];  // (kT, channels) Δ after bias and softplus, and Δ·u
+  // Each thread's Σ_{its n} C·h for step t and each of its channels: kVec = 1: (kT, kC, kThreads), at
+  // (t, c, threadIdx.x), so the kNSplit partial sums of a channel sit side by side; kVec > 1: (kT, kNSplit,
+  // channels) in rows of kYRow, so a vector's partial sums from one thread of each group are contiguous.
+  __align__(16) float y[Kt::kVec > 1 ? Kt::kT * Kt::kYRow : Kt::kT * Kt::kC * Kt::kThreads];
   __align__(16) float B[Kt::kT * Kt::kNPad];  // (kT, kNPad)
   __align__(16) float C[Kt::kT * Kt::kNPad];  // (kT, kNPad)
+  __align__(16) float bias[Kt::kVec > 1 ? Kt::kChannels : 1];  // kVec > 1: the block's Δ bias and D
+  __align__(16) float skip[Kt::kVec > 1 ? Kt::kChannels : 1];
 };
 
 // Segmented runs: a flag another block waits for, set once the data it guards is visible GPU-wide.
@@ -225,12 +353,24 @@ __device__ __forceinline__ void scan_fwd_block(const ScanFwdKernelParams& kp, Sc
   // group and its first state.
   const int q = threadIdx.x / kNSplit, s = threadIdx.x % kNSplit, n0 = s * kG;
   const int dq = d0 + q * kC;
-  // Staging and epilogue: this thread's channel and first step in every tile.
-  const int tc = threadIdx.x % kChannels, tr = threadIdx.x / kChannels;
+  // Staging and epilogue: this thread's first channel (of kVec) and first step in every tile. With
+  // kVec > 1, D is a multiple of kVec, so a vector is all in range or all out.
+  constexpr int kVec = Kt::kVec, kPasses = Kt::kPasses;
+  const int tc = threadIdx.x % Kt::kVecRow * kVec, tr = threadIdx.x / Kt::kVecRow;
   const int td = d0 + tc;
   const bool td_ok = td < D;
-  const float bias = td_ok && p.delta_bias ? p.delta_bias[td] : 0.0f;
-  const float skip = td_ok && p.D ? p.D[td] : 0.0f;
+  float bias = 0.0f, skip = 0.0f;  // kVec = 1; kVec > 1 reads sm.bias and sm.skip at staging
+  if constexpr (kVec == 1) {
+    bias = td_ok && p.delta_bias ? p.delta_bias[td] : 0.0f;
+    skip = td_ok && p.D ? p.D[td] : 0.0f;
+  } else {
+    if (threadIdx.x < kChannels) {
+      const int d = d0 + threadIdx.x;
+      sm.bias[threadIdx.x] = d < D && p.delta_bias ? p.delta_bias[d] : 0.0f;
+      sm.skip[threadIdx.x] = d < D && p.D ? p.D[d] : 0.0f;
+    }
+    __syncthreads();
+  }
   float2* s_dtu = sm.dtu;
   float *s_y = sm.y, *s_B = sm.B, *s_C = sm.C;
   // Segment seg's flags: (B, S, tiles) each.
@@ -288,7 +428,7 @@ __device__ __forceinline__ void scan_fwd_block(const ScanFwdKernelParams& kp, Sc
   bool n_ok = true;  // this thread's state index in the B, C tiles is below N
   {
     const int64_t row = row0 + t_begin + tr;
-    const int tdl = td_ok ? td : D - 1;  // loads of threads past the last channel read the last one
+    const int tdl = td_ok ? td : D - kVec;  // loads of threads past the last channel read the last one(s)
     x.u = static_cast<const input_t*>(p.u) + row * p.u_stride + tdl;
     x.delta = static_cast<const input_t*>(p.delta) + row * p.delta_stride + tdl;
     // Without a gate, z points at u (loaded, then ignored) so that its loads need no test of their own.
@@ -307,11 +447,28 @@ __device__ __forceinline__ void scan_fwd_block(const ScanFwdKernelParams& kp, Sc
     }
     x.B = static_cast<const input_t*>(p.Bm) + bc_row * p.B_stride + bc_n;
     x.C = static_cast<const input_t*>(p.Cm) + bc_row * p.C_stride + bc_n;
+    if constexpr (kVec > 1) {
+      // Vector i of a tile: B's (step, vector) pairs, then C's. Past the end (pass 1 has no C): unused.
+#pragma unroll
+      for (int j = 0; j < Kt::kBCVecPer; j++) {
+        const int i = threadIdx.x + j * kThreads, per = kT * Kt::kBCRow;
+        const bool is_c = i >= per && i < 2 * per && !kStateOnly;
+        const int k = i % per, step = k / Kt::kBCRow, n = k % Kt::kBCRow * Kt::kBCVec;
+        const int64_t stride = is_c ? p.C_stride : p.B_stride;
+        const input_t* base = static_cast<const input_t*>(is_c ? p.Cm : p.Bm);
+        x.bc[j] = base + (row0 + t_begin + step) * stride + n;
+        x.bc_tile[j] = kT * stride;
+      }
+    }
   }
   auto advance = [&](TilePtrs<Kt>& xp) {
     xp.u += kT * p.u_stride, xp.delta += kT * p.delta_stride, xp.z += kT * z_stride, xp.y += kT * p.y_stride;
     if (kUsesDt) xp.dt += kT * D;
     xp.B += kT * p.B_stride, xp.C += kT * p.C_stride;
+    if constexpr (kVec > 1) {
+#pragma unroll
+      for (int j = 0; j < Kt::kBCVecPer; j++) xp.bc[j] += xp.bc_tile[j];
+    }
   };
   auto load = [&](TileRegs<Kt>& r, const TilePtrs<Kt>& xp, int nt) {
     if (nt == kT) load_tile<Kt, kStateOnly, kDtStaged, true>(r, xp, nt, tr, n_ok, N);
@@ -326,32 +483,73 @@ __device__ __forceinline__ void scan_fwd_block(const ScanFwdKernelParams& kp, Sc
     // Stage the tile in fp32, Δ's bias and softplus applied once per element. Steps past the end get
     // Δ = 0 and B = 0: exp(0·A) = 1 and no input, so the scan runs all kT steps and those keep h.
     // Branch-free: a branch around each element's softplus would serialize their SFU latencies.
+    if constexpr (kVec > 1) {
+      float bias_v[kVec], skip_v[kVec];
+      if (!kDtStaged) load_smem<kVec>(bias_v, sm.bias + tc);
+      if (!kStateOnly) load_smem<kVec>(skip_v, sm.skip + tc);
 #pragma unroll
-    for (int j = 0; j < kXPer; j++) {
-      const int t = tr + j * kRowStride;
-      if (Kt::kXPer * kThreads > kT * kChannels && t >= kT) break;  // only when the tile has fewer elements than threads
-      const float uu = to_float(next.u[j]);
-      float dt;
-      if constexpr (kDtStaged) {
-        dt = t < nt && td_ok ? next.dt[j] : 0.0f;
-      } else {
-        const float pre = to_float(next.delta[j]) + bias;
-        const float sp = unconditional(softplus(pre));
-        dt = t < nt && td_ok ? (p.delta_softplus ? sp : pre) : 0.0f;
-        if (kStateOnly && t < nt && td_ok) x.dt[j * x.dt_step] = dt;
-      }
-      s_dtu[t * kChannels + tc] = make_float2(dt, dt * uu);
-      if (!kStateOnly) {
-        const float g = unconditional(silu(to_float(next.z[j])));
-        du[j] = skip * uu, gate[j] = p.z ? g : 1.0f;
-      }
-    }
+      for (int jp = 0; jp < kPasses; jp++) {
+        const int t = tr + jp * kRowStride;
+        const bool ok = t < nt && td_ok;
+        float dt[kVec], dtu[2 * kVec];
 #pragma unroll
-    for (int j = 0; j < kBCPer; j++) {
-      const int i = threadIdx.x + j * kThreads;
-      if (i < kT * kNPad) {
-        s_B[i] = to_float(next.B[j]);
-        if (!kStateOnly) s_C[i] = to_float(next.C[j]);
+        for (int v = 0; v < kVec; v++) {
+          const float uu = unpack<input_t>(next.uw[jp], v);
+          if constexpr (kDtStaged) {
+            dt[v] = ok ? next.dt[jp * kVec + v] : 0.0f;
+          } else {
+            const float pre = unpack<input_t>(next.deltaw[jp], v) + bias_v[v];
+            const float sp = unconditional(softplus(pre));
+            dt[v] = ok ? (p.delta_softplus ? sp : pre) : 0.0f;
+          }
+          dtu[2 * v] = dt[v], dtu[2 * v + 1] = dt[v] * uu;
+          if (!kStateOnly) {
+            const float g = unconditional(silu(unpack<input_t>(next.zw[jp], v)));
+            du[jp * kVec + v] = skip_v[v] * uu, gate[jp * kVec + v] = p.z ? g : 1.0f;
+          }
+        }
+        store_floats(reinterpret_cast<float*>(s_dtu + t * Kt::kDtuRow + Kt::dtu_col(tc)), dtu);
+        if (kStateOnly && ok) store_floats(x.dt + jp * x.dt_step, dt);
+      }
+#pragma unroll
+      for (int j = 0; j < Kt::kBCVecPer; j++) {
+        const int i = threadIdx.x + j * kThreads, per = kT * Kt::kBCRow;
+        if (i < (kStateOnly ? 1 : 2) * per) {
+          const int k = i % per;
+          float f[Kt::kBCVec];
+#pragma unroll
+          for (int v = 0; v < Kt::kBCVec; v++) f[v] = unpack<input_t>(next.bcw[j], v);
+          store_floats((i < per ? s_B : s_C) + k / Kt::kBCRow * kNPad + k % Kt::kBCRow * Kt::kBCVec, f);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < kXPer; j++) {
+        const int t = tr + j * kRowStride;
+        if (Kt::kXPer * kThreads > kT * kChannels && t >= kT) break;  // only when the tile has fewer elements than threads
+        const float uu = to_float(next.u[j]);
+        float dt;
+        if constexpr (kDtStaged) {
+          dt = t < nt && td_ok ? next.dt[j] : 0.0f;
+        } else {
+          const float pre = to_float(next.delta[j]) + bias;
+          const float sp = unconditional(softplus(pre));
+          dt = t < nt && td_ok ? (p.delta_softplus ? sp : pre) : 0.0f;
+          if (kStateOnly && t < nt && td_ok) x.dt[j * x.dt_step] = dt;
+        }
+        s_dtu[t * kChannels + tc] = make_float2(dt, dt * uu);
+        if (!kStateOnly) {
+          const float g = unconditional(silu(to_float(next.z[j])));
+          du[j] = skip * uu, gate[j] = p.z ? g : 1.0f;
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kBCPer; j++) {
+        const int i = threadIdx.x + j * kThreads;
+        if (i < kT * kNPad) {
+          s_B[i] = to_float(next.B[j]);
+          if (!kStateOnly) s_C[i] = to_float(next.C[j]);
+        }
       }
     }
     __syncthreads();
@@ -392,7 +590,7 @@ __device__ __forceinline__ void scan_fwd_block(const ScanFwdKernelParams& kp, Sc
         float Bt[kU][kG], Ct[kU][kG], e[kU][kC][kG];
 #pragma unroll
         for (int k = 0; k < kU; k++) {
-          load_smem<2 * kC>(v[k], reinterpret_cast<const float*>(s_dtu + (t0s + k) * kChannels + q * kC));
+          load_smem<2 * kC>(v[k], reinterpret_cast<const float*>(s_dtu + (t0s + k) * Kt::kDtuRow + Kt::dtu_col(q * kC)));
           load_smem<kG>(Bt[k], s_B + (t0s + k) * kNPad + n0);
           if (!kStateOnly) load_smem<kG>(Ct[k], s_C + (t0s + k) * kNPad + n0);
         }
@@ -415,6 +613,7 @@ __device__ __forceinline__ void scan_fwd_block(const ScanFwdKernelParams& kp, Sc
               if (!kStateOnly) acc += Ct[k][g] * h[c][g];
             }
             if (kStateOnly) dsum[c] += v[k][2 * c];
+            else if (kVec > 1) s_y[(t0s + k) * Kt::kYRow + s * Kt::kYPlane + q * kC + c] = acc;
             else s_y[((t0s + k) * kC + c) * kThreads + threadIdx.x] = acc;
           }
         }
@@ -427,18 +626,41 @@ __device__ __forceinline__ void scan_fwd_block(const ScanFwdKernelParams& kp, Sc
       // s_dtu, s_B, s_C (all threads are past this tile's scan), and its scan writes s_y only after the
       // next barrier.
       input_t* y = x.y;
+      if constexpr (kVec > 1) {
 #pragma unroll
-      for (int j = 0; j < kXPer; j++) {
-        const int t = tr + j * kRowStride;
-        if (Kt::kXPer * kThreads > kT * kChannels && t >= kT) break;
-        float part[kNSplit];
-        load_smem<kNSplit>(part, s_y + (t * kC + tc % kC) * kThreads + tc / kC * kNSplit);
-        float out = du[j];
+        for (int jp = 0; jp < kPasses; jp++) {
+          const int t = tr + jp * kRowStride;
+          float out[kVec];
 #pragma unroll
-        for (int k = 0; k < kNSplit; k++) out += part[k];
-        out *= gate[j];
-        if (t < nt && td_ok) *y = from_float<input_t>(out);
-        y += x.y_step;
+          for (int v = 0; v < kVec; v++) out[v] = du[jp * kVec + v];
+#pragma unroll
+          for (int k = 0; k < kNSplit; k++) {
+            float part[kVec];
+            load_smem<kVec>(part, s_y + t * Kt::kYRow + k * Kt::kYPlane + tc);
+#pragma unroll
+            for (int v = 0; v < kVec; v++) out[v] += part[v];
+          }
+#pragma unroll
+          for (int v = 0; v < kVec; v++) out[v] *= gate[jp * kVec + v];
+          uint32_t w[Kt::kXWords];
+          pack<input_t, kVec>(w, out);
+          if (t < nt && td_ok) store_words(y, w);
+          y += x.y_step;
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < kXPer; j++) {
+          const int t = tr + j * kRowStride;
+          if (Kt::kXPer * kThreads > kT * kChannels && t >= kT) break;
+          float part[kNSplit];
+          load_smem<kNSplit>(part, s_y + (t * kC + tc % kC) * kThreads + tc / kC * kNSplit);
+          float out = du[j];
+#pragma unroll
+          for (int k = 0; k < kNSplit; k++) out += part[k];
+          out *= gate[j];
+          if (t < nt && td_ok) *y = from_float<input_t>(out);
+          y += x.y_step;
+        }
       }
     }
     advance(x);
@@ -540,34 +762,43 @@ void launch_scan_fwd(const ScanFwdKernelParams& kp_in, cudaStream_t stream) {
   MAMBA_CUDA_CHECK_LAUNCH();
 }
 
+// One split, vectorized where the rows allow it (`aligned`, checked by the dispatcher) and the split does.
+template <typename input_t, int kC, int kG, int kNSplit>
+void launch_scan_fwd_split(const ScanFwdKernelParams& kp, bool aligned, cudaStream_t stream) {
+  if constexpr (fwd_split_vectorizes<input_t, kC, kG, kNSplit>()) {
+    if (aligned) return launch_scan_fwd<ScanFwdTraits<input_t, kC, kG, kNSplit, true>>(kp, stream);
+  }
+  launch_scan_fwd<ScanFwdTraits<input_t, kC, kG, kNSplit>>(kp, stream);
+}
+
 // The compiled splits, (channels per thread, states per thread, threads per channel group); the dispatcher
 // picks one (kFwdSplits in scan_fwd.cu lists the same). Instantiated once per dtype, in scan_fwd_f32.cu,
 // scan_fwd_bf16.cu and scan_fwd_f16.cu, so they compile in parallel.
 template <typename input_t>
-void launch_scan_fwd_dtype(const ScanFwdKernelParams& kp, int kC, int kG, int nsplit, cudaStream_t stream) {
+void launch_scan_fwd_dtype(const ScanFwdKernelParams& kp, int kC, int kG, int nsplit, bool aligned, cudaStream_t stream) {
   switch (kC * 10000 + kG * 100 + nsplit) {
-    case 10101: launch_scan_fwd<ScanFwdTraits<input_t, 1, 1, 1>>(kp, stream); break;
-    case 10401: launch_scan_fwd<ScanFwdTraits<input_t, 1, 4, 1>>(kp, stream); break;
-    case 10404: launch_scan_fwd<ScanFwdTraits<input_t, 1, 4, 4>>(kp, stream); break;
-    case 10416: launch_scan_fwd<ScanFwdTraits<input_t, 1, 4, 16>>(kp, stream); break;
-    case 10116: launch_scan_fwd<ScanFwdTraits<input_t, 1, 1, 16>>(kp, stream); break;
-    case 10208: launch_scan_fwd<ScanFwdTraits<input_t, 1, 2, 8>>(kp, stream); break;
-    case 10802: launch_scan_fwd<ScanFwdTraits<input_t, 1, 8, 2>>(kp, stream); break;
-    case 11601: launch_scan_fwd<ScanFwdTraits<input_t, 1, 16, 1>>(kp, stream); break;
-    case 11604: launch_scan_fwd<ScanFwdTraits<input_t, 1, 16, 4>>(kp, stream); break;
-    case 11616: launch_scan_fwd<ScanFwdTraits<input_t, 1, 16, 16>>(kp, stream); break;
-    case 20208: launch_scan_fwd<ScanFwdTraits<input_t, 2, 2, 8>>(kp, stream); break;
-    case 20404: launch_scan_fwd<ScanFwdTraits<input_t, 2, 4, 4>>(kp, stream); break;
-    case 20802: launch_scan_fwd<ScanFwdTraits<input_t, 2, 8, 2>>(kp, stream); break;
-    case 40208: launch_scan_fwd<ScanFwdTraits<input_t, 4, 2, 8>>(kp, stream); break;
-    case 40404: launch_scan_fwd<ScanFwdTraits<input_t, 4, 4, 4>>(kp, stream); break;
+    case 10101: launch_scan_fwd_split<input_t, 1, 1, 1>(kp, aligned, stream); break;
+    case 10401: launch_scan_fwd_split<input_t, 1, 4, 1>(kp, aligned, stream); break;
+    case 10404: launch_scan_fwd_split<input_t, 1, 4, 4>(kp, aligned, stream); break;
+    case 10416: launch_scan_fwd_split<input_t, 1, 4, 16>(kp, aligned, stream); break;
+    case 10116: launch_scan_fwd_split<input_t, 1, 1, 16>(kp, aligned, stream); break;
+    case 10208: launch_scan_fwd_split<input_t, 1, 2, 8>(kp, aligned, stream); break;
+    case 10802: launch_scan_fwd_split<input_t, 1, 8, 2>(kp, aligned, stream); break;
+    case 11601: launch_scan_fwd_split<input_t, 1, 16, 1>(kp, aligned, stream); break;
+    case 11604: launch_scan_fwd_split<input_t, 1, 16, 4>(kp, aligned, stream); break;
+    case 11616: launch_scan_fwd_split<input_t, 1, 16, 16>(kp, aligned, stream); break;
+    case 20208: launch_scan_fwd_split<input_t, 2, 2, 8>(kp, aligned, stream); break;
+    case 20404: launch_scan_fwd_split<input_t, 2, 4, 4>(kp, aligned, stream); break;
+    case 20802: launch_scan_fwd_split<input_t, 2, 8, 2>(kp, aligned, stream); break;
+    case 40208: launch_scan_fwd_split<input_t, 4, 2, 8>(kp, aligned, stream); break;
+    case 40404: launch_scan_fwd_split<input_t, 4, 4, 4>(kp, aligned, stream); break;
     default:
       throw std::invalid_argument(
           "selective_scan_fwd: no compiled split for this channels_per_thread, states_per_thread and N");
   }
 }
-extern template void launch_scan_fwd_dtype<float>(const ScanFwdKernelParams&, int, int, int, cudaStream_t);
-extern template void launch_scan_fwd_dtype<__nv_bfloat16>(const ScanFwdKernelParams&, int, int, int, cudaStream_t);
-extern template void launch_scan_fwd_dtype<__half>(const ScanFwdKernelParams&, int, int, int, cudaStream_t);
+extern template void launch_scan_fwd_dtype<float>(const ScanFwdKernelParams&, int, int, int, bool, cudaStream_t);
+extern template void launch_scan_fwd_dtype<__nv_bfloat16>(const ScanFwdKernelParams&, int, int, int, bool, cudaStream_t);
+extern template void launch_scan_fwd_dtype<__half>(const ScanFwdKernelParams&, int, int, int, bool, cudaStream_t);
 
 }  // namespace mamba::cuda

@@ -274,9 +274,7 @@ __global__ void __launch_bounds__(kThreads) scan_fwd_lanes_kernel(ScanFwdParams 
 // channels, each pointer and stride a multiple of 16 bytes.
 bool scan_fwd_lanes_aligned(const ScanFwdParams& p) {
   const int64_t esize = p.dtype == DType::f32 ? 4 : 2;
-  auto ok = [&](const void* ptr, int64_t stride) {
-    return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && stride * esize % 16 == 0;
-  };
+  auto ok = [&](const void* ptr, int64_t stride) { return rows_aligned16(ptr, stride, esize); };
   return p.dim % kChannels == 0 && ok(p.u, p.u_stride) && ok(p.delta, p.delta_stride) &&
          (!p.z || ok(p.z, p.z_stride)) && ok(p.Bm, p.B_stride) && ok(p.Cm, p.C_stride);
 }
