@@ -161,21 +161,13 @@ __device__ __forceinline__ void load_smem(float (&out)[n], const float* src) {
   }
 }
 
-// n fp32 values to shared or global memory, 16 (or 8) bytes at a time where n allows.
+// n fp32 values (n = 1, 2 or a multiple of 4) to shared or global memory, 16 bytes at a time where n allows.
 template <int n>
 __device__ __forceinline__ void store_floats(float* dst, const float (&x)[n]) {
-  if constexpr (n % 4 == 0) {
+  uint32_t w[n];
 #pragma unroll
-    for (int q = 0; q < n / 4; q++) {
-      reinterpret_cast<float4*>(dst)[q] = make_float4(x[4 * q], x[4 * q + 1], x[4 * q + 2], x[4 * q + 3]);
-    }
-  } else if constexpr (n % 2 == 0) {
-#pragma unroll
-    for (int q = 0; q < n / 2; q++) reinterpret_cast<float2*>(dst)[q] = make_float2(x[2 * q], x[2 * q + 1]);
-  } else {
-#pragma unroll
-    for (int g = 0; g < n; g++) dst[g] = x[g];
-  }
+  for (int i = 0; i < n; i++) w[i] = __float_as_uint(x[i]);
+  store_words(dst, w);
 }
 
 // A tile's raw inputs, loaded into registers one tile ahead of their use so that the loads' latency
