@@ -179,9 +179,10 @@ void add_tasks(CLI::App& app) {
                  t.opt.batch, static_cast<long long>(t.opt.steps));
     std::filesystem::create_directories(t.out);
     std::ofstream log(std::filesystem::path(t.out) / "log.jsonl");
-    // The model and task.json (what `tasks eval` reads) in dir.
-    auto save = [&](const std::filesystem::path& dir, const TaskTrainResult& r) {
-      Model::from_params(c, params).save(dir, DType::F32);
+    // The model (from a copy of the parameters, or the parameters themselves once training is over) and
+    // task.json, what `tasks eval` reads, in dir.
+    auto save = [&](const std::filesystem::path& dir, std::vector<float> weights, const TaskTrainResult& r) {
+      Model::from_params(c, std::move(weights)).save(dir, DType::F32);
       json info = {{"task", task_name(spec.kind)},
                    {"length", spec.length},
                    {"n_data", spec.n_data},
@@ -206,11 +207,11 @@ void add_tasks(CLI::App& app) {
       if (t.save_every > 0 && step % t.save_every == 0) {
         TaskTrainResult now;
         now.steps = step, now.seconds = secs, now.loss = loss, now.accuracy = acc;
-        save(std::filesystem::path(t.out) / ("step-" + std::to_string(step)), now);
+        save(std::filesystem::path(t.out) / ("step-" + std::to_string(step)), params, now);
       }
     }, &stop_on_signals());
     if (r.interrupted) std::fprintf(stderr, "interrupted at step %lld; saving\n", static_cast<long long>(r.steps));
-    save(t.out, r);
+    save(t.out, std::move(params), r);
     std::fprintf(stderr, "done: %lld steps in %.1f s; held-out accuracy %.2f%% at length %lld; saved %s\n",
                  static_cast<long long>(r.steps), r.seconds, 100 * r.accuracy, static_cast<long long>(spec.length),
                  t.out.c_str());
