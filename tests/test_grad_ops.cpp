@@ -14,6 +14,7 @@
 #include "core/rng.h"
 #include "ops/cpu/backward.h"
 #include "ops/cpu/ops.h"
+#include "test_util.h"
 
 namespace mamba {
 namespace {
@@ -298,7 +299,7 @@ struct ScanData {
     p.u = u.data() + 1, p.u_stride = us;
     p.delta = delta.data(), p.delta_stride = c.D;
     p.A = A.data();
-    p.Bm = xdbl.data() + R, p.Cm = xdbl.data() + R + c.N, p.bc_stride = ws;
+    p.Bm = xdbl.data() + R, p.Cm = xdbl.data() + R + c.N, p.B_stride = p.C_stride = ws;
     p.D = c.skip ? Dv.data() : nullptr;
     p.z = c.z ? xz.data() + c.D : nullptr, p.z_stride = zs;
     p.delta_bias = c.bias ? bias.data() : nullptr;
@@ -329,7 +330,7 @@ struct ScanGradData {
     g.dz = c.z ? dxz.data() + c.D : nullptr, g.dz_stride = s.zs;
     g.ddelta_bias = c.bias ? dbias.data() : nullptr;
     g.dstate_in = c.h0 ? dh0.data() : nullptr;
-    cpu::selective_scan_backward(g, s.params(nullptr, nullptr), checkpoints, c.chunk);
+    cpu::selective_scan_backward(g, test::with_checkpoints(s.params(nullptr, nullptr), checkpoints, c.chunk));
   }
 };
 
@@ -366,9 +367,9 @@ class GradScan : public ::testing::TestWithParam<ScanCase> {};
 TEST_P(GradScan, MatchesFiniteDifferences) {
   const ScanCase c = GetParam();
   ScanData s(c);
-  const int n_chunks = cpu::scan_chunks(c.L, c.chunk);
+  const int n_chunks = scan_chunks(c.L, c.chunk);
   Vec y(s.Ry.size(), 0.0f), state_out(s.Sh.size()), ckpt(int64_t{c.B} * n_chunks * c.D * c.N);
-  cpu::selective_scan_forward_checkpointed(s.params(y.data(), state_out.data()), ckpt.data(), c.chunk);
+  cpu::selective_scan_forward(test::with_checkpoints(s.params(y.data(), state_out.data()), ckpt.data(), c.chunk));
   ScanGradData g(s);
   g.run(s, ckpt.data());
 
@@ -393,16 +394,16 @@ TEST_P(GradScan, CheckpointedForwardEqualsPlainForwardBitwise) {
   const ScanCase c = GetParam();
   ScanData s(c);
   Vec y1(s.Ry.size(), 0.0f), y2 = y1, st1(s.Sh.size()), st2(s.Sh.size());
-  Vec ckpt(int64_t{c.B} * cpu::scan_chunks(c.L, c.chunk) * c.D * c.N);
+  Vec ckpt(int64_t{c.B} * scan_chunks(c.L, c.chunk) * c.D * c.N);
   cpu::selective_scan_forward(s.params(y1.data(), st1.data()));
-  cpu::selective_scan_forward_checkpointed(s.params(y2.data(), st2.data()), ckpt.data(), c.chunk);
+  cpu::selective_scan_forward(test::with_checkpoints(s.params(y2.data(), st2.data()), ckpt.data(), c.chunk));
   EXPECT_EQ(0, std::memcmp(y1.data(), y2.data(), sizeof(float) * y1.size()));
   EXPECT_EQ(0, std::memcmp(st1.data(), st2.data(), sizeof(float) * st1.size()));
   // The first checkpoint is h_0.
   for (int b = 0; b < c.B; b++) {
     for (int64_t i = 0; i < int64_t{c.D} * c.N; i++) {
       const float h0 = c.h0 ? s.h0[b * int64_t{c.D} * c.N + i] : 0.0f;
-      ASSERT_EQ(ckpt[(int64_t{b} * cpu::scan_chunks(c.L, c.chunk)) * c.D * c.N + i], h0);
+      ASSERT_EQ(ckpt[(int64_t{b} * scan_chunks(c.L, c.chunk)) * c.D * c.N + i], h0);
     }
   }
 }
@@ -410,8 +411,8 @@ TEST_P(GradScan, CheckpointedForwardEqualsPlainForwardBitwise) {
 TEST_P(GradScan, BackwardIsBitwiseDeterministic) {
   const ScanCase c = GetParam();
   ScanData s(c);
-  Vec y(s.Ry.size(), 0.0f), ckpt(int64_t{c.B} * cpu::scan_chunks(c.L, c.chunk) * c.D * c.N);
-  cpu::selective_scan_forward_checkpointed(s.params(y.data(), nullptr), ckpt.data(), c.chunk);
+  Vec y(s.Ry.size(), 0.0f), ckpt(int64_t{c.B} * scan_chunks(c.L, c.chunk) * c.D * c.N);
+  cpu::selective_scan_forward(test::with_checkpoints(s.params(y.data(), nullptr), ckpt.data(), c.chunk));
   ScanGradData g1(s), g2(s);
   g1.run(s, ckpt.data());
   g2.run(s, ckpt.data());

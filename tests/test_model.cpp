@@ -43,8 +43,8 @@ TEST_P(Golden, LogitsAndFinalStateMatchTheReference) {
   engine.forward(tokens.data(), B, L, state, logits.data());
 
   EXPECT_LE(relative_error(logits, read_npy(dir / "logits.npy").as_f32()), 1e-5);
-  EXPECT_LE(relative_error(state.ssm, read_npy(dir / "ssm_state.npy").as_f32()), 1e-5);
-  EXPECT_LE(relative_error(state.conv, read_npy(dir / "conv_state.npy").as_f32()), 1e-5);
+  EXPECT_LE(relative_error(state.ssm(), read_npy(dir / "ssm_state.npy").as_f32()), 1e-5);
+  EXPECT_LE(relative_error(state.conv(), read_npy(dir / "conv_state.npy").as_f32()), 1e-5);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Golden, ::testing::ValuesIn(fixture_cases()),
@@ -71,8 +71,8 @@ TEST(Recurrent, StepByStepEqualsFullForward) {
             << "d_conv " << d_conv << " sequence " << b << " position " << t;
       }
     }
-    EXPECT_LE(relative_error(state.ssm, full_state.ssm), 1e-5);
-    EXPECT_LE(relative_error(state.conv, full_state.conv), 1e-5);
+    EXPECT_LE(relative_error(state.ssm(), full_state.ssm()), 1e-5);
+    EXPECT_LE(relative_error(state.conv(), full_state.conv()), 1e-5);
   }
 }
 
@@ -93,8 +93,8 @@ TEST(Recurrent, ChunkedPrefillEqualsOnePiece) {
       engine.forward(tokens.data() + t0, 1, n, state, logits.data() + static_cast<size_t>(t0) * V);
     }
     EXPECT_LE(relative_error(logits, expected), 1e-5) << "chunk " << chunk;
-    EXPECT_LE(relative_error(state.ssm, whole.ssm), 1e-5) << "chunk " << chunk;
-    EXPECT_LE(relative_error(state.conv, whole.conv), 1e-5) << "chunk " << chunk;
+    EXPECT_LE(relative_error(state.ssm(), whole.ssm()), 1e-5) << "chunk " << chunk;
+    EXPECT_LE(relative_error(state.conv(), whole.conv()), 1e-5) << "chunk " << chunk;
   }
   // The engine's own chunking (bounded activation memory) gives the same answer.
   Engine small_chunks(model, 5);
@@ -122,7 +122,7 @@ TEST(Recurrent, BatchEqualsSequencesOneByOne) {
     std::vector<float> logits(static_cast<size_t>(L) * V);
     engine.forward(tokens.data() + b * L, 1, L, one, logits.data());
     EXPECT_LE(relative_error(logits.data(), batch.data() + static_cast<size_t>(b) * L * V, logits.size()), 1e-6);
-    EXPECT_LE(relative_error(one.ssm, state.sequence(b).ssm), 1e-5);
+    EXPECT_LE(relative_error(one.ssm(), state.sequence(b).ssm()), 1e-5);
   }
 }
 
@@ -141,8 +141,8 @@ TEST(Recurrent, SavedStateContinuesExactly) {
   engine.forward(tokens.data(), 1, 12, first, logits.data());
   first.save(tmp / "state.safetensors");
   State loaded = State::load(tmp / "state.safetensors", model.config());
-  EXPECT_EQ(loaded.conv, first.conv);
-  EXPECT_EQ(loaded.ssm, first.ssm);
+  EXPECT_EQ(loaded.conv(), first.conv());
+  EXPECT_EQ(loaded.ssm(), first.ssm());
   engine.forward(tokens.data() + 12, 1, L - 12, loaded, logits.data() + 12 * V);
   EXPECT_LE(relative_error(logits, expected), 1e-5);
 }
@@ -154,10 +154,11 @@ TEST(Recurrent, StateCopyAndReset) {
   State state(model.config(), 1);
   engine.forward(tokens.data(), 1, 6, state, nullptr, Logits::None);
   State copy = state;
-  EXPECT_EQ(copy.ssm, state.ssm);
+  EXPECT_EQ(copy.ssm(), state.ssm());
   state.reset();
-  EXPECT_TRUE(std::all_of(state.ssm.begin(), state.ssm.end(), [](float v) { return v == 0.0f; }));
-  EXPECT_TRUE(std::all_of(state.conv.begin(), state.conv.end(), [](float v) { return v == 0.0f; }));
+  const std::vector<float> ssm = state.ssm(), conv = state.conv();
+  EXPECT_TRUE(std::all_of(ssm.begin(), ssm.end(), [](float v) { return v == 0.0f; }));
+  EXPECT_TRUE(std::all_of(conv.begin(), conv.end(), [](float v) { return v == 0.0f; }));
 }
 
 TEST(Init, SaveThenLoadIsBitIdentical) {
@@ -166,18 +167,27 @@ TEST(Init, SaveThenLoadIsBitIdentical) {
   for (DType dtype : {DType::F32, DType::BF16, DType::F16}) {
     const auto dir = tmp / std::string(dtype_name(dtype));
     model.save(dir, dtype);
-    Model loaded = Model::load(dir);
+    Model loaded = Model::load(dir, DType::F32);
+    Model typed = Model::load(dir);  // the matrices stay in the file's type, the rest is fp32
     ASSERT_EQ(loaded.file_dtype(), dtype);
+    ASSERT_EQ(typed.weight_dtype(), dtype);
     for (size_t i = 0; i < model.specs().size(); i++) {
       const ParamSpec& s = model.specs()[i];
-      std::vector<float> expected(model.param(s), model.param(s) + s.numel);
+      std::vector<float> expected(model.param(s).f32(), model.param(s).f32() + s.numel);
+      std::vector<uint16_t> stored(static_cast<size_t>(s.numel));
       if (dtype != DType::F32) {  // what a file of that dtype can hold
-        std::vector<uint16_t> stored(static_cast<size_t>(s.numel));
         convert_from_f32(stored.data(), expected.data(), dtype, expected.size());
         convert_to_f32(expected.data(), stored.data(), dtype, expected.size());
       }
-      const float* got = loaded.param(loaded.specs()[i]);
+      const float* got = loaded.param(loaded.specs()[i]).f32();
       EXPECT_EQ(0, std::memcmp(got, expected.data(), sizeof(float) * expected.size())) << s.name;
+      const WeightView kept = typed.param(typed.specs()[i]);
+      if (s.matrix && dtype != DType::F32) {
+        ASSERT_EQ(kept.dtype, dtype) << s.name;
+        EXPECT_EQ(0, std::memcmp(kept.data, stored.data(), 2 * stored.size())) << s.name;
+      } else {
+        EXPECT_EQ(0, std::memcmp(kept.f32(), expected.data(), sizeof(float) * expected.size())) << s.name;
+      }
     }
   }
 }
@@ -202,7 +212,7 @@ TEST(Init, OfficialInitialisation) {
     EXPECT_GE(dt, 1e-3 * 0.999);
     EXPECT_LE(dt, 0.1 * 1.001);
   }
-  for (int i = 0; i < c.d_inner() * c.dt_rank; i++) EXPECT_LE(std::abs(w.dt_proj_w[i]), 1.0f / std::sqrt(2.0f));
+  for (int i = 0; i < c.d_inner() * c.dt_rank; i++) EXPECT_LE(std::abs(w.dt_proj_w.f32()[i]), 1.0f / std::sqrt(2.0f));
   // Same seed, same parameters; another seed, others.
   std::vector<float> again(params.size()), other(params.size());
   init_params(again.data(), c, specs, 1);

@@ -77,7 +77,7 @@ TEST_P(Scan, MatchesDoubleReference) {
   p.u = u.data(), p.u_stride = su;
   p.delta = delta.data(), p.delta_stride = sd;
   p.A = A.data();
-  p.Bm = bc.data() + 2, p.Cm = bc.data() + 2 + c.N, p.bc_stride = sbc;
+  p.Bm = bc.data() + 2, p.Cm = bc.data() + 2 + c.N, p.B_stride = p.C_stride = sbc;
   p.D = c.with_D ? Dv.data() : nullptr;
   p.z = c.with_z ? z.data() + c.D : nullptr, p.z_stride = sz;
   p.delta_bias = c.with_bias ? bias.data() : nullptr;
@@ -130,7 +130,7 @@ TEST(Conv, TailCarriesAcrossCallsOfAnyLength) {
     const int B = 2, L = 11, D = 70, stride = D + 9;
     auto x = randn(int64_t{B} * L * stride, rng), w = randn(int64_t{D} * K, rng), bias = randn(D, rng);
     std::vector<float> whole(int64_t{B} * L * D), tail_whole(int64_t{B} * (K - 1) * D, 0.0f);
-    conv1d_silu_forward(whole.data(), tail_whole.data(), x.data(), stride, w.data(), bias.data(), B, L, D, K);
+    conv1d_silu_forward(whole.data(), D, tail_whole.data(), x.data(), stride, w.data(), bias.data(), B, L, D, K);
     // Against the definition.
     for (int b = 0; b < B; b++) {
       for (int t = 0; t < L; t++) {
@@ -153,7 +153,7 @@ TEST(Conv, TailCarriesAcrossCallsOfAnyLength) {
       for (int b = 0; b < B; b++) {
         std::copy_n(x.begin() + (int64_t{b} * L + t0) * stride, int64_t{len} * stride, xs.begin() + int64_t{b} * len * stride);
       }
-      conv1d_silu_forward(out.data(), tail.data(), xs.data(), stride, w.data(), bias.data(), B, len, D, K);
+      conv1d_silu_forward(out.data(), D, tail.data(), xs.data(), stride, w.data(), bias.data(), B, len, D, K);
       for (int b = 0; b < B; b++) {
         std::copy_n(out.begin() + int64_t{b} * len * D, int64_t{len} * D, pieces.begin() + (int64_t{b} * L + t0) * D);
       }

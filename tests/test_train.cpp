@@ -23,9 +23,7 @@ namespace {
 const std::filesystem::path kTrain = test::fixtures_dir() / "train";
 
 std::vector<float> flat_params(const Model& model) {
-  std::vector<float> params(static_cast<size_t>(param_layout_size(model.specs())), 0.0f);
-  for (const ParamSpec& s : model.specs()) std::copy_n(model.param(s), s.numel, params.data() + s.offset);
-  return params;
+  return model.params_f32();
 }
 
 std::vector<int32_t> read_ids(const std::filesystem::path& path) {

@@ -11,6 +11,8 @@
 
 #include <unistd.h>
 
+#include "ops/scan.h"
+
 namespace mamba::test {
 
 inline std::filesystem::path source_dir() { return MAMBA_SOURCE_DIR; }
@@ -48,6 +50,14 @@ inline double relative_error(const float* a, const float* b, size_t n) {
 inline double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
   EXPECT_EQ(a.size(), b.size());
   return relative_error(a.data(), b.data(), std::min(a.size(), b.size()));
+}
+
+// The scan's params with the states entering every `chunk`-th step: written by the forward, read by the
+// backward (which takes them const).
+inline ScanParams with_checkpoints(ScanParams p, const float* checkpoints, int chunk) {
+  p.chunk_states = const_cast<float*>(checkpoints);
+  p.state_chunk = chunk;
+  return p;
 }
 
 }  // namespace mamba::test

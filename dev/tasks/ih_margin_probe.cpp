@@ -59,6 +59,7 @@ int main(int argc, char** argv) {
       t += n;
     }
     if (first.batch == 0) first = state;
+    const std::vector<float> state_ssm = state.ssm(), first_ssm = first.ssm();
     for (int surgery = 0; surgery < 2; surgery++) {
       State branch = state;
       if (surgery) {
@@ -66,8 +67,8 @@ int main(int argc, char** argv) {
         const int64_t per = int64_t{state.d_inner} * state.d_state;
         for (int l = 0; l < state.n_layer; l++) {
           float* h = branch.ssm_layer(l);
-          const float* now = state.ssm.data() + int64_t{l} * B * per;
-          const float* then = first.ssm.data() + int64_t{l} * B * per;
+          const float* now = state_ssm.data() + int64_t{l} * B * per;
+          const float* then = first_ssm.data() + int64_t{l} * B * per;
           for (int b = 0; b < 15; b++) {
             for (int64_t i = 0; i < per; i++) h[b * per + i] = now[b * per + i] - now[15 * per + i] + then[15 * per + i];
           }
@@ -89,8 +90,8 @@ int main(int argc, char** argv) {
     for (int l = 0; l < state.n_layer; l++) {
       std::printf("%10s layer %d:", "", l);
       for (int b : {0, 1, 8, 10, 12}) {
-        const float* now = state.ssm.data() + int64_t{l} * B * per;
-        const float* then = first.ssm.data() + int64_t{l} * B * per;
+        const float* now = state_ssm.data() + int64_t{l} * B * per;
+        const float* then = first_ssm.data() + int64_t{l} * B * per;
         double dot = 0, nn = 0, tt = 0;
         for (int64_t i = 0; i < per; i++) {
           const double m = now[b * per + i] - now[15 * per + i], m0 = then[b * per + i] - then[15 * per + i];

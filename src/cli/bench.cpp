@@ -1,5 +1,3 @@
-#include <cblas.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -7,6 +5,7 @@
 
 #include "cli/commands.h"
 #include "core/rng.h"
+#include "core/runtime.h"
 #include "model/engine.h"
 
 namespace mamba::cli {
@@ -25,29 +24,34 @@ double median(std::vector<double> v) {
 }  // namespace
 
 void add_bench(CLI::App& app) {
-  auto* cmd = app.add_subcommand("bench", "Measure prefill and decode speed on the CPU (JSON lines on stdout)");
+  auto* cmd = app.add_subcommand("bench", "Measure prefill and greedy decode speed (JSON lines on stdout)");
   struct Options {
     std::string dir;
     int batch = 1, prompt = 512, steps = 128, repeats = 3;
+    DeviceFlags device;
   };
   static Options o;
+  add_device_flags(cmd, o.device);
   cmd->add_option("dir", o.dir, "Model folder")->required();
   cmd->add_option("--batch", o.batch, "Sequences run together")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--prompt", o.prompt, "Prefill length in tokens")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--steps", o.steps, "Decode steps")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--repeats", o.repeats, "Timed repeats (the median is reported)")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->callback([] {
-    Model model = Model::load(o.dir);
+    Model model = load_model(o.dir, o.device);
     const Config& c = model.config();
-    Engine engine(model);
-    State state(c, o.batch);
+    Engine engine(model, engine_options(o.device, std::max<int64_t>(2048, int64_t{o.batch} * o.prompt)));
+    State state = engine.new_state(o.batch);
     Rng rng(1);
     std::vector<int32_t> tokens(static_cast<size_t>(o.batch) * o.prompt);
     for (int32_t& t : tokens) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(c.vocab_size)));
     std::vector<float> logits(static_cast<size_t>(o.batch) * c.vocab_size);
     const nlohmann::json common = {{"model", o.dir}, {"params", c.parameter_count()}, {"batch", o.batch},
-                                   {"threads", thread_count()}, {"build", MAMBA_BUILD_FLAGS},
-                                   {"blas", openblas_get_config()}};
+                                   {"device", engine.backend().device().name()},
+                                   {"dtype", std::string(dtype_name(engine.dtype()))},
+                                   {"weights", std::string(dtype_name(model.weight_dtype()))},
+                                   {"weight_bytes", engine.weight_bytes()}, {"backend", engine.backend().describe()},
+                                   {"threads", runtime_threads()}, {"build", MAMBA_BUILD_FLAGS}};
 
     // Prefill: the parallel path over B × prompt tokens, logits of the last position only.
     std::vector<double> prefill;
@@ -55,6 +59,7 @@ void add_bench(CLI::App& app) {
       state.reset();
       auto start = std::chrono::steady_clock::now();
       engine.forward(tokens.data(), o.batch, o.prompt, state, logits.data(), Logits::Last);
+      engine.backend().synchronize();
       if (r > 0) prefill.push_back(seconds_since(start));
     }
     double t = median(prefill);
@@ -64,18 +69,12 @@ void add_bench(CLI::App& app) {
     std::printf("%s\n", line.dump().c_str());
     std::fflush(stdout);
 
-    // Decode: one token per sequence per step, full logits each step.
+    // Decode: one token per sequence per step, greedy (the argmax of every logit, on the device).
     std::vector<double> decode;
     std::vector<int32_t> next(static_cast<size_t>(o.batch), 0);
     for (int r = 0; r <= o.repeats; r++) {
       auto start = std::chrono::steady_clock::now();
-      for (int s = 0; s < o.steps; s++) {
-        engine.step(next.data(), o.batch, state, logits.data());
-        for (int b = 0; b < o.batch; b++) {
-          const float* row = logits.data() + int64_t{b} * c.vocab_size;
-          next[b] = static_cast<int32_t>(std::max_element(row, row + c.vocab_size) - row);
-        }
-      }
+      for (int s = 0; s < o.steps; s++) engine.step_greedy(next.data(), o.batch, state, next.data());
       if (r > 0) decode.push_back(seconds_since(start));
     }
     t = median(decode);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/engine.h"
 
 namespace mamba::cli {
 
@@ -38,12 +39,18 @@ void add_shape_flags(CLI::App* cmd, ShapeFlags& flags);
 // they are incomplete, contradictory or invalid.
 Config shape_config(const ShapeFlags& flags, const char* command);
 
+// --device and --dtype, for the commands that run a model (score, generate, perplexity, bench).
+struct DeviceFlags {
+  std::string device = "cpu", dtype;
+};
+void add_device_flags(CLI::App* cmd, DeviceFlags& flags);
+// The model folder loaded as the flags ask: on the CPU the weights are kept in --dtype (default: the
+// file's); for a GPU they stay as the file has them until the engine converts its device copy.
+Model load_model(const std::string& dir, const DeviceFlags& flags);
+EngineOptions engine_options(const DeviceFlags& flags, int64_t max_tokens = 2048);
+
 // From now on SIGINT and SIGTERM set the returned flag instead of ending the process: long commands
 // check it, save their work and stop cleanly.
 const std::atomic<bool>& stop_on_signals();
-
-// Sets the OpenMP and OpenBLAS thread counts (0 = all cores).
-void set_threads(int threads);
-int thread_count();
 
 }  // namespace mamba::cli

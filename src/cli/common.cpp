@@ -1,6 +1,3 @@
-#include <cblas.h>
-#include <omp.h>
-
 #include <csignal>
 
 #include <string>
@@ -50,6 +47,38 @@ Config shape_config(const ShapeFlags& f, const char* command) {
   return c;
 }
 
+void add_device_flags(CLI::App* cmd, DeviceFlags& f) {
+  cmd->add_option("--device", f.device, "Where to run: cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--dtype", f.dtype,
+                  "Compute type: fp32, bf16 or fp16 (default: the file's). On the CPU the weights are kept in "
+                  "it and the arithmetic is fp32; on a GPU weights and activations take it");
+}
+
+namespace {
+
+std::optional<DType> flag_dtype(const DeviceFlags& f) {
+  if (f.dtype.empty()) return std::nullopt;
+  DType t;
+  if (!parse_dtype(f.dtype, &t)) fail("--dtype \"", f.dtype, "\": expected fp32, bf16 or fp16");
+  return t;
+}
+
+}  // namespace
+
+Model load_model(const std::string& dir, const DeviceFlags& f) {
+  const Device device = Device::parse(f.device);
+  const std::optional<DType> dtype = flag_dtype(f);
+  return Model::load(dir, device.kind == Device::Kind::Cpu ? dtype : std::nullopt);
+}
+
+EngineOptions engine_options(const DeviceFlags& f, int64_t max_tokens) {
+  EngineOptions o;
+  o.device = Device::parse(f.device);
+  if (o.device.kind != Device::Kind::Cpu) o.dtype = flag_dtype(f);
+  o.max_tokens = max_tokens;
+  return o;
+}
+
 // Token ids separated by commas and/or whitespace: "1,2,3", "1 2 3", "[1, 2, 3]".
 std::vector<int32_t> parse_ids(const std::string& text, const std::string& where) {
   std::vector<int32_t> ids;
@@ -77,13 +106,5 @@ std::vector<int32_t> parse_ids(const std::string& text, const std::string& where
   flush();
   return ids;
 }
-
-void set_threads(int threads) {
-  if (threads <= 0) threads = omp_get_num_procs();
-  omp_set_num_threads(threads);
-  openblas_set_num_threads(threads);
-}
-
-int thread_count() { return omp_get_max_threads(); }
 
 }  // namespace mamba::cli

@@ -38,8 +38,10 @@ void add_generate(CLI::App& app) {
     bool interactive = false, ignore_eos = false;
     SamplerOptions sampling;
     GenerateOptions gen;
+    DeviceFlags device;
   };
   static Options o;
+  add_device_flags(cmd, o.device);
   cmd->add_option("dir", o.dir, "Model folder")->required();
   auto* prompt = cmd->add_option("-p,--prompt", o.prompt, "Prompt text");
   auto* prompt_file = cmd->add_option("--prompt-file", o.prompt_file, "Prompt text from a file (- for stdin)")
@@ -76,7 +78,7 @@ void add_generate(CLI::App& app) {
       ->excludes(batch);
   cmd->callback([seed] {
     if (o.sampling.top_p <= 0) fail("--top-p: must be > 0");
-    Model model = Model::load(o.dir);
+    Model model = load_model(o.dir, o.device);
     const Config& c = model.config();
     // With --ids the tokenizer is not needed; a folder without one takes and gives ids everywhere.
     const TextCodec codec = o.ids.empty() ? TextCodec::for_model(o.dir, c) : TextCodec::ids_only();
@@ -86,7 +88,7 @@ void add_generate(CLI::App& app) {
     };
     o.gen.stop_at_eos = !o.ignore_eos;
     o.gen.eos_token_id = c.eos_token_id;
-    Engine engine(model);
+    Engine engine(model, engine_options(o.device));
     Generator gen(engine, codec, o.sampling, o.gen);
 
     bool line_started = false;  // ids mode: a comma goes before every id but the first of a line

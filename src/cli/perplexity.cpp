@@ -18,8 +18,10 @@ void add_perplexity(CLI::App& app) {
     std::string dir, file;
     int chunk = 512;
     bool json = false;
+    DeviceFlags device;
   };
   static Options o;
+  add_device_flags(cmd, o.device);
   cmd->add_option("dir", o.dir, "Model folder (with tokenizer.json, or byte-level)")->required();
   cmd->add_option("-f,--file", o.file, "Text file")->required();
   cmd->add_option("--chunk", o.chunk, "Tokens per forward pass (memory: chunk × vocabulary logits)")
@@ -30,12 +32,12 @@ void add_perplexity(CLI::App& app) {
     if (!in) fail(o.file, ": cannot open");
     const std::string text(std::istreambuf_iterator<char>(in), {});
     if (text.empty()) fail(o.file, ": empty");
-    Model model = Model::load(o.dir);
+    Model model = load_model(o.dir, o.device);
     const Config& c = model.config();
     const TextCodec codec = TextCodec::for_model(o.dir, c);
     if (!codec.has_text()) fail(o.dir, ": no tokenizer.json and not byte-level: cannot read text");
     const std::vector<int32_t> tokens = codec.encode(text);
-    Engine engine(model);
+    Engine engine(model, engine_options(o.device));
     // The first token is predicted from the end-of-document token, so every token of the text counts.
     PerplexityResult r = perplexity(engine, tokens, c.eos_token_id, o.chunk, [&](int64_t done) {
       std::fprintf(stderr, "\r%lld / %zu tokens", static_cast<long long>(done), tokens.size());

@@ -12,8 +12,10 @@ void add_score(CLI::App& app) {
   auto* cmd = app.add_subcommand("score", "Run the full forward pass and write fp32 logits as a NumPy .npy");
   struct Options {
     std::string dir, ids, ids_file, out;
+    DeviceFlags device;
   };
   static Options o;
+  add_device_flags(cmd, o.device);
   cmd->add_option("dir", o.dir, "Model folder")->required();
   auto* ids = cmd->add_option("--ids", o.ids, "Comma-separated token ids: one sequence");
   cmd->add_option("--ids-file", o.ids_file, "Token ids as .npy: (L,) or (B, L) integers")->excludes(ids);
@@ -45,10 +47,10 @@ void add_score(CLI::App& app) {
     }
     const int B = shape.size() == 2 ? static_cast<int>(shape[0]) : 1;
     const int L = static_cast<int>(shape.back());
-    Model model = Model::load(o.dir);
+    Model model = load_model(o.dir, o.device);
     const int64_t V = model.config().vocab_size;
-    Engine engine(model);
-    State state(model.config(), B);
+    Engine engine(model, engine_options(o.device));
+    State state = engine.new_state(B);
     std::vector<float> logits(static_cast<size_t>(int64_t{B} * L * V));
     engine.forward(tokens.data(), B, L, state, logits.data(), Logits::All);
     shape.push_back(V);

@@ -10,6 +10,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/file.h"
+#include "core/runtime.h"
 #include "model/tasks.h"
 
 namespace mamba::cli {
@@ -166,8 +167,7 @@ void add_tasks(CLI::App& app) {
     if (!t.init_from.empty()) {  // its own shape and SSM mode; --d-model, --n-layer and --ssm are ignored
       Model base = Model::load(t.init_from);
       c = base.config();
-      params.assign(static_cast<size_t>(param_layout_size(base.specs())), 0.0f);
-      for (const ParamSpec& s : base.specs()) std::copy_n(base.param(s), s.numel, params.data() + s.offset);
+      params = base.params_f32();
       t.ssm = c.ssm_mode == SsmMode::Lti ? "lti" : "selective";
     } else {
       auto specs = param_specs(c);
@@ -197,7 +197,7 @@ void add_tasks(CLI::App& app) {
                    {"options",
                     {{"batch", t.opt.batch}, {"max_steps", t.opt.steps}, {"lr", t.opt.lr}, {"lr_min", t.opt.lr_floor()},
                      {"warmup", t.opt.warmup}, {"weight_decay", t.opt.weight_decay}, {"adam_eps", t.opt.adam_eps}, {"clip", t.opt.clip},
-                     {"seed", t.opt.seed}, {"eval_sequences", t.opt.eval_sequences}, {"threads", thread_count()}}}};
+                     {"seed", t.opt.seed}, {"eval_sequences", t.opt.eval_sequences}, {"threads", runtime_threads()}}}};
       write_text(dir / "task.json", info.dump(2) + "\n");
     };
     TaskTrainResult r = train_task(c, params, spec, t.opt, [&](int64_t step, double loss, double acc, double secs) {
@@ -294,7 +294,7 @@ void add_tasks(CLI::App& app) {
     }
     json out = {{"model", dir.string()}, {"task", task_name(base.kind)}, {"train_length", train_length},
                 {"ssm_mode", model.config().ssm_mode == SsmMode::Lti ? "lti" : "selective"},
-                {"seed", e.seed}, {"batch", e.batch}, {"chunk", e.chunk}, {"threads", thread_count()}, {"results", rows}};
+                {"seed", e.seed}, {"batch", e.batch}, {"chunk", e.chunk}, {"threads", runtime_threads()}, {"results", rows}};
     const std::filesystem::path json_path = e.json_path.empty() ? dir / "eval.json" : std::filesystem::path(e.json_path);
     const std::filesystem::path svg_path = e.svg_path.empty() ? dir / "eval.svg" : std::filesystem::path(e.svg_path);
     write_text(json_path, out.dump(2) + "\n");

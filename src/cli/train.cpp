@@ -83,8 +83,7 @@ void add_train(CLI::App& app) {
       if (!o.init_from.empty()) {
         Model base = Model::load(o.init_from);
         c = base.config();
-        params.assign(static_cast<size_t>(param_layout_size(base.specs())), 0.0f);
-        for (const ParamSpec& s : base.specs()) std::copy_n(base.param(s), s.numel, params.data() + s.offset);
+        params = base.params_f32();
       } else {
         if (!o.shape.given()) fail("train: give --preset, or --d-model and --n-layer, or --init-from DIR");
         c = shape_config(o.shape, "train");

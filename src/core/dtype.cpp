@@ -1,5 +1,6 @@
 #include "core/dtype.h"
 
+#include <algorithm>
 #include <bit>
 
 namespace mamba {
@@ -50,6 +51,18 @@ void convert_from_f32(void* out, const float* in, DType dtype, size_t n) {
   for (size_t i = 0; i < n; i++) {
     uint16_t h = dtype == DType::BF16 ? f32_to_bf16(in[i]) : f32_to_f16(in[i]);
     std::memcpy(bytes + 2 * i, &h, 2);
+  }
+}
+
+void convert(void* out, DType out_dtype, const void* in, DType in_dtype, size_t n) {
+  constexpr size_t kPiece = 1024;
+  float tmp[kPiece];
+  const auto* src = static_cast<const uint8_t*>(in);
+  auto* dst = static_cast<uint8_t*>(out);
+  for (size_t i = 0; i < n; i += kPiece) {
+    const size_t len = std::min(kPiece, n - i);
+    convert_to_f32(tmp, src + i * dtype_size(in_dtype), in_dtype, len);
+    convert_from_f32(dst + i * dtype_size(out_dtype), tmp, out_dtype, len);
   }
 }
 

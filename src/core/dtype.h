@@ -31,12 +31,17 @@ inline uint16_t f32_to_bf16(float f) {
   return static_cast<uint16_t>(bits >> 16);
 }
 
+#ifndef __CUDACC__  // nvcc's front end has no _Float16; CUDA code converts with cuda_fp16.h
 inline float f16_to_f32(uint16_t h) { return static_cast<float>(std::bit_cast<_Float16>(h)); }
 inline uint16_t f32_to_f16(float f) { return std::bit_cast<uint16_t>(static_cast<_Float16>(f)); }
+#endif
 
 // Converts n elements stored as `dtype` (little-endian, any alignment) to fp32.
 void convert_to_f32(float* out, const void* in, DType dtype, size_t n);
 // Converts n fp32 values to `dtype` bytes.
 void convert_from_f32(void* out, const float* in, DType dtype, size_t n);
+// Converts n elements between any two dtypes (through fp32, which holds every value of each exactly);
+// `in` may have any alignment.
+void convert(void* out, DType out_dtype, const void* in, DType in_dtype, size_t n);
 
 }  // namespace mamba

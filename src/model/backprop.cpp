@@ -22,7 +22,7 @@ void zero(float* p, int64_t n) { std::memset(p, 0, sizeof(float) * static_cast<s
 Backprop::Backprop(const Config& config, int B, int L, int scan_chunk)
     : config_(config), specs_(param_specs(config)), B_(B), L_(L), chunk_(std::max(1, scan_chunk)) {
   const int64_t M = int64_t{B} * L, d = config.d_model, Di = config.d_inner(), N = config.d_state;
-  const int64_t xw = config.dt_rank + 2 * N, chunks = cpu::scan_chunks(L, chunk_);
+  const int64_t xw = config.dt_rank + 2 * N, chunks = scan_chunks(L, chunk_);
   const int64_t per_layer = padded(M * d) * 2 + padded(M * 2 * Di) + padded(M * Di) * 3 + padded(M * xw) +
                             padded(int64_t{B} * chunks * Di * N);
   saved_.assign(static_cast<size_t>(per_layer * config.n_layer + padded(M * d) * 2), 0.0f);
@@ -79,24 +79,25 @@ double Backprop::step(const float* params, float* grads, const int32_t* inputs, 
     }
   }
   if (params != bound_params_) {
-    w_ = bind_weights(c, specs_, [&](const ParamSpec& s) { return params + s.offset; });
+    w_ = bind_weights(c, specs_, params);
     bound_params_ = params;
   }
   if (grads && grads != bound_grads_) {
-    g_ = bind_weights(c, specs_, [&](const ParamSpec& s) { return grads + s.offset; });
+    g_ = bind_weights(c, specs_, grads);
     bound_grads_ = grads;
   }
   const Weights& w = w_;
   // Gradient views share the parameters' layout; they are written, hence the cast.
   auto mut = [](const float* p) { return const_cast<float*>(p); };
 
-  auto buffers = [](const LayerSaved& s) { return MixerBuffers{s.xz, s.xc, s.xdbl, s.delta, s.y}; };
+  auto buffers = [](const LayerSaved& s) { return MixerBuffers{s.xz, s.xc, s.xdbl, s.delta, s.y, DType::F32}; };
+  Backend& cpu = Backend::cpu();
   auto compute_A = [&](const LayerWeights& lw) {
     for (int64_t i = 0; i < int64_t{Di} * N; i++) A_[i] = -std::exp(lw.A_log[i]);
   };
 
   // ---- forward, keeping each layer's activations ----
-  cpu::embedding_forward(hidden_, inputs, w.embedding, M, d);
+  cpu::embedding_forward(hidden_, inputs, w.embedding.f32(), M, d);
   for (int l = 0; l < c.n_layer; l++) {
     const LayerWeights& lw = w.layers[l];
     LayerSaved& s = layers_[l];
@@ -104,14 +105,15 @@ double Backprop::step(const float* params, float* grads, const int32_t* inputs, 
     cpu::residual_rmsnorm_forward(s.normed, s.residual, hidden_, lw.norm, l == 0, M, d, c.norm_eps);
     compute_A(lw);
     zero(tail_, int64_t{B_} * (K - 1) * Di);  // training sequences start from the zero state
-    mixer_forward(hidden_, buffers(s), s.normed, lw, A_, c, B_, L_, MixerCarry{tail_, nullptr, nullptr, s.checkpoints, chunk_});
+    mixer_forward(cpu, hidden_, buffers(s), s.normed, lw, A_, c, B_, L_,
+                  MixerCarry{tail_, nullptr, nullptr, s.checkpoints, chunk_}, nullptr);
   }
   std::memcpy(residual_f_, layers_.back().residual, sizeof(float) * M * d);
   cpu::residual_rmsnorm_forward(normed_f_, residual_f_, hidden_, w.norm_f, false, M, d, c.norm_eps);
 
   // ---- loss, and the backward in exact reverse order ----
-  float* dhead = grads ? mut(g_.lm_head) : dhead_;
-  const double loss = cpu::lm_head_cross_entropy(dnormed_, dhead, normed_f_, w.lm_head, targets, M, d, V,
+  float* dhead = grads ? mut(g_.lm_head.f32()) : dhead_;
+  const double loss = cpu::lm_head_cross_entropy(dnormed_, dhead, normed_f_, w.lm_head.f32(), targets, M, d, V,
                                                  ignore_index, logits_, logit_rows_);
   if (!grads) return loss;
 
@@ -124,8 +126,8 @@ double Backprop::step(const float* params, float* grads, const int32_t* inputs, 
     const LayerSaved& s = layers_[l];
     // out_proj: its output was this layer's hidden, whose gradient is the residual gradient.
     zero(dy_, M * Di);
-    cpu::matmul_backward(dy_, Di, mut(gw.out_proj_w), mut(gw.out_proj_b), dresid_, d,
-                         s.y, Di, lw.out_proj_w, M, Di, d);
+    cpu::matmul_backward(dy_, Di, mut(gw.out_proj_w.f32()), mut(gw.out_proj_b), dresid_, d,
+                         s.y, Di, lw.out_proj_w.f32(), M, Di, d);
     // selective scan (recomputing inside each chunk from the saved states)
     zero(dxz_, M * 2 * Di);
     zero(dxc_, M * Di);
@@ -149,14 +151,17 @@ double Backprop::step(const float* params, float* grads, const int32_t* inputs, 
     g.dz = dxz_ + Di;
     g.dz_stride = 2 * Di;
     g.ddelta_bias = mut(gw.dt_proj_b);
-    cpu::selective_scan_backward(g, mixer_scan_params(buffers(s), lw, A_, c, B_, L_), s.checkpoints, chunk_);
+    ScanParams scan = mixer_scan_params(buffers(s), lw, A_, c, B_, L_);
+    scan.chunk_states = s.checkpoints;
+    scan.state_chunk = chunk_;
+    cpu::selective_scan_backward(g, scan);
     float* dA_log = mut(gw.A_log);
     for (int64_t i = 0; i < int64_t{Di} * N; i++) dA_log[i] += dA_[i] * A_[i];  // A = −exp(A_log)
     // dt_proj, x_proj (absent in LTI mode, where Δ's gradient went to dt_proj.bias alone)
     if (!lti) {
-      cpu::matmul_backward(dxdbl_, xw, mut(gw.dt_proj_w), nullptr, ddelta_, Di, s.xdbl, xw,
-                           lw.dt_proj_w, M, R, Di);
-      cpu::matmul_backward(dxc_, Di, mut(gw.x_proj_w), nullptr, dxdbl_, xw, s.xc, Di, lw.x_proj_w,
+      cpu::matmul_backward(dxdbl_, xw, mut(gw.dt_proj_w.f32()), nullptr, ddelta_, Di, s.xdbl, xw,
+                           lw.dt_proj_w.f32(), M, R, Di);
+      cpu::matmul_backward(dxc_, Di, mut(gw.x_proj_w.f32()), nullptr, dxdbl_, xw, s.xc, Di, lw.x_proj_w.f32(),
                            M, Di, xw);
     }
     // conv1d + SiLU, into the x half of dxz
@@ -164,11 +169,11 @@ double Backprop::step(const float* params, float* grads, const int32_t* inputs, 
                               dxc_, s.xz, 2 * Di, nullptr, lw.conv_w, lw.conv_b, B_, L_, Di, K);
     // in_proj, then the norm (which updates the residual gradient in place)
     zero(dnormed_, M * d);
-    cpu::matmul_backward(dnormed_, d, mut(gw.in_proj_w), mut(gw.in_proj_b), dxz_,
-                         2 * Di, s.normed, d, lw.in_proj_w, M, d, 2 * Di);
+    cpu::matmul_backward(dnormed_, d, mut(gw.in_proj_w.f32()), mut(gw.in_proj_b), dxz_,
+                         2 * Di, s.normed, d, lw.in_proj_w.f32(), M, d, 2 * Di);
     cpu::residual_rmsnorm_backward(dresid_, mut(gw.norm), dnormed_, s.residual, lw.norm, M, d, c.norm_eps);
   }
-  cpu::embedding_backward(mut(g_.embedding), dresid_, inputs, M, d);
+  cpu::embedding_backward(mut(g_.embedding.f32()), dresid_, inputs, M, d);
   return loss;
 }
 

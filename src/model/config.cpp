@@ -4,7 +4,7 @@
 
 #include "core/error.h"
 #include "core/file.h"
-#include "ops/scan_params.h"
+#include "ops/scan.h"
 
 namespace mamba {
 

@@ -18,25 +18,6 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-// Keeps rows `keep` (increasing) of a batched state, in place: row j moves to slot j. Every row moves
-// towards the front of its layer's block, which itself moves towards the front, so copying in
-// increasing order never overwrites a row still to be read. No allocation.
-void keep_rows(State& s, const std::vector<int>& keep) {
-  const int B = s.batch, K = static_cast<int>(keep.size());
-  const int64_t nc = static_cast<int64_t>(s.d_conv - 1) * s.d_inner, ns = static_cast<int64_t>(s.d_inner) * s.d_state;
-  for (int l = 0; l < s.n_layer; l++) {
-    for (int j = 0; j < K; j++) {
-      std::memmove(s.conv.data() + (int64_t{l} * K + j) * nc, s.conv.data() + (int64_t{l} * B + keep[j]) * nc,
-                   sizeof(float) * nc);
-      std::memmove(s.ssm.data() + (int64_t{l} * K + j) * ns, s.ssm.data() + (int64_t{l} * B + keep[j]) * ns,
-                   sizeof(float) * ns);
-    }
-  }
-  s.batch = K;
-  s.conv.resize(static_cast<size_t>(s.n_layer * K * nc));
-  s.ssm.resize(static_cast<size_t>(s.n_layer * K * ns));
-}
-
 std::string join_ids(const std::vector<int32_t>& ids) {
   std::string out;
   for (size_t i = 0; i < ids.size(); i++) {
@@ -126,10 +107,9 @@ Generator::Generator(Engine& engine, const TextCodec& codec, SamplerOptions samp
 }
 
 int Generator::add() {
-  const Config& c = engine_.model().config();
   SamplerOptions o = sampling_;
   o.seed += seqs_.size();
-  seqs_.push_back(Sequence{State(c, 1), Sampler(o, vocab_), codec_.stream(), std::vector<float>(vocab_), false, -1,
+  seqs_.push_back(Sequence{engine_.new_state(1), Sampler(o, vocab_), codec_.stream(), std::vector<float>(vocab_), false, -1,
                            {}, {}, {}, Finish::None});
   return size() - 1;
 }
@@ -214,7 +194,6 @@ void Generator::flush(int i, const Callback& on_token) {
 }
 
 void Generator::run(const Callback& on_token) {
-  const Config& c = engine_.model().config();
   for (int i = 0; i < size(); i++) {
     Sequence& s = seqs_[i];
     s.output.clear();
@@ -227,7 +206,7 @@ void Generator::run(const Callback& on_token) {
 
   // Gather every sequence into one batch; rows leave it as their sequences finish.
   const int B = size();
-  work_ = State(c, B);
+  work_ = engine_.new_state(B);
   logits_.resize(static_cast<size_t>(B) * vocab_);
   tokens_.resize(static_cast<size_t>(B));
   active_.resize(static_cast<size_t>(B));
@@ -255,7 +234,7 @@ void Generator::run(const Callback& on_token) {
       }
     }
     if (static_cast<int>(keep.size()) < n) {
-      keep_rows(work_, keep);
+      work_.keep_rows(keep);
       for (size_t j = 0; j < keep.size(); j++) {
         tokens_[j] = tokens_[keep[j]];
         active_[j] = active_[keep[j]];
@@ -272,8 +251,9 @@ void Generator::run(const Callback& on_token) {
 void Generator::save(int i, const std::filesystem::path& path) const {
   const Sequence& s = seqs_.at(i);
   const State& st = s.state;
-  std::vector<TensorToWrite> tensors = {{"conv", {st.n_layer, st.batch, st.d_conv - 1, st.d_inner}, st.conv.data()},
-                                        {"ssm", {st.n_layer, st.batch, st.d_inner, st.d_state}, st.ssm.data()}};
+  const std::vector<float> conv = st.conv(), ssm = st.ssm();
+  std::vector<TensorToWrite> tensors = {{"conv", {st.n_layer, st.batch, st.d_conv - 1, st.d_inner}, conv.data()},
+                                        {"ssm", {st.n_layer, st.batch, st.d_inner, st.d_state}, ssm.data()}};
   // After a feed with no run since, the next token's distribution is only in the logits.
   if (s.has_logits) tensors.push_back({"logits", {1, vocab_}, s.logits.data()});
   write_safetensors(path, tensors,
@@ -285,7 +265,7 @@ void Generator::save(int i, const std::filesystem::path& path) const {
 }
 
 int Generator::load(const std::filesystem::path& path, bool keep_rng) {
-  State st = State::load(path, engine_.model().config());
+  State st = State::load(path, engine_.model().config(), engine_.backend());
   if (st.batch != 1) fail(path.string(), ": holds ", st.batch, " sequences; one expected");
   SafeTensorsReader reader = SafeTensorsReader::open_file(path);
   const auto& meta = reader.metadata();
@@ -363,7 +343,7 @@ PerplexityResult perplexity(Engine& engine, std::span<const int32_t> tokens, int
   }
   if (bos < 0 || bos >= V) fail("perplexity: start token ", bos, " is out of range [0, ", V, ")");
   const int64_t n = static_cast<int64_t>(tokens.size());
-  State state(c, 1);
+  State state = engine.new_state(1);
   std::vector<float> logits(static_cast<size_t>(chunk) * V);  // (chunk, V)
   std::vector<int32_t> inputs(static_cast<size_t>(chunk));
   PerplexityResult r;

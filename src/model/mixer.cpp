@@ -2,9 +2,36 @@
 
 #include <algorithm>
 
-#include "ops/cpu/ops.h"
-
 namespace mamba {
+
+namespace {
+
+// p + n elements of `dtype`.
+inline void* offset(void* p, int64_t n, DType dtype) { return static_cast<char*>(p) + n * static_cast<int64_t>(dtype_size(dtype)); }
+
+Conv1dParams conv_params(const MixerBuffers& buf, const LayerWeights& lw, const Config& c, int B, int L,
+                         float* tail) {
+  const int Di = c.d_inner();
+  Conv1dParams p;
+  p.batch = B, p.seqlen = L, p.dim = Di, p.width = c.d_conv, p.dtype = buf.dtype;
+  p.out = buf.xc, p.out_stride = Di;
+  p.x = buf.xz, p.x_stride = 2 * Di;
+  p.weight = lw.conv_w, p.bias = lw.conv_b;
+  p.tail_in = tail, p.tail_out = tail;
+  return p;
+}
+
+MatmulParams matmul_params(void* out, int64_t ldo, const void* inp, int64_t ldi, DType dtype, WeightView w,
+                           const float* bias, int64_t M, int K, int N) {
+  MatmulParams p;
+  p.out = out, p.ldo = ldo, p.out_dtype = dtype;
+  p.inp = inp, p.ldi = ldi, p.dtype = dtype;
+  p.weight = w, p.bias = bias;
+  p.M = M, p.K = K, p.N = N;
+  return p;
+}
+
+}  // namespace
 
 ScanParams mixer_scan_params(const MixerBuffers& buf, const LayerWeights& lw, const float* A, const Config& c,
                              int B, int L) {
@@ -14,6 +41,7 @@ ScanParams mixer_scan_params(const MixerBuffers& buf, const LayerWeights& lw, co
   p.seqlen = L;
   p.dim = Di;
   p.dstate = N;
+  p.dtype = buf.dtype;
   p.y = buf.y;
   p.y_stride = Di;
   p.u = buf.xc;
@@ -21,11 +49,11 @@ ScanParams mixer_scan_params(const MixerBuffers& buf, const LayerWeights& lw, co
   p.delta = buf.delta;
   p.delta_stride = Di;
   p.A = A;
-  p.Bm = buf.xdbl + R;
-  p.Cm = buf.xdbl + R + N;
-  p.bc_stride = R + 2 * N;
+  p.Bm = offset(buf.xdbl, R, buf.dtype);
+  p.Cm = offset(buf.xdbl, R + N, buf.dtype);
+  p.B_stride = p.C_stride = R + 2 * N;
   p.D = lw.D;
-  p.z = buf.xz + Di;
+  p.z = offset(buf.xz, Di, buf.dtype);
   p.z_stride = 2 * Di;
   p.delta_bias = lw.dt_proj_b;
   p.delta_softplus = true;
@@ -35,33 +63,57 @@ ScanParams mixer_scan_params(const MixerBuffers& buf, const LayerWeights& lw, co
     p.delta_stride = 0;
     p.Bm = lw.lti_B;
     p.Cm = lw.lti_C;
-    p.bc_stride = 0;
+    p.B_stride = p.C_stride = 0;
     p.bc_per_channel = true;
   }
   return p;
 }
 
-void mixer_forward(float* out, const MixerBuffers& buf, const float* normed, const LayerWeights& lw, const float* A,
-                   const Config& c, int B, int L, const MixerCarry& carry) {
+size_t mixer_workspace(Backend& backend, const Config& c, DType dtype, int B, int L) {
+  // Sizes depend on the shapes and on which optional pointers are set, not on the addresses: a
+  // placeholder stands for every buffer.
+  void* any = reinterpret_cast<void*>(uintptr_t{256});
+  const MixerBuffers buf{any, any, any, any, any, dtype};
+  LayerWeights lw{};
+  lw.D = lw.dt_proj_b = lw.lti_B = lw.lti_C = static_cast<const float*>(any);
+  ScanParams scan = mixer_scan_params(buf, lw, static_cast<const float*>(any), c, B, L);
+  scan.state_in = scan.state_out = static_cast<float*>(any);
+  return std::max(backend.conv1d_workspace(conv_params(buf, lw, c, B, L, static_cast<float*>(any))),
+                  backend.scan_workspace(scan));
+}
+
+std::string mixer_unsupported(const Backend& backend, const Config& c, DType dtype, DType weight) {
+  const OpQuery queries[] = {
+      {Op::Matmul, dtype, weight},
+      {Op::Conv1d, dtype, weight, false, 0, c.d_conv},
+      {Op::Scan, dtype, weight, c.ssm_mode == SsmMode::Lti, c.d_state, 0},
+  };
+  for (const OpQuery& q : queries) {
+    if (std::string why = backend.unsupported(q); !why.empty()) return why;
+  }
+  return {};
+}
+
+void mixer_forward(Backend& backend, void* out, const MixerBuffers& buf, const void* normed, const LayerWeights& lw,
+                   const float* A, const Config& c, int B, int L, const MixerCarry& carry, void* workspace) {
   const int d = c.d_model, Di = c.d_inner(), R = c.dt_rank, xw = R + 2 * c.d_state;
   const int64_t M = int64_t{B} * L;
-  cpu::matmul_forward(buf.xz, 2 * Di, normed, d, lw.in_proj_w, lw.in_proj_b, M, d, 2 * Di);
-  cpu::conv1d_silu_forward(buf.xc, carry.conv_tail, buf.xz, 2 * Di, lw.conv_w, lw.conv_b, B, L, Di, c.d_conv);
+  const DType t = buf.dtype;
+  backend.matmul(matmul_params(buf.xz, 2 * Di, normed, d, t, lw.in_proj_w, lw.in_proj_b, M, d, 2 * Di));
+  backend.conv1d(conv_params(buf, lw, c, B, L, carry.conv_tail), workspace);
   if (c.ssm_mode == SsmMode::Lti) {
-    std::fill_n(buf.delta, Di, 0.0f);  // the one row of delta the LTI scan reads
+    backend.fill_zero(buf.delta, static_cast<size_t>(Di) * dtype_size(t));  // the one row of delta the LTI scan reads
   } else {
-    cpu::matmul_forward(buf.xdbl, xw, buf.xc, Di, lw.x_proj_w, nullptr, M, Di, xw);
-    cpu::matmul_forward(buf.delta, Di, buf.xdbl, xw, lw.dt_proj_w, nullptr, M, R, Di);
+    backend.matmul(matmul_params(buf.xdbl, xw, buf.xc, Di, t, lw.x_proj_w, nullptr, M, Di, xw));
+    backend.matmul(matmul_params(buf.delta, Di, buf.xdbl, xw, t, lw.dt_proj_w, nullptr, M, R, Di));
   }
   ScanParams scan = mixer_scan_params(buf, lw, A, c, B, L);
   scan.state_in = carry.ssm_in;
   scan.state_out = carry.ssm_out;
-  if (carry.checkpoints) {
-    cpu::selective_scan_forward_checkpointed(scan, carry.checkpoints, carry.chunk);
-  } else {
-    cpu::selective_scan_forward(scan);
-  }
-  cpu::matmul_forward(out, d, buf.y, Di, lw.out_proj_w, lw.out_proj_b, M, Di, d);
+  scan.chunk_states = carry.checkpoints;
+  scan.state_chunk = carry.chunk;
+  backend.scan(scan, workspace);
+  backend.matmul(matmul_params(out, d, buf.y, Di, t, lw.out_proj_w, lw.out_proj_b, M, Di, d));
 }
 
 }  // namespace mamba

@@ -1,5 +1,5 @@
-// The Mamba block's mixer (paper §3.4, Figure 3), forward, over M = B·L rows, shared by inference
-// (Engine) and training (Backprop):
+// The Mamba block's mixer (paper §3.4, Figure 3), forward, over M = B·L rows, on a backend, shared by
+// inference (Engine) and training (Backprop):
 //   xz = in_proj(normed);  x, z = xz
 //   xc = SiLU(conv1d(x))                       (causal, carrying its d_conv − 1 tail)
 //   δ, B, C = x_proj(xc);  Δ = softplus(dt_proj(δ) + bias)
@@ -7,27 +7,30 @@
 //   out = out_proj(y)
 #pragma once
 
+#include <cstddef>
+
 #include "model/config.h"
 #include "model/weights.h"
-#include "ops/scan_params.h"
+#include "ops/backend.h"
 
 namespace mamba {
 
-// Where the mixer's activations go (all (M, ·), token-major).
+// Where the mixer's activations go (all (M, ·), token-major, on the backend's device, in `dtype`).
 struct MixerBuffers {
-  float* xz;     // (M, 2·Di) in_proj output: x | z
-  float* xc;     // (M, Di) SiLU(conv1d(x)): the scan's u
-  float* xdbl;   // (M, R + 2N) x_proj output: δ | B | C
-  float* delta;  // (M, Di) dt_proj(δ), before bias and softplus
-  float* y;      // (M, Di) gated scan output
+  void* xz;     // (M, 2·Di) in_proj output: x | z
+  void* xc;     // (M, Di) SiLU(conv1d(x)): the scan's u
+  void* xdbl;   // (M, R + 2N) x_proj output: δ | B | C
+  void* delta;  // (M, Di) dt_proj(δ), before bias and softplus
+  void* y;      // (M, Di) gated scan output
+  DType dtype = DType::F32;
 };
 
-// What the recurrence carries across calls.
+// What the recurrence carries across calls (fp32, on the backend's device).
 struct MixerCarry {
-  float* conv_tail;                // (B, d_conv − 1, Di) in: the inputs before t = 0; out: the last ones
-  const float* ssm_in = nullptr;   // (B, Di, N) h_0, or null for zeros
-  float* ssm_out = nullptr;        // (B, Di, N) h_L, or null
-  float* checkpoints = nullptr;    // (B, ⌈L/chunk⌉, Di, N) for the backward, or null
+  float* conv_tail = nullptr;     // (B, d_conv − 1, Di) in: the inputs before t = 0; out: the last ones
+  const float* ssm_in = nullptr;  // (B, Di, N) h_0, or null for zeros
+  float* ssm_out = nullptr;       // (B, Di, N) h_L, or null
+  float* checkpoints = nullptr;   // (B, ⌈L/chunk⌉, Di, N) for the backward, or null
   int chunk = 0;
 };
 
@@ -35,8 +38,14 @@ struct MixerCarry {
 ScanParams mixer_scan_params(const MixerBuffers& buf, const LayerWeights& lw, const float* A, const Config& c,
                              int B, int L);
 
-// out (M, d) = mixer(normed (M, d)). A = −exp(A_log) of this layer, (Di, N).
-void mixer_forward(float* out, const MixerBuffers& buf, const float* normed, const LayerWeights& lw, const float* A,
-                   const Config& c, int B, int L, const MixerCarry& carry);
+// Bytes of workspace mixer_forward needs for B sequences of L tokens (the conv's and the scan's).
+size_t mixer_workspace(Backend& backend, const Config& c, DType dtype, int B, int L);
+
+// Why `backend` cannot run this model's mixer with activations of `dtype` (weights of `weight`), or empty.
+std::string mixer_unsupported(const Backend& backend, const Config& c, DType dtype, DType weight);
+
+// out (M, d) = mixer(normed (M, d)), both in buf.dtype. A = −exp(A_log) of this layer, (Di, N).
+void mixer_forward(Backend& backend, void* out, const MixerBuffers& buf, const void* normed, const LayerWeights& lw,
+                   const float* A, const Config& c, int B, int L, const MixerCarry& carry, void* workspace);
 
 }  // namespace mamba

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,10 +16,12 @@ namespace mamba {
 
 class Model {
  public:
-  // Reads DIR/config.json and the weights. F32 tensors are used in place from the memory map; F16 and
-  // BF16 are converted to fp32 once. Errors name the file and the tensor or field.
-  static Model load(const std::filesystem::path& dir);
-  // Takes parameters laid out by param_specs(config).
+  // Reads DIR/config.json and the weights. The matrices (ParamSpec::matrix: the embedding and the
+  // projections) are kept in `weight_dtype`, by default the file's; every other parameter in fp32. A
+  // tensor already in its type is used in place from the memory map; the others are converted once.
+  // Errors name the file and the tensor or field.
+  static Model load(const std::filesystem::path& dir, std::optional<DType> weight_dtype = std::nullopt);
+  // Takes fp32 parameters laid out by param_specs(config).
   static Model from_params(const Config& config, std::vector<float> params);
 
   Model(Model&&) = default;
@@ -28,16 +31,20 @@ class Model {
   const Weights& weights() const { return weights_; }
   const std::vector<ParamSpec>& specs() const { return specs_; }
   const float* A(int layer) const { return A_.data() + static_cast<int64_t>(layer) * config_.d_inner() * config_.d_state; }
-  const float* param(const ParamSpec& spec) const { return param_views_[&spec - specs_.data()]; }
+  WeightView param(const ParamSpec& spec) const { return param_views_[&spec - specs_.data()]; }
+  // Every parameter as fp32, laid out by param_specs (training starts from this).
+  std::vector<float> params_f32() const;
 
   DType file_dtype() const { return file_dtype_; }
-  int64_t mapped_bytes() const { return mapped_bytes_; }      // used in place from the file
-  int64_t converted_bytes() const { return converted_bytes_; }  // held as converted fp32
+  DType weight_dtype() const { return weight_dtype_; }  // of the matrices
+  int64_t mapped_bytes() const { return mapped_bytes_; }        // used in place from the file
+  int64_t converted_bytes() const { return converted_bytes_; }  // held converted (or built in memory)
 
   // Recomputes what is derived from the parameters (A = −exp(A_log)); call after changing them.
   void refresh_derived();
 
-  // Writes DIR/config.json and DIR/model.safetensors (Hugging Face names), each atomically.
+  // Writes DIR/config.json and DIR/model.safetensors (Hugging Face names) with every tensor in `dtype`,
+  // each file atomically.
   void save(const std::filesystem::path& dir, DType dtype) const;
 
  private:
@@ -46,12 +53,12 @@ class Model {
 
   Config config_;
   std::vector<ParamSpec> specs_;
-  std::vector<const float*> param_views_;  // one per spec
-  SafeTensorsReader reader_;               // keeps the memory maps alive
-  std::vector<float> owned_;               // converted or in-memory parameters
+  std::vector<WeightView> param_views_;  // one per spec
+  SafeTensorsReader reader_;             // keeps the memory maps alive
+  std::vector<float> owned_;             // converted or in-memory parameters (typed bytes, 64-byte aligned views)
   std::vector<float> A_;                   // (n_layer, d_inner, N)
   Weights weights_;
-  DType file_dtype_ = DType::F32;
+  DType file_dtype_ = DType::F32, weight_dtype_ = DType::F32;
   int64_t mapped_bytes_ = 0, converted_bytes_ = 0;
 };
 

@@ -116,8 +116,7 @@ Trainer Trainer::resume(const std::filesystem::path& checkpoint, const Dataset& 
   if (steps_override > 0) options.steps = steps_override;
   Model model = Model::load(dir);
   if (model.file_dtype() != DType::F32) fail(dir.string(), ": a training checkpoint must be F32");
-  std::vector<float> params(static_cast<size_t>(param_layout_size(model.specs())), 0.0f);
-  for (const ParamSpec& s : model.specs()) std::memcpy(params.data() + s.offset, model.param(s), sizeof(float) * s.numel);
+  std::vector<float> params = model.params_f32();
   Trainer t(model.config(), std::move(params), data, options, out.empty() ? dir.parent_path().parent_path() : out);
 
   SafeTensorsReader opt = SafeTensorsReader::open_file(dir / "optimizer.safetensors");

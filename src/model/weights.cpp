@@ -11,16 +11,16 @@ namespace mamba {
 std::vector<ParamSpec> param_specs(const Config& c) {
   const int64_t d = c.d_model, di = c.d_inner(), n = c.d_state, r = c.dt_rank, v = c.vocab_size;
   std::vector<ParamSpec> specs;
-  auto add = [&](std::string name, std::vector<int64_t> shape, bool decay) {
-    ParamSpec s{std::move(name), std::move(shape), 0, 1, decay};
+  auto add = [&](std::string name, std::vector<int64_t> shape, bool decay, bool matrix = false) {
+    ParamSpec s{std::move(name), std::move(shape), 0, 1, decay, matrix};
     for (int64_t x : s.shape) s.numel *= x;
     specs.push_back(std::move(s));
   };
-  add("backbone.embeddings.weight", {v, d}, true);
+  add("backbone.embeddings.weight", {v, d}, true, true);
   for (int i = 0; i < c.n_layer; i++) {
     const std::string p = "backbone.layers." + std::to_string(i) + ".";
     add(p + "norm.weight", {d}, false);
-    add(p + "mixer.in_proj.weight", {2 * di, d}, true);
+    add(p + "mixer.in_proj.weight", {2 * di, d}, true, true);
     if (c.use_bias) add(p + "mixer.in_proj.bias", {2 * di}, false);
     add(p + "mixer.conv1d.weight", {di, 1, c.d_conv}, true);
     if (c.use_conv_bias) add(p + "mixer.conv1d.bias", {di}, false);
@@ -28,17 +28,17 @@ std::vector<ParamSpec> param_specs(const Config& c) {
       add(p + "mixer.B", {di, n}, false);
       add(p + "mixer.C", {di, n}, false);
     } else {
-      add(p + "mixer.x_proj.weight", {r + 2 * n, di}, true);
-      add(p + "mixer.dt_proj.weight", {di, r}, true);
+      add(p + "mixer.x_proj.weight", {r + 2 * n, di}, true, true);
+      add(p + "mixer.dt_proj.weight", {di, r}, true, true);
     }
     add(p + "mixer.dt_proj.bias", {di}, false);
     add(p + "mixer.A_log", {di, n}, false);
     add(p + "mixer.D", {di}, false);
-    add(p + "mixer.out_proj.weight", {d, di}, true);
+    add(p + "mixer.out_proj.weight", {d, di}, true, true);
     if (c.use_bias) add(p + "mixer.out_proj.bias", {d}, false);
   }
   add("backbone.norm_f.weight", {d}, false);
-  if (!c.tie_embeddings) add("lm_head.weight", {v, d}, true);
+  if (!c.tie_embeddings) add("lm_head.weight", {v, d}, true, true);
   int64_t offset = 0;
   for (ParamSpec& s : specs) {
     s.offset = offset;
@@ -53,27 +53,32 @@ int64_t param_layout_size(const std::vector<ParamSpec>& specs) {
 }
 
 Weights bind_weights(const Config& c, const std::vector<ParamSpec>& specs,
-                     const std::function<const float*(const ParamSpec&)>& lookup) {
-  std::map<std::string, const float*> by_name;
+                     const std::function<WeightView(const ParamSpec&)>& lookup) {
+  std::map<std::string, WeightView> by_name;
   for (const ParamSpec& s : specs) by_name[s.name] = lookup(s);
-  auto get = [&](const std::string& name) -> const float* {
+  auto matrix = [&](const std::string& name) -> WeightView {
     auto it = by_name.find(name);
-    return it == by_name.end() ? nullptr : it->second;
+    return it == by_name.end() ? WeightView{} : it->second;
   };
+  auto f32 = [&](const std::string& name) { return matrix(name).f32(); };
   Weights w;
-  w.embedding = get("backbone.embeddings.weight");
+  w.embedding = matrix("backbone.embeddings.weight");
   for (int i = 0; i < c.n_layer; i++) {
     const std::string p = "backbone.layers." + std::to_string(i) + ".";
     w.layers.push_back(LayerWeights{
-        get(p + "norm.weight"), get(p + "mixer.in_proj.weight"), get(p + "mixer.in_proj.bias"),
-        get(p + "mixer.conv1d.weight"), get(p + "mixer.conv1d.bias"), get(p + "mixer.x_proj.weight"),
-        get(p + "mixer.dt_proj.weight"), get(p + "mixer.dt_proj.bias"), get(p + "mixer.A_log"),
-        get(p + "mixer.D"), get(p + "mixer.out_proj.weight"), get(p + "mixer.out_proj.bias"), get(p + "mixer.B"),
-        get(p + "mixer.C")});
+        f32(p + "norm.weight"), matrix(p + "mixer.in_proj.weight"), f32(p + "mixer.in_proj.bias"),
+        f32(p + "mixer.conv1d.weight"), f32(p + "mixer.conv1d.bias"), matrix(p + "mixer.x_proj.weight"),
+        matrix(p + "mixer.dt_proj.weight"), f32(p + "mixer.dt_proj.bias"), f32(p + "mixer.A_log"),
+        f32(p + "mixer.D"), matrix(p + "mixer.out_proj.weight"), f32(p + "mixer.out_proj.bias"), f32(p + "mixer.B"),
+        f32(p + "mixer.C")});
   }
-  w.norm_f = get("backbone.norm_f.weight");
-  w.lm_head = c.tie_embeddings ? w.embedding : get("lm_head.weight");
+  w.norm_f = f32("backbone.norm_f.weight");
+  w.lm_head = c.tie_embeddings ? w.embedding : matrix("lm_head.weight");
   return w;
+}
+
+Weights bind_weights(const Config& c, const std::vector<ParamSpec>& specs, const float* flat) {
+  return bind_weights(c, specs, [&](const ParamSpec& s) { return WeightView{flat + s.offset, DType::F32}; });
 }
 
 void init_params(float* params, const Config& c, const std::vector<ParamSpec>& specs, uint64_t seed) {

@@ -165,7 +165,9 @@ namespace {
 // kPerChannel: B and C are (D, N) parameters (ScanParams::bc_per_channel): they are loaded per block
 // like A, and their gradients summed per block like dA, so no per-thread partial is needed.
 template <bool kPerChannel>
-void scan_backward(const ScanGrads& g, const ScanParams& p, const float* checkpoints, int chunk) {
+void scan_backward(const ScanGrads& g, const ScanParams& p) {
+  const float* checkpoints = p.chunk_states;
+  const int chunk = p.state_chunk;
   // Vectorized across channels, like the forward: a block of kLanes channels steps through time together,
   // each state index n one vector operation over the lanes. A partial last block runs on zero-padded
   // lanes (u = dy = 0 there, so their gradients are exactly zero) that are never stored.
@@ -173,10 +175,15 @@ void scan_backward(const ScanGrads& g, const ScanParams& p, const float* checkpo
   constexpr int kBC = kPerChannel ? kMaxState : 1;  // rows of the per-channel B, C and their gradients
   const int N = p.dstate, D = p.dim, L = p.seqlen, B = p.batch;
   const int blocks = (D + kLanes - 1) / kLanes;
-  const int n_chunks = scan_chunks(L, chunk);
+  const int n_chunks = static_cast<int>(scan_chunks(L, chunk));
   const int64_t rows = static_cast<int64_t>(B) * L;
   const int64_t state_size = static_cast<int64_t>(D) * N;
   const bool has_D = p.D && g.dD, has_z = p.z, has_bias = p.delta_bias;
+  const auto* u_in = static_cast<const float*>(p.u);  // fp32 on the CPU, as in the forward
+  const auto* delta_in = static_cast<const float*>(p.delta);
+  const auto* B_in = static_cast<const float*>(p.Bm);
+  const auto* C_in = static_cast<const float*>(p.Cm);
+  const auto* z_in = static_cast<const float*>(p.z);
 
   // B_t and C_t are read by every channel, so each thread sums its channels' dB, dC into its own partial
   // (B, L, 2N), reduced in thread order at the end. Parameters (dA, dD, ddelta_bias) belong to one
@@ -212,8 +219,8 @@ void scan_backward(const ScanGrads& g, const ScanParams& p, const float* checkpo
         for (int n = 0; n < N; n++) A[n][l] = p.A[static_cast<int64_t>(d0 + l) * N + n];
         if constexpr (kPerChannel) {
           for (int n = 0; n < N; n++) {
-            Bc[n][l] = p.Bm[static_cast<int64_t>(d0 + l) * N + n];
-            Cc[n][l] = p.Cm[static_cast<int64_t>(d0 + l) * N + n];
+            Bc[n][l] = B_in[static_cast<int64_t>(d0 + l) * N + n];
+            Cc[n][l] = C_in[static_cast<int64_t>(d0 + l) * N + n];
           }
         }
         bias[l] = has_bias ? p.delta_bias[d0 + l] : 0.0f;
@@ -236,10 +243,10 @@ void scan_backward(const ScanGrads& g, const ScanParams& p, const float* checkpo
           // Recompute the chunk's states forward from its checkpoint: h_t = a_t h_{t−1} + Δ_t B_t u_t.
           for (int j = 0; j < Lc; j++) {
             const int64_t row = static_cast<int64_t>(b) * L + t0 + j;
-            const float* Bt = kPerChannel ? nullptr : p.Bm + row * p.bc_stride;
+            const float* Bt = kPerChannel ? nullptr : B_in + row * p.B_stride;
             alignas(64) float u[kLanes], x[kLanes], dtu[kLanes];
-            load(u, p.u + row * p.u_stride + d0);
-            load(x, p.delta + row * p.delta_stride + d0);
+            load(u, u_in + row * p.u_stride + d0);
+            load(x, delta_in + row * p.delta_stride + d0);
             float* dt = dts.data() + j * kLanes;
             float* dsp_j = dsp.data() + j * kLanes;
             for (int l = 0; l < kLanes; l++) {
@@ -271,20 +278,20 @@ void scan_backward(const ScanGrads& g, const ScanParams& p, const float* checkpo
           // Reverse pass through the chunk.
           for (int j = Lc - 1; j >= 0; j--) {
             const int64_t row = static_cast<int64_t>(b) * L + t0 + j;
-            const float* Bt = kPerChannel ? nullptr : p.Bm + row * p.bc_stride;
-            const float* Ct = kPerChannel ? nullptr : p.Cm + row * p.bc_stride;
+            const float* Bt = kPerChannel ? nullptr : B_in + row * p.B_stride;
+            const float* Ct = kPerChannel ? nullptr : C_in + row * p.C_stride;
             const float* dt = dts.data() + j * kLanes;
             const float* hp = hs.data() + j * slab;
             const float* h = hs.data() + (j + 1) * slab;
             const float* a = as.data() + j * slab;
             alignas(64) float u[kLanes], gy[kLanes], dtu[kLanes], du[kLanes], ddt[kLanes];
-            load(u, p.u + row * p.u_stride + d0);
+            load(u, u_in + row * p.u_stride + d0);
             load(gy, g.dy + row * g.dy_stride + d0);
             for (int l = 0; l < kLanes; l++) dtu[l] = dt[l] * u[l];
             // Gate: y = y₀ ⊙ SiLU(z), so dz = dy ⊙ y₀ ⊙ SiLU'(z) and ḡ = dy ⊙ SiLU(z).
             if (has_z) {
               alignas(64) float z[kLanes], y0[kLanes];
-              load(z, p.z + row * p.z_stride + d0);
+              load(z, z_in + row * p.z_stride + d0);
               for (int l = 0; l < kLanes; l++) y0[l] = skip[l] * u[l];
               for (int n = 0; n < N; n++) {
                 for (int l = 0; l < kLanes; l++) y0[l] += (kPerChannel ? Cc[n][l] : Ct[n]) * h[n * kLanes + l];
@@ -386,11 +393,11 @@ void scan_backward(const ScanGrads& g, const ScanParams& p, const float* checkpo
 
 }  // namespace
 
-void selective_scan_backward(const ScanGrads& g, const ScanParams& p, const float* checkpoints, int chunk) {
+void selective_scan_backward(const ScanGrads& g, const ScanParams& p) {
   if (p.bc_per_channel) {
-    scan_backward<true>(g, p, checkpoints, chunk);
+    scan_backward<true>(g, p);
   } else {
-    scan_backward<false>(g, p, checkpoints, chunk);
+    scan_backward<false>(g, p);
   }
 }
 

@@ -16,7 +16,7 @@
 
 #include <cstdint>
 
-#include "ops/scan_params.h"
+#include "ops/scan.h"
 
 namespace mamba::cpu {
 
@@ -82,11 +82,8 @@ struct ScanGrads {
   float* dstate_in = nullptr;    // (B, D, N) w.r.t. h_0, or null
 };
 
-// Number of chunks of a scan of length L in chunks of `chunk` steps: ⌈L / chunk⌉.
-inline int scan_chunks(int L, int chunk) { return (L + chunk - 1) / chunk; }
-
-// Backward of the selective scan (paper §3.3.2, "recomputation"): the forward
-// (selective_scan_forward_checkpointed) kept only the state entering each chunk, checkpoints
+// Backward of the selective scan (paper §3.3.2, "recomputation"): the forward (selective_scan_forward
+// with params.chunk_states) kept only the state entering each chunk of params.state_chunk steps,
 // (B, scan_chunks(L, chunk), D, N). Walking the chunks from last to first, each (batch, channel block)
 // recomputes the chunk's states h_t (and decays a_t) forward from its checkpoint into a per-thread
 // buffer (chunk + 1, N, 16 channels), then runs the reverse recurrence through them. Nothing of size
@@ -99,7 +96,7 @@ inline int scan_chunks(int L, int chunk) { return (L + chunk - 1) / chunk; }
 //   dC_t += Σ_d ḡ_t h_t,  dB_t += Σ_d dh_t Δ_t u_t,  du_t += D ḡ_t + Δ_t Σ_n dh_t B_t,
 //   dΔ_t = Σ_n dh_t (A a_t h_{t−1} + B_t u_t),  dA += Σ_t dh_t Δ_t a_t h_{t−1},
 // and dΔ passes through softplus (σ(delta + bias)) to ddelta and ddelta_bias.
-void selective_scan_backward(const ScanGrads& grads, const ScanParams& params, const float* checkpoints, int chunk);
+void selective_scan_backward(const ScanGrads& grads, const ScanParams& params);
 
 // Fused tied LM head + cross-entropy, mean over the targets that are not ignore_index:
 //   logits = hidden · weightᵀ,  loss = mean_m (logsumexp(logits_m) − logits_m[target_m]),

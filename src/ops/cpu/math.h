@@ -5,9 +5,7 @@
 #include <bit>
 #include <cstdint>
 
-#if defined(__SSE__)
-#include <xmmintrin.h>
-#endif
+#include "core/runtime.h"
 
 namespace mamba::cpu {
 
@@ -72,29 +70,7 @@ inline float softplus(float x) {
 inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
 inline float silu(float x) { return x * sigmoid(x); }
 
-// Subnormal floats (below 2⁻¹²⁶ ≈ 1.2e-38) flushed to zero, as inputs and as results, on the calling
-// thread until the end of the scope. A channel whose Δ·A is very negative (a large Δ that overwrites
-// its state) decays by exp(Δ·A) ≤ 1.2e-38, and the products that follow are subnormal: x86 cores take
-// a microcode assist for each, so a trained induction-heads model ran its training step 3.5× slower
-// (measured). Values that small are zero to every output. The scans set it once in each of their
-// threads (MXCSR is per thread; writing it serializes), and restore the caller's mode after. A no-op
-// where the ISA has no such mode here.
-class FlushSubnormals {
- public:
-#if defined(__SSE__)
-  FlushSubnormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | kFtz | kDaz); }
-  ~FlushSubnormals() { _mm_setcsr(saved_); }
-#else
-  FlushSubnormals() = default;
-#endif
-  FlushSubnormals(const FlushSubnormals&) = delete;
-  FlushSubnormals& operator=(const FlushSubnormals&) = delete;
-
- private:
-#if defined(__SSE__)
-  static constexpr unsigned kFtz = 0x8000, kDaz = 0x0040;  // MXCSR: flush-to-zero, denormals-are-zero
-  unsigned saved_;
-#endif
-};
+// Defined in core/runtime.h with the rest of the process setup; the scans use it in their threads.
+using mamba::FlushSubnormals;
 
 }  // namespace mamba::cpu

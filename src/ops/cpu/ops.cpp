@@ -49,8 +49,8 @@ void matmul_forward(float* out, int64_t ldo, const float* inp, int64_t ldi, cons
   }
 }
 
-void conv1d_silu_forward(float* out, float* tail, const float* inp, int64_t inp_stride, const float* weight,
-                         const float* bias, int B, int L, int D, int K) {
+void conv1d_silu_forward(float* out, int64_t out_stride, float* tail, const float* inp, int64_t inp_stride,
+                         const float* weight, const float* bias, int B, int L, int D, int K) {
   constexpr int kBlock = 64;  // channels per task: a few cache lines of every time step
   const int blocks = (D + kBlock - 1) / kBlock;
   const int T = K - 1;  // tail length
@@ -60,7 +60,7 @@ void conv1d_silu_forward(float* out, float* tail, const float* inp, int64_t inp_
       const int d0 = blk * kBlock, nd = std::min(kBlock, D - d0);
       const float* x = inp + static_cast<int64_t>(b) * L * inp_stride + d0;
       float* tl = tail + static_cast<int64_t>(b) * T * D + d0;
-      float* o = out + static_cast<int64_t>(b) * L * D + d0;
+      float* o = out + static_cast<int64_t>(b) * L * out_stride + d0;
       // Input at time s (s ≥ −T): from the sequence when s ≥ 0, else from the tail row s + T.
       auto input = [&](int s) { return s >= 0 ? x + static_cast<int64_t>(s) * inp_stride : tl + (s + T) * D; };
       for (int t = 0; t < L; t++) {
@@ -70,7 +70,7 @@ void conv1d_silu_forward(float* out, float* tail, const float* inp, int64_t inp_
           const float* xs = input(t - T + k);
           for (int i = 0; i < nd; i++) acc[i] += weight[(d0 + i) * K + k] * xs[i];
         }
-        float* ot = o + static_cast<int64_t>(t) * D;
+        float* ot = o + static_cast<int64_t>(t) * out_stride;
         for (int i = 0; i < nd; i++) ot[i] = silu(acc[i]);
       }
       // New tail: the inputs at times L−T .. L−1. When L < T these reach back into the old tail, to
@@ -112,6 +112,13 @@ void scan_forward(const ScanParams& p) {
   // on zero-padded lanes whose results are not stored.
   constexpr int kBC = kPerChannel ? kMaxState : 1;  // rows of the per-channel B, C kept on the stack
   const int N = p.dstate, D = p.dim, L = p.seqlen;
+  // Every array is fp32 on the CPU (Backend::unsupported refuses other dtypes before this runs).
+  const auto* u_in = static_cast<const float*>(p.u);
+  const auto* delta_in = static_cast<const float*>(p.delta);
+  const auto* B_in = static_cast<const float*>(p.Bm);
+  const auto* C_in = static_cast<const float*>(p.Cm);
+  const auto* z_in = static_cast<const float*>(p.z);
+  auto* y_out = static_cast<float*>(p.y);
   const int blocks = (D + kLanes - 1) / kLanes;
 #pragma omp parallel if (static_cast<int64_t>(p.batch) * L * D * N > 65536)
   {
@@ -130,8 +137,8 @@ void scan_forward(const ScanParams& p) {
             A[n][i] = p.A[d * N + n];
             if (p.state_in) h[n][i] = p.state_in[(b * int64_t{D} + d) * N + n];
             if constexpr (kPerChannel) {
-              Bc[n][i] = p.Bm[d * N + n];
-              Cc[n][i] = p.Cm[d * N + n];
+              Bc[n][i] = B_in[d * N + n];
+              Cc[n][i] = C_in[d * N + n];
             }
           }
           bias[i] = p.delta_bias ? p.delta_bias[d] : 0.0f;
@@ -139,11 +146,11 @@ void scan_forward(const ScanParams& p) {
         }
         for (int t = 0; t < L; t++) {
           const int64_t row = int64_t{b} * L + t;
-          const float* Bt = kPerChannel ? nullptr : p.Bm + row * p.bc_stride;
-          const float* Ct = kPerChannel ? nullptr : p.Cm + row * p.bc_stride;
+          const float* Bt = kPerChannel ? nullptr : B_in + row * p.B_stride;
+          const float* Ct = kPerChannel ? nullptr : C_in + row * p.C_stride;
           alignas(64) float u[kLanes], dt[kLanes], gate[kLanes], y[kLanes] = {};
-          load_lanes(u, p.u + row * p.u_stride + d0, nd);
-          load_lanes(dt, p.delta + row * p.delta_stride + d0, nd);
+          load_lanes(u, u_in + row * p.u_stride + d0, nd);
+          load_lanes(dt, delta_in + row * p.delta_stride + d0, nd);
           if (p.delta_softplus) {
 #pragma omp simd
             for (int i = 0; i < kLanes; i++) dt[i] = softplus(dt[i] + bias[i]);
@@ -169,12 +176,12 @@ void scan_forward(const ScanParams& p) {
             }
           }
           for (int i = 0; i < kLanes; i++) y[i] += skip[i] * u[i];
-          if (p.z) {
-            load_lanes(gate, p.z + row * p.z_stride + d0, nd);
+          if (z_in) {
+            load_lanes(gate, z_in + row * p.z_stride + d0, nd);
 #pragma omp simd
             for (int i = 0; i < kLanes; i++) y[i] *= silu(gate[i]);
           }
-          store_lanes(p.y + row * p.y_stride + d0, y, nd);
+          store_lanes(y_out + row * p.y_stride + d0, y, nd);
         }
         if (p.state_out) {
           for (int i = 0; i < nd; i++) {
@@ -186,50 +193,60 @@ void scan_forward(const ScanParams& p) {
   }
 }
 
-}  // namespace
-
-void selective_scan_forward(const ScanParams& p) {
-  if (p.bc_per_channel) {
-    scan_forward<true>(p);
-  } else {
-    scan_forward<false>(p);
-  }
-}
-
-void selective_scan_forward_checkpointed(const ScanParams& p, float* checkpoints, int chunk) {
-  const int L = p.seqlen, D = p.dim, N = p.dstate;
-  const int n_chunks = (L + chunk - 1) / chunk;
+// The scan that also stores the state ENTERING each chunk of p.state_chunk steps (the first is h_0), for
+// the backward: each sequence's chunks run as scans of their own, chaining the state through
+// p.chunk_states, so y and state_out equal the plain forward's bitwise.
+void scan_forward_checkpointed(const ScanParams& p) {
+  const int L = p.seqlen, D = p.dim, N = p.dstate, chunk = p.state_chunk;
+  const int64_t n_chunks = scan_chunks(L, chunk);
   const int64_t state_size = static_cast<int64_t>(D) * N;
   for (int b = 0; b < p.batch; b++) {
-    float* ckpt = checkpoints + static_cast<int64_t>(b) * n_chunks * state_size;  // (n_chunks, D, N)
+    float* ckpt = p.chunk_states + b * n_chunks * state_size;  // (n_chunks, D, N)
     if (p.state_in) {
       std::memcpy(ckpt, p.state_in + b * state_size, sizeof(float) * state_size);
     } else {
       std::memset(ckpt, 0, sizeof(float) * state_size);
     }
-    for (int c = 0; c < n_chunks; c++) {
-      const int t0 = c * chunk;
+    for (int64_t c = 0; c < n_chunks; c++) {
+      const int64_t t0 = c * chunk;
       const int64_t row = static_cast<int64_t>(b) * L + t0;
       // One sequence's chunk as a scan of its own: batch 1, length Lc, from checkpoint c to c + 1.
       ScanParams q = p;
+      q.chunk_states = nullptr;
       q.batch = 1;
-      q.seqlen = std::min(chunk, L - t0);
-      q.y = p.y + row * p.y_stride;
-      q.u = p.u + row * p.u_stride;
-      q.delta = p.delta + row * p.delta_stride;
+      q.seqlen = static_cast<int>(std::min<int64_t>(chunk, L - t0));
+      q.y = static_cast<float*>(p.y) + row * p.y_stride;
+      q.u = static_cast<const float*>(p.u) + row * p.u_stride;
+      q.delta = static_cast<const float*>(p.delta) + row * p.delta_stride;
       if (!p.bc_per_channel) {  // per-channel B, C are the same for every chunk
-        q.Bm = p.Bm + row * p.bc_stride;
-        q.Cm = p.Cm + row * p.bc_stride;
+        q.Bm = static_cast<const float*>(p.Bm) + row * p.B_stride;
+        q.Cm = static_cast<const float*>(p.Cm) + row * p.C_stride;
       }
-      q.z = p.z ? p.z + row * p.z_stride : nullptr;
+      q.z = p.z ? static_cast<const float*>(p.z) + row * p.z_stride : nullptr;
       q.state_in = ckpt + c * state_size;
       if (c + 1 < n_chunks) {
         q.state_out = ckpt + (c + 1) * state_size;
       } else {
         q.state_out = p.state_out ? p.state_out + b * state_size : nullptr;
       }
-      selective_scan_forward(q);
+      if (q.bc_per_channel) {
+        scan_forward<true>(q);
+      } else {
+        scan_forward<false>(q);
+      }
     }
+  }
+}
+
+}  // namespace
+
+void selective_scan_forward(const ScanParams& p) {
+  if (p.chunk_states) {
+    scan_forward_checkpointed(p);
+  } else if (p.bc_per_channel) {
+    scan_forward<true>(p);
+  } else {
+    scan_forward<false>(p);
   }
 }
 

@@ -1,0 +1,131 @@
+// The seam between the model and the hardware. A Backend owns a device's memory and runs the ops, each
+// through the one contract of ops/<op>.h that every backend shares (the same params struct, layouts and
+// dtypes). The model is written once against this class; the CPU backend (ops/cpu/) is the fp32 oracle
+// for every other (ops/cuda/), and tests/test_backend_ops.cpp runs each op on each backend against it.
+//
+// Memory: pointers in op params are device pointers of the backend that runs the op (host memory for the
+// CPU). Nothing is allocated inside an op: what an op needs beyond its arguments (its workspace) is asked
+// for with *_workspace() and passed in by the caller. Work is queued in order on the backend; download()
+// and synchronize() wait for it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "core/dtype.h"
+#include "ops/conv1d.h"
+#include "ops/embedding.h"
+#include "ops/matmul.h"
+#include "ops/norm.h"
+#include "ops/scan.h"
+
+namespace mamba {
+
+struct Device {
+  enum class Kind { Cpu, Cuda };
+  Kind kind = Kind::Cpu;
+  int index = 0;  // which GPU
+
+  // "cpu", "cuda" (GPU 0) or "cuda:N"; fails naming the text otherwise.
+  static Device parse(std::string_view text);
+  std::string name() const;  // as parse() reads it
+  bool operator==(const Device&) const = default;
+};
+
+// What `Backend::unsupported` is asked about: one op with its types and the sizes that decide support.
+enum class Op { Embedding, RmsNorm, Matmul, Conv1d, Scan, Argmax };
+struct OpQuery {
+  Op op = Op::Matmul;
+  DType dtype = DType::F32;   // the activations'
+  DType weight = DType::F32;  // Matmul, Embedding: the weight's stored type
+  bool bc_per_channel = false;  // Scan: the LTI form
+  int dstate = 0;               // Scan: N
+  int width = 0;                // Conv1d: K
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  // The process's backend for `device`, made on first use and kept until exit (a device is a process-wide
+  // resource: its memory, streams and library handles). Fails with the reason when the device cannot be
+  // used: a build without CUDA, no GPU, an index out of range.
+  static Backend& get(Device device);
+  static Backend& cpu() { return get(Device{}); }
+
+  virtual Device device() const = 0;
+  // One line for logs and benchmarks: the device's name and what this build uses on it.
+  virtual std::string describe() const = 0;
+  // True when device pointers are host pointers (the CPU): the model's weights and the caller's buffers
+  // are then used in place, with no copies.
+  virtual bool host_memory() const = 0;
+
+  // ---- memory ----
+  // Fails (Error) naming the bytes asked for and the device's free memory.
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void release(void* ptr) noexcept = 0;
+  virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void download(void* host_dst, const void* src, size_t bytes) = 0;  // waits for queued work
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;           // device to device
+  virtual void fill_zero(void* dst, size_t bytes) = 0;
+  virtual void synchronize() = 0;
+
+  // ---- ops: the contracts are in ops/<op>.h ----
+  // Empty when this backend runs the op with these types and sizes, otherwise why not (the model turns it
+  // into an error before running anything).
+  virtual std::string unsupported(const OpQuery& query) const = 0;
+
+  virtual void embedding(const EmbeddingParams& p) = 0;
+  virtual void rmsnorm(const RmsNormParams& p) = 0;
+  virtual void matmul(const MatmulParams& p) = 0;
+  virtual size_t conv1d_workspace(const Conv1dParams& p) const = 0;
+  virtual void conv1d(const Conv1dParams& p, void* workspace) = 0;
+  virtual size_t scan_workspace(const ScanParams& p) const = 0;
+  virtual void scan(const ScanParams& p, void* workspace) = 0;
+  // ids (M) = the index of each row's largest value in x (M, N) fp32 (the first on ties): greedy decoding
+  // without moving the logits off the device.
+  virtual void argmax(int32_t* ids, const float* x, int64_t M, int N) = 0;
+};
+
+// Bytes on a backend's device, released with the object. Move-only.
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Backend& backend, size_t bytes) : backend_(&backend), data_(bytes ? backend.allocate(bytes) : nullptr), bytes_(bytes) {}
+  ~Buffer() { reset(); }
+  Buffer(Buffer&& other) noexcept { *this = std::move(other); }
+  Buffer& operator=(Buffer&& other) noexcept {
+    if (this != &other) {
+      reset();
+      backend_ = other.backend_;
+      data_ = other.data_;
+      bytes_ = other.bytes_;
+      other.data_ = nullptr;
+      other.bytes_ = 0;
+    }
+    return *this;
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+
+  void* data() const { return data_; }
+  template <typename T>
+  T* as() const { return static_cast<T*>(data_); }
+  size_t bytes() const { return bytes_; }
+  Backend* backend() const { return backend_; }
+  void reset() {
+    if (data_) backend_->release(data_);
+    data_ = nullptr;
+    bytes_ = 0;
+  }
+
+ private:
+  Backend* backend_ = nullptr;
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+}  // namespace mamba

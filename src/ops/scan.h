@@ -1,0 +1,61 @@
+// The selective scan's contract (paper §3, Algorithm 2), one for every backend (cpu/, cuda/): pointers,
+// shapes and strides, no model types. Memory order is token-major: element (b, t, i) of a (B, L, X) array
+// sits at ptr[(b * L + t) * stride + i], so u, z and B, C can be column slices of wider projection outputs.
+//
+// u, Δ, z, B, C and y share one dtype (`dtype`: F32 on the CPU; F32, BF16 or F16 on CUDA); A, D, the Δ
+// bias, the states and every accumulation are fp32. Backends refuse what they cannot run before touching
+// any memory (Backend::unsupported names the reason).
+#pragma once
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace mamba {
+
+// Largest d_state the CPU scan keeps on its stack (the published models use 16).
+constexpr int kMaxState = 256;
+
+struct ScanParams {
+  int batch = 0;   // B
+  int seqlen = 0;  // L
+  int dim = 0;     // D: channels (d_inner)
+  int dstate = 0;  // N
+  DType dtype = DType::F32;  // of u, delta, z, B, C and y
+
+  void* y = nullptr;  // (B, L, D) out: y_t = C_t·h_t + D ⊙ u_t, times SiLU(z_t) when z is given
+  int64_t y_stride = 0;
+  const void* u = nullptr;  // (B, L, D) the input x
+  int64_t u_stride = 0;
+  const void* delta = nullptr;  // (B, L, D) Δ before its bias and softplus
+  int64_t delta_stride = 0;
+  const float* A = nullptr;  // (D, N) A = −exp(A_log), negative
+  const void* Bm = nullptr;  // (B, L, N) input-dependent B; (D, N) fp32 when bc_per_channel
+  int64_t B_stride = 0;      // unused when bc_per_channel
+  const void* Cm = nullptr;  // (B, L, N) input-dependent C; (D, N) fp32 when bc_per_channel
+  int64_t C_stride = 0;      // unused when bc_per_channel
+  // The linear time-invariant ablation (paper Table 1, an S4D-style diagonal SSM): B and C are fp32
+  // parameters, one row of N per channel, the same at every step, instead of input-dependent rows of N
+  // shared by all channels. (Δ is made time-invariant by the caller: delta_stride = 0.) CPU only.
+  bool bc_per_channel = false;
+  const float* D = nullptr;  // (D) skip connection, or null
+  const void* z = nullptr;   // (B, L, D) gate, or null
+  int64_t z_stride = 0;
+  const float* delta_bias = nullptr;  // (D) or null
+  bool delta_softplus = true;         // Δ = softplus(delta + delta_bias)
+
+  const float* state_in = nullptr;  // (B, D, N) h_0, or null for zeros
+  float* state_out = nullptr;       // (B, D, N) h_L, or null; may equal state_in
+  // For the backward (paper §3.3.2, recomputation): h entering every `state_chunk`-th step (h_0 first),
+  // (B, ⌈L / state_chunk⌉, D, N), or null. The CPU takes any chunk; CUDA takes kCudaStateChunk.
+  float* chunk_states = nullptr;
+  int state_chunk = 0;
+};
+
+// The chunk the CUDA backward recomputes from: it starts each 16-step sub-tile from a stored state.
+constexpr int kCudaStateChunk = 16;
+
+// Number of chunks of a scan of length L in chunks of `chunk` steps: ⌈L / chunk⌉.
+inline int64_t scan_chunks(int64_t L, int chunk) { return (L + chunk - 1) / chunk; }
+
+}  // namespace mamba
