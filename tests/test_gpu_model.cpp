@@ -6,7 +6,6 @@
 
 #include <cstdio>
 #include <fstream>
-#include <nlohmann/json.hpp>
 
 #include "core/npy.h"
 #include "model/engine.h"
@@ -17,6 +16,7 @@
 namespace mamba {
 namespace {
 
+using test::fixture_cases;
 using test::fixtures_dir;
 using test::random_tokens;
 using test::relative_error;
@@ -53,13 +53,6 @@ std::vector<float> logits_on(const Model& model, EngineOptions options, const st
   return logits;
 }
 
-std::vector<std::string> fixture_cases() {
-  std::ifstream in(fixtures_dir() / "cases.json");
-  nlohmann::json j = nlohmann::json::parse(in);
-  std::vector<std::string> names;
-  for (auto& c : j["cases"]) names.push_back(c["name"].get<std::string>());
-  return names;
-}
 
 class GpuGolden : public ::testing::TestWithParam<std::string> {};
 

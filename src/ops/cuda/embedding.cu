@@ -50,12 +50,9 @@ void embedding_fwd(const EmbeddingParams& p, cudaStream_t stream) {
   if (p.M > 0x7fffffff || p.C <= 0 || !p.out || !p.tokens || !p.table.data || p.table.dtype != p.dtype) {
     throw std::invalid_argument("embedding_fwd: bad arguments (the table must be in the activations' dtype)");
   }
-  const unsigned blocks = static_cast<unsigned>(p.M);
-  switch (p.dtype) {
-    case DType::F32: embedding_kernel<float><<<blocks, kThreads, 0, stream>>>(p); break;
-    case DType::BF16: embedding_kernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(p); break;
-    case DType::F16: embedding_kernel<__half><<<blocks, kThreads, 0, stream>>>(p); break;
-  }
+  with_dtype(p.dtype, [&](auto zero) {
+    embedding_kernel<decltype(zero)><<<static_cast<unsigned>(p.M), kThreads, 0, stream>>>(p);
+  });
   MAMBA_CUDA_CHECK_LAUNCH();
 }
 

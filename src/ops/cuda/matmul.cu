@@ -49,14 +49,11 @@ void matmul_fwd(cublasHandle_t handle, const MatmulParams& p, cudaStream_t strea
   }
   if (!p.bias) return;
   const int64_t n = p.M * p.N;
-  const unsigned blocks = static_cast<unsigned>((n + 255) / 256);
-  switch (p.out_dtype) {
-    case DType::F32: add_bias_kernel<<<blocks, 256, 0, stream>>>(static_cast<float*>(p.out), p.ldo, p.bias, p.M, p.N); break;
-    case DType::BF16:
-      add_bias_kernel<<<blocks, 256, 0, stream>>>(static_cast<__nv_bfloat16*>(p.out), p.ldo, p.bias, p.M, p.N);
-      break;
-    case DType::F16: add_bias_kernel<<<blocks, 256, 0, stream>>>(static_cast<__half*>(p.out), p.ldo, p.bias, p.M, p.N); break;
-  }
+  with_dtype(p.out_dtype, [&](auto zero) {
+    using T = decltype(zero);
+    add_bias_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(static_cast<T*>(p.out), p.ldo, p.bias,
+                                                                                p.M, p.N);
+  });
   MAMBA_CUDA_CHECK_LAUNCH();
 }
 

@@ -49,12 +49,9 @@ void rmsnorm_fwd(const RmsNormParams& p, cudaStream_t stream) {
   if (p.M > 0x7fffffff || p.C <= 0 || !p.out || !p.residual || !p.inp || !p.weight) {
     throw std::invalid_argument("rmsnorm_fwd: bad arguments");
   }
-  const unsigned blocks = static_cast<unsigned>(p.M);
-  switch (p.dtype) {
-    case DType::F32: rmsnorm_kernel<float><<<blocks, kNormThreads, 0, stream>>>(p); break;
-    case DType::BF16: rmsnorm_kernel<__nv_bfloat16><<<blocks, kNormThreads, 0, stream>>>(p); break;
-    case DType::F16: rmsnorm_kernel<__half><<<blocks, kNormThreads, 0, stream>>>(p); break;
-  }
+  with_dtype(p.dtype, [&](auto zero) {
+    rmsnorm_kernel<decltype(zero)><<<static_cast<unsigned>(p.M), kNormThreads, 0, stream>>>(p);
+  });
   MAMBA_CUDA_CHECK_LAUNCH();
 }
 
