@@ -27,7 +27,7 @@ void add_info(CLI::App& app) {
                 c.use_conv_bias ? "yes" : "no", c.tie_embeddings ? "yes" : "no", c.norm_eps);
     std::printf("parameters   %lld (%.1fM)\n", static_cast<long long>(c.parameter_count()), c.parameter_count() / 1e6);
     std::printf("dtype        %s\n", std::string(dtype_name(model.file_dtype())).c_str());
-    std::printf("memory       files %.1f MiB; used in place %.1f MiB; converted to fp32 %.1f MiB\n", file_bytes / mib,
+    std::printf("memory       files %.1f MiB; used in place %.1f MiB; converted %.1f MiB\n", file_bytes / mib,
                 model.mapped_bytes() / mib, model.converted_bytes() / mib);
     std::printf("state        %.1f KiB per sequence (conv tail + SSM state, fp32)\n", state_bytes / 1024.0);
   });
