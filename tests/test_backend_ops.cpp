@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -200,6 +201,19 @@ TEST(TypedModel, EveryWeightTypeNearFp32AndQuantizedFilesRoundTrip) {
   // Read back as fp32, the quantized file gives the dequantized weights: the same products, summed in
   // another order.
   EXPECT_LE(relative_error(run(Model::load(tmp / "q8", DType::F32)), run(on_load)), 1e-5);
+}
+
+// `mambacpp quantize` writes a folder that loads as int8 and scores like quantizing on load.
+TEST(TypedModel, QuantizeCommandWritesAnInt8Folder) {
+  test::TempDir tmp;
+  const auto src = test::fixtures_dir() / "hf_f32_L3_bias_untied";
+  const std::string command = std::string(MAMBA_CLI_PATH) + " quantize " + src.string() + " --out " +
+                              (tmp / "q8").string() + " > /dev/null 2>&1";
+  ASSERT_EQ(std::system(command.c_str()), 0) << command;
+  Model from_file = Model::load(tmp / "q8");
+  Model on_load = Model::load(src, DType::I8);
+  EXPECT_EQ(from_file.weight_dtype(), DType::I8);
+  EXPECT_EQ(from_file.params_f32(), on_load.params_f32());
 }
 
 }  // namespace
