@@ -2,7 +2,7 @@
 # mamba.cpp beside llama.cpp on the CPU, on the same random-weight model, interleaved, one table.
 #
 #   bench/cpu_vs_llamacpp.sh LLAMA_BUILD_DIR [--src LLAMA_SRC] [--preset 130m] [--runs 3] [--threads 2]
-#                            [--prompt 512] [--steps 128] [--batches "1 4 16"]
+#                            [--prompt 512] [--steps 128] [--batches "1 4 16"] [--llama-args "--poll 0"]
 #
 # LLAMA_BUILD_DIR: a build of llama.cpp (its bin/llama-bench), from LLAMA_SRC (default: the folder above
 # it), whose convert_hf_to_gguf.py and gguf-py convert the model; this script builds nothing. The figures
@@ -25,7 +25,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 llama_build=${1:?usage: $0 LLAMA_BUILD_DIR [--src DIR] [--preset NAME] [--runs N] [--threads N]}
 shift
 llama_src=$(cd "$llama_build/.." && pwd)
-preset=130m runs=3 threads=2 prompt=512 steps=128 batches="1 4 16"
+preset=130m runs=3 threads=2 prompt=512 steps=128 batches="1 4 16" llama_args=""
 while (($#)); do
   case $1 in
     --src) llama_src=$2 ;;
@@ -35,6 +35,7 @@ while (($#)); do
     --prompt) prompt=$2 ;;
     --steps) steps=$2 ;;
     --batches) batches=$2 ;;
+    --llama-args) llama_args=$2 ;;  # more llama-bench flags, e.g. "--poll 0" on a busy machine
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift 2
@@ -101,7 +102,7 @@ for ((r = 1; r <= runs; r++)); do
     rss "$work/rss" "$mambacpp" -t "$threads" bench "$work/${ours[$p]}" --prompt "$prompt" --steps "$steps" --repeats 1 |
       while read -r line; do echo "{\"who\": \"mamba.cpp\", \"precision\": \"$p\", \"run\": $r, \"result\": $line}"; done >>"$out"
     echo "{\"who\": \"mamba.cpp\", \"precision\": \"$p\", \"run\": $r, \"max_rss_kib\": $(cat "$work/rss")}" >>"$out"
-    rss "$work/rss" "$llama_bench" -m "$work/gguf/${theirs[$p]}.gguf" -p "$prompt" -n "$steps" -t "$threads" -r 1 -o jsonl 2>/dev/null |
+    rss "$work/rss" "$llama_bench" -m "$work/gguf/${theirs[$p]}.gguf" -p "$prompt" -n "$steps" -t "$threads" -r 1 -o jsonl $llama_args 2>/dev/null |
       while read -r line; do echo "{\"who\": \"llama.cpp\", \"precision\": \"$p\", \"run\": $r, \"result\": $line}"; done >>"$out"
     echo "{\"who\": \"llama.cpp\", \"precision\": \"$p\", \"run\": $r, \"max_rss_kib\": $(cat "$work/rss")}" >>"$out"
     for b in $batches; do

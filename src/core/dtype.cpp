@@ -107,7 +107,11 @@ void quantize_q8(int8_t* q, uint16_t* scales, const float* w, int64_t rows, int6
 void dequantize_q8(float* w, const int8_t* q, const uint16_t* scales, int64_t rows, int64_t cols) {
   const int64_t blocks = q8_blocks(cols);
   for (int64_t r = 0; r < rows; r++) {
-    for (int64_t k = 0; k < cols; k++) w[r * cols + k] = f16_to_f32(scales[r * blocks + k / kQ8Block]) * q[r * cols + k];
+    for (int64_t k = 0; k < cols; k++) {
+      uint16_t d;  // copied: a file's scales need not be 2-byte aligned (an odd-sized tensor before them)
+      std::memcpy(&d, scales + r * blocks + k / kQ8Block, 2);
+      w[r * cols + k] = f16_to_f32(d) * q[r * cols + k];
+    }
   }
 }
 
