@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include <sys/resource.h>
+
 #include "cli/commands.h"
 #include "core/rng.h"
 #include "core/runtime.h"
@@ -14,6 +16,13 @@ namespace {
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// The process's peak resident memory so far: weights touched, activations, state, the program itself.
+int64_t max_rss_bytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return int64_t{usage.ru_maxrss} * 1024;
 }
 
 double median(std::vector<double> v) {
@@ -65,7 +74,8 @@ void add_bench(CLI::App& app) {
     double t = median(prefill);
     nlohmann::json line = common;
     line.update({{"bench", "prefill"}, {"tokens", o.batch * o.prompt}, {"seconds", t},
-                 {"tokens_per_s", o.batch * o.prompt / t}});
+                 {"tokens_per_s", o.batch * o.prompt / t}, {"activation_bytes", engine.activation_bytes()},
+                 {"max_rss_bytes", max_rss_bytes()}});
     std::printf("%s\n", line.dump().c_str());
     std::fflush(stdout);
 
@@ -80,7 +90,8 @@ void add_bench(CLI::App& app) {
     t = median(decode);
     line = common;
     line.update({{"bench", "decode"}, {"tokens", o.batch * o.steps}, {"seconds", t},
-                 {"tokens_per_s", o.batch * o.steps / t}, {"ms_per_step", 1000.0 * t / o.steps}});
+                 {"tokens_per_s", o.batch * o.steps / t}, {"ms_per_step", 1000.0 * t / o.steps},
+                 {"max_rss_bytes", max_rss_bytes()}});
     std::printf("%s\n", line.dump().c_str());
   });
 }

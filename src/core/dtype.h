@@ -1,4 +1,5 @@
-// Storage dtypes of checkpoint tensors and exact conversions to and from fp32.
+// Storage dtypes of checkpoint tensors and exact conversions to and from fp32, and the int8 form of a
+// weight matrix (blocks of kQ8Block values along each row with one F16 scale each: GGUF's q8_0).
 #pragma once
 
 #include <cstdint>
@@ -9,10 +10,12 @@
 
 namespace mamba {
 
-enum class DType { F32, F16, BF16 };
+// I8 is a plain int8 tensor in a file; as a weight's type (WeightView) it is the quantized form below,
+// whose scales live beside the values.
+enum class DType { F32, F16, BF16, I8 };
 
 size_t dtype_size(DType dtype);
-std::string_view dtype_name(DType dtype);  // the safetensors spelling: "F32", "F16", "BF16"
+std::string_view dtype_name(DType dtype);  // the safetensors spelling: "F32", "F16", "BF16", "I8"
 bool parse_dtype(std::string_view name, DType* out);
 
 inline float bf16_to_f32(uint16_t h) {
@@ -35,6 +38,17 @@ inline uint16_t f32_to_bf16(float f) {
 inline float f16_to_f32(uint16_t h) { return static_cast<float>(std::bit_cast<_Float16>(h)); }
 inline uint16_t f32_to_f16(float f) { return std::bit_cast<uint16_t>(static_cast<_Float16>(f)); }
 #endif
+
+// ---- int8 weights: q8_0 in two planes ----
+// Each row of a (rows, cols) matrix is cut into blocks of kQ8Block values (the last may be shorter);
+// a block's scale is d = max|w| / 127 rounded to F16, and its values q = round(w / d) in [−127, 127],
+// so that w ≈ d · q. Values and scales are GGUF's q8_0 blocks bit for bit (the same rounding), kept in
+// two arrays instead of interleaved 34-byte blocks: the int8 values (rows, cols) row-major, then the
+// scales (rows, q8_blocks(cols)) as F16.
+constexpr int kQ8Block = 32;
+inline int64_t q8_blocks(int64_t cols) { return (cols + kQ8Block - 1) / kQ8Block; }
+void quantize_q8(int8_t* q, uint16_t* scales, const float* w, int64_t rows, int64_t cols);
+void dequantize_q8(float* w, const int8_t* q, const uint16_t* scales, int64_t rows, int64_t cols);
 
 // Converts n elements stored as `dtype` (little-endian, any alignment) to fp32.
 void convert_to_f32(float* out, const void* in, DType dtype, size_t n);

@@ -105,8 +105,8 @@ void SafeTensorsReader::add_file(const std::filesystem::path& path) {
     t.name = name;
     t.file = path;
     const std::string dtype = entry["dtype"].get<std::string>();
-    if (dtype != "F32" && dtype != "F16" && dtype != "BF16") {
-      fail(what, ": unsupported dtype \"", dtype, "\" (expected F32, F16 or BF16)");
+    if (dtype != "F32" && dtype != "F16" && dtype != "BF16" && dtype != "I8") {
+      fail(what, ": unsupported dtype \"", dtype, "\" (expected F32, F16, BF16 or I8)");
     }
     parse_dtype(dtype, &t.dtype);
     if (!entry.contains("shape") || !entry["shape"].is_array()) fail(what, ": missing \"shape\"");
@@ -184,7 +184,12 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Tens
     for (const TensorToWrite* t : order) {
       int64_t numel = 1;
       for (int64_t d : t->shape) numel *= d;
-      buffer.resize(static_cast<size_t>(numel) * dtype_size(t->dtype));
+      const size_t nbytes = static_cast<size_t>(numel) * dtype_size(t->dtype);
+      if (t->bytes) {
+        write_bytes(out, t->bytes, nbytes, path);
+        continue;
+      }
+      buffer.resize(nbytes);
       convert_from_f32(buffer.data(), t->data, t->dtype, static_cast<size_t>(numel));
       write_bytes(out, buffer.data(), buffer.size(), path);
     }

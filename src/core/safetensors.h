@@ -52,6 +52,7 @@ struct TensorToWrite {
   std::vector<int64_t> shape;
   const float* data;  // fp32 values, converted to the file's dtype on write
   DType dtype = DType::F32;
+  const void* bytes = nullptr;  // or, instead of data, the bytes already in `dtype` (written as they are)
 };
 
 // Writes one .safetensors file atomically; tensors are laid out in name order.

@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "ops/cpu/backward.h"
 #include "ops/cpu/matmul.h"
 #include "ops/cpu/ops.h"
+#include "ops/cpu/simd.h"
 
 namespace mamba::cpu {
 
@@ -39,8 +41,8 @@ class CpuBackend final : public Backend {
  public:
   Device device() const override { return Device{}; }
   std::string describe() const override {
-    return std::string("CPU (") + simd_name() + " build, " + std::to_string(omp_get_max_threads()) + " threads, " +
-           openblas_get_config() + ")";
+    return std::string("CPU (") + simd_name() + " build, " + simd_target() + " kernels, " +
+           std::to_string(omp_get_max_threads()) + " threads, " + openblas_get_config() + ")";
   }
   bool host_memory() const override { return true; }
 
@@ -206,6 +208,18 @@ class CpuBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_backend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> make_backend() {
+  // MAMBA_CPU_TARGET names the one SIMD target the kernels use (simd.h), to measure or test a lower one.
+  if (const char* target = std::getenv("MAMBA_CPU_TARGET"); target && *target) {
+    if (!restrict_simd(target)) {
+      std::string known;
+      for (const SimdTarget& t : simd_targets()) {
+        if (t.supported) known += (known.empty() ? "" : ", ") + t.name;
+      }
+      fail("MAMBA_CPU_TARGET=", target, ": not a SIMD target of this build and CPU (these are: ", known, ")");
+    }
+  }
+  return std::make_unique<CpuBackend>();
+}
 
 }  // namespace mamba::cpu
