@@ -5,7 +5,6 @@
 #include <unistd.h>
 
 #include <cstdlib>
-#include <cstring>
 
 namespace mamba {
 
@@ -23,23 +22,9 @@ void configure_runtime(int threads) {
 int runtime_threads() { return omp_get_max_threads(); }
 
 void relaunch_with_passive_wait(char** argv) {
-  bool again = false;
-  if (!std::getenv("OMP_WAIT_POLICY")) {
-    ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-    again = true;
-  }
-  const char* wanted = std::getenv("MAMBA_OPENBLAS_CORETYPE");
-  const char* forced = std::getenv("OPENBLAS_CORETYPE");
-  if (wanted && *wanted) {
-    if (!forced || std::strcmp(wanted, forced) != 0) {
-      ::setenv("OPENBLAS_CORETYPE", wanted, 1);
-      again = true;
-    }
-  } else if (forced) {
-    ::unsetenv("OPENBLAS_CORETYPE");
-    again = true;
-  }
-  if (again) ::execv("/proc/self/exe", argv);  // returns only on failure: then run as we are
+  if (std::getenv("OMP_WAIT_POLICY")) return;
+  ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+  ::execv("/proc/self/exe", argv);  // returns only on failure: then run as we are
 }
 
 }  // namespace mamba

@@ -48,11 +48,6 @@ int runtime_threads();
 // OMP_WAIT_POLICY once, when it loads, so a program's main() calls this first: when the variable is
 // unset it sets PASSIVE and starts the program again (returning only if that fails); a value the user
 // set is kept. A library loaded into another process (Python) sets the variable before loading instead.
-//
-// The same start-over serves OpenBLAS, which picks its kernels for the CPU when it loads: an
-// OPENBLAS_CORETYPE in the environment, set for other programs (containers often force Haswell's), would
-// make prefill run AVX2 kernels on an AVX-512 CPU (the issue measured 213 against 385 GFLOP/s). So it is
-// dropped and OpenBLAS chooses; MAMBA_OPENBLAS_CORETYPE sets one for mambacpp on purpose.
 void relaunch_with_passive_wait(char** argv);
 
 }  // namespace mamba
