@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build needs, only those that are missing.
 set -euo pipefail
-pkgs=(cmake g++ make pkg-config libopenblas-dev libopenblas0-openmp nlohmann-json3-dev libcli11-dev libpcre2-dev libicu-dev libgtest-dev)
+pkgs=(cmake g++ make pkg-config libopenblas-dev libopenblas0-openmp nlohmann-json3-dev libcli11-dev libpcre2-dev libicu-dev libxxhash-dev libgtest-dev)
 if [[ "${MAMBA_SETUP_PYTHON:-0}" == 1 ]]; then pkgs+=(python3-torch python3-numpy); fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -6,8 +6,10 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "core/limits.h"
 #include "core/rng.h"
 #include "model/engine.h"
+#include "model/validate.h"
 
 namespace mamba::cli {
 
@@ -39,6 +41,8 @@ void add_bench(CLI::App& app) {
   cmd->callback([] {
     Model model = Model::load(o.dir);
     const Config& c = model.config();
+    check_memory(forward_bytes(c, o.batch, o.prompt, o.batch),
+                 "bench: " + std::to_string(o.batch) + " × " + std::to_string(o.prompt) + " prompt tokens");
     Engine engine(model);
     State state(c, o.batch);
     Rng rng(1);
@@ -59,8 +63,8 @@ void add_bench(CLI::App& app) {
     }
     double t = median(prefill);
     nlohmann::json line = common;
-    line.update({{"bench", "prefill"}, {"tokens", o.batch * o.prompt}, {"seconds", t},
-                 {"tokens_per_s", o.batch * o.prompt / t}});
+    line.update({{"bench", "prefill"}, {"tokens", int64_t{o.batch} * o.prompt}, {"seconds", t},
+                 {"tokens_per_s", int64_t{o.batch} * o.prompt / t}});
     std::printf("%s\n", line.dump().c_str());
     std::fflush(stdout);
 
@@ -80,8 +84,8 @@ void add_bench(CLI::App& app) {
     }
     t = median(decode);
     line = common;
-    line.update({{"bench", "decode"}, {"tokens", o.batch * o.steps}, {"seconds", t},
-                 {"tokens_per_s", o.batch * o.steps / t}, {"ms_per_step", 1000.0 * t / o.steps}});
+    line.update({{"bench", "decode"}, {"tokens", int64_t{o.batch} * o.steps}, {"seconds", t},
+                 {"tokens_per_s", int64_t{o.batch} * o.steps / t}, {"ms_per_step", 1000.0 * t / o.steps}});
     std::printf("%s\n", line.dump().c_str());
   });
 }

@@ -3,14 +3,17 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/limits.h"
+#include "model/validate.h"
 
 namespace mamba {
 
 Model Model::load(const std::filesystem::path& dir) {
   Model m;
   m.config_ = load_config(dir);
-  m.specs_ = param_specs(m.config_);
   m.reader_ = SafeTensorsReader::open_dir(dir);
+  check_config_fits_files(m.config_, m.reader_, (dir / "config.json").string());
+  m.specs_ = param_specs(m.config_);
   const std::string files = m.reader_.describe();
 
   // Find each tensor and check its shape; F32 tensors aligned to 4 bytes are used from the map.
@@ -31,6 +34,8 @@ Model Model::load(const std::filesystem::path& dir) {
     found.push_back(t);
   }
   m.file_dtype_ = found.front()->dtype;
+  const int64_t derived = int64_t{m.config_.n_layer} * m.config_.d_inner() * m.config_.d_state;  // A
+  check_memory(sat_mul(sat_add(to_convert, derived), 4), files + ": the weights as fp32");
   m.owned_.resize(static_cast<size_t>(to_convert));
   int64_t next = 0;
   for (const TensorView* t : found) {
@@ -42,6 +47,7 @@ Model Model::load(const std::filesystem::path& dir) {
       m.param_views_.push_back(m.owned_.data() + next);
       next += t->numel();
     }
+    check_finite(m.param_views_.back(), t->numel(), files + ": tensor " + t->name);
   }
   m.converted_bytes_ = to_convert * 4;
   m.bind();

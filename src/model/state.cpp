@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/safetensors.h"
+#include "model/validate.h"
 
 namespace mamba {
 
@@ -55,16 +56,20 @@ State State::load(const std::filesystem::path& path, const Config& config) {
   if (conv->dtype != DType::F32 || ssm->dtype != DType::F32 || conv->shape.size() != 4 || ssm->shape.size() != 4) {
     fail(path.string(), ": state tensors must be 4-D F32");
   }
-  const int batch = static_cast<int>(conv->shape[1]);
-  State s(config, batch);
-  const std::vector<int64_t> want_conv{s.n_layer, batch, s.d_conv - 1, s.d_inner};
-  const std::vector<int64_t> want_ssm{s.n_layer, batch, s.d_inner, s.d_state};
-  if (conv->shape != want_conv || ssm->shape != want_ssm) {
+  // The shapes are checked before the state is allocated: its batch comes from the file.
+  const int64_t batch = conv->shape[1];
+  const int64_t di = config.d_inner();
+  const std::vector<int64_t> want_conv{config.n_layer, batch, config.d_conv - 1, di};
+  const std::vector<int64_t> want_ssm{config.n_layer, batch, di, config.d_state};
+  if (batch < 1 || batch > INT32_MAX || conv->shape != want_conv || ssm->shape != want_ssm) {
     fail(path.string(), ": state shapes conv ", conv->shape_string(), " and ssm ", ssm->shape_string(),
          " do not fit this model");
   }
+  State s(config, static_cast<int>(batch));
   convert_to_f32(s.conv.data(), conv->data, DType::F32, s.conv.size());
   convert_to_f32(s.ssm.data(), ssm->data, DType::F32, s.ssm.size());
+  check_finite(s.conv.data(), static_cast<int64_t>(s.conv.size()), path.string() + ": tensor conv");
+  check_finite(s.ssm.data(), static_cast<int64_t>(s.ssm.size()), path.string() + ": tensor ssm");
   return s;
 }
 
