@@ -52,7 +52,7 @@ int64_t NpyArray::numel() const {
 std::vector<float> NpyArray::as_f32() const {
   std::vector<float> out(static_cast<size_t>(numel()));
   if (descr == "<f4") {
-    std::memcpy(out.data(), bytes.data(), out.size() * 4);
+    if (!out.empty()) std::memcpy(out.data(), bytes.data(), out.size() * 4);
   } else if (descr == "<f8") {
     for (size_t i = 0; i < out.size(); i++) {
       double v;

@@ -138,12 +138,12 @@ void SafeTensorsReader::add_file(const std::filesystem::path& path) {
       numel *= static_cast<uint64_t>(t.shape.back());
       if (numel > (uint64_t{1} << 40)) fail(what, ": shape is implausibly large");
     }
-    auto& offsets = entry["data_offsets"];
-    if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
-        !offsets[1].is_number_unsigned()) {
+    const auto offsets = entry.find("data_offsets");
+    if (offsets == entry.end() || !offsets->is_array() || offsets->size() != 2 || !(*offsets)[0].is_number_unsigned() ||
+        !(*offsets)[1].is_number_unsigned()) {
       fail(what, ": \"data_offsets\" must be two non-negative integers");
     }
-    uint64_t begin = offsets[0].get<uint64_t>(), end = offsets[1].get<uint64_t>();
+    uint64_t begin = (*offsets)[0].get<uint64_t>(), end = (*offsets)[1].get<uint64_t>();
     if (begin > end || end > data_size) {
       fail(what, ": data_offsets [", begin, ", ", end, "] are out of range (data section is ", data_size,
            " bytes)");

@@ -188,6 +188,10 @@ TrainOptions Trainer::checked_options(const Config& config, TrainOptions o, cons
     fail(o.fixed_batch ? "the run trains on a fixed batch (--fixed-batch) but the data given is a stream"
                        : "the data given is a fixed batch but the run trains on a stream (--data or --tokens)");
   }
+  // The whole batch goes through one matrix product per layer, and BLAS counts rows in an int.
+  if (int64_t{o.batch} * o.seq_len > INT32_MAX) {
+    fail("train: batches of ", o.batch, " × ", o.seq_len, " tokens: more than 2^31 - 1 rows for one matrix product");
+  }
   if (data.max_token >= config.vocab_size) {
     fail("the data has token id ", data.max_token, " but the model's vocabulary has ", config.vocab_size, " entries");
   }
