@@ -75,7 +75,7 @@ std::string read_all(std::FILE* file, const std::string& where) {
     const size_t n = std::fread(buffer, 1, sizeof(buffer), file);
     text.append(buffer, n);
     if (limit > 0 && static_cast<int64_t>(text.size()) > limit) {
-      fail(where, ": more than ", format_bytes(limit), " of input, the limit set by ", memory_limit_source());
+      fail(where, ": more than ", format_bytes(limit), " of input, the memory allowed (", memory_limit_source(), ")");
     }
     if (n < sizeof(buffer)) break;
   }

@@ -96,15 +96,15 @@ int64_t memory_limit() {
 }
 
 std::string memory_limit_source() {
-  if (g_user_limit.load() > 0) return "--max-memory";
-  return "the memory available (MemAvailable or the cgroup's limit); --max-memory sets another";
+  if (g_user_limit.load() > 0) return "by --max-memory";
+  return "the memory available: MemAvailable or the cgroup's limit; --max-memory sets another";
 }
 
 void check_memory(int64_t bytes, const std::string& what) {
   const int64_t limit = memory_limit();
   if (limit > 0 && bytes > limit) {
-    fail(what, " needs ", format_bytes(bytes), ", more than the ", format_bytes(limit), " allowed by ",
-         memory_limit_source());
+    fail(what, ": ", format_bytes(bytes), " needed, more than the ", format_bytes(limit), " allowed (",
+         memory_limit_source(), ")");
   }
 }
 

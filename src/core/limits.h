@@ -21,10 +21,10 @@ int64_t sat_add(int64_t a, int64_t b);
 int64_t memory_limit();
 // A limit in bytes for every later check (--max-memory); 0 goes back to the machine's figure.
 void set_memory_limit(int64_t bytes);
-// Where the limit comes from, for messages: "--max-memory" or "the memory available (MemAvailable)".
+// Where the limit comes from, for messages: "by --max-memory" or "the memory available: ...".
 std::string memory_limit_source();
 
-// Fails with "WHAT needs X, more than the Y available (...)" when `bytes` exceeds memory_limit().
+// Fails with "WHAT: X needed, more than the Y allowed (SOURCE)" when `bytes` exceeds memory_limit().
 void check_memory(int64_t bytes, const std::string& what);
 
 // "1.5 GiB", "12.0 MiB", "512 bytes"; "more than 8 EiB" for a saturated size.

@@ -52,11 +52,13 @@ const nlohmann::json& field(const nlohmann::json& j, const char* key, const std:
 int64_t get_integer(const nlohmann::json& j, const char* key, const std::string& where, int64_t lo = INT64_MIN,
                     int64_t hi = INT64_MAX) {
   const nlohmann::json& v = field(j, key, where);
-  if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) ||
-      v.get<int64_t>() < lo || v.get<int64_t>() > hi) {
-    fail(where, ": field \"", key, "\" must be an integer in [", lo, ", ", hi, "], got ", json_brief(v));
+  if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))) {
+    fail(where, ": field \"", key, "\" must be an integer, got ", json_brief(v));
   }
-  return v.get<int64_t>();
+  const int64_t x = v.get<int64_t>();
+  if (x < lo) fail(where, ": field \"", key, "\" is ", x, "; it must be at least ", lo);
+  if (x > hi) fail(where, ": field \"", key, "\" is ", x, "; it must be at most ", hi);
+  return x;
 }
 
 int get_int32(const nlohmann::json& j, const char* key, const std::string& where) {
