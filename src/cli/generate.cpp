@@ -19,6 +19,21 @@ std::string read_file(const std::string& path) {
   return path == "-" ? read_stdin("--prompt-file -") : read_text_file(path);
 }
 
+// One line of stdin without its newline; false at the end. A line longer than the memory limit (a
+// stream without newlines) is an error, not an ever-growing string.
+bool read_line(std::string& line) {
+  line.clear();
+  const int64_t limit = memory_limit();
+  for (int c; (c = std::getchar()) != EOF;) {
+    if (c == '\n') return true;
+    line += static_cast<char>(c);
+    if (limit > 0 && static_cast<int64_t>(line.size()) > limit) {
+      fail("stdin: a line of more than ", format_bytes(limit), ", the memory allowed (", memory_limit_source(), ")");
+    }
+  }
+  return !line.empty();
+}
+
 void write(std::string_view s) {
   std::fwrite(s.data(), 1, s.size(), stdout);
   std::fflush(stdout);
@@ -163,7 +178,7 @@ void add_generate(CLI::App& app) {
         std::string line;
         for (;;) {
           std::fprintf(stderr, "> ");
-          if (!std::getline(std::cin, line)) break;
+          if (!read_line(line)) break;
           try {
             gen.feed(seq, encode(line, "stdin"));
           } catch (const Error& e) {  // a bad line is reported; the session goes on

@@ -54,13 +54,8 @@ SafeTensorsReader SafeTensorsReader::open_dir(const std::filesystem::path& dir) 
   if (std::filesystem::exists(single)) {
     reader.add_file(single);
   } else if (std::filesystem::exists(index)) {
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(read_text_file(index));
-    } catch (const nlohmann::json::exception& e) {
-      fail(index.string(), ": not valid JSON: ", e.what());
-    }
-    if (!j.contains("weight_map") || !j["weight_map"].is_object()) {
+    const nlohmann::json j = read_json_file(index.string());
+    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
       fail(index.string(), ": missing object field \"weight_map\"");
     }
     std::vector<std::string> shards;
