@@ -326,6 +326,13 @@ struct Pcre2Code {
   Pcre2Code& operator=(const Pcre2Code&) = delete;
 };
 
+// The pattern is the same for every tokenizer: compiled (and JIT-compiled) once per process, not per
+// load. A compiled pattern is read-only; each encode() has its own match data.
+const Pcre2Code& split_regex() {
+  static const Pcre2Code regex;
+  return regex;
+}
+
 struct MatchData {
   pcre2_match_data* data;
   explicit MatchData(const pcre2_code* code) : data(pcre2_match_data_create_from_pattern(code, nullptr)) {}
@@ -440,7 +447,7 @@ struct Tokenizer::Impl {
   LiteralSet raw_added, normalized_added;     // their values index `added`
   std::vector<std::string> id_bytes;          // id → bytes, as the decoder gives them
   std::vector<uint8_t> id_known, id_special;  // id → flags
-  Pcre2Code regex;
+  const Pcre2Code& regex = split_regex();
 
   // BPE results of words seen before, keyed by the word's bytes. HF keeps a similar cache.
   static constexpr size_t kCacheWords = 1 << 17, kCacheWordBytes = 256;
