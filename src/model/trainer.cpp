@@ -99,7 +99,7 @@ void TrainOptions::validate(const std::string& where) const {
   if (!(lr > 0 && std::isfinite(lr))) fail(where, ": lr ", lr, " must be positive");
   if (!std::isfinite(lr_min)) fail(where, ": lr_min ", lr_min, " must be finite (negative: lr / 10)");
   if (schedule != "cosine" && schedule != "constant") {
-    fail(where, ": schedule \"", schedule, "\" must be \"cosine\" or \"constant\"");
+    fail(where, ": schedule ", json_brief(schedule), " must be \"cosine\" or \"constant\"");
   }
   if (!(weight_decay >= 0 && std::isfinite(weight_decay))) fail(where, ": weight_decay ", weight_decay, " must be ≥ 0");
   if (!(clip >= 0 && std::isfinite(clip))) fail(where, ": clip ", clip, " must be ≥ 0 (0: off)");
