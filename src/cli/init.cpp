@@ -2,7 +2,9 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/limits.h"
 #include "model/model.h"
+#include "model/validate.h"
 
 namespace mamba::cli {
 
@@ -27,6 +29,7 @@ void add_init(CLI::App& app) {
     c.validate("init");
     DType dtype;
     parse_dtype(o.dtype, &dtype);
+    check_memory(parameter_bytes(c), "init: " + std::to_string(c.parameter_count()) + " parameters");
     std::vector<ParamSpec> specs = param_specs(c);
     std::vector<float> params(static_cast<size_t>(param_layout_size(specs)), 0.0f);
     init_params(params.data(), c, specs, o.seed);

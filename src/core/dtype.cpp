@@ -42,6 +42,7 @@ bool parse_dtype(std::string_view name, DType* out) {
 }
 
 void convert_to_f32(float* out, const void* in, DType dtype, size_t n) {
+  if (n == 0) return;  // an empty tensor may have no buffer at all
   const auto* bytes = static_cast<const uint8_t*>(in);
   if (dtype == DType::F32) {
     if (n) std::memcpy(out, in, n * 4);  // an empty vector's data() may be null
@@ -59,6 +60,7 @@ void convert_to_f32(float* out, const void* in, DType dtype, size_t n) {
 }
 
 void convert_from_f32(void* out, const float* in, DType dtype, size_t n) {
+  if (n == 0) return;
   auto* bytes = static_cast<uint8_t*>(out);
   if (dtype == DType::F32) {
     if (n) std::memcpy(out, in, n * 4);  // an empty vector's data() may be null

@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <omp.h>
 
 #include "core/error.h"
+#include "core/limits.h"
 #include "model/mixer.h"
 
 namespace mamba {
@@ -15,8 +17,29 @@ int64_t padded(int64_t n) { return (n + 15) / 16 * 16; }
 
 }  // namespace
 
+int64_t Backprop::bytes_needed(const Config& c, int64_t B, int64_t L, int64_t scan_chunk) {
+  // The constructor's two allocations, and the scan backward's per-call buffers (backward.cpp): partial
+  // dB, dC (threads, B, L, 2N) and per thread the chunk's recomputed states (chunk + 1, N, 16 lanes),
+  // decays (chunk, N, 16) and Δ, softplus' (chunk, 16). Saturating: B and L come from flags and files.
+  const int64_t M = sat_mul(B, L), d = c.d_model, Di = c.d_inner(), N = c.d_state, V = c.vocab_size;
+  const int64_t xw = c.dt_rank + 2 * N, chunk = std::clamp<int64_t>(scan_chunk, 1, std::max<int64_t>(1, L));
+  const int64_t chunks = L / chunk + (L % chunk != 0);
+  const int64_t per_token_saved = 2 * d + 5 * Di + xw, per_token_scratch = 3 * d + 5 * Di + xw;
+  int64_t floats = sat_mul(c.n_layer, sat_add(sat_mul(M, per_token_saved), sat_mul(sat_mul(B, chunks), Di * N)));
+  floats = sat_add(floats, sat_mul(M, 2 * d + per_token_scratch));
+  floats = sat_add(floats, 2 * Di * N + std::min<int64_t>(M, 256) * V + V * d);
+  floats = sat_add(floats, sat_mul(B, (c.d_conv - 1) * Di));
+  floats = sat_add(floats, 64 * 16);  // padding of the views
+  const int64_t threads = omp_get_max_threads();
+  floats = sat_add(floats, sat_mul(threads, sat_mul(M, 2 * N)));
+  floats = sat_add(floats, sat_mul(threads, sat_mul(chunk + 1, N * 16) + chunk * N * 16 + chunk * 32));
+  return sat_mul(floats, 4);
+}
+
 Backprop::Backprop(const Config& config, int B, int L, int scan_chunk, Backend& backend)
-    : config_(config), specs_(param_specs(config)), backend_(backend), B_(B), L_(L), chunk_(std::max(1, scan_chunk)) {
+    // A chunk longer than the sequence is one chunk; clamped, its recomputation buffers fit the sequence.
+    : config_(config), specs_(param_specs(config)), backend_(backend), B_(B), L_(L),
+      chunk_(std::clamp(scan_chunk, 1, std::max(1, L))) {
   const Config& c = config;
   const bool lti = c.ssm_mode == SsmMode::Lti;
   const OpQuery ops[] = {{Op::Embedding}, {Op::RmsNorm}, {Op::Matmul}, {Op::Conv1d, DType::F32, DType::F32, false, 0, c.d_conv},

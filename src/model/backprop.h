@@ -27,6 +27,9 @@ class Backprop {
   double step(const float* params, float* grads, const int32_t* inputs, const int32_t* targets,
               int ignore_index = -100);
 
+  // Bytes a Backprop of these sizes allocates, its own buffers and the scan backward's per-call ones,
+  // computed without overflow for any sizes (core/limits.h saturates them): checked before building one.
+  static int64_t bytes_needed(const Config& config, int64_t B, int64_t L, int64_t scan_chunk);
   // Bytes of saved activations and scratch (for the memory formula in docs/training.md).
   int64_t activation_bytes() const { return static_cast<int64_t>(saved_.bytes() + scratch_.bytes()); }
   Backend& backend() const { return backend_; }

@@ -4,6 +4,8 @@
 #include <map>
 
 #include "core/error.h"
+#include "core/limits.h"
+#include "model/validate.h"
 
 namespace mamba {
 
@@ -47,8 +49,9 @@ void convert_weight(const WeightView& dst, const WeightView& src, int64_t rows, 
 Model Model::load(const std::filesystem::path& dir, std::optional<DType> weight_dtype) {
   Model m;
   m.config_ = load_config(dir);
-  m.specs_ = param_specs(m.config_);
   m.reader_ = SafeTensorsReader::open_dir(dir);
+  check_config_fits_files(m.config_, m.reader_, (dir / "config.json").string());
+  m.specs_ = param_specs(m.config_);
   const std::string files = m.reader_.describe();
 
   // Find each tensor and check its shape.
@@ -107,6 +110,8 @@ Model Model::load(const std::filesystem::path& dir, std::optional<DType> weight_
     owned_floats += padded_floats(s.numel * static_cast<int64_t>(dtype_size(wanted(s)))) +
                     padded_floats(scale_bytes(s, wanted(s)));
   }
+  const int64_t derived = int64_t{m.config_.n_layer} * m.config_.d_inner() * m.config_.d_state;  // A
+  check_memory(sat_mul(sat_add(owned_floats, derived), 4), files + ": the weights in " + std::string(dtype_name(m.weight_dtype_)));
   m.owned_.resize(static_cast<size_t>(owned_floats));
   int64_t next = 0;
   for (size_t i = 0; i < found.size(); i++) {
@@ -127,6 +132,12 @@ Model Model::load(const std::filesystem::path& dir, std::optional<DType> weight_
     convert_weight(dst, src, s.matrix ? s.shape[0] : 1, s.matrix ? s.numel / s.shape[0] : s.numel);
     m.param_views_.push_back(dst);
     m.converted_bytes_ += bytes + sbytes;
+  }
+  // Checked in the file's values: a NaN is named with its tensor and index, not turned into NaN logits.
+  for (size_t i = 0; i < found.size(); i++) {
+    const ParamSpec& s = m.specs_[i];
+    check_finite(sources[i], s.matrix ? s.shape[0] : 1, s.matrix ? s.numel / s.shape[0] : s.numel,
+                 files + ": tensor " + found[i]->name);
   }
   m.bind();
   return m;
