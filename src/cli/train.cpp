@@ -188,9 +188,11 @@ void add_train(CLI::App& app) {
       o.train.byte_level = byte_level;
       o.train.fixed_batch = fixed;
       o.train.val_every = fixed ? -1 : o.val_every;
-      check_memory(Trainer::bytes_needed(c, o.train),
-                   "train: " + std::to_string(c.parameter_count()) + " parameters on batches of " +
-                       std::to_string(o.train.batch) + " × " + std::to_string(o.train.seq_len) + " tokens");
+      if (backend.host_memory()) {  // a GPU's allocations say themselves what they lack
+        check_memory(Trainer::bytes_needed(c, o.train),
+                     "train: " + std::to_string(c.parameter_count()) + " parameters on batches of " +
+                         std::to_string(o.train.batch) + " × " + std::to_string(o.train.seq_len) + " tokens");
+      }
       std::vector<float> params;
       if (base) {
         params = base->params_f32();

@@ -183,7 +183,7 @@ int64_t Trainer::bytes_needed(const Config& config, const TrainOptions& o) {
   return sat_add(bytes, sat_mul(sat_mul(o.batch, o.seq_len), 8));
 }
 
-TrainOptions Trainer::checked_options(const Config& config, TrainOptions o, const Dataset& data) {
+TrainOptions Trainer::checked_options(const Config& config, TrainOptions o, const Dataset& data, bool host_memory) {
   config.validate("train: the model");
   o.validate("train: options");
   if (o.fixed_batch != (data.train.rows > 0)) {
@@ -197,8 +197,11 @@ TrainOptions Trainer::checked_options(const Config& config, TrainOptions o, cons
   if (data.max_token >= config.vocab_size) {
     fail("the data has token id ", data.max_token, " but the model's vocabulary has ", config.vocab_size, " entries");
   }
-  check_memory(bytes_needed(config, o), "training " + std::to_string(config.parameter_count()) + " parameters on " +
-                                            std::to_string(o.batch) + " × " + std::to_string(o.seq_len) + " tokens");
+  // On a GPU the buffers are the device's, whose allocations fail with the sizes asked for and free.
+  if (host_memory) {
+    check_memory(bytes_needed(config, o), "training " + std::to_string(config.parameter_count()) + " parameters on " +
+                                              std::to_string(o.batch) + " × " + std::to_string(o.seq_len) + " tokens");
+  }
   if (o.lr_min < 0) o.lr_min = o.lr / 10;
   return o;
 }
@@ -206,7 +209,7 @@ TrainOptions Trainer::checked_options(const Config& config, TrainOptions o, cons
 Trainer::Trainer(const Config& config, std::vector<float> params, const Dataset& data, TrainOptions options,
                  std::filesystem::path out, Backend& backend)
     : config_(config),
-      options_(checked_options(config, options, data)),
+      options_(checked_options(config, options, data, backend.host_memory())),
       specs_(param_specs(config)),
       backend_(backend),
       size_(static_cast<int64_t>(params.size())),

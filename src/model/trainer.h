@@ -122,9 +122,11 @@ class Trainer {
   void log(const nlohmann::json& line);
   void train_step(double* loss, double* grad_norm, double lr);
 
-  // Checks the config, the options and the data against each other and the memory the run needs;
-  // returns the options with their defaults resolved. Runs before any member is allocated.
-  static TrainOptions checked_options(const Config& config, TrainOptions options, const Dataset& data);
+  // Checks the config, the options and the data against each other and, when the backend's memory is the
+  // host's, the memory the run needs; returns the options with their defaults resolved. Runs before any
+  // member is allocated.
+  static TrainOptions checked_options(const Config& config, TrainOptions options, const Dataset& data,
+                                      bool host_memory);
 
   Config config_;
   TrainOptions options_;  // first: every size below comes from it, checked

@@ -25,7 +25,7 @@ struct Chunk {
   int decay;
 };
 
-// Scalars of this step, in fp32 as the CPU's update uses them.
+// Scalars of this step, in fp32 as the CPU's update uses them (decay: 1 − lr·λ, for the decayed ranges).
 struct AdamScalars {
   float b1, one_minus_b1, b2, one_minus_b2, eps, step_size, bias2_sqrt, decay;
 };
@@ -96,12 +96,11 @@ __global__ void __launch_bounds__(kThreads) norm_reduce_kernel(double* norm, Cli
 }
 
 __global__ void __launch_bounds__(kThreads) adamw_kernel(float* params, float* grads, float* m, float* v,
-                                                         const Chunk* chunks, const ClipState* state, AdamScalars s,
-                                                         float decay_rate) {
+                                                         const Chunk* chunks, const ClipState* state, AdamScalars s) {
   const Chunk c = chunks[blockIdx.x];
   const float factor = state->factor;
   const bool update = state->finite;
-  const float decay = c.decay ? decay_rate : 1.0f;
+  const float decay = c.decay ? s.decay : 1.0f;
   for (int i = threadIdx.x; i < c.count; i += kThreads) {
     const int64_t k = c.offset + i;
     float g = grads[k];
@@ -159,7 +158,7 @@ void adamw(const AdamWParams& p, void* workspace, cudaStream_t stream) {
   MAMBA_CUDA_CHECK_LAUNCH();
   norm_reduce_kernel<<<1, kThreads, 0, stream>>>(p.norm, state, partial, n, p.max_norm);
   MAMBA_CUDA_CHECK_LAUNCH();
-  adamw_kernel<<<n, kThreads, 0, stream>>>(p.params, p.grads, p.m, p.v, table, state, s, s.decay);
+  adamw_kernel<<<n, kThreads, 0, stream>>>(p.params, p.grads, p.m, p.v, table, state, s);
   MAMBA_CUDA_CHECK_LAUNCH();
 }
 

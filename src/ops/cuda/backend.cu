@@ -114,6 +114,9 @@ class CudaBackend final : public Backend {
       return "on CUDA the weights take the activations' type (" + std::string(dtype_name(q.dtype)) + "), not " +
              std::string(dtype_name(q.weight));
     }
+    if (q.op == Op::Xent && q.dtype == DType::F16) {
+      return "the loss's gradients (about 1/(rows·V) each) underflow fp16 without loss scaling, which is not built";
+    }
     if (q.op == Op::Scan && q.bc_per_channel) {
       return "the LTI form of the scan (\"ssm_mode\": \"lti\") runs on the CPU only";
     }
