@@ -27,10 +27,10 @@ std::string flag_of(const std::string& key) {
 }  // namespace
 
 void add_train(CLI::App& app) {
-  auto* cmd = app.add_subcommand("train", "Train a model on text, token files or a checkpoint's data (CPU, fp32)");
+  auto* cmd = app.add_subcommand("train", "Train a model on text, token files or a checkpoint's data (fp32, on the CPU or a GPU)");
   struct Options {
     ShapeFlags shape;
-    std::string init_from, out, resume, fixed_batch, dump_grads, progress = "auto";
+    std::string init_from, out, resume, fixed_batch, dump_grads, progress = "auto", device = "cpu";
     std::vector<std::string> data, tokens;
     int val_every = 20;
     TrainOptions train;
@@ -54,6 +54,10 @@ void add_train(CLI::App& app) {
                   "Continue exactly from a run folder or checkpoint; of the options given with it, the schedule, "
                   "optimizer, evaluation and checkpoint ones are applied, the others must equal the run's")
       ->excludes(init_from);
+  cmd->add_option("--device", o.device,
+                  "Where to train: cpu, cuda or cuda:N (fp32 on either; checkpoints are the same files, so a run "
+                  "may resume on another device)")
+      ->capture_default_str();
   cmd->add_option("--dump-grads", o.dump_grads,
                   "Write the first step's gradients (mean over micro-batches, before clipping) to this .safetensors");
   TrainOptions& t = o.train;
@@ -100,6 +104,7 @@ void add_train(CLI::App& app) {
       return byte_level ? load_text_dataset(paths, split) : load_token_dataset(paths, eos, split);
     };
 
+    Backend& backend = Backend::get(Device::parse(o.device));
     const std::atomic<bool>& stop = stop_on_signals();
     std::optional<Dataset> data;
     std::optional<Trainer> trainer;
@@ -141,7 +146,7 @@ void add_train(CLI::App& app) {
         changes[key] = given[key];
       }
       data = load_data(saved_config.eos_token_id, split);
-      trainer.emplace(Trainer::resume(o.resume, *data, changes, o.out));
+      trainer.emplace(Trainer::resume(o.resume, *data, changes, o.out, backend));
       std::fprintf(stderr, "resuming at step %lld of %lld\n", static_cast<long long>(trainer->step()),
                    static_cast<long long>(trainer->options().steps));
       for (const auto& [key, change] : trainer->resume_changes().items()) {
@@ -183,9 +188,11 @@ void add_train(CLI::App& app) {
       o.train.byte_level = byte_level;
       o.train.fixed_batch = fixed;
       o.train.val_every = fixed ? -1 : o.val_every;
-      check_memory(Trainer::bytes_needed(c, o.train),
-                   "train: " + std::to_string(c.parameter_count()) + " parameters on batches of " +
-                       std::to_string(o.train.batch) + " × " + std::to_string(o.train.seq_len) + " tokens");
+      if (backend.host_memory()) {  // a GPU's allocations say themselves what they lack
+        check_memory(Trainer::bytes_needed(c, o.train),
+                     "train: " + std::to_string(c.parameter_count()) + " parameters on batches of " +
+                         std::to_string(o.train.batch) + " × " + std::to_string(o.train.seq_len) + " tokens");
+      }
       std::vector<float> params;
       if (base) {
         params = base->params_f32();
@@ -194,13 +201,13 @@ void add_train(CLI::App& app) {
         params.assign(static_cast<size_t>(param_layout_size(param_specs(c))), 0.0f);
         init_params(params.data(), c, param_specs(c), o.train.seed);
       }
-      trainer.emplace(c, std::move(params), *data, o.train, o.out);
+      trainer.emplace(c, std::move(params), *data, o.train, o.out, backend);
       std::fprintf(stderr,
                    "model: %lld parameters (d_model %d, %d layers); data: %zu training tokens in %lld documents, "
-                   "%zu validation tokens; activations %.1f MiB\n",
+                   "%zu validation tokens; activations %.1f MiB; on %s\n",
                    static_cast<long long>(c.parameter_count()), c.d_model, c.n_layer, data->train.tokens.size(),
                    static_cast<long long>(data->train.documents), data->val.tokens.size(),
-                   trainer->activation_bytes() / 1048576.0);
+                   trainer->activation_bytes() / 1048576.0, backend.describe().c_str());
     }
     if (fixed) {
       std::fprintf(stderr, "note: one fixed batch of %lld rows; the validation loss is that batch's loss\n",
