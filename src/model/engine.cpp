@@ -137,6 +137,7 @@ void Engine::forward(const int32_t* tokens, int B, int L, State& state, float* l
   const int64_t V = c.vocab_size;
   const bool host = backend_.host_memory();
   for (int t0 = 0; t0 < L; t0 += chunk) {
+    if (t0 > 0 && interrupt_) interrupt_();
     const int Lc = std::min(chunk, L - t0);
     for (int b = 0; b < B; b++) {
       std::memcpy(chunk_tokens_.data() + int64_t{b} * Lc, tokens + int64_t{b} * L + t0, sizeof(int32_t) * Lc);

@@ -193,15 +193,15 @@ void Generator::flush(int i, const Callback& on_token) {
   if (on_token) on_token(i, -1, rest);
 }
 
-void Generator::run(const Callback& on_token) {
+void Generator::start() {
   for (int i = 0; i < size(); i++) {
     Sequence& s = seqs_[i];
     s.output.clear();
     s.text.clear();
-    s.held.clear();
     s.finish = Finish::None;
     if (!s.has_logits) feed(i, {});
   }
+  active_.clear();
   if (options_.max_new_tokens == 0) return;
 
   // Gather every sequence into one batch; rows leave it as their sequences finish.
@@ -215,37 +215,51 @@ void Generator::run(const Callback& on_token) {
     std::copy(seqs_[b].logits.begin(), seqs_[b].logits.end(), logits_.begin() + int64_t{b} * vocab_);
     active_[b] = b;
   }
-  std::vector<int> keep;
+}
+
+bool Generator::step(const Callback& on_token) {
+  if (active_.empty()) return false;
   auto start = std::chrono::steady_clock::now();
-  while (!active_.empty()) {
-    const int n = static_cast<int>(active_.size());
-    keep.clear();
-    for (int slot = 0; slot < n; slot++) {
-      const int i = active_[slot];
-      Sequence& s = seqs_[i];
-      const int32_t id = s.sampler.sample(logits_.data() + int64_t{slot} * vocab_);
-      tokens_[slot] = id;
-      if (accept(i, id, on_token)) {
-        s.state = work_.sequence(slot);
-        s.pending = id;
-        s.has_logits = false;
-      } else {
-        keep.push_back(slot);
-      }
+  const int n = static_cast<int>(active_.size());
+  keep_.clear();
+  for (int slot = 0; slot < n; slot++) {
+    const int i = active_[slot];
+    Sequence& s = seqs_[i];
+    const int32_t id = s.sampler.sample(logits_.data() + int64_t{slot} * vocab_);
+    tokens_[slot] = id;
+    if (accept(i, id, on_token)) {
+      s.state = work_.sequence(slot);
+      s.pending = id;
+      s.has_logits = false;
+    } else {
+      keep_.push_back(slot);
     }
-    if (static_cast<int>(keep.size()) < n) {
-      work_.keep_rows(keep);
-      for (size_t j = 0; j < keep.size(); j++) {
-        tokens_[j] = tokens_[keep[j]];
-        active_[j] = active_[keep[j]];
-      }
-      active_.resize(keep.size());
+  }
+  if (static_cast<int>(keep_.size()) < n) {
+    work_.keep_rows(keep_);
+    for (size_t j = 0; j < keep_.size(); j++) {
+      tokens_[j] = tokens_[keep_[j]];
+      active_[j] = active_[keep_[j]];
     }
-    if (active_.empty()) break;
+    active_.resize(keep_.size());
+  }
+  if (!active_.empty()) {
     engine_.step(tokens_.data(), static_cast<int>(active_.size()), work_, logits_.data());
     decode_tokens_ += static_cast<int64_t>(active_.size());
   }
   decode_seconds_ += seconds_since(start);
+  return !active_.empty();
+}
+
+void Generator::stop() {
+  for (size_t slot = 0; slot < active_.size(); slot++) {
+    Sequence& s = seqs_[active_[slot]];
+    s.state = work_.sequence(static_cast<int>(slot));
+    const float* row = logits_.data() + static_cast<int64_t>(slot) * vocab_;
+    std::copy(row, row + vocab_, s.logits.begin());
+    s.has_logits = true;
+  }
+  active_.clear();
 }
 
 void Generator::save(int i, const std::filesystem::path& path) const {

@@ -271,7 +271,9 @@ TrainResult Trainer::run(const std::atomic<bool>* stop, int64_t stop_at) {
       line[options_.byte_level ? "val_bits_per_byte" : "val_bits_per_token"] = last_val_ / std::log(2.0);
     }
     log(line);
-    if (options_.progress) {
+    if (observer_) {
+      observer_(line);
+    } else if (options_.progress) {
       const double eta = static_cast<double>(options_.steps - step_) * secs / static_cast<double>(step_ - first);
       const int width = 24, filled = static_cast<int>(width * step_ / options_.steps);
       std::fprintf(stderr, "\r\033[K%6lld/%lld [%s%s] loss %.4f lr %.2e %.0f tok/s ETA %s",
@@ -288,7 +290,7 @@ TrainResult Trainer::run(const std::atomic<bool>* stop, int64_t stop_at) {
     }
     if (options_.save_every > 0 && step_ % options_.save_every == 0 && step_ < options_.steps) save_checkpoint();
   }
-  if (options_.progress) std::fprintf(stderr, "\n");
+  if (options_.progress && !observer_) std::fprintf(stderr, "\n");
   save_checkpoint();
   result.steps = step_;
   result.loss = loss;

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -66,6 +67,10 @@ class Trainer {
 
   const std::filesystem::path& out() const { return out_; }
   void set_progress(bool on) { options_.progress = on; }
+  // Called with each step's log.jsonl line ({"step", "loss", "lr", "grad_norm", "tokens_per_s",
+  // "elapsed_s"}, and "val_loss" with "val_bits_per_byte" or "val_bits_per_token" when it validated);
+  // while one is set the trainer prints nothing. It may throw to end the run at once, without a save.
+  void set_observer(std::function<void(const nlohmann::json& line)> observer) { observer_ = std::move(observer); }
 
   // The latest complete checkpoint folder under a run folder, or empty.
   static std::filesystem::path latest_checkpoint(const std::filesystem::path& run);
@@ -89,6 +94,7 @@ class Trainer {
   std::vector<int32_t> inputs_, targets_;
   int64_t step_ = 0;
   double last_val_ = -1;
+  std::function<void(const nlohmann::json&)> observer_;
 };
 
 }  // namespace mamba

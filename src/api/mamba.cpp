@@ -1,0 +1,749 @@
+// The library API (include/mamba/mamba.h) over the model layer: each public class holds its internal
+// object behind a pointer. The rules that make calls safe to cancel live here: a call takes the model's
+// lock and installs its cancel check as the engine's interrupt; callbacks' exceptions are caught and the
+// work is ended at a clean point (a decode step, a training step) before they are rethrown.
+#include "mamba/mamba.h"
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <mutex>
+#include <optional>
+
+#include "core/error.h"
+#include "core/runtime.h"
+#include "model/config.h"
+#include "model/data.h"
+#include "model/engine.h"
+#include "model/generator.h"
+#include "model/model.h"
+#include "model/state.h"
+#include "model/trainer.h"
+#include "model/weights.h"
+#include "tokenizer/tokenizer.h"
+
+namespace mamba::api {
+
+namespace {
+
+ModelConfig public_config(const Config& c) {
+  ModelConfig p;
+  p.d_model = c.d_model;
+  p.n_layer = c.n_layer;
+  p.vocab_size = c.vocab_size;
+  p.d_state = c.d_state;
+  p.d_conv = c.d_conv;
+  p.expand = c.expand;
+  p.dt_rank = c.dt_rank;
+  p.d_inner = c.d_inner();
+  p.byte_level = c.byte_level;
+  p.eos_token_id = c.eos_token_id;
+  p.tie_embeddings = c.tie_embeddings;
+  p.ssm_mode = c.ssm_mode == SsmMode::Lti ? "lti" : "selective";
+  p.parameters = c.parameter_count();
+  p.state_bytes = int64_t{c.n_layer} * c.d_inner() * (c.d_conv - 1 + c.d_state) * 4;
+  return p;
+}
+
+std::optional<DType> dtype_option(const std::string& text, const char* what) {
+  if (text.empty()) return std::nullopt;
+  DType t;
+  if (!parse_dtype(text, &t)) fail(what, " \"", text, "\": expected fp32, bf16 or fp16");
+  return t;
+}
+
+std::string lower_dtype(DType t) {
+  switch (t) {
+    case DType::F32: return "fp32";
+    case DType::F16: return "fp16";
+    case DType::BF16: return "bf16";
+  }
+  return "?";
+}
+
+mamba::SamplerOptions sampler_options(const SamplingOptions& s) {
+  mamba::SamplerOptions o;
+  o.temperature = s.temperature;
+  o.top_k = s.top_k;
+  o.top_p = s.top_p;
+  o.min_p = s.min_p;
+  o.repetition_penalty = s.repetition_penalty;
+  o.seed = s.seed;
+  return o;
+}
+
+Finish public_finish(mamba::Finish f) {
+  switch (f) {
+    case mamba::Finish::None: return Finish::None;
+    case mamba::Finish::Eos: return Finish::Eos;
+    case mamba::Finish::Stop: return Finish::Stop;
+    case mamba::Finish::Length: return Finish::Length;
+  }
+  return Finish::None;
+}
+
+// A new model's shape; `what` names the caller in errors.
+Config shape_config(const std::string& preset, int d_model, int n_layer, int d_state, int d_conv, int expand,
+                    int dt_rank, const char* what) {
+  Config c;
+  if (!preset.empty()) {
+    if (d_model || n_layer) fail(what, ": give either a preset or d_model and n_layer, not both");
+    if (!preset_config(preset, &c)) fail(what, ": unknown preset \"", preset, "\" (known: ", preset_names(), ")");
+    return c;
+  }
+  if (d_model <= 0 || n_layer <= 0) fail(what, ": give a preset, or d_model and n_layer (both positive)");
+  if (d_state < 1 || d_conv < 1 || expand < 1 || dt_rank < 0) {
+    fail(what, ": d_state, d_conv and expand must be positive and dt_rank ≥ 0");
+  }
+  c.d_model = d_model;
+  c.n_layer = n_layer;
+  c.d_state = d_state;
+  c.d_conv = d_conv;
+  c.expand = expand;
+  c.dt_rank = dt_rank ? dt_rank : (d_model + 15) / 16;
+  return c;
+}
+
+}  // namespace
+
+// ---- the process ----
+
+void set_threads(int threads) { configure_runtime(threads); }
+int threads() { return runtime_threads(); }
+std::string version() { return MAMBA_VERSION; }
+std::string build_info() { return MAMBA_BUILD_FLAGS; }
+bool cuda_available() {
+#ifdef MAMBA_HAVE_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+const char* finish_name(Finish finish) {
+  switch (finish) {
+    case Finish::None: return "none";
+    case Finish::Eos: return "eos";
+    case Finish::Stop: return "stop";
+    case Finish::Length: return "length";
+  }
+  return "?";
+}
+
+double Perplexity::perplexity() const { return tokens ? std::exp(nll / static_cast<double>(tokens)) : 0.0; }
+
+// ---- Tokenizer ----
+
+struct Tokenizer::Impl {
+  mamba::Tokenizer tokenizer;
+};
+
+Tokenizer::Tokenizer(const std::filesystem::path& path)
+    : impl_(std::make_shared<const Impl>(Impl{mamba::Tokenizer::load(path.string())})) {}
+Tokenizer::~Tokenizer() = default;
+Tokenizer::Tokenizer(const Tokenizer&) = default;
+Tokenizer& Tokenizer::operator=(const Tokenizer&) = default;
+Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
+Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text) const { return impl_->tokenizer.encode(text); }
+std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special) const {
+  return impl_->tokenizer.decode(ids, skip_special);
+}
+int32_t Tokenizer::vocab_size() const { return impl_->tokenizer.vocab_size(); }
+int32_t Tokenizer::token_id(std::string_view token) const { return impl_->tokenizer.token_id(token); }
+std::string Tokenizer::token_bytes(int32_t id) const { return impl_->tokenizer.token_bytes(id); }
+bool Tokenizer::is_special(int32_t id) const { return impl_->tokenizer.is_special(id); }
+std::string Tokenizer::path() const { return impl_->tokenizer.path(); }
+
+// ---- Model ----
+
+struct Model::Impl {
+  Impl(const std::filesystem::path& dir_, const ModelOptions& o)
+      : dir(dir_),
+        device(Device::parse(o.device)),
+        dtype(dtype_option(o.dtype, "dtype")),
+        // On the CPU the weights are kept in the compute dtype; a GPU converts its device copy itself.
+        model(mamba::Model::load(dir_, device.kind == Device::Kind::Cpu ? dtype : std::nullopt)),
+        engine(model, EngineOptions{device, device.kind == Device::Kind::Cpu ? std::nullopt : dtype,
+                                    std::max<int64_t>(1, o.max_tokens)}),
+        codec(make_codec(o.tokenizer)),
+        config(public_config(model.config())),
+        max_tokens(std::max<int64_t>(1, o.max_tokens)) {}
+
+  TextCodec make_codec(const std::filesystem::path& tokenizer) const {
+    if (tokenizer.empty()) return TextCodec::for_model(dir, model.config());
+    mamba::Tokenizer tok = mamba::Tokenizer::load(tokenizer.string());
+    if (tok.vocab_size() > model.config().vocab_size) {
+      fail(tokenizer.string(), ": ", tok.vocab_size(), " tokens, more than the model's vocabulary of ",
+           model.config().vocab_size);
+    }
+    return TextCodec::tokenizer(std::move(tok));
+  }
+
+  mamba::GenerateOptions generate_options(const GenerationOptions& g) const {
+    mamba::GenerateOptions o;
+    o.max_new_tokens = g.max_new_tokens;
+    o.stop = g.stop;
+    o.stop_at_eos = g.stop_at_eos;
+    o.eos_token_id = model.config().eos_token_id;
+    o.max_prompt_tokens = g.max_prompt_tokens;
+    return o;
+  }
+
+  std::filesystem::path dir;
+  Device device;
+  std::optional<DType> dtype;
+  mamba::Model model;
+  Engine engine;  // refers to `model`: Impl never moves (it lives behind a shared_ptr)
+  TextCodec codec;
+  ModelConfig config;
+  int64_t max_tokens;
+  std::mutex mutex;  // one compute call at a time: the engine's activations are shared
+};
+
+namespace {
+
+// One compute call: holds the model's lock, and installs the call's cancel check as the engine's
+// interrupt for the duration.
+class Call {
+ public:
+  Call(Model::Impl& m, const CancelCheck& cancel) : lock_(m.mutex), engine_(m.engine) {
+    if (cancel) {
+      engine_.set_interrupt([&cancel] {
+        if (cancel()) throw Cancelled();
+      });
+    }
+  }
+  ~Call() { engine_.set_interrupt({}); }
+  Call(const Call&) = delete;
+  Call& operator=(const Call&) = delete;
+
+ private:
+  std::unique_lock<std::mutex> lock_;
+  Engine& engine_;
+};
+
+// Steps a generator's run to its end, asking `cancel` between steps. An exception from on_token or
+// cancel ends the run between two steps (Generator::stop) and is rethrown: the sequences stay usable.
+void run_generation(Generator& gen, const TokenCallback& on_token, const CancelCheck& cancel, bool one_step = false) {
+  std::exception_ptr error;
+  const Generator::Callback report = [&](int seq, int32_t id, std::string_view text) {
+    if (!on_token || error) return;
+    try {
+      on_token(seq, id, text);
+    } catch (...) {
+      error = std::current_exception();
+    }
+  };
+  if (!gen.running()) gen.start();
+  while (gen.step(report)) {
+    if (!error && cancel) {
+      try {
+        if (cancel()) throw Cancelled();
+      } catch (...) {
+        error = std::current_exception();
+      }
+    }
+    if (error || one_step) break;
+  }
+  if (error) {
+    gen.stop();
+    std::rethrow_exception(error);
+  }
+}
+
+Completion completion(const Generator& gen, int i) {
+  return Completion{gen.output(i), gen.text(i), public_finish(gen.finish(i))};
+}
+
+}  // namespace
+
+Model::Model(const std::filesystem::path& dir, const ModelOptions& options)
+    : impl_(std::make_shared<Impl>(dir, options)) {}
+Model::~Model() = default;
+Model::Model(const Model&) = default;
+Model& Model::operator=(const Model&) = default;
+Model::Model(Model&&) noexcept = default;
+Model& Model::operator=(Model&&) noexcept = default;
+
+const ModelConfig& Model::config() const { return impl_->config; }
+std::filesystem::path Model::path() const { return impl_->dir; }
+std::string Model::device() const { return impl_->engine.backend().device().name(); }
+std::string Model::dtype() const { return lower_dtype(impl_->engine.dtype()); }
+std::string Model::weight_dtype() const { return lower_dtype(impl_->model.weight_dtype()); }
+std::string Model::describe() const { return impl_->engine.backend().describe(); }
+int64_t Model::weight_bytes() const { return impl_->engine.weight_bytes(); }
+
+bool Model::has_text() const { return impl_->codec.has_text(); }
+std::vector<int32_t> Model::encode(std::string_view text) const { return impl_->codec.encode(text); }
+
+std::string Model::decode(std::span<const int32_t> ids) const {
+  if (!impl_->codec.has_text()) fail(impl_->dir.string(), ": no tokenizer.json and not byte-level: ids have no text");
+  const int V = impl_->config.vocab_size;
+  TextCodec::Stream stream = impl_->codec.stream();
+  std::string text;
+  for (int32_t id : ids) {
+    if (id < 0 || id >= V) fail("token id ", id, " is out of range for this model (vocabulary 0..", V - 1, ")");
+    text += stream.push(id);
+  }
+  return text + stream.finish();
+}
+
+// ---- TextDecoder ----
+
+struct TextDecoder::Impl {
+  std::shared_ptr<Model::Impl> model;  // keeps the tokenizer the stream reads alive
+  TextCodec::Stream stream;
+  int vocab = 0;
+};
+
+TextDecoder::TextDecoder(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+TextDecoder::~TextDecoder() = default;
+TextDecoder::TextDecoder(const TextDecoder& other) : impl_(std::make_unique<Impl>(*other.impl_)) {}
+TextDecoder& TextDecoder::operator=(const TextDecoder& other) {
+  if (this != &other) impl_ = std::make_unique<Impl>(*other.impl_);
+  return *this;
+}
+TextDecoder::TextDecoder(TextDecoder&&) noexcept = default;
+TextDecoder& TextDecoder::operator=(TextDecoder&&) noexcept = default;
+
+std::string TextDecoder::push(int32_t id) {
+  if (id < 0 || id >= impl_->vocab) fail("token id ", id, " is out of range (vocabulary 0..", impl_->vocab - 1, ")");
+  return impl_->stream.push(id);
+}
+std::string TextDecoder::finish() { return impl_->stream.finish(); }
+
+TextDecoder Model::text_decoder() const {
+  if (!impl_->codec.has_text()) fail(impl_->dir.string(), ": no tokenizer.json and not byte-level: ids have no text");
+  return TextDecoder(std::make_unique<TextDecoder::Impl>(
+      TextDecoder::Impl{impl_, impl_->codec.stream(), impl_->config.vocab_size}));
+}
+
+// ---- State ----
+
+struct State::Impl {
+  std::shared_ptr<Model::Impl> model;
+  mamba::State state;
+};
+
+State::State(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+State::~State() = default;
+State::State(const State& other) : impl_(std::make_unique<Impl>(*other.impl_)) {}
+State& State::operator=(const State& other) {
+  if (this != &other) impl_ = std::make_unique<Impl>(*other.impl_);
+  return *this;
+}
+State::State(State&&) noexcept = default;
+State& State::operator=(State&&) noexcept = default;
+
+int State::batch() const { return impl_->state.batch; }
+int State::n_layer() const { return impl_->state.n_layer; }
+int State::d_inner() const { return impl_->state.d_inner; }
+int State::d_conv() const { return impl_->state.d_conv; }
+int State::d_state() const { return impl_->state.d_state; }
+size_t State::bytes() const { return impl_->state.conv_bytes() + impl_->state.ssm_bytes(); }
+std::vector<float> State::conv() const { return impl_->state.conv(); }
+std::vector<float> State::ssm() const { return impl_->state.ssm(); }
+
+void State::set(std::span<const float> conv, std::span<const float> ssm) {
+  const mamba::State& s = impl_->state;
+  const size_t want_conv = s.conv_bytes() / 4, want_ssm = s.ssm_bytes() / 4;
+  if (conv.size() != want_conv || ssm.size() != want_ssm) {
+    fail("state: conv has ", conv.size(), " values and ssm ", ssm.size(), "; this state of ", s.batch,
+         " sequences holds ", want_conv, " and ", want_ssm);
+  }
+  impl_->state.set(std::vector<float>(conv.begin(), conv.end()), std::vector<float>(ssm.begin(), ssm.end()));
+}
+
+void State::reset() { impl_->state.reset(); }
+
+State State::row(int b) const {
+  if (b < 0 || b >= batch()) fail("state: row ", b, " is out of range [0, ", batch(), ")");
+  return State(std::make_unique<Impl>(Impl{impl_->model, impl_->state.sequence(b)}));
+}
+
+void State::set_row(int b, const State& one) {
+  if (b < 0 || b >= batch()) fail("state: row ", b, " is out of range [0, ", batch(), ")");
+  if (one.batch() != 1) fail("state: set_row takes a state of one sequence, not ", one.batch());
+  if (one.impl_->model->config.d_inner != impl_->model->config.d_inner ||
+      one.impl_->model->config.n_layer != impl_->model->config.n_layer ||
+      &one.impl_->state.backend() != &impl_->state.backend()) {
+    fail("state: set_row: the row is of another model's shape or on another device");
+  }
+  impl_->state.set_sequence(b, one.impl_->state);
+}
+
+void State::keep_rows(std::span<const int> rows) {
+  for (size_t i = 0; i < rows.size(); i++) {
+    if (rows[i] < 0 || rows[i] >= batch() || (i > 0 && rows[i] <= rows[i - 1])) {
+      fail("state: keep_rows takes ascending rows in [0, ", batch(), ")");
+    }
+  }
+  impl_->state.keep_rows(std::vector<int>(rows.begin(), rows.end()));
+}
+
+State State::concat(std::span<const State* const> parts) {
+  if (parts.empty()) fail("state: concat of no states");
+  const State& first = *parts[0];
+  int total = 0;
+  for (const State* p : parts) {
+    if (p->impl_->model != first.impl_->model) fail("state: concat of states of different models");
+    total += p->batch();
+  }
+  auto& m = *first.impl_->model;
+  mamba::State out(m.model.config(), total, m.engine.backend());
+  int at = 0;
+  for (const State* p : parts) {
+    for (int b = 0; b < p->batch(); b++) out.set_sequence(at++, p->impl_->state.sequence(b));
+  }
+  return State(std::make_unique<Impl>(Impl{first.impl_->model, std::move(out)}));
+}
+
+void State::save(const std::filesystem::path& path) const { impl_->state.save(path); }
+
+State Model::new_state(int batch) const {
+  if (batch < 1) fail("state: batch ", batch, " must be ≥ 1");
+  return State(std::make_unique<State::Impl>(State::Impl{impl_, impl_->engine.new_state(batch)}));
+}
+
+State Model::load_state(const std::filesystem::path& path) const {
+  return State(std::make_unique<State::Impl>(
+      State::Impl{impl_, mamba::State::load(path, impl_->model.config(), impl_->engine.backend())}));
+}
+
+void Model::forward(const int32_t* tokens, int B, int L, State& state, float* logits, Logits which,
+                    const CancelCheck& cancel) const {
+  if (state.impl_->model != impl_) fail("forward: the state belongs to another model");
+  if (which != Logits::None && !logits) fail("forward: no memory given for the logits");
+  const mamba::Logits w = which == Logits::All ? mamba::Logits::All : which == Logits::Last ? mamba::Logits::Last
+                                                                                              : mamba::Logits::None;
+  Call call(*impl_, cancel);
+  impl_->engine.forward(tokens, B, L, state.impl_->state, logits, w);
+}
+
+void Model::step(const int32_t* tokens, State& state, float* logits) const {
+  if (state.impl_->model != impl_) fail("step: the state belongs to another model");
+  if (!logits) fail("step: no memory given for the logits");
+  Call call(*impl_, {});
+  impl_->engine.step(tokens, state.batch(), state.impl_->state, logits);
+}
+
+void Model::score(const int32_t* tokens, int B, int L, float* logits, const CancelCheck& cancel) const {
+  if (B < 1 || L < 1) fail("score: batch and length must be positive (got B = ", B, ", L = ", L, ")");
+  Call call(*impl_, cancel);
+  mamba::State state = impl_->engine.new_state(B);
+  impl_->engine.forward(tokens, B, L, state, logits, mamba::Logits::All);
+}
+
+Perplexity Model::perplexity(std::span<const int32_t> tokens, int chunk,
+                             const std::function<void(int64_t)>& progress, const CancelCheck& cancel) const {
+  Call call(*impl_, cancel);
+  const PerplexityResult r =
+      mamba::perplexity(impl_->engine, tokens, impl_->model.config().eos_token_id, chunk, [&](int64_t done) {
+        if (progress) progress(done);
+        if (cancel && cancel()) throw Cancelled();
+      });
+  return Perplexity{r.nll, r.tokens, r.seconds};
+}
+
+// ---- Session ----
+
+struct Session::Impl {
+  std::shared_ptr<Model::Impl> model;
+  SamplingOptions sampling;
+  GenerationOptions options;
+  std::unique_ptr<Generator> gen;  // one sequence, index 0
+  bool in_run = false;             // next() has started a run that has not ended yet
+};
+
+Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Session::~Session() = default;
+Session::Session(const Session& other)
+    : impl_(std::make_unique<Impl>(Impl{other.impl_->model, other.impl_->sampling, other.impl_->options,
+                                        std::make_unique<Generator>(*other.impl_->gen), other.impl_->in_run})) {}
+Session& Session::operator=(const Session& other) {
+  if (this != &other) *this = Session(other);
+  return *this;
+}
+Session::Session(Session&&) noexcept = default;
+Session& Session::operator=(Session&&) noexcept = default;
+
+Session Model::session(const SamplingOptions& sampling, const GenerationOptions& options) const {
+  auto gen = std::make_unique<Generator>(impl_->engine, impl_->codec, sampler_options(sampling),
+                                         impl_->generate_options(options));
+  gen->add();
+  return Session(std::make_unique<Session::Impl>(Session::Impl{impl_, sampling, options, std::move(gen), false}));
+}
+
+Session Model::load_session(const std::filesystem::path& path, const SamplingOptions& sampling,
+                            const GenerationOptions& options, bool keep_rng) const {
+  auto gen = std::make_unique<Generator>(impl_->engine, impl_->codec, sampler_options(sampling),
+                                         impl_->generate_options(options));
+  {
+    Call call(*impl_, {});
+    gen->load(path, keep_rng);
+  }
+  return Session(std::make_unique<Session::Impl>(Session::Impl{impl_, sampling, options, std::move(gen), false}));
+}
+
+// A streaming run left unfinished (an iterator dropped early) ends before any other use of the session.
+void Session::settle() const {
+  if (!impl_->gen->running()) {
+    impl_->in_run = false;
+    return;
+  }
+  Call call(*impl_->model, {});
+  impl_->gen->stop();
+  impl_->in_run = false;
+}
+
+void Session::feed(std::span<const int32_t> tokens, const CancelCheck& cancel) {
+  settle();
+  Generator& gen = *impl_->gen;
+  Call call(*impl_->model, cancel);
+  // A prefill longer than one pass can be interrupted between passes: keep what to go back to.
+  std::optional<Generator> before;
+  if (cancel && static_cast<int64_t>(tokens.size()) + 1 > impl_->model->max_tokens) before.emplace(gen);
+  try {
+    gen.feed(0, tokens);
+  } catch (...) {
+    if (before) impl_->gen = std::make_unique<Generator>(std::move(*before));
+    throw;
+  }
+}
+
+void Session::feed_text(std::string_view text, const CancelCheck& cancel) { feed(impl_->model->codec.encode(text), cancel); }
+
+Completion Session::generate(const TokenCallback& on_token, const CancelCheck& cancel) {
+  Call call(*impl_->model, {});
+  run_generation(*impl_->gen, on_token, cancel);
+  impl_->in_run = false;
+  return completion(*impl_->gen, 0);
+}
+
+bool Session::next(const TokenCallback& on_token) {
+  Call call(*impl_->model, {});
+  Generator& gen = *impl_->gen;
+  if (!impl_->in_run) {
+    if (gen.running()) gen.stop();
+    gen.start();
+    impl_->in_run = true;
+  }
+  if (!gen.running()) {
+    impl_->in_run = false;
+    return false;
+  }
+  run_generation(gen, on_token, {}, /*one_step=*/true);
+  return true;
+}
+
+bool Session::running() const { return impl_->gen->running(); }
+const std::vector<int32_t>& Session::output() const { return impl_->gen->output(0); }
+const std::string& Session::text() const { return impl_->gen->text(0); }
+Finish Session::finish() const { return public_finish(impl_->gen->finish(0)); }
+std::span<const float> Session::logits() const { return impl_->gen->logits(0); }
+
+State Session::state() const {
+  settle();
+  return State(std::make_unique<State::Impl>(State::Impl{impl_->model, impl_->gen->state(0)}));
+}
+
+void Session::reset() {
+  settle();
+  const Model::Impl& m = *impl_->model;
+  impl_->gen = std::make_unique<Generator>(impl_->model->engine, m.codec, sampler_options(impl_->sampling),
+                                           m.generate_options(impl_->options));
+  impl_->gen->add();
+}
+
+void Session::save(const std::filesystem::path& path) const {
+  settle();
+  impl_->gen->save(0, path);
+}
+
+const SamplingOptions& Session::sampling() const { return impl_->sampling; }
+const GenerationOptions& Session::options() const { return impl_->options; }
+bool Session::has_text() const { return impl_->model->codec.has_text(); }
+
+std::vector<Completion> Model::generate(const std::vector<std::vector<int32_t>>& prompts,
+                                        const SamplingOptions& sampling, const GenerationOptions& options,
+                                        const TokenCallback& on_token, const CancelCheck& cancel) const {
+  if (prompts.empty()) fail("generate: no prompts");
+  Generator gen(impl_->engine, impl_->codec, sampler_options(sampling), impl_->generate_options(options));
+  Call call(*impl_, cancel);
+  for (const auto& prompt : prompts) gen.feed(gen.add(), prompt);
+  run_generation(gen, on_token, cancel);
+  std::vector<Completion> out;
+  for (int i = 0; i < gen.size(); i++) out.push_back(completion(gen, i));
+  return out;
+}
+
+// ---- init ----
+
+ModelConfig init_model(const std::filesystem::path& out, const InitOptions& o) {
+  Config c = shape_config(o.preset, o.d_model, o.n_layer, o.d_state, o.d_conv, o.expand, o.dt_rank, "init");
+  if (o.byte_level) {
+    c.vocab_size = kByteVocab;
+    c.byte_level = true;
+    c.eos_token_id = kByteEndOfDoc;
+  } else if (o.preset.empty()) {
+    c.vocab_size = o.vocab_size;
+  }
+  c.validate("init");
+  const std::optional<DType> dtype = dtype_option(o.dtype, "init: dtype");
+  std::vector<ParamSpec> specs = param_specs(c);
+  std::vector<float> params(static_cast<size_t>(param_layout_size(specs)), 0.0f);
+  init_params(params.data(), c, specs, o.seed);
+  mamba::Model model = mamba::Model::from_params(c, std::move(params));
+  model.save(out, dtype.value_or(DType::F32));
+  return public_config(c);
+}
+
+// ---- training ----
+
+struct Training::Impl {
+  std::optional<Dataset> data;     // before the trainer, which refers to it
+  std::optional<Trainer> trainer;
+  ModelConfig config;
+  bool resumed = false;
+};
+
+Training::Training(const TrainOptions& o) : impl_(std::make_unique<Impl>()) {
+  if (o.data.empty() == o.tokens.empty()) fail("train: give data (text files or folders) or tokens (token files)");
+  const bool byte_level = !o.data.empty();
+  const std::vector<std::filesystem::path>& paths = byte_level ? o.data : o.tokens;
+  if (o.steps < 0) fail("train: steps ", o.steps, " must be positive");
+  if (!o.resume.empty()) {
+    // The checkpoint's own config says how its data is tokenized.
+    const Config saved = load_config(Trainer::find_checkpoint(o.resume));
+    impl_->data = byte_level ? load_text_dataset(paths, o.val_every)
+                             : load_token_dataset(paths, saved.eos_token_id, o.val_every);
+    impl_->trainer.emplace(Trainer::resume(o.resume, *impl_->data, o.steps, o.out));
+    impl_->resumed = true;
+  } else {
+    if (o.out.empty()) fail("train: give out (the run folder), or resume");
+    Config c;
+    std::vector<float> params;
+    if (!o.init_from.empty()) {
+      mamba::Model base = mamba::Model::load(o.init_from);
+      c = base.config();
+      params = base.params_f32();
+    } else {
+      c = shape_config(o.preset, o.d_model, o.n_layer, o.d_state, o.d_conv, o.expand, o.dt_rank, "train");
+      if (byte_level) {
+        c.vocab_size = kByteVocab;
+        c.byte_level = true;
+        c.eos_token_id = kByteEndOfDoc;
+      }
+      c.validate("train");
+      auto specs = param_specs(c);
+      params.assign(static_cast<size_t>(param_layout_size(specs)), 0.0f);
+      init_params(params.data(), c, specs, o.seed);
+    }
+    impl_->data = byte_level ? load_text_dataset(paths, o.val_every)
+                             : load_token_dataset(paths, c.eos_token_id, o.val_every);
+    mamba::TrainOptions t;
+    t.batch = o.batch;
+    t.seq_len = o.seq_len;
+    t.accum = o.accum;
+    t.steps = o.steps ? o.steps : 1000;
+    t.warmup = o.warmup;
+    t.lr = o.lr;
+    t.lr_min = o.lr_min;
+    t.schedule = o.schedule;
+    t.weight_decay = o.weight_decay;
+    t.clip = o.clip;
+    t.beta1 = o.beta1;
+    t.beta2 = o.beta2;
+    t.seed = o.seed;
+    t.sequential = o.sequential;
+    t.scan_chunk = o.scan_chunk;
+    t.eval_every = o.eval_every;
+    t.eval_batches = o.eval_batches;
+    t.save_every = o.save_every;
+    t.keep = o.keep;
+    t.byte_level = byte_level;
+    if (t.batch < 1 || t.seq_len < 1 || t.accum < 1 || t.scan_chunk < 1 || t.eval_batches < 1 || t.keep < 1) {
+      fail("train: batch, seq_len, accum, scan_chunk, eval_batches and keep must be positive");
+    }
+    if (t.warmup < 0 || t.eval_every < 0 || t.save_every < 0) fail("train: warmup, eval_every and save_every must be ≥ 0");
+    if (!(t.lr > 0)) fail("train: lr ", t.lr, " must be positive");
+    if (t.schedule != "cosine" && t.schedule != "constant") {
+      fail("train: schedule \"", t.schedule, "\" must be \"cosine\" or \"constant\"");
+    }
+    impl_->trainer.emplace(c, std::move(params), *impl_->data, t, o.out);
+  }
+  impl_->trainer->set_progress(false);
+  impl_->config = public_config(impl_->trainer->config());
+}
+
+Training::~Training() = default;
+Training::Training(Training&&) noexcept = default;
+Training& Training::operator=(Training&&) noexcept = default;
+
+const ModelConfig& Training::config() const { return impl_->config; }
+bool Training::resumed() const { return impl_->resumed; }
+int64_t Training::step() const { return impl_->trainer->step(); }
+int64_t Training::steps() const { return impl_->trainer->options().steps; }
+std::filesystem::path Training::out() const { return impl_->trainer->out(); }
+int64_t Training::train_tokens() const { return static_cast<int64_t>(impl_->data->train.tokens.size()); }
+int64_t Training::train_documents() const { return impl_->data->train.documents; }
+int64_t Training::val_tokens() const { return static_cast<int64_t>(impl_->data->val.tokens.size()); }
+int64_t Training::activation_bytes() const { return impl_->trainer->activation_bytes(); }
+
+TrainSummary Training::run(const StepCallback& on_step, const std::atomic_bool* stop) {
+  Trainer& trainer = *impl_->trainer;
+  std::atomic<bool> halt{stop && stop->load()};
+  std::exception_ptr error;
+  trainer.set_observer([&](const nlohmann::json& line) {
+    TrainStep s;
+    s.step = line.value("step", int64_t{0});
+    s.steps = trainer.options().steps;
+    s.loss = line.value("loss", 0.0);
+    s.lr = line.value("lr", 0.0);
+    s.grad_norm = line.value("grad_norm", 0.0);
+    s.tokens_per_s = line.value("tokens_per_s", 0.0);
+    s.elapsed_s = line.value("elapsed_s", 0.0);
+    if (line.contains("val_loss")) {
+      s.evaluated = true;
+      s.val_loss = line["val_loss"].get<double>();
+      s.val_bits = line.value("val_bits_per_byte", line.value("val_bits_per_token", 0.0));
+    }
+    bool go = true;
+    if (on_step && !error) {
+      try {
+        go = on_step(s);
+      } catch (...) {
+        error = std::current_exception();
+        go = false;
+      }
+    }
+    if (!go || (stop && stop->load())) halt.store(true);
+  });
+  TrainResult r;
+  try {
+    r = trainer.run(&halt);
+  } catch (...) {
+    trainer.set_observer({});
+    throw;
+  }
+  trainer.set_observer({});
+  if (error) std::rethrow_exception(error);
+  TrainSummary out;
+  out.steps = r.steps;
+  out.loss = r.loss;
+  out.val_loss = r.val_loss;
+  out.tokens_per_s = r.tokens_per_s;
+  out.seconds = r.seconds;
+  out.interrupted = r.interrupted;
+  out.checkpoint = Trainer::latest_checkpoint(trainer.out());
+  out.byte_level = trainer.options().byte_level;
+  return out;
+}
+
+TrainSummary train(const TrainOptions& options, const StepCallback& on_step) {
+  return Training(options).run(on_step);
+}
+
+}  // namespace mamba::api
