@@ -3,7 +3,7 @@ JOBS ?= $(shell nproc)
 BUILD ?= build
 CMAKE_FLAGS ?=
 
-.PHONY: all setup build test test-release test-asan demo bench clean format
+.PHONY: all setup build test test-release test-asan demo bench python clean format
 
 all: build
 
@@ -27,6 +27,13 @@ test-asan: setup
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j $(JOBS)
 
+# The Python package, installed into .venv (made with Debian's Python, so that it sees Debian's NumPy and
+# PyTorch): then `.venv/bin/python`, or `. .venv/bin/activate` and `python`.
+PYTHON ?= /usr/bin/python3
+python: setup
+	test -x .venv/bin/python || $(PYTHON) -m venv --system-site-packages .venv
+	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) .venv/bin/pip install --no-build-isolation --no-deps .
+
 demo: build
 	scripts/demo.sh $(BUILD)/mambacpp
 
@@ -35,7 +42,7 @@ bench: build
 	$(BUILD)/mambacpp bench cache/models/random-130m
 
 clean:
-	rm -rf build build-test build-asan
+	rm -rf build build-test build-asan .venv
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.h' '*.cu' '*.cuh')

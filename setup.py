@@ -37,4 +37,8 @@ class CMakeBuild(build_ext):
         shutil.copyfile(built[-1], target)
 
 
-setup(ext_modules=[Extension("mambacpp._core", sources=[])], cmdclass={"build_ext": CMakeBuild})
+setup(
+    ext_modules=[Extension("mambacpp._core", sources=[])],
+    cmdclass={"build_ext": CMakeBuild},
+    options={"build": {"build_base": "build-python"}},  # not build/, the CMake build of `make build`
+)

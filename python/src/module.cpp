@@ -42,12 +42,16 @@ CancelCheck python_signals() {
 
 // ---- arguments ----
 
+// Ids as the library reads them: int32, C order. forcecast converts other integer types, after the
+// range check of ids_array.
+using IdArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
 [[noreturn]] void value_error(const std::string& message) { throw py::value_error(message); }
 [[noreturn]] void type_error(const std::string& message) { throw py::type_error(message); }
 
 // Token ids from a list or an array of integers, as int32 (B, L) or (L,): checked to lie in
 // [0, 2^31) before any narrowing. `arg` names the argument in errors.
-py::array_t<int32_t, py::array::c_style> ids_array(py::handle obj, const char* arg, int min_dims, int max_dims) {
+IdArray ids_array(py::handle obj, const char* arg, int min_dims, int max_dims, bool allow_empty = false) {
   if (py::isinstance<py::str>(obj) || py::isinstance<py::bytes>(obj)) {
     type_error(std::string(arg) + ": expected token ids (a list or array of integers), got text; this model has "
                "no tokenizer.json and is not byte-level, or give ids");
@@ -59,31 +63,36 @@ py::array_t<int32_t, py::array::c_style> ids_array(py::handle obj, const char* a
     arr = py::array();
   }
   if (!arr) type_error(std::string(arg) + ": expected token ids (a list or array of integers)");
+  if (arr.size() == 0) {  // ([] reads as float64)
+    if (allow_empty && arr.ndim() == 1) return IdArray(0);
+    value_error(std::string(arg) + ": no token ids given");
+  }
+  const char kind = arr.dtype().kind();
+  if (kind != 'i' && kind != 'u') {
+    type_error(std::string(arg) + ": token ids must be integers, got dtype " + std::string(py::str(arr.dtype())));
+  }
   if (arr.ndim() < min_dims || arr.ndim() > max_dims) {
     std::ostringstream m;
     m << arg << ": expected " << (min_dims == max_dims ? std::to_string(min_dims) : std::to_string(min_dims) + " or " + std::to_string(max_dims))
       << "-D token ids, got " << arr.ndim() << "-D";
     value_error(m.str());
   }
-  if (arr.size() == 0) value_error(std::string(arg) + ": no token ids given");
-  const char kind = arr.dtype().kind();
-  if (kind != 'i' && kind != 'u') {
-    type_error(std::string(arg) + ": token ids must be integers, got dtype " + std::string(py::str(arr.dtype())));
-  }
   if (arr.dtype().itemsize() > 4 || kind == 'u') {
     // Range first: a cast would wrap 2^32 + 5 to 5.
     py::module_ np = py::module_::import("numpy");
-    const py::object lo = np.attr("min")(arr), hi = np.attr("max")(arr);
-    if (lo.cast<long long>() < 0 || hi.cast<unsigned long long>() > 0x7fffffffULL) {
-      value_error(std::string(arg) + ": token id " + std::string(py::str(lo.cast<long long>() < 0 ? lo : hi)) +
-                  " is out of range");
+    const py::int_ lo = np.attr("min")(arr).attr("item")(), hi = np.attr("max")(arr).attr("item")();
+    const bool low = lo < py::int_(0);
+    if (low || hi > py::int_(0x7fffffff)) {
+      value_error(std::string(arg) + ": token id " + py::repr(low ? lo : hi).cast<std::string>() + " is out of range");
     }
   }
-  return py::array_t<int32_t, py::array::c_style>::ensure(arr);
+  IdArray ids = IdArray::ensure(arr);
+  if (!ids) throw py::error_already_set();
+  return ids;
 }
 
 std::vector<int32_t> ids_vector(py::handle obj, const char* arg) {
-  auto arr = ids_array(obj, arg, 1, 1);
+  auto arr = ids_array(obj, arg, 1, 1, /*allow_empty=*/true);
   return std::vector<int32_t>(arr.data(), arr.data() + arr.size());
 }
 
@@ -142,6 +151,7 @@ py::array_t<float> state_array(std::vector<float> values, std::vector<py::ssize_
 // The iterator of generate(..., stream=True): one decode step per piece asked for. Yields text pieces
 // (str) for a model with text, token ids (int) otherwise.
 struct Stream {
+  Stream(std::shared_ptr<Session> s, bool t) : session(std::move(s)), text(t) {}
   std::shared_ptr<Session> session;
   bool text = true;
   std::deque<py::object> ready;  // pieces of the last step, not yet handed out
@@ -234,22 +244,22 @@ mamba::kernels::ScanGradArgs scan_grads(uint64_t dy, uint64_t dlast, uint64_t du
 
 }  // namespace
 
-PYBIND11_MODULE(_core, m) {
-  m.doc() = "mamba.cpp's library API (use the names re-exported by the mambacpp package)";
+PYBIND11_MODULE(_core, mod) {
+  mod.doc() = "mamba.cpp's library API (use the names re-exported by the mambacpp package)";
 
-  static py::exception<mamba::Error> error(m, "Error", PyExc_RuntimeError);
+  auto& error = py::register_exception<mamba::Error>(mod, "Error", PyExc_RuntimeError);
   error.doc() = "A failure the library reports: a bad file, option or token id, with the CLI's message.";
-  py::register_exception<mamba::Cancelled>(m, "Cancelled", error.ptr());
+  py::register_exception<mamba::Cancelled>(mod, "Cancelled", error.ptr());
 
-  m.def("set_threads", &set_threads, py::arg("threads"),
+  mod.def("set_threads", &set_threads, py::arg("threads"),
         "Threads for the math (0: every core); also flushes subnormal floats to zero in them.");
-  m.def("threads", &threads, "Threads the math runs on.");
-  m.def("version", &version);
-  m.def("build_info", &build_info);
-  m.def("cuda_available", &cuda_available, "Whether this build has the CUDA kernels.");
+  mod.def("threads", &threads, "Threads the math runs on.");
+  mod.def("version", &version);
+  mod.def("build_info", &build_info);
+  mod.def("cuda_available", &cuda_available, "Whether this build has the CUDA kernels.");
 
   // ---- plain data ----
-  py::class_<ModelConfig>(m, "ModelConfig", "A model's shape and tokenizer facts.")
+  py::class_<ModelConfig>(mod, "ModelConfig", "A model's shape and tokenizer facts.")
       .def_readonly("d_model", &ModelConfig::d_model)
       .def_readonly("n_layer", &ModelConfig::n_layer)
       .def_readonly("vocab_size", &ModelConfig::vocab_size)
@@ -273,7 +283,7 @@ PYBIND11_MODULE(_core, m) {
         return o.str();
       });
 
-  py::class_<Completion>(m, "Completion", "What one generation produced: ids, text and why it finished.")
+  py::class_<Completion>(mod, "Completion", "What one generation produced: ids, text and why it finished.")
       .def_readonly("ids", &Completion::ids, "The new token ids (the end-of-sequence token excluded).")
       .def_readonly("text", &Completion::text, "Their text ('' for a model without text).")
       .def_property_readonly("finish", [](const Completion& c) { return finish_name(c.finish); },
@@ -284,7 +294,7 @@ PYBIND11_MODULE(_core, m) {
                " tokens>, finish='" + finish_name(c.finish) + "')";
       });
 
-  py::class_<Perplexity>(m, "Perplexity", "The result of Model.perplexity.")
+  py::class_<Perplexity>(mod, "Perplexity", "The result of Model.perplexity.")
       .def_readonly("nll", &Perplexity::nll, "Total negative log-likelihood, nats.")
       .def_readonly("tokens", &Perplexity::tokens)
       .def_readonly("seconds", &Perplexity::seconds)
@@ -295,7 +305,7 @@ PYBIND11_MODULE(_core, m) {
         return o.str();
       });
 
-  py::class_<TrainStep>(m, "TrainStep", "One optimizer step of a training run, as on_step receives it.")
+  py::class_<TrainStep>(mod, "TrainStep", "One optimizer step of a training run, as on_step receives it.")
       .def_readonly("step", &TrainStep::step)
       .def_readonly("steps", &TrainStep::steps)
       .def_readonly("loss", &TrainStep::loss)
@@ -308,7 +318,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("val_bits", &TrainStep::val_bits, "Bits per byte (byte-level) or per token.")
       .def("__repr__", &repr_step);
 
-  py::class_<TrainSummary>(m, "TrainSummary", "The end of a training run.")
+  py::class_<TrainSummary>(mod, "TrainSummary", "The end of a training run.")
       .def_readonly("steps", &TrainSummary::steps)
       .def_readonly("loss", &TrainSummary::loss)
       .def_readonly("val_loss", &TrainSummary::val_loss)
@@ -325,7 +335,7 @@ PYBIND11_MODULE(_core, m) {
       });
 
   // ---- tokenizer ----
-  py::class_<Tokenizer>(m, "Tokenizer",
+  py::class_<Tokenizer>(mod, "Tokenizer",
                         "A GPT-2 / GPT-NeoX byte-level BPE tokenizer read from a Hugging Face tokenizer.json; the "
                         "ids are those HF tokenizers gives. Safe to share between threads.")
       .def(py::init([](py::object path) {
@@ -353,12 +363,12 @@ PYBIND11_MODULE(_core, m) {
       .def("__len__", &Tokenizer::vocab_size)
       .def("__repr__", [](const Tokenizer& t) { return "Tokenizer('" + t.path() + "')"; });
 
-  py::class_<TextDecoder>(m, "TextDecoder", "Ids to text as they come: only whole UTF-8 characters.")
+  py::class_<TextDecoder>(mod, "TextDecoder", "Ids to text as they come: only whole UTF-8 characters.")
       .def("push", &TextDecoder::push, py::arg("id"), "The text this id completes (maybe '').")
       .def("finish", &TextDecoder::finish, "The rest; an unfinished character becomes U+FFFD.");
 
   // ---- state ----
-  py::class_<State>(m, "State",
+  py::class_<State>(mod, "State",
                     "The recurrent state of B sequences: per layer the convolution's tail and the SSM state, fp32. "
                     "Its size does not grow with the tokens fed.")
       .def_property_readonly("batch", &State::batch)
@@ -390,14 +400,14 @@ PYBIND11_MODULE(_core, m) {
       });
 
   // ---- session ----
-  py::class_<Stream>(m, "Stream", "The iterator of generate(..., stream=True).")
+  py::class_<Stream>(mod, "Stream", "The iterator of generate(..., stream=True).")
       .def("__iter__", [](Stream& s) -> Stream& { return s; })
       .def("__next__", &Stream::next)
       .def_property_readonly("session", [](const Stream& s) { return s.session; },
                              "The session being generated (its .output, .text, .finish).");
 
   py::class_<Session, std::shared_ptr<Session>>(
-      m, "Session",
+      mod, "Session",
       "One sequence being generated: its recurrent state, next-token logits, sampler and text decoder. Feed "
       "it, generate, feed more (turns), copy, save and load it.")
       .def("feed", [](Session& s, py::object tokens) {
@@ -454,7 +464,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("finish", [](const Session& s) { return finish_name(s.finish()); });
 
   // ---- model ----
-  py::class_<Model>(m, "Model",
+  py::class_<Model>(mod, "Model",
                     "A Mamba language model loaded from a Hugging Face model folder (config.json + "
                     "model.safetensors). Copies share the weights; one compute call runs at a time.")
       .def(py::init([](py::object path, const std::string& device, std::optional<std::string> dtype,
@@ -485,9 +495,9 @@ PYBIND11_MODULE(_core, m) {
       .def("decode", [](const Model& m, py::object ids) { return m.decode(ids_vector(ids, "ids")); }, py::arg("ids"))
       .def("text_decoder", &Model::text_decoder)
       .def("score", [](const Model& m, py::object ids) {
-             py::array_t<int32_t, py::array::c_style> tokens;
+             IdArray tokens;
              if (py::isinstance<py::str>(ids)) {
-               tokens = py::array_t<int32_t, py::array::c_style>(py::cast(prompt_ids(m, ids, "ids")));
+               tokens = IdArray(py::cast(prompt_ids(m, ids, "ids")));
              } else {
                tokens = ids_array(ids, "ids", 1, 2);
              }
@@ -639,7 +649,7 @@ PYBIND11_MODULE(_core, m) {
       });
 
   // ---- new models and training ----
-  m.def("init", [](const std::filesystem::path& out, const std::string& preset, int d_model, int n_layer, int d_state,
+  mod.def("init", [](const std::filesystem::path& out, const std::string& preset, int d_model, int n_layer, int d_state,
                    int d_conv, int expand, int dt_rank, int vocab_size, bool byte_level, uint64_t seed,
                    const std::string& dtype) {
           InitOptions o;
@@ -662,7 +672,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("vocab_size") = 50280, py::arg("byte_level") = false, py::arg("seed") = 0, py::arg("dtype") = "fp32",
         "Writes a randomly initialised model (the official initialisation) to `out`; returns its ModelConfig.");
 
-  m.def("_train", [](const TrainOptions& o, py::object on_step) {
+  mod.def("_train", [](const TrainOptions& o, py::object on_step) {
           StepCallback callback = [on_step](const TrainStep& s) {
             py::gil_scoped_acquire gil;
             if (PyErr_CheckSignals() != 0) throw py::error_already_set();
@@ -680,7 +690,7 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("options"), py::arg("on_step"));
 
-  py::class_<TrainOptions>(m, "_TrainOptions")
+  py::class_<TrainOptions>(mod, "_TrainOptions")
       .def(py::init<>())
       .def_readwrite("data", &TrainOptions::data)
       .def_readwrite("tokens", &TrainOptions::tokens)
@@ -716,11 +726,11 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("keep", &TrainOptions::keep);
 
   // ---- the scan kernels, by raw pointer (mambacpp.torch checks every tensor first) ----
-  m.def("_scan_state_chunk", [](bool cuda) {
+  mod.def("_scan_state_chunk", [](bool cuda) {
     return mamba::kernels::scan_state_chunk(cuda ? mamba::kernels::Device::Cuda : mamba::kernels::Device::Cpu);
   });
-  m.def("_scan_cuda_built", &mamba::kernels::cuda_built);
-  m.def("_scan_forward", [](bool cuda, int B, int L, int D, int N, int dtype, uint64_t y, uint64_t u, uint64_t delta,
+  mod.def("_scan_cuda_built", &mamba::kernels::cuda_built);
+  mod.def("_scan_forward", [](bool cuda, int B, int L, int D, int N, int dtype, uint64_t y, uint64_t u, uint64_t delta,
                             uint64_t A, uint64_t Bm, uint64_t Cm, uint64_t Dv, uint64_t z, uint64_t delta_bias,
                             bool softplus, uint64_t last_state, uint64_t chunk_states, uint64_t workspace,
                             uint64_t stream) {
@@ -732,7 +742,7 @@ PYBIND11_MODULE(_core, m) {
       mamba::kernels::scan_forward_cpu(a);
     }
   });
-  m.def("_scan_forward_workspace", [](int B, int L, int D, int N, int dtype, bool has_D, bool has_z, bool has_bias,
+  mod.def("_scan_forward_workspace", [](int B, int L, int D, int N, int dtype, bool has_D, bool has_z, bool has_bias,
                                       bool softplus) {
     // Only the sizes and which inputs are present matter; non-null placeholders stand for the pointers.
     const uint64_t p = 256;
@@ -740,7 +750,7 @@ PYBIND11_MODULE(_core, m) {
                              softplus, 0, p);
     return mamba::kernels::scan_forward_cuda_workspace(a);
   });
-  m.def("_scan_backward", [](bool cuda, int B, int L, int D, int N, int dtype, uint64_t u, uint64_t delta, uint64_t A,
+  mod.def("_scan_backward", [](bool cuda, int B, int L, int D, int N, int dtype, uint64_t u, uint64_t delta, uint64_t A,
                              uint64_t Bm, uint64_t Cm, uint64_t Dv, uint64_t z, uint64_t delta_bias, bool softplus,
                              uint64_t chunk_states, uint64_t dy, uint64_t dlast, uint64_t du, uint64_t ddelta,
                              uint64_t dz, uint64_t dB, uint64_t dC, uint64_t dA, uint64_t dD, uint64_t ddelta_bias,
@@ -755,7 +765,7 @@ PYBIND11_MODULE(_core, m) {
       mamba::kernels::scan_backward_cpu(a, g);
     }
   });
-  m.def("_scan_backward_workspace", [](int B, int L, int D, int N, int dtype, bool has_D, bool has_z, bool has_bias,
+  mod.def("_scan_backward_workspace", [](int B, int L, int D, int N, int dtype, bool has_D, bool has_z, bool has_bias,
                                        bool softplus, bool has_dlast) {
     const uint64_t p = 256;
     const auto a = scan_args(B, L, D, N, dtype, p, p, p, p, p, p, has_D ? p : 0, has_z ? p : 0, has_bias ? p : 0,

@@ -56,7 +56,7 @@ def test_ids_in_any_integer_form():
         assert np.array_equal(m.score(form), want)
     batch = m.score(np.array([ids, ids[::-1]]))
     assert batch.shape == (2, 5, 64)
-    assert np.array_equal(batch[0], want)
+    np.testing.assert_allclose(batch[0], want, rtol=0, atol=1e-4)  # another batch size: other BLAS blocking
 
 
 def test_forward_in_pieces_and_steps_equal_one_pass():

@@ -34,12 +34,13 @@ def scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return y, h
 
 
-def make_inputs(b, d, l, n, seed, with_D, with_z, with_bias, grouped=False, device="cpu"):
+def make_inputs(b, d, l, n, seed, with_D, with_z, with_bias, grouped=False, softplus=True):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float32)  # noqa: E731
     t = {
         "u": r(b, d, l),
-        "delta": 0.5 * r(b, d, l) - 1.0,
+        # delta is a step size: positive after the softplus, or given positive without it.
+        "delta": 0.5 * r(b, d, l) - 1.0 if softplus else 0.05 + 0.2 * torch.rand(b, d, l, generator=g),
         "A": -torch.exp(0.5 * r(d, n)),
         "B": r(b, 1, n, l) if grouped else r(b, n, l),
         "C": r(b, 1, n, l) if grouped else r(b, n, l),
@@ -47,7 +48,7 @@ def make_inputs(b, d, l, n, seed, with_D, with_z, with_bias, grouped=False, devi
         "z": r(b, d, l) if with_z else None,
         "delta_bias": 0.3 * r(d) if with_bias else None,
     }
-    return {k: (v.to(device) if v is not None else None) for k, v in t.items()}
+    return t
 
 
 CASES = [
@@ -63,7 +64,8 @@ CASES = [
 @pytest.mark.parametrize("case", CASES)
 def test_cpu_forward_and_gradients_match_the_reference(case):
     b, d, l, n, with_D, with_z, with_bias, softplus, grouped = case
-    x = make_inputs(b, d, l, n, seed=b * 100 + l, with_D=with_D, with_z=with_z, with_bias=with_bias, grouped=grouped)
+    x = make_inputs(b, d, l, n, seed=b * 100 + l, with_D=with_D, with_z=with_z, with_bias=with_bias, grouped=grouped,
+                    softplus=softplus)
     names = [k for k, v in x.items() if v is not None]
     ours = {k: x[k].clone().requires_grad_(True) for k in names}
     ref = {k: x[k].double().requires_grad_(True) for k in names}
@@ -158,7 +160,8 @@ def cuda_ready():
 @pytest.mark.parametrize("dtype,case", itertools.product([torch.float32, torch.bfloat16], CASES[1:]))
 def test_cuda_matches_the_cpu_and_mamba_ssm(dtype, case):
     b, d, l, n, with_D, with_z, with_bias, softplus, grouped = case
-    x = make_inputs(b, d, l, n, seed=l, with_D=with_D, with_z=with_z, with_bias=with_bias, grouped=grouped)
+    x = make_inputs(b, d, l, n, seed=l, with_D=with_D, with_z=with_z, with_bias=with_bias, grouped=grouped,
+                    softplus=softplus)
     names = [k for k, v in x.items() if v is not None]
     low = ("u", "delta", "B", "C", "z")
     cpu = {k: x[k].clone().requires_grad_(True) for k in names}
