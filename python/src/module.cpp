@@ -53,8 +53,7 @@ using IdArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 // [0, 2^31) before any narrowing. `arg` names the argument in errors.
 IdArray ids_array(py::handle obj, const char* arg, int min_dims, int max_dims, bool allow_empty = false) {
   if (py::isinstance<py::str>(obj) || py::isinstance<py::bytes>(obj)) {
-    type_error(std::string(arg) + ": expected token ids (a list or array of integers), got text; this model has "
-               "no tokenizer.json and is not byte-level, or give ids");
+    type_error(std::string(arg) + ": expected token ids (a list or array of integers), got text");
   }
   py::array arr;
   try {

@@ -181,6 +181,14 @@ struct Model::Impl {
     return TextCodec::tokenizer(std::move(tok));
   }
 
+  // The codec, for calls that need text: an ids-only model fails naming its folder.
+  const TextCodec& text() const {
+    if (!codec.has_text()) {
+      fail(dir.string(), ": no tokenizer.json and not byte-level: give token ids, or a tokenizer (ModelOptions::tokenizer)");
+    }
+    return codec;
+  }
+
   mamba::GenerateOptions generate_options(const GenerationOptions& g) const {
     mamba::GenerateOptions o;
     o.max_new_tokens = g.max_new_tokens;
@@ -276,12 +284,11 @@ std::string Model::describe() const { return impl_->engine.backend().describe();
 int64_t Model::weight_bytes() const { return impl_->engine.weight_bytes(); }
 
 bool Model::has_text() const { return impl_->codec.has_text(); }
-std::vector<int32_t> Model::encode(std::string_view text) const { return impl_->codec.encode(text); }
+std::vector<int32_t> Model::encode(std::string_view text) const { return impl_->text().encode(text); }
 
 std::string Model::decode(std::span<const int32_t> ids) const {
-  if (!impl_->codec.has_text()) fail(impl_->dir.string(), ": no tokenizer.json and not byte-level: ids have no text");
   const int V = impl_->config.vocab_size;
-  TextCodec::Stream stream = impl_->codec.stream();
+  TextCodec::Stream stream = impl_->text().stream();
   std::string text;
   for (int32_t id : ids) {
     if (id < 0 || id >= V) fail("token id ", id, " is out of range for this model (vocabulary 0..", V - 1, ")");
@@ -315,7 +322,7 @@ std::string TextDecoder::push(int32_t id) {
 std::string TextDecoder::finish() { return impl_->stream.finish(); }
 
 TextDecoder Model::text_decoder() const {
-  if (!impl_->codec.has_text()) fail(impl_->dir.string(), ": no tokenizer.json and not byte-level: ids have no text");
+  impl_->text();
   return TextDecoder(std::make_unique<TextDecoder::Impl>(
       TextDecoder::Impl{impl_, impl_->codec.stream(), impl_->config.vocab_size}));
 }
@@ -513,7 +520,9 @@ void Session::feed(std::span<const int32_t> tokens, const CancelCheck& cancel) {
   }
 }
 
-void Session::feed_text(std::string_view text, const CancelCheck& cancel) { feed(impl_->model->codec.encode(text), cancel); }
+void Session::feed_text(std::string_view text, const CancelCheck& cancel) {
+  feed(impl_->model->text().encode(text), cancel);
+}
 
 Completion Session::generate(const TokenCallback& on_token, const CancelCheck& cancel) {
   Call call(*impl_->model, {});

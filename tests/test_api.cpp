@@ -1,0 +1,232 @@
+// The library API (include/mamba/mamba.h) as a frontend sees it: cancellation and callbacks' exceptions
+// end a call at a clean boundary and leave the session going on as if uninterrupted; streaming equals
+// a whole run; several threads share one model; States batch sessions as a server would; training
+// reports through its callback and stops with a checkpoint. The Python tests (python/tests) cover the
+// same API through the binding; these also run under the sanitizers.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <fstream>
+#include <stdexcept>
+#include <thread>
+
+#include "mamba/mamba.h"
+#include "test_util.h"
+
+namespace mamba {
+namespace {
+
+using api::Completion;
+using api::GenerationOptions;
+using api::Model;
+using api::ModelOptions;
+using api::SamplingOptions;
+using api::Session;
+
+const std::filesystem::path kModel = test::fixtures_dir() / "official_f32_L17_tied";  // V = 64, ids only
+
+SamplingOptions sampling(double temperature, uint64_t seed) {
+  SamplingOptions s;
+  s.temperature = temperature;
+  s.seed = seed;
+  return s;
+}
+
+GenerationOptions tokens(int n) {
+  GenerationOptions g;
+  g.max_new_tokens = n;
+  g.stop_at_eos = false;
+  return g;
+}
+
+std::vector<int32_t> prompt(int n, int V) {
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (int i = 0; i < n; i++) ids[i] = (i * 7 + 3) % V;
+  return ids;
+}
+
+TEST(Api, CancelledFeedLeavesTheSessionAsItWas) {
+  ModelOptions o;
+  o.max_tokens = 8;  // a 40-token prompt takes 5 passes: cancellable between them
+  Model model(kModel, o);
+  Session s = model.session(sampling(0.9, 3), tokens(12));
+  s.feed(prompt(5, 64));
+  const std::vector<float> ssm = s.state().ssm();
+  const std::vector<float> logits(s.logits().begin(), s.logits().end());
+  int asked = 0;
+  EXPECT_THROW(s.feed(prompt(40, 64), [&] { return ++asked == 2; }), Cancelled);
+  EXPECT_EQ(asked, 2);
+  EXPECT_EQ(s.state().ssm(), ssm);
+  EXPECT_EQ(std::vector<float>(s.logits().begin(), s.logits().end()), logits);
+  // And it goes on exactly like a session that was never interrupted.
+  Session fresh = model.session(sampling(0.9, 3), tokens(12));
+  fresh.feed(prompt(5, 64));
+  fresh.feed(prompt(40, 64));
+  s.feed(prompt(40, 64));
+  EXPECT_EQ(s.generate().ids, fresh.generate().ids);
+}
+
+TEST(Api, CancelledOrFailingGenerationGoesOnExactly) {
+  Model model(kModel);
+  Session whole = model.session(sampling(1.0, 5), tokens(30));
+  whole.feed(prompt(6, 64));
+  const Completion want = whole.generate();
+  ASSERT_EQ(want.ids.size(), 30u);
+
+  // Cancelled after 9 steps: 9 tokens reported; the next run gives the rest.
+  Session s = model.session(sampling(1.0, 5), tokens(30));
+  s.feed(prompt(6, 64));
+  int steps = 0;
+  EXPECT_THROW(s.generate({}, [&] { return ++steps == 9; }), Cancelled);
+  std::vector<int32_t> got = s.output();
+  EXPECT_EQ(got.size(), 9u);
+  EXPECT_EQ(s.finish(), api::Finish::None);
+  EXPECT_EQ(s.logits().size(), 64u);
+  const Completion rest = s.generate();
+  got.insert(got.end(), rest.ids.begin(), rest.ids.end() - 9);
+  EXPECT_EQ(got, want.ids);
+
+  // A callback that throws: the exception comes out, the session is as after a cancel.
+  Session t = model.session(sampling(1.0, 5), tokens(30));
+  t.feed(prompt(6, 64));
+  int seen = 0;
+  EXPECT_THROW(t.generate([&](int, int32_t, std::string_view) {
+    if (++seen == 4) throw std::runtime_error("stop here");
+  }),
+               std::runtime_error);
+  std::vector<int32_t> again = t.output();
+  EXPECT_EQ(again.size(), 4u);
+  const Completion more = t.generate();
+  again.insert(again.end(), more.ids.begin(), more.ids.end() - 4);
+  EXPECT_EQ(again, want.ids);
+}
+
+TEST(Api, StreamingEqualsAWholeRunAndCopiesAreIndependent) {
+  Model model(kModel);
+  Session a = model.session(sampling(0.8, 9), tokens(20));
+  a.feed(prompt(3, 64));
+  Session b = a;
+  std::vector<int32_t> streamed;
+  int calls = 0;
+  while (a.next([&](int, int32_t id, std::string_view) {
+    if (id >= 0) streamed.push_back(id);
+  })) {
+    calls++;
+  }
+  EXPECT_EQ(calls, 20);
+  EXPECT_EQ(streamed, b.generate().ids);
+  EXPECT_EQ(a.output(), streamed);
+  EXPECT_EQ(a.finish(), api::Finish::Length);
+}
+
+TEST(Api, ThreadsShareOneModel) {
+  Model model(kModel);
+  auto run = [&](uint64_t seed) {
+    Session s = model.session(sampling(1.0, seed), tokens(25));
+    s.feed(prompt(static_cast<int>(4 + seed), 64));
+    return s.generate().ids;
+  };
+  std::vector<std::vector<int32_t>> alone;
+  for (uint64_t seed = 0; seed < 4; seed++) alone.push_back(run(seed));
+  std::vector<std::vector<int32_t>> together(4);
+  std::vector<std::thread> threads;
+  for (uint64_t seed = 0; seed < 4; seed++) threads.emplace_back([&, seed] { together[seed] = run(seed); });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(together, alone);
+}
+
+// What a server's scheduler does: sessions' states stacked into one batch, stepped together, rows
+// leaving the batch; each row's logits equal those of its sequence run alone.
+TEST(Api, StatesBatchSequencesTogether) {
+  Model model(kModel);
+  const int V = model.config().vocab_size;
+  std::vector<api::State> singles;
+  std::vector<std::vector<float>> single_logits;
+  for (int i = 0; i < 3; i++) {
+    api::State st = model.new_state(1);
+    const std::vector<int32_t> ids = prompt(5 + i, V);
+    std::vector<float> logits(static_cast<size_t>(V));
+    model.forward(ids.data(), 1, static_cast<int>(ids.size()), st, logits.data(), api::Logits::Last);
+    singles.push_back(std::move(st));
+  }
+  const api::State* parts[] = {&singles[0], &singles[1], &singles[2]};
+  api::State batch = api::State::concat(parts);
+  ASSERT_EQ(batch.batch(), 3);
+  const int32_t next[] = {1, 2, 3};
+  std::vector<float> batch_logits(static_cast<size_t>(3 * V));
+  model.step(next, batch, batch_logits.data());
+  for (int i = 0; i < 3; i++) {
+    std::vector<float> alone(static_cast<size_t>(V));
+    model.step(&next[i], singles[i], alone.data());
+    for (int v = 0; v < V; v++) EXPECT_NEAR(batch_logits[static_cast<size_t>(i * V + v)], alone[v], 1e-4);
+    EXPECT_EQ(batch.row(i).bytes(), singles[i].bytes());
+  }
+  const int keep[] = {0, 2};
+  batch.keep_rows(keep);
+  EXPECT_EQ(batch.batch(), 2);
+  const std::vector<float> kept = batch.row(1).ssm(), alone = singles[2].ssm();
+  for (size_t k = 0; k < kept.size(); k++) EXPECT_NEAR(kept[k], alone[k], 1e-4);
+  EXPECT_THROW(batch.row(2), Error);
+}
+
+TEST(Api, TrainingReportsThroughItsCallbackAndStopsWithACheckpoint) {
+  test::TempDir tmp;
+  std::filesystem::create_directories(tmp / "texts");
+  for (int d = 0; d < 4; d++) {
+    std::ofstream(tmp / "texts" / ("d" + std::to_string(d) + ".txt")) << std::string(600, static_cast<char>('a' + d));
+  }
+  api::TrainOptions o;
+  o.data = {tmp / "texts"};
+  o.out = tmp / "run";
+  o.d_model = 16;
+  o.n_layer = 1;
+  o.batch = 2;
+  o.seq_len = 16;
+  o.steps = 5;
+  o.eval_every = 2;
+  o.eval_batches = 1;
+  api::Training training(o);
+  EXPECT_EQ(training.step(), 0);
+  EXPECT_EQ(training.steps(), 5);
+  EXPECT_TRUE(training.config().byte_level);
+  std::vector<api::TrainStep> seen;
+  const api::TrainSummary s = training.run([&](const api::TrainStep& step) {
+    seen.push_back(step);
+    return step.step < 3;
+  });
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_TRUE(seen[1].evaluated);
+  EXPECT_FALSE(seen[2].evaluated);
+  EXPECT_TRUE(s.interrupted);
+  EXPECT_EQ(s.steps, 3);
+  EXPECT_EQ(s.checkpoint.filename(), "step-00000003");
+
+  o.resume = o.out;
+  api::Training resumed(o);
+  EXPECT_EQ(resumed.step(), 3);
+  EXPECT_THROW(resumed.run([](const api::TrainStep&) -> bool { throw std::runtime_error("callback failed"); }),
+               std::runtime_error);
+  EXPECT_TRUE(std::filesystem::exists(o.out / "checkpoints" / "step-00000004" / "trainer.json"));
+}
+
+TEST(Api, ErrorsCarryTheCliMessages) {
+  EXPECT_THROW(Model(test::fixtures_dir() / "no-such-model"), Error);
+  ModelOptions o;
+  o.device = "tpu";
+  try {
+    Model m(kModel, o);
+    FAIL() << "loaded on a tpu";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("device \"tpu\""), std::string::npos) << e.what();
+  }
+  Model model(kModel);
+  EXPECT_FALSE(model.has_text());
+  EXPECT_THROW(model.encode("text"), Error);
+  Session s = model.session();
+  const std::vector<int32_t> bad = {1, 64};
+  EXPECT_THROW(s.feed(bad), Error);
+  EXPECT_THROW(model.session(sampling(-1, 0)), Error);
+}
+
+}  // namespace
+}  // namespace mamba
