@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "mamba/mamba.h"
 #include "model/config.h"
 #include "model/engine.h"
 
@@ -48,6 +49,8 @@ void add_device_flags(CLI::App* cmd, DeviceFlags& flags);
 // file's); for a GPU they stay as the file has them until the engine converts its device copy.
 Model load_model(const std::string& dir, const DeviceFlags& flags);
 EngineOptions engine_options(const DeviceFlags& flags, int64_t max_tokens = 2048);
+// The same flags for the library API (include/mamba/mamba.h), checked with the flags' names in errors.
+api::ModelOptions model_options(const DeviceFlags& flags, int64_t max_tokens = 2048);
 
 // From now on SIGINT and SIGTERM set the returned flag instead of ending the process: long commands
 // check it, save their work and stop cleanly.

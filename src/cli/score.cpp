@@ -4,7 +4,6 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/npy.h"
-#include "model/engine.h"
 
 namespace mamba::cli {
 
@@ -47,12 +46,10 @@ void add_score(CLI::App& app) {
     }
     const int B = shape.size() == 2 ? static_cast<int>(shape[0]) : 1;
     const int L = static_cast<int>(shape.back());
-    Model model = load_model(o.dir, o.device);
+    const api::Model model(o.dir, model_options(o.device));
     const int64_t V = model.config().vocab_size;
-    Engine engine(model, engine_options(o.device));
-    State state = engine.new_state(B);
     std::vector<float> logits(static_cast<size_t>(int64_t{B} * L * V));
-    engine.forward(tokens.data(), B, L, state, logits.data(), Logits::All);
+    model.score(tokens.data(), B, L, logits.data());
     shape.push_back(V);
     write_npy(o.out, logits.data(), shape);
     std::fprintf(stderr, "wrote %s: logits of %d × %d tokens × %lld\n", o.out.c_str(), B, L, static_cast<long long>(V));
