@@ -6,7 +6,6 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "model/generator.h"
 
 namespace mamba::cli {
 
@@ -32,14 +31,11 @@ void add_perplexity(CLI::App& app) {
     if (!in) fail(o.file, ": cannot open");
     const std::string text(std::istreambuf_iterator<char>(in), {});
     if (text.empty()) fail(o.file, ": empty");
-    Model model = load_model(o.dir, o.device);
-    const Config& c = model.config();
-    const TextCodec codec = TextCodec::for_model(o.dir, c);
-    if (!codec.has_text()) fail(o.dir, ": no tokenizer.json and not byte-level: cannot read text");
-    const std::vector<int32_t> tokens = codec.encode(text);
-    Engine engine(model, engine_options(o.device));
+    const api::Model model(o.dir, model_options(o.device));
+    if (!model.has_text()) fail(o.dir, ": no tokenizer.json and not byte-level: cannot read text");
+    const std::vector<int32_t> tokens = model.encode(text);
     // The first token is predicted from the end-of-document token, so every token of the text counts.
-    PerplexityResult r = perplexity(engine, tokens, c.eos_token_id, o.chunk, [&](int64_t done) {
+    const api::Perplexity r = model.perplexity(tokens, o.chunk, [&](int64_t done) {
       std::fprintf(stderr, "\r%lld / %zu tokens", static_cast<long long>(done), tokens.size());
     });
     std::fprintf(stderr, "\n");
