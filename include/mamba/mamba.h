@@ -68,6 +68,7 @@ struct ModelOptions {
   // A tokenizer.json for text in and out; default: bytes for a byte-level model, else the folder's
   // tokenizer.json when present, else ids only.
   std::filesystem::path tokenizer;
+  bool text = true;  // false: ids only, no tokenizer read (as `mambacpp generate --ids`)
 };
 
 struct SamplingOptions {
@@ -93,6 +94,12 @@ struct Completion {
   std::vector<int32_t> ids;  // the new tokens (the end-of-sequence token excluded)
   std::string text;          // their text (empty for an ids-only model)
   Finish finish = Finish::None;
+};
+
+// Work done by generation: tokens run over the parallel path (prompts) and by decode steps.
+struct GenerationStats {
+  int64_t prefill_tokens = 0, decode_tokens = 0;
+  double prefill_seconds = 0, decode_seconds = 0;
 };
 
 struct Perplexity {
@@ -239,6 +246,7 @@ class Session {
   const SamplingOptions& sampling() const;
   const GenerationOptions& options() const;
   bool has_text() const;  // whether its model reads and writes text (Model::has_text)
+  GenerationStats stats() const;  // totals over this session's feeds and runs
 
   struct Impl;
  private:
@@ -300,7 +308,8 @@ class Model {
   // `mambacpp generate --batch-file`). Results in the order of the prompts.
   std::vector<Completion> generate(const std::vector<std::vector<int32_t>>& prompts,
                                    const SamplingOptions& sampling = {}, const GenerationOptions& options = {},
-                                   const TokenCallback& on_token = {}, const CancelCheck& cancel = {}) const;
+                                   const TokenCallback& on_token = {}, const CancelCheck& cancel = {},
+                                   GenerationStats* stats = nullptr) const;
 
   struct Impl;
  private:

@@ -167,7 +167,7 @@ struct Model::Impl {
         model(mamba::Model::load(dir_, device.kind == Device::Kind::Cpu ? dtype : std::nullopt)),
         engine(model, EngineOptions{device, device.kind == Device::Kind::Cpu ? std::nullopt : dtype,
                                     std::max<int64_t>(1, o.max_tokens)}),
-        codec(make_codec(o.tokenizer)),
+        codec(o.text ? make_codec(o.tokenizer) : TextCodec::ids_only()),
         config(public_config(model.config())),
         max_tokens(std::max<int64_t>(1, o.max_tokens)) {}
 
@@ -259,6 +259,10 @@ void run_generation(Generator& gen, const TokenCallback& on_token, const CancelC
     gen.stop();
     std::rethrow_exception(error);
   }
+}
+
+GenerationStats generation_stats(const Generator& gen) {
+  return GenerationStats{gen.prefill_tokens(), gen.decode_tokens(), gen.prefill_seconds(), gen.decode_seconds()};
 }
 
 Completion completion(const Generator& gen, int i) {
@@ -574,10 +578,12 @@ void Session::save(const std::filesystem::path& path) const {
 const SamplingOptions& Session::sampling() const { return impl_->sampling; }
 const GenerationOptions& Session::options() const { return impl_->options; }
 bool Session::has_text() const { return impl_->model->codec.has_text(); }
+GenerationStats Session::stats() const { return generation_stats(*impl_->gen); }
 
 std::vector<Completion> Model::generate(const std::vector<std::vector<int32_t>>& prompts,
                                         const SamplingOptions& sampling, const GenerationOptions& options,
-                                        const TokenCallback& on_token, const CancelCheck& cancel) const {
+                                        const TokenCallback& on_token, const CancelCheck& cancel,
+                                        GenerationStats* stats) const {
   if (prompts.empty()) fail("generate: no prompts");
   Generator gen(impl_->engine, impl_->codec, sampler_options(sampling), impl_->generate_options(options));
   Call call(*impl_, cancel);
@@ -585,6 +591,7 @@ std::vector<Completion> Model::generate(const std::vector<std::vector<int32_t>>&
   run_generation(gen, on_token, cancel);
   std::vector<Completion> out;
   for (int i = 0; i < gen.size(); i++) out.push_back(completion(gen, i));
+  if (stats) *stats = generation_stats(gen);
   return out;
 }
 

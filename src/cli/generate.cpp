@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -6,7 +7,6 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "model/generator.h"
 
 namespace mamba::cli {
 
@@ -36,8 +36,8 @@ void add_generate(CLI::App& app) {
   struct Options {
     std::string dir, prompt, prompt_file, ids, batch_file, save_state, load_state;
     bool interactive = false, ignore_eos = false;
-    SamplerOptions sampling;
-    GenerateOptions gen;
+    api::SamplingOptions sampling;
+    api::GenerationOptions gen;
     DeviceFlags device;
   };
   static Options o;
@@ -78,18 +78,15 @@ void add_generate(CLI::App& app) {
       ->excludes(batch);
   cmd->callback([seed] {
     if (o.sampling.top_p <= 0) fail("--top-p: must be > 0");
-    Model model = load_model(o.dir, o.device);
-    const Config& c = model.config();
-    // With --ids the tokenizer is not needed; a folder without one takes and gives ids everywhere.
-    const TextCodec codec = o.ids.empty() ? TextCodec::for_model(o.dir, c) : TextCodec::ids_only();
-    const bool as_ids = !codec.has_text();
+    api::ModelOptions options = model_options(o.device);
+    options.text = o.ids.empty();  // with --ids the tokenizer is not needed
+    const api::Model model(o.dir, options);
+    // With --ids (or a folder without a tokenizer) ids go in and come out.
+    const bool as_ids = !model.has_text();
     auto encode = [&](const std::string& text, const std::string& where) {
-      return as_ids ? parse_ids(text, where) : codec.encode(text);
+      return as_ids ? parse_ids(text, where) : model.encode(text);
     };
     o.gen.stop_at_eos = !o.ignore_eos;
-    o.gen.eos_token_id = c.eos_token_id;
-    Engine engine(model, engine_options(o.device));
-    Generator gen(engine, codec, o.sampling, o.gen);
 
     bool line_started = false;  // ids mode: a comma goes before every id but the first of a line
     auto print = [&](int, int32_t id, std::string_view text) {
@@ -106,35 +103,38 @@ void add_generate(CLI::App& app) {
     };
 
     int64_t generated = 0;
+    api::GenerationStats stats;
     if (!o.batch_file.empty()) {
       std::ifstream in(o.batch_file, std::ios::binary);
       if (!in) fail(o.batch_file, ": cannot open");
       std::vector<std::string> prompts;
+      std::vector<std::vector<int32_t>> prompt_ids;
       std::string line;
       for (int number = 1; std::getline(in, line); number++) {
         if (!line.empty() && line.back() == '\r') line.pop_back();
         if (line.find_first_not_of(" \t") == std::string::npos) continue;
-        const int i = gen.add();
-        gen.feed(i, encode(line, o.batch_file + ":" + std::to_string(number)));
+        prompt_ids.push_back(encode(line, o.batch_file + ":" + std::to_string(number)));
         prompts.push_back(line);
       }
       if (prompts.empty()) fail(o.batch_file, ": no prompts");
-      gen.run();
-      for (int i = 0; i < gen.size(); i++) {
+      const std::vector<api::Completion> out = model.generate(prompt_ids, o.sampling, o.gen, {}, {}, &stats);
+      for (size_t i = 0; i < out.size(); i++) {
         nlohmann::ordered_json j;  // keys in this order: prompt, text, ids, finish
         if (as_ids) {
-          j["prompt"] = parse_ids(prompts[i], o.batch_file);
+          j["prompt"] = prompt_ids[i];
         } else {
           j["prompt"] = prompts[i];
-          j["text"] = gen.text(i);
+          j["text"] = out[i].text;
         }
-        j["ids"] = gen.output(i);
-        j["finish"] = finish_name(gen.finish(i));
+        j["ids"] = out[i].ids;
+        j["finish"] = api::finish_name(out[i].finish);
         write(dump(j) + "\n");
-        generated += static_cast<int64_t>(gen.output(i).size());
+        generated += static_cast<int64_t>(out[i].ids.size());
       }
     } else {
-      const int seq = o.load_state.empty() ? gen.add() : gen.load(o.load_state, seed->count() == 0);
+      api::Session session = o.load_state.empty()
+                                 ? model.session(o.sampling, o.gen)
+                                 : model.load_session(o.load_state, o.sampling, o.gen, seed->count() == 0);
       std::string text = o.prompt;
       if (!o.prompt_file.empty()) text = read_file(o.prompt_file);
       std::vector<int32_t> tokens;
@@ -143,15 +143,14 @@ void add_generate(CLI::App& app) {
         if (tokens.empty()) fail("--ids: no token ids given");
       } else if (!text.empty()) {
         if (as_ids) fail(o.dir, ": no tokenizer.json and not byte-level: give the prompt as token ids (--ids)");
-        tokens = codec.encode(text);
+        tokens = model.encode(text);
       }
       const bool first_turn = !tokens.empty() || !o.load_state.empty();
       if (!first_turn && !o.interactive) fail("generate: give a prompt (-p, --prompt-file or --ids) or --load-state");
       if (first_turn) {
-        gen.feed(seq, tokens);
+        session.feed(tokens);
         if (!as_ids) write(text);  // the prompt, then its continuation
-        gen.run(print);
-        generated += static_cast<int64_t>(gen.output(seq).size());
+        generated += static_cast<int64_t>(session.generate(print).ids.size());
         end_line();
       }
       if (o.interactive) {
@@ -160,26 +159,26 @@ void add_generate(CLI::App& app) {
           std::fprintf(stderr, "> ");
           if (!std::getline(std::cin, line)) break;
           try {
-            gen.feed(seq, encode(line, "stdin"));
+            session.feed(encode(line, "stdin"));
           } catch (const Error& e) {  // a bad line is reported; the session goes on
             std::fprintf(stderr, "error: %s\n", e.what());
             continue;
           }
-          gen.run(print);
-          generated += static_cast<int64_t>(gen.output(seq).size());
+          generated += static_cast<int64_t>(session.generate(print).ids.size());
           end_line();
         }
         std::fprintf(stderr, "\n");
       }
       if (!o.save_state.empty()) {
-        gen.save(seq, o.save_state);
+        session.save(o.save_state);
         std::fprintf(stderr, "saved the session to %s\n", o.save_state.c_str());
       }
+      stats = session.stats();
     }
     std::fprintf(stderr, "prompt: %lld tokens, %.1f tokens/s; generated: %lld tokens; decode: %.1f tokens/s\n",
-                 static_cast<long long>(gen.prefill_tokens()),
-                 gen.prefill_tokens() / std::max(gen.prefill_seconds(), 1e-9), static_cast<long long>(generated),
-                 gen.decode_tokens() / std::max(gen.decode_seconds(), 1e-9));
+                 static_cast<long long>(stats.prefill_tokens),
+                 stats.prefill_tokens / std::max(stats.prefill_seconds, 1e-9), static_cast<long long>(generated),
+                 stats.decode_tokens / std::max(stats.decode_seconds, 1e-9));
   });
 }
 
