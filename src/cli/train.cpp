@@ -2,15 +2,28 @@
 
 #include <atomic>
 #include <cmath>
-#include <optional>
 #include <cstdio>
+#include <string>
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "model/model.h"
-#include "model/trainer.h"
 
 namespace mamba::cli {
+
+namespace {
+
+std::string format_duration(double seconds) {
+  char text[32];
+  const long sec = static_cast<long>(seconds + 0.5);
+  if (sec >= 3600) {
+    std::snprintf(text, sizeof(text), "%ldh%02ldm", sec / 3600, (sec / 60) % 60);
+  } else {
+    std::snprintf(text, sizeof(text), "%ldm%02lds", sec / 60, sec % 60);
+  }
+  return text;
+}
+
+}  // namespace
 
 void add_train(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "Train a model on text, token files or a checkpoint's data (CPU, fp32)");
@@ -19,7 +32,7 @@ void add_train(CLI::App& app) {
     std::string init_from, out, resume, schedule = "cosine", progress = "auto";
     std::vector<std::string> data, tokens;
     int val_every = 20;
-    TrainOptions train;
+    api::TrainOptions train;
   };
   static Options o;
   o.train.steps = 1000;
@@ -31,7 +44,7 @@ void add_train(CLI::App& app) {
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd->add_option("--out", o.out, "Run folder: latest model, log.jsonl, checkpoints/");
   cmd->add_option("--resume", o.resume, "Continue exactly from a run folder or checkpoint (its options are kept)");
-  TrainOptions& t = o.train;
+  api::TrainOptions& t = o.train;
   cmd->add_option("--seq-len", t.seq_len, "Tokens per sequence")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--batch", t.batch, "Sequences per micro-batch")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--accum", t.accum, "Micro-batches per optimizer step")->capture_default_str()->check(CLI::PositiveNumber);
@@ -60,65 +73,80 @@ void add_train(CLI::App& app) {
   cmd->add_option("--progress", o.progress, "Live progress line: auto (on a terminal), on, off")
       ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
   cmd->callback([] {
+    // The flags checked with their names; the library checks the rest.
     if (o.data.empty() == o.tokens.empty()) fail("train: give --data (text) or --tokens (token files)");
-    const bool byte_level = !o.data.empty();
-    std::vector<std::filesystem::path> paths(o.data.begin(), o.data.end());
-    if (!byte_level) paths.assign(o.tokens.begin(), o.tokens.end());
+    api::TrainOptions run = o.train;
+    run.data.assign(o.data.begin(), o.data.end());
+    run.tokens.assign(o.tokens.begin(), o.tokens.end());
+    run.val_every = o.val_every;
+    run.out = o.out;
+    run.resume = o.resume;
+    run.init_from = o.init_from;
+    if (o.resume.empty()) {
+      if (o.out.empty()) fail("train: give --out DIR (or --resume DIR)");
+      if (o.init_from.empty()) {
+        if (!o.shape.given()) fail("train: give --preset, or --d-model and --n-layer, or --init-from DIR");
+        shape_config(o.shape, "train");
+        run.preset = o.shape.preset;
+        run.d_model = o.shape.d_model;
+        run.n_layer = o.shape.n_layer;
+        run.d_state = o.shape.d_state;
+        run.d_conv = o.shape.d_conv;
+        run.expand = o.shape.expand;
+        run.dt_rank = o.shape.dt_rank;
+      }
+    } else if (steps_flag->count() == 0) {
+      run.steps = 0;  // the run's own total
+    }
     const bool progress = o.progress == "on" || (o.progress == "auto" && ::isatty(STDERR_FILENO));
 
     const std::atomic<bool>& stop = stop_on_signals();
-    std::optional<Dataset> data;
-    std::optional<Trainer> trainer;
-    if (!o.resume.empty()) {
-      // The checkpoint's own config says how its data is tokenized.
-      Config saved = load_config(Trainer::find_checkpoint(o.resume));
-      data = byte_level ? load_text_dataset(paths, o.val_every) : load_token_dataset(paths, saved.eos_token_id, o.val_every);
-      trainer.emplace(Trainer::resume(o.resume, *data, steps_flag->count() ? o.train.steps : 0, o.out));
-      std::fprintf(stderr, "resuming at step %lld of %lld\n", static_cast<long long>(trainer->step()),
-                   static_cast<long long>(trainer->options().steps));
+    api::Training training(run);
+    if (training.resumed()) {
+      std::fprintf(stderr, "resuming at step %lld of %lld\n", static_cast<long long>(training.step()),
+                   static_cast<long long>(training.steps()));
     } else {
-      if (o.out.empty()) fail("train: give --out DIR (or --resume DIR)");
-      Config c;
-      std::vector<float> params;
-      if (!o.init_from.empty()) {
-        Model base = Model::load(o.init_from);
-        c = base.config();
-        params = base.params_f32();
-      } else {
-        if (!o.shape.given()) fail("train: give --preset, or --d-model and --n-layer, or --init-from DIR");
-        c = shape_config(o.shape, "train");
-        if (byte_level) {
-          c.vocab_size = kByteVocab;
-          c.byte_level = true;
-          c.eos_token_id = kByteEndOfDoc;
-        }
-        c.validate("train");
-        auto specs = param_specs(c);
-        params.assign(static_cast<size_t>(param_layout_size(specs)), 0.0f);
-        init_params(params.data(), c, specs, o.train.seed);
-      }
-      data = byte_level ? load_text_dataset(paths, o.val_every) : load_token_dataset(paths, c.eos_token_id, o.val_every);
-      o.train.byte_level = byte_level;
-      trainer.emplace(c, std::move(params), *data, o.train, o.out);
+      const api::ModelConfig& c = training.config();
       std::fprintf(stderr,
-                   "model: %lld parameters (d_model %d, %d layers); data: %zu training tokens in %lld documents, "
-                   "%zu validation tokens; activations %.1f MiB\n",
-                   static_cast<long long>(c.parameter_count()), c.d_model, c.n_layer, data->train.tokens.size(),
-                   static_cast<long long>(data->train.documents), data->val.tokens.size(),
-                   trainer->activation_bytes() / 1048576.0);
+                   "model: %lld parameters (d_model %d, %d layers); data: %lld training tokens in %lld documents, "
+                   "%lld validation tokens; activations %.1f MiB\n",
+                   static_cast<long long>(c.parameters), c.d_model, c.n_layer,
+                   static_cast<long long>(training.train_tokens()), static_cast<long long>(training.train_documents()),
+                   static_cast<long long>(training.val_tokens()), training.activation_bytes() / 1048576.0);
     }
-    trainer->set_progress(progress);
-    TrainResult r = trainer->run(&stop);
-    const auto where = Trainer::latest_checkpoint(trainer->out());
+    const int64_t first = training.step();
+    double smoothed = -1;
+    const api::TrainSummary r = training.run(
+        [&](const api::TrainStep& s) {
+          smoothed = smoothed < 0 ? s.loss : 0.9 * smoothed + 0.1 * s.loss;
+          if (progress) {
+            const double eta = static_cast<double>(s.steps - s.step) * s.elapsed_s / static_cast<double>(s.step - first);
+            const int width = 24, filled = static_cast<int>(width * s.step / s.steps);
+            std::fprintf(stderr, "\r\033[K%6lld/%lld [%s%s] loss %.4f lr %.2e %.0f tok/s ETA %s",
+                         static_cast<long long>(s.step), static_cast<long long>(s.steps),
+                         std::string(static_cast<size_t>(filled), '=').c_str(),
+                         std::string(static_cast<size_t>(width - filled), ' ').c_str(), smoothed, s.lr, s.tokens_per_s,
+                         format_duration(eta).c_str());
+            if (s.evaluated) std::fprintf(stderr, "  val %.4f\n", s.val_loss);
+            std::fflush(stderr);
+          } else if (s.evaluated) {
+            std::fprintf(stderr, "step %lld/%lld  loss %.4f  val %.4f (%.3f bits)  lr %.2e  %.0f tok/s\n",
+                         static_cast<long long>(s.step), static_cast<long long>(s.steps), s.loss, s.val_loss, s.val_bits,
+                         s.lr, s.tokens_per_s);
+          }
+          return true;
+        },
+        &stop);
+    if (progress) std::fprintf(stderr, "\n");
     if (r.interrupted) {
       std::fprintf(stderr, "interrupted at step %lld: checkpoint saved in %s; continue with --resume\n",
-                   static_cast<long long>(r.steps), where.c_str());
+                   static_cast<long long>(r.steps), r.checkpoint.c_str());
       return;
     }
     std::fprintf(stderr, "done: %lld steps in %.1f s, %.0f tokens/s; loss %.4f, validation %.4f (%.4f bits per %s)\n",
                  static_cast<long long>(r.steps), r.seconds, r.tokens_per_s, r.loss, r.val_loss,
-                 r.val_loss / std::log(2.0), trainer->options().byte_level ? "byte" : "token");
-    std::fprintf(stderr, "saved: %s\n", where.c_str());
+                 r.val_loss / std::log(2.0), r.byte_level ? "byte" : "token");
+    std::fprintf(stderr, "saved: %s\n", r.checkpoint.c_str());
   });
 }
 
