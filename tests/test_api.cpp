@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <deque>
 #include <fstream>
+#include <map>
 #include <stdexcept>
 #include <thread>
 
@@ -37,6 +39,13 @@ GenerationOptions tokens(int n) {
   g.max_new_tokens = n;
   g.stop_at_eos = false;
   return g;
+}
+
+// Weights kept in bf16 on the CPU (the arithmetic stays fp32).
+ModelOptions bf16() {
+  ModelOptions o;
+  o.dtype = "bf16";
+  return o;
 }
 
 std::vector<int32_t> prompt(int n, int V) {
@@ -167,6 +176,119 @@ TEST(Api, StatesBatchSequencesTogether) {
   const std::vector<float> kept = batch.row(1).ssm(), alone = singles[2].ssm();
   for (size_t k = 0; k < kept.size(); k++) EXPECT_NEAR(kept[k], alone[k], 1e-4);
   EXPECT_THROW(batch.row(2), Error);
+}
+
+// Continuous batching (api::Batch): sessions with their own sampling and lengths, joining at different
+// steps, each give exactly the tokens they give alone. Exactly, because with bf16 weights the CPU's
+// decode matmul computes each of up to 8 rows as it computes one; OpenBLAS's fp32 rows differ with the
+// batch in the last bits (StatesBatchSequencesTogether's tolerance, docs/server.md).
+TEST(Api, BatchedSessionsEqualEachAlone) {
+  Model model(kModel, bf16());
+  struct Spec {
+    double temperature;
+    uint64_t seed;
+    int tokens, prompt, join_at;
+  };
+  const std::vector<Spec> specs = {{0, 1, 20, 3, 0}, {0.9, 2, 12, 7, 0}, {1.0, 3, 25, 1, 2}, {0.7, 4, 5, 11, 4},
+                                   {0, 5, 30, 4, 4}, {1.0, 6, 9, 2, 17}};
+  auto make = [&](const Spec& s) {
+    Session x = model.session(sampling(s.temperature, s.seed), tokens(s.tokens));
+    x.feed(prompt(s.prompt, 64));
+    return x;
+  };
+  std::vector<std::vector<int32_t>> alone;
+  for (const Spec& s : specs) alone.push_back(make(s).generate().ids);
+
+  std::deque<Session> sessions;  // a session stays where it is while in a batch
+  std::map<const Session*, std::vector<int32_t>> reported;
+  api::Batch batch(model);
+  size_t finished = 0;
+  for (int step = 0; finished < specs.size(); step++) {
+    ASSERT_LT(step, 100);
+    for (const Spec& s : specs) {
+      if (s.join_at != step) continue;
+      sessions.push_back(make(s));
+      EXPECT_TRUE(batch.add(sessions.back()));
+      EXPECT_THROW(sessions.back().generate(), Error);  // the batch's until it leaves
+    }
+    const auto done = batch.step([&](Session& s, int32_t id, std::string_view, std::span<const float> logits) {
+      if (id < 0) return;
+      reported[&s].push_back(id);
+      EXPECT_EQ(logits.size(), 64u);
+    });
+    for (Session* s : done) {
+      EXPECT_FALSE(batch.contains(*s));
+      EXPECT_EQ(s->finish(), api::Finish::Length);
+    }
+    finished += done.size();
+  }
+  EXPECT_EQ(batch.size(), 0);
+  for (size_t i = 0; i < specs.size(); i++) {
+    const Session& s = sessions[i];
+    EXPECT_EQ(s.output(), alone[i]) << "session " << i;
+    EXPECT_EQ(reported[&s], alone[i]) << "session " << i;
+  }
+  EXPECT_EQ(batch.stats().decode_tokens, 20 + 12 + 25 + 5 + 30 + 9 - static_cast<int64_t>(specs.size()));
+}
+
+// A session taken out between steps (a cancelled request) keeps what it reported and goes on from
+// there alone; the others in the batch are not disturbed.
+TEST(Api, SessionRemovedFromABatchGoesOnExactly) {
+  Model model(kModel, bf16());
+  auto make = [&](uint64_t seed) {
+    Session x = model.session(sampling(1.0, seed), tokens(16));
+    x.feed(prompt(5 + static_cast<int>(seed), 64));
+    return x;
+  };
+  const std::vector<int32_t> a_alone = make(1).generate().ids, b_alone = make(2).generate().ids;
+  Session a = make(1), b = make(2);
+  api::Batch batch(model);
+  batch.add(a);
+  batch.add(b);
+  for (int i = 0; i < 6; i++) EXPECT_TRUE(batch.step().empty());
+  batch.remove(a);
+  EXPECT_FALSE(batch.contains(a));
+  std::vector<int32_t> got = a.output();
+  ASSERT_EQ(got.size(), 6u);
+  const std::vector<int32_t> rest = a.generate().ids;
+  got.insert(got.end(), rest.begin(), rest.end() - 6);
+  EXPECT_EQ(got, a_alone);
+  while (batch.step().empty()) {
+  }
+  EXPECT_EQ(b.output(), b_alone);
+  // A session removed before its first step, and one with nothing to generate.
+  Session c = make(3);
+  batch.add(c);
+  batch.remove(c);
+  EXPECT_EQ(c.generate().ids, make(3).generate().ids);
+  Session none = model.session(sampling(0, 1), tokens(0));
+  none.feed(prompt(3, 64));
+  EXPECT_FALSE(batch.add(none));
+  EXPECT_EQ(batch.size(), 0);
+}
+
+// New options between runs: the copies of one prefilled prompt sample as sessions made with those
+// options would (what a server does for n > 1), and the state carries on.
+TEST(Api, SetOptionsReseedsAndKeepsTheState) {
+  Model model(kModel);
+  Session base = model.session(sampling(0.9, 1), tokens(10));
+  base.feed(prompt(8, 64));
+  Session copy = base;
+  copy.set_options(sampling(0.9, 2), tokens(14));
+  Session direct = model.session(sampling(0.9, 2), tokens(14));
+  direct.feed(prompt(8, 64));
+  EXPECT_EQ(copy.generate().ids, direct.generate().ids);
+  EXPECT_EQ(copy.sampling().seed, 2u);
+  EXPECT_EQ(copy.options().max_new_tokens, 14);
+  // A second turn after new options equals a session that had them for that turn.
+  copy.set_options(sampling(0, 0), tokens(5));
+  direct.set_options(sampling(0, 0), tokens(5));
+  copy.feed(prompt(2, 64));
+  direct.feed(prompt(2, 64));
+  EXPECT_EQ(copy.generate().ids, direct.generate().ids);
+  GenerationOptions bad = tokens(5);
+  bad.max_new_tokens = -1;
+  EXPECT_THROW(copy.set_options(sampling(0, 0), bad), Error);
 }
 
 TEST(Api, TrainingReportsThroughItsCallbackAndStopsWithACheckpoint) {

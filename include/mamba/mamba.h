@@ -245,14 +245,63 @@ class Session {
 
   const SamplingOptions& sampling() const;
   const GenerationOptions& options() const;
+  // New options for the runs from now on (a chat that changes its temperature between turns, the
+  // copies of one prompt that sample with different seeds): the sampler restarts from the new seed and
+  // keeps the ids it has seen (the repetition penalty's); the state and what waits to be fed stay.
+  void set_options(const SamplingOptions& sampling, const GenerationOptions& options);
   bool has_text() const;  // whether its model reads and writes text (Model::has_text)
   GenerationStats stats() const;  // totals over this session's feeds and runs
 
   struct Impl;
  private:
   friend class Model;
+  friend class Batch;
   explicit Session(std::unique_ptr<Impl> impl);
   void settle() const;  // ends a streaming run left unfinished before another use
+  std::unique_ptr<Impl> impl_;
+};
+
+// ---- sessions decoded together ----
+
+// Called for every token a session in a Batch takes, with the logits (V) it was drawn from (before
+// the repetition penalty and the temperature: the model's own distribution), and with id −1 and empty
+// logits for text flushed when the session finishes. As TokenCallback otherwise.
+using BatchCallback =
+    std::function<void(Session& session, int32_t id, std::string_view text, std::span<const float> logits)>;
+
+// Continuous batching: sessions that generate together, one batched decode step for all of them per
+// token, joining and leaving between steps, each with its own sampling, stop strings and length. A
+// session's tokens are the ones it would generate alone (its own sampler and seed; on the CPU the
+// batched step computes each row as the step of one sequence does, see docs/server.md). A server keeps
+// one Batch and steps it from one thread; requests' prompts go in with Session::feed, in pieces,
+// between steps.
+class Batch {
+ public:
+  explicit Batch(const Model& model);
+  ~Batch();
+  Batch(Batch&&) noexcept;
+  Batch& operator=(Batch&&) noexcept;
+
+  // Starts a run of `session` (as generate() would: its waiting token fed first) that joins at the
+  // next step. False, and nothing done, when it has nothing to generate (max_new_tokens 0). Until it
+  // leaves, the session belongs to the batch: it must stay where it is and not be used otherwise.
+  bool add(Session& session);
+  // Takes a session out between steps (a cancelled request): it keeps the tokens reported so far, its
+  // state has consumed them, and it goes on from there like a cancelled generate().
+  void remove(Session& session);
+  bool contains(const Session& session) const;
+  int size() const;  // sessions in the batch, joining ones included
+
+  // One token for every session: each samples from its logits and reports to on_token, then those
+  // that go on run through the model together. Returns the sessions whose run ended with this token
+  // (end of sequence, stop string or length: Session::finish()); they have left the batch. An exception
+  // from on_token ends nothing early: the step is completed for every session, then it is rethrown.
+  std::vector<Session*> step(const BatchCallback& on_token = {});
+
+  GenerationStats stats() const;  // decode tokens and seconds of this batch's steps
+
+  struct Impl;
+ private:
   std::unique_ptr<Impl> impl_;
 };
 
@@ -314,6 +363,7 @@ class Model {
   struct Impl;
  private:
   friend class Session;
+  friend class Batch;
   std::shared_ptr<Impl> impl_;
 };
 

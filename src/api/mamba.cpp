@@ -5,6 +5,7 @@
 #include "mamba/mamba.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <exception>
 #include <mutex>
@@ -466,13 +467,16 @@ struct Session::Impl {
   GenerationOptions options;
   std::unique_ptr<Generator> gen;  // one sequence, index 0
   bool in_run = false;             // next() has started a run that has not ended yet
+  bool in_batch = false;           // a Batch runs it: its state is the batch's until it leaves
 };
 
 Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Session::~Session() = default;
 Session::Session(const Session& other)
     : impl_(std::make_unique<Impl>(Impl{other.impl_->model, other.impl_->sampling, other.impl_->options,
-                                        std::make_unique<Generator>(*other.impl_->gen), other.impl_->in_run})) {}
+                                        std::make_unique<Generator>(*other.impl_->gen), other.impl_->in_run, false})) {
+  if (other.impl_->in_batch) fail("session: it is in a batch and cannot be copied until it leaves");
+}
 Session& Session::operator=(const Session& other) {
   if (this != &other) *this = Session(other);
   return *this;
@@ -484,7 +488,7 @@ Session Model::session(const SamplingOptions& sampling, const GenerationOptions&
   auto gen = std::make_unique<Generator>(impl_->engine, impl_->codec, sampler_options(sampling),
                                          impl_->generate_options(options));
   gen->add();
-  return Session(std::make_unique<Session::Impl>(Session::Impl{impl_, sampling, options, std::move(gen), false}));
+  return Session(std::make_unique<Session::Impl>(Session::Impl{impl_, sampling, options, std::move(gen), false, false}));
 }
 
 Session Model::load_session(const std::filesystem::path& path, const SamplingOptions& sampling,
@@ -495,11 +499,12 @@ Session Model::load_session(const std::filesystem::path& path, const SamplingOpt
     Call call(*impl_, {});
     gen->load(path, keep_rng);
   }
-  return Session(std::make_unique<Session::Impl>(Session::Impl{impl_, sampling, options, std::move(gen), false}));
+  return Session(std::make_unique<Session::Impl>(Session::Impl{impl_, sampling, options, std::move(gen), false, false}));
 }
 
 // A streaming run left unfinished (an iterator dropped early) ends before any other use of the session.
 void Session::settle() const {
+  if (impl_->in_batch) fail("session: it is in a batch; remove it from the batch first");
   if (!impl_->gen->running()) {
     impl_->in_run = false;
     return;
@@ -529,6 +534,7 @@ void Session::feed_text(std::string_view text, const CancelCheck& cancel) {
 }
 
 Completion Session::generate(const TokenCallback& on_token, const CancelCheck& cancel) {
+  if (impl_->in_batch) fail("session: it is in a batch; remove it from the batch first");
   Call call(*impl_->model, {});
   run_generation(*impl_->gen, on_token, cancel);
   impl_->in_run = false;
@@ -536,6 +542,7 @@ Completion Session::generate(const TokenCallback& on_token, const CancelCheck& c
 }
 
 bool Session::next(const TokenCallback& on_token) {
+  if (impl_->in_batch) fail("session: it is in a batch; remove it from the batch first");
   Call call(*impl_->model, {});
   Generator& gen = *impl_->gen;
   if (!impl_->in_run) {
@@ -577,6 +584,13 @@ void Session::save(const std::filesystem::path& path) const {
 
 const SamplingOptions& Session::sampling() const { return impl_->sampling; }
 const GenerationOptions& Session::options() const { return impl_->options; }
+
+void Session::set_options(const SamplingOptions& sampling, const GenerationOptions& options) {
+  settle();
+  impl_->gen->set_options(sampler_options(sampling), impl_->model->generate_options(options));
+  impl_->sampling = sampling;
+  impl_->options = options;
+}
 bool Session::has_text() const { return impl_->model->codec.has_text(); }
 GenerationStats Session::stats() const { return generation_stats(*impl_->gen); }
 
@@ -594,6 +608,163 @@ std::vector<Completion> Model::generate(const std::vector<std::vector<int32_t>>&
   if (stats) *stats = generation_stats(gen);
   return out;
 }
+
+// ---- Batch ----
+
+struct Batch::Impl {
+  std::shared_ptr<Model::Impl> model;
+  std::vector<Session*> rows;     // the sessions stepping together: row b of `work` and `logits`
+  std::vector<Session*> joining;  // added since the last step; their states are still their own
+  mamba::State work;              // (rows) their states
+  std::vector<float> logits;      // (rows, V) their next-token logits
+  std::vector<int32_t> tokens;    // (rows) the tokens just taken
+  std::vector<int> keep;          // rows still running after a step
+  GenerationStats stats;
+
+  int vocab() const { return model->config.vocab_size; }
+
+  // The joining sessions become rows after the running ones: one new state of all of them, filled
+  // layer by layer (the rows of a layer are contiguous, so the running ones move in one copy).
+  void gather() {
+    if (joining.empty()) return;
+    const int B = static_cast<int>(rows.size()), J = static_cast<int>(joining.size()), V = vocab();
+    mamba::State next = model->engine.new_state(B + J);
+    Backend& backend = next.backend();
+    for (int l = 0; l < next.n_layer; l++) {
+      if (B > 0) {
+        backend.copy(next.conv_layer(l), work.conv_layer(l), sizeof(float) * static_cast<size_t>(B * work.conv_row()));
+        backend.copy(next.ssm_layer(l), work.ssm_layer(l), sizeof(float) * static_cast<size_t>(B * work.ssm_row()));
+      }
+    }
+    logits.resize(static_cast<size_t>(B + J) * V);
+    for (int j = 0; j < J; j++) {
+      const Generator& gen = *joining[j]->impl_->gen;
+      next.set_sequence(B + j, gen.state(0));
+      const std::span<const float> row = gen.logits(0);
+      std::copy(row.begin(), row.end(), logits.begin() + static_cast<int64_t>(B + j) * V);
+      rows.push_back(joining[j]);
+    }
+    joining.clear();
+    work = std::move(next);
+    tokens.resize(rows.size());
+  }
+};
+
+Batch::Batch(const Model& model) : impl_(std::make_unique<Impl>()) { impl_->model = model.impl_; }
+Batch::~Batch() {
+  if (!impl_) return;
+  // Sessions still in the batch go back to their owners as removed ones would (their last logits).
+  for (Session* s : impl_->joining) s->impl_->in_batch = false;
+  const int V = impl_->vocab();
+  for (size_t b = 0; b < impl_->rows.size(); b++) {
+    Session& s = *impl_->rows[b];
+    s.impl_->gen->stopped(0, impl_->work.sequence(static_cast<int>(b)), impl_->logits.data() + b * V);
+    s.impl_->in_batch = false;
+  }
+}
+Batch::Batch(Batch&&) noexcept = default;
+Batch& Batch::operator=(Batch&&) noexcept = default;
+
+bool Batch::add(Session& session) {
+  Session::Impl& s = *session.impl_;
+  if (s.model != impl_->model) fail("batch: the session belongs to another model");
+  if (s.in_batch) fail("batch: the session is already in a batch");
+  session.settle();
+  if (s.gen->options().max_new_tokens == 0) return false;
+  {
+    Call call(*impl_->model, {});
+    s.gen->begin(0);
+  }
+  s.in_batch = true;
+  impl_->joining.push_back(&session);
+  return true;
+}
+
+void Batch::remove(Session& session) {
+  Impl& b = *impl_;
+  auto joining = std::find(b.joining.begin(), b.joining.end(), &session);
+  if (joining != b.joining.end()) {  // its state and logits are still its own
+    b.joining.erase(joining);
+    session.impl_->in_batch = false;
+    return;
+  }
+  auto it = std::find(b.rows.begin(), b.rows.end(), &session);
+  if (it == b.rows.end()) fail("batch: the session is not in this batch");
+  const int row = static_cast<int>(it - b.rows.begin()), V = b.vocab();
+  Call call(*b.model, {});
+  session.impl_->gen->stopped(0, b.work.sequence(row), b.logits.data() + static_cast<int64_t>(row) * V);
+  session.impl_->in_batch = false;
+  b.keep.clear();
+  for (int r = 0; r < static_cast<int>(b.rows.size()); r++) {
+    if (r != row) b.keep.push_back(r);
+  }
+  b.work.keep_rows(b.keep);
+  for (size_t j = 0; j < b.keep.size(); j++) {
+    std::copy_n(b.logits.begin() + static_cast<int64_t>(b.keep[j]) * V, V, b.logits.begin() + static_cast<int64_t>(j) * V);
+  }
+  b.rows.erase(it);
+  b.tokens.resize(b.rows.size());
+}
+
+bool Batch::contains(const Session& session) const {
+  return std::find(impl_->rows.begin(), impl_->rows.end(), &session) != impl_->rows.end() ||
+         std::find(impl_->joining.begin(), impl_->joining.end(), &session) != impl_->joining.end();
+}
+
+int Batch::size() const { return static_cast<int>(impl_->rows.size() + impl_->joining.size()); }
+
+std::vector<Session*> Batch::step(const BatchCallback& on_token) {
+  Impl& b = *impl_;
+  Call call(*b.model, {});
+  const auto start = std::chrono::steady_clock::now();
+  b.gather();
+  const int n = static_cast<int>(b.rows.size()), V = b.vocab();
+  std::vector<Session*> done;
+  if (n == 0) return done;
+  std::exception_ptr error;
+  b.keep.clear();
+  for (int row = 0; row < n; row++) {
+    Session& session = *b.rows[row];
+    const float* logits = b.logits.data() + static_cast<int64_t>(row) * V;
+    const Generator::Callback report = [&](int, int32_t id, std::string_view text) {
+      if (!on_token || error) return;
+      try {
+        on_token(session, id, text, id >= 0 ? std::span<const float>(logits, V) : std::span<const float>());
+      } catch (...) {
+        error = std::current_exception();
+      }
+    };
+    Generator& gen = *session.impl_->gen;
+    const Generator::Taken t = gen.take(0, logits, report);
+    b.tokens[row] = t.id;
+    if (t.done) {
+      gen.finished(0, b.work.sequence(row), t.id);
+      session.impl_->in_batch = false;
+      done.push_back(&session);
+    } else {
+      b.keep.push_back(row);
+    }
+  }
+  if (static_cast<int>(b.keep.size()) < n) {
+    b.work.keep_rows(b.keep);
+    for (size_t j = 0; j < b.keep.size(); j++) {
+      b.rows[j] = b.rows[b.keep[j]];
+      b.tokens[j] = b.tokens[b.keep[j]];
+    }
+    b.rows.resize(b.keep.size());
+    b.tokens.resize(b.keep.size());
+  }
+  if (!b.rows.empty()) {
+    const int B = static_cast<int>(b.rows.size());
+    b.model->engine.step(b.tokens.data(), B, b.work, b.logits.data());
+    b.stats.decode_tokens += B;
+  }
+  b.stats.decode_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (error) std::rethrow_exception(error);
+  return done;
+}
+
+GenerationStats Batch::stats() const { return impl_->stats; }
 
 // ---- init ----
 

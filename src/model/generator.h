@@ -109,6 +109,29 @@ class Generator {
   void stop();
   bool running() const { return !active_.empty(); }
 
+  // One sequence's run in pieces, for a decode batch that mixes the sequences of several generators
+  // and holds their states and logits while they run (api::Batch: continuous batching in a server);
+  // start(), step() and stop() are made of the same pieces. begin(i) starts sequence i's run (its
+  // pending token fed first) and returns its next-token logits. take(i, logits) samples the next token
+  // from `logits` (V), as step() would, and reports it: `done` when the run ends with it. The batch
+  // then gives the sequence its state (batch 1) back: finished(i, row, id) after the token that ended
+  // the run (it waits to be fed, as after run()), stopped(i, row, logits) when it leaves between steps
+  // (as stop() leaves it).
+  std::span<const float> begin(int i);
+  struct Taken {
+    int32_t id = -1;
+    bool done = false;
+  };
+  Taken take(int i, const float* logits, const Callback& on_token = {});
+  void finished(int i, State row, int32_t id);
+  void stopped(int i, State row, const float* logits);
+
+  // New options for the runs from now on (between runs): each sampler restarts from the new seed
+  // (sequence i from seed + i) and keeps the ids it has seen; states, pending tokens and logits stay.
+  void set_options(SamplerOptions sampling, GenerateOptions options);
+  const SamplerOptions& sampling() const { return sampling_; }
+  const GenerateOptions& options() const { return options_; }
+
   // What the last run produced for sequence i.
   const std::vector<int32_t>& output(int i) const { return seqs_[i].output; }
   const std::string& text(int i) const { return seqs_[i].text; }
