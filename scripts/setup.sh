@@ -6,6 +6,10 @@ pkgs=(cmake g++ make pkg-config libopenblas-dev libopenblas0-openmp nlohmann-jso
 # and wheel for `make python`, PyTorch for mambacpp.torch (its tests skip without it).
 pkgs+=(python3-dev python3-pybind11 python3-numpy python3-pytest python3-pip python3-venv python3-wheel python3-torch)
 if [[ "${MAMBA_SETUP_PYTHON:-0}" == 1 ]]; then pkgs+=(python3-torch python3-numpy); fi
+# The HTTP server: cpp-httplib; its tests run OpenAI's client for Node (Debian's nodejs and npm, unless
+# a Node.js is already installed).
+pkgs+=(libcpp-httplib-dev)
+command -v node >/dev/null || pkgs+=(nodejs npm)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -15,4 +19,10 @@ if ((${#missing[@]})); then
   sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
   $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
+fi
+# The npm packages of the server's tests, as tests/server/package-lock.json pins them.
+here=$(cd "$(dirname "$0")/.." && pwd)
+if [[ ! -f $here/tests/server/node_modules/openai/package.json ]]; then
+  echo "setup: npm ci in tests/server"
+  npm ci --prefix "$here/tests/server" --no-audit --no-fund --loglevel=error
 fi

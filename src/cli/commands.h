@@ -23,6 +23,7 @@ void add_generate(CLI::App& app);
 void add_perplexity(CLI::App& app);
 void add_tokenize(CLI::App& app);
 void add_tasks(CLI::App& app);
+void add_serve(CLI::App& app);
 
 // Token ids separated by commas and/or whitespace, optionally in brackets: "1,2,3", "1 2 3", "[1, 2, 3]".
 // `where` names the source in errors.
