@@ -29,7 +29,7 @@
 
 namespace {
 
-using mamba::cuda::ScanFwdParams;
+using mamba::cuda::ScanParams;
 using mamba::cuda::ScanTuning;
 
 // Counter-based uniform values, so inputs of a GB fill in a few ms; 16-bit elements, bf16 or fp16.
@@ -103,7 +103,7 @@ int main(int argc, char** argv) {
   // `sweep`: every split as well; `one B D L N`: that shape alone (for a profiler; also after a mode,
   // e.g. `fwdsweep one 8 1536 2048 16`); `f16` (last): fp16 inputs instead of bf16.
   if (argc > 1 && std::strcmp(argv[argc - 1], "f16") == 0) g_f16 = true, argc--;
-  const mamba::cuda::DType dtype = g_f16 ? mamba::cuda::DType::f16 : mamba::cuda::DType::bf16;
+  const mamba::cuda::DType dtype = g_f16 ? mamba::cuda::DType::F16 : mamba::cuda::DType::BF16;
   // `fwdsweep`: the forward's splits only (no backward, no conv1d); `fwd`: the forward alone at the
   // dispatcher's split, for comparing builds quickly.
   const bool fwd_sweep = argc > 1 && std::strcmp(argv[1], "fwdsweep") == 0;
@@ -164,7 +164,7 @@ int main(int argc, char** argv) {
     fill_uniform_f32<<<64, 256>>>(bias, s.D, 8, -2.0f, 0.0f, false);
     MAMBA_CUDA_CHECK_LAUNCH();
 
-    ScanFwdParams p;
+    ScanParams p;
     p.batch = s.B, p.seqlen = s.L, p.dim = s.D, p.dstate = s.N, p.dtype = dtype;
     p.y = y, p.y_stride = s.D, p.u = u, p.u_stride = s.D, p.delta = delta, p.delta_stride = s.D;
     p.A = A, p.Bm = Bm, p.B_stride = s.N, p.Cm = Cm, p.C_stride = s.N, p.D = Dskip, p.z = z, p.z_stride = s.D;
@@ -197,7 +197,7 @@ int main(int argc, char** argv) {
       MAMBA_CUDA_CHECK(cudaMalloc(&dbias, sizeof(float) * s.D));
       fill_uniform(dy, nx, 9, -1.0f, 1.0f);
       MAMBA_CUDA_CHECK_LAUNCH();
-      ScanFwdParams pf = p;
+      ScanParams pf = p;
       pf.chunk_states = chunks;
       mamba::cuda::ScanBwdParams q;
       q.fwd = pf;

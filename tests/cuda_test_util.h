@@ -43,19 +43,18 @@ inline float f16_value(uint16_t u) {
   return __half2float(__half(r));
 }
 
-inline size_t dtype_size(DType dtype) { return dtype == DType::f32 ? 4 : 2; }
-inline const char* dtype_name(DType dtype) {
-  return dtype == DType::bf16 ? "bf16" : dtype == DType::f16 ? "f16" : "f32";
+inline const char* dtype_label(DType dtype) {
+  return dtype == DType::BF16 ? "bf16" : dtype == DType::F16 ? "f16" : "f32";
 }
 
 // Rounds `host` in place to what a `dtype` array holds and returns those 16-bit values (empty for fp32).
 inline std::vector<uint16_t> round_to(std::vector<float>& host, DType dtype) {
   std::vector<uint16_t> bits;
-  if (dtype == DType::f32) return bits;
+  if (dtype == DType::F32) return bits;
   bits.resize(host.size());
   for (size_t i = 0; i < host.size(); i++) {
-    bits[i] = dtype == DType::bf16 ? bf16_bits(host[i]) : f16_bits(host[i]);
-    host[i] = dtype == DType::bf16 ? bf16_value(bits[i]) : f16_value(bits[i]);
+    bits[i] = dtype == DType::BF16 ? bf16_bits(host[i]) : f16_bits(host[i]);
+    host[i] = dtype == DType::BF16 ? bf16_value(bits[i]) : f16_value(bits[i]);
   }
   return bits;
 }
@@ -68,7 +67,7 @@ struct DeviceArray {
   DeviceArray() = default;
   DeviceArray(std::vector<float>& host, DType dtype) {
     const std::vector<uint16_t> bits = round_to(host, dtype);
-    if (dtype != DType::f32) upload(bits.data(), bits.size() * 2);
+    if (dtype != DType::F32) upload(bits.data(), bits.size() * 2);
     else upload(host.data(), host.size() * 4);
   }
   explicit DeviceArray(size_t bytes) {
@@ -98,10 +97,10 @@ struct DeviceArray {
 // `count` elements of a device array of `dtype`, as fp32.
 inline std::vector<float> download(const void* ptr, size_t count, DType dtype) {
   std::vector<float> out(count);
-  if (dtype != DType::f32) {
+  if (dtype != DType::F32) {
     std::vector<uint16_t> bits(count);
     MAMBA_CUDA_CHECK(cudaMemcpy(bits.data(), ptr, count * 2, cudaMemcpyDeviceToHost));
-    for (size_t i = 0; i < count; i++) out[i] = dtype == DType::bf16 ? bf16_value(bits[i]) : f16_value(bits[i]);
+    for (size_t i = 0; i < count; i++) out[i] = dtype == DType::BF16 ? bf16_value(bits[i]) : f16_value(bits[i]);
   } else {
     MAMBA_CUDA_CHECK(cudaMemcpy(out.data(), ptr, count * 4, cudaMemcpyDeviceToHost));
   }

@@ -61,12 +61,12 @@ TEST(Api, CancelledFeedLeavesTheSessionAsItWas) {
   Session s = model.session(sampling(0.9, 3), tokens(12));
   s.feed(prompt(5, 64));
   const std::vector<float> ssm = s.state().ssm();
-  const std::vector<float> logits(s.logits().begin(), s.logits().end());
+  const std::vector<float> logits = s.logits();
   int asked = 0;
   EXPECT_THROW(s.feed(prompt(40, 64), [&] { return ++asked == 2; }), Cancelled);
   EXPECT_EQ(asked, 2);
   EXPECT_EQ(s.state().ssm(), ssm);
-  EXPECT_EQ(std::vector<float>(s.logits().begin(), s.logits().end()), logits);
+  EXPECT_EQ(s.logits(), logits);
   // And it goes on exactly like a session that was never interrupted.
   Session fresh = model.session(sampling(0.9, 3), tokens(12));
   fresh.feed(prompt(5, 64));

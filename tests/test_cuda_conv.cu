@@ -129,17 +129,17 @@ TEST(ConvReference, BackwardMatchesFiniteDifferences) {
 void run_conv_case(int B, int L, int D, int K, bool bias, bool tail, DType dtype, uint32_t seed) {
   std::ostringstream name;
   name << "conv B=" << B << " L=" << L << " D=" << D << " K=" << K << (bias ? " bias" : "") << (tail ? " tail" : "")
-       << " " << dtype_name(dtype);
+       << " " << dtype_label(dtype);
   SCOPED_TRACE(name.str());
   ConvData c = random_conv(B, L, D, K, seed);
   if (!bias) std::fill(c.bias.begin(), c.bias.end(), 0.0f);
   if (!tail) std::fill(c.tail.begin(), c.tail.end(), 0.0f);
   const size_t X = static_cast<size_t>(B) * L * D, T = static_cast<size_t>(B) * (K - 1) * D;
-  const size_t es = dtype == DType::f32 ? 4 : 2;
-  DeviceArray x(c.x, dtype), dout(c.dout, dtype), w(c.w, DType::f32), bb(c.bias, DType::f32), tl(c.tail, DType::f32);
+  const size_t es = dtype == DType::F32 ? 4 : 2;
+  DeviceArray x(c.x, dtype), dout(c.dout, dtype), w(c.w, DType::F32), bb(c.bias, DType::F32), tl(c.tail, DType::F32);
   DeviceArray out(X * es), tail_out(T * 4), dx(X * es), dtail(T * 4);
   std::vector<float> zeros_w(c.w.size(), 0.0f), zeros_b(D, 0.0f);
-  DeviceArray dw(zeros_w, DType::f32), db(zeros_b, DType::f32);
+  DeviceArray dw(zeros_w, DType::F32), db(zeros_b, DType::F32);
 
   mamba::cuda::Conv1dParams p;
   p.batch = B, p.seqlen = L, p.dim = D, p.width = K, p.dtype = dtype;
@@ -155,13 +155,13 @@ void run_conv_case(int B, int L, int D, int K, bool bias, bool tail, DType dtype
 
   // The oracle: CPU fp32 forward (tail updated in place).
   std::vector<float> out_ref(X), tail_ref = c.tail;
-  mamba::cpu::conv1d_silu_forward(out_ref.data(), tail_ref.data(), c.x.data(), D, c.w.data(), bias ? c.bias.data() : nullptr,
+  mamba::cpu::conv1d_silu_forward(out_ref.data(), D, tail_ref.data(), c.x.data(), D, c.w.data(), bias ? c.bias.data() : nullptr,
                                   B, L, D, K);
   const ConvRef r = conv_reference(c, true);
-  const double tol = dtype != DType::f32 ? 2e-2 : 1e-5, gtol = dtype != DType::f32 ? 2e-2 : 1e-5;
-  const double e_out = rel_err(download(out.ptr, X, dtype), out_ref), e_tail = rel_err(download(tail_out.ptr, T, DType::f32), tail_ref);
-  const double e_dx = rel_err(download(dx.ptr, X, dtype), r.dx), e_dw = rel_err(download(dw.ptr, c.w.size(), DType::f32), r.dw);
-  const double e_dtail = rel_err(download(dtail.ptr, T, DType::f32), r.dtail);
+  const double tol = dtype != DType::F32 ? 2e-2 : 1e-5, gtol = dtype != DType::F32 ? 2e-2 : 1e-5;
+  const double e_out = rel_err(download(out.ptr, X, dtype), out_ref), e_tail = rel_err(download(tail_out.ptr, T, DType::F32), tail_ref);
+  const double e_dx = rel_err(download(dx.ptr, X, dtype), r.dx), e_dw = rel_err(download(dw.ptr, c.w.size(), DType::F32), r.dw);
+  const double e_dtail = rel_err(download(dtail.ptr, T, DType::F32), r.dtail);
   EXPECT_LE(e_out, tol);
   EXPECT_LE(e_tail, 1e-7);
   EXPECT_LE(e_dx, gtol);
@@ -169,7 +169,7 @@ void run_conv_case(int B, int L, int D, int K, bool bias, bool tail, DType dtype
   EXPECT_LE(e_dtail, 1e-4);
   double e_db = 0;
   if (bias) {
-    e_db = rel_err(download(db.ptr, D, DType::f32), r.db);
+    e_db = rel_err(download(db.ptr, D, DType::F32), r.db);
     EXPECT_LE(e_db, 1e-4);
   }
   std::printf("  %-42s out %.1e tail %.1e dx %.1e dw %.1e db %.1e dtail %.1e\n", name.str().c_str(), e_out, e_tail,
@@ -178,7 +178,7 @@ void run_conv_case(int B, int L, int D, int K, bool bias, bool tail, DType dtype
 
 TEST_F(CudaConv, ForwardBackward) {
   uint32_t seed = 1;
-  for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
     for (int L : {1, 2, 7, 64, 65, 300}) {
       run_conv_case(3, L, 130, 4, true, true, dt, seed++);
       run_conv_case(1, L, 5, 2, false, L % 2, dt, seed++);
@@ -191,9 +191,9 @@ TEST_F(CudaConv, ForwardBackward) {
 // Decode: the conv step and the scan step, one token at a time, equal the sequence kernels (in every
 // dtype: the same fp32 arithmetic, so 16-bit outputs differ at most by their rounding).
 void run_decode_case(DType dtype) {
-  SCOPED_TRACE(dtype_name(dtype));
+  SCOPED_TRACE(dtype_label(dtype));
   const int B = 3, L = 9, D = 70, K = 4, N = 16;
-  const size_t es = dtype == DType::f32 ? 4 : 2;
+  const size_t es = dtype == DType::F32 ? 4 : 2;
   auto at = [&](const DeviceArray& b, size_t elems) { return static_cast<char*>(b.ptr) + elems * es; };
   std::mt19937 rng(77);
   auto vec = [&](size_t n, float lo, float hi) {
@@ -204,7 +204,7 @@ void run_decode_case(DType dtype) {
   // Conv.
   std::vector<float> x = vec(static_cast<size_t>(B) * L * D, -2, 2), w = vec(static_cast<size_t>(D) * K, -1, 1),
                      bias = vec(D, -0.5f, 0.5f), tail = vec(static_cast<size_t>(B) * (K - 1) * D, -1, 1);
-  DeviceArray dx(x, dtype), dw(w, DType::f32), dbias(bias, DType::f32), dtail(tail, DType::f32);
+  DeviceArray dx(x, dtype), dw(w, DType::F32), dbias(bias, DType::F32), dtail(tail, DType::F32);
   DeviceArray seq_out(x.size() * es), seq_tail(tail.size() * 4), step_out(static_cast<size_t>(B) * D * es);
   mamba::cuda::Conv1dParams p;
   p.batch = B, p.seqlen = L, p.dim = D, p.width = K, p.dtype = dtype;
@@ -219,17 +219,17 @@ void run_decode_case(DType dtype) {
     for (int b = 0; b < B; b++) std::copy(o.begin() + b * D, o.begin() + (b + 1) * D, stepped.begin() + (static_cast<size_t>(b) * L + t) * D);
   }
   EXPECT_LE(rel_err(stepped, seq), 1e-6);
-  EXPECT_LE(rel_err(download(dtail.ptr, tail.size(), DType::f32), download(seq_tail.ptr, tail.size(), DType::f32)), 1e-7);
+  EXPECT_LE(rel_err(download(dtail.ptr, tail.size(), DType::F32), download(seq_tail.ptr, tail.size(), DType::F32)), 1e-7);
 
   // Scan.
   std::vector<float> u = vec(static_cast<size_t>(B) * L * D, -2, 2), delta = vec(u.size(), -3, 1), z = vec(u.size(), -2, 2),
                      Bm = vec(static_cast<size_t>(B) * L * N, -1, 1), Cm = vec(Bm.size(), -1, 1),
                      A = vec(static_cast<size_t>(D) * N, -4, -0.3f), Dk = vec(D, 0.5f, 1.5f), db2 = vec(D, -2, 0),
                      h0 = vec(static_cast<size_t>(B) * D * N, -1, 1);
-  DeviceArray du(u, dtype), ddelta(delta, dtype), dz(z, dtype), dB(Bm, dtype), dC(Cm, dtype), dA(A, DType::f32),
-      dD(Dk, DType::f32), ddb(db2, DType::f32), dh(h0, DType::f32);
+  DeviceArray du(u, dtype), ddelta(delta, dtype), dz(z, dtype), dB(Bm, dtype), dC(Cm, dtype), dA(A, DType::F32),
+      dD(Dk, DType::F32), ddb(db2, DType::F32), dh(h0, DType::F32);
   DeviceArray y(u.size() * es), hL(h0.size() * 4), ystep(static_cast<size_t>(B) * D * es);
-  mamba::cuda::ScanFwdParams s;
+  mamba::cuda::ScanParams s;
   s.batch = B, s.seqlen = L, s.dim = D, s.dstate = N, s.dtype = dtype;
   s.y = y.ptr, s.y_stride = D, s.u = du.ptr, s.u_stride = D;
   s.delta = ddelta.ptr, s.delta_stride = D, s.A = dA.as<float>(), s.Bm = dB.ptr, s.B_stride = N, s.Cm = dC.ptr, s.C_stride = N;
@@ -238,7 +238,7 @@ void run_decode_case(DType dtype) {
   mamba::cuda::selective_scan_fwd(s, ws.ptr, nullptr);
   std::vector<float> yseq = download(y.ptr, u.size(), dtype), ystepped(u.size());
   for (int t = 0; t < L; t++) {
-    mamba::cuda::ScanFwdParams one = s;
+    mamba::cuda::ScanParams one = s;
     one.seqlen = 1;
     one.y = ystep.ptr, one.y_stride = D;
     one.u = at(du, static_cast<size_t>(t) * D), one.u_stride = static_cast<int64_t>(L) * D;
@@ -250,14 +250,14 @@ void run_decode_case(DType dtype) {
     const std::vector<float> o = download(ystep.ptr, static_cast<size_t>(B) * D, dtype);
     for (int b = 0; b < B; b++) std::copy(o.begin() + b * D, o.begin() + (b + 1) * D, ystepped.begin() + (static_cast<size_t>(b) * L + t) * D);
   }
-  const double ey = rel_err(ystepped, yseq), eh = rel_err(download(dh.ptr, h0.size(), DType::f32), download(hL.ptr, h0.size(), DType::f32));
-  EXPECT_LE(ey, dtype == DType::f32 ? 1e-5 : 2e-3);  // 16-bit: an output may round the other way
+  const double ey = rel_err(ystepped, yseq), eh = rel_err(download(dh.ptr, h0.size(), DType::F32), download(hL.ptr, h0.size(), DType::F32));
+  EXPECT_LE(ey, dtype == DType::F32 ? 1e-5 : 2e-3);  // 16-bit: an output may round the other way
   EXPECT_LE(eh, 1e-5);
-  std::printf("  decode steps vs sequence (%s): conv %.1e, scan y %.1e, state %.1e\n", dtype_name(dtype), rel_err(stepped, seq), ey, eh);
+  std::printf("  decode steps vs sequence (%s): conv %.1e, scan y %.1e, state %.1e\n", dtype_label(dtype), rel_err(stepped, seq), ey, eh);
 }
 
 TEST_F(CudaConv, DecodeStepsEqualSequence) {
-  for (DType dt : {DType::f32, DType::bf16, DType::f16}) run_decode_case(dt);
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) run_decode_case(dt);
 }
 
 }  // namespace

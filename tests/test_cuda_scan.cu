@@ -68,7 +68,7 @@ struct Case {
     s << "B=" << B << " L=" << L << " D=" << D << " N=" << N << (z ? " z" : "") << (skip ? " D" : "")
       << (bias ? " bias" : "") << (state_in ? " h0" : "") << (softplus ? "" : " no-softplus")
       << (aligned ? " aligned" : "") << (vector_twin ? " twin" : "")
-      << " " << dtype_name(dtype) << " kC=" << tuning.channels_per_thread << " kG=" << tuning.states_per_thread
+      << " " << dtype_label(dtype) << " kC=" << tuning.channels_per_thread << " kG=" << tuning.states_per_thread
       << " S=" << tuning.segments << (tuning.one_state_per_lane == 1 ? " lanes" : "");
     return s.str();
   }
@@ -97,13 +97,13 @@ void run_case(const Case& c, uint32_t seed) {
   for (auto& v : h0) v = normal(rng);
 
   DeviceArray d_xz(xz, c.dtype), d_delta(delta, c.dtype), d_bc(bc, c.dtype);
-  DeviceArray d_A(A, DType::f32), d_D(Dskip, DType::f32), d_bias(dbias, DType::f32), d_h0(h0, DType::f32);
+  DeviceArray d_A(A, DType::F32), d_D(Dskip, DType::F32), d_bias(dbias, DType::F32), d_h0(h0, DType::F32);
   const size_t esize = dtype_size(c.dtype);
   DeviceArray d_y(rows * D * esize), d_hL(h0.size() * 4);
   const int64_t chunks = mamba::cuda::state_chunks(L);
   DeviceArray d_chunks(c.chunk_states ? B * chunks * D * N * 4 : 0);
 
-  mamba::cuda::ScanFwdParams p;
+  mamba::cuda::ScanParams p;
   p.batch = B, p.seqlen = L, p.dim = D, p.dstate = N, p.dtype = c.dtype;
   p.y = d_y.ptr, p.y_stride = D;
   p.u = d_xz.ptr, p.u_stride = xz_stride;
@@ -140,7 +140,7 @@ void run_case(const Case& c, uint32_t seed) {
       r.u = xz.data() + row * xz_stride, r.u_stride = xz_stride;
       r.delta = delta.data() + row * D, r.delta_stride = D;
       r.A = A.data();
-      r.Bm = bc.data() + row * bc_stride + bc_col, r.Cm = bc.data() + row * bc_stride + bc_col + N, r.bc_stride = bc_stride;
+      r.Bm = bc.data() + row * bc_stride + bc_col, r.Cm = bc.data() + row * bc_stride + bc_col + N, r.B_stride = r.C_stride = bc_stride;
       r.D = p.D ? Dskip.data() : nullptr;
       r.z = c.z ? xz.data() + row * xz_stride + D : nullptr, r.z_stride = xz_stride;
       r.delta_bias = c.bias ? dbias.data() : nullptr;
@@ -151,17 +151,17 @@ void run_case(const Case& c, uint32_t seed) {
     std::copy(h.begin(), h.end(), hL_ref.begin() + static_cast<int64_t>(b) * D * N);
   }
 
-  const bool half = c.dtype != DType::f32;  // bf16 or fp16 inputs and output
+  const bool half = c.dtype != DType::F32;  // bf16 or fp16 inputs and output
   const double tol = half ? 2e-2 : 1e-5;
   const Errors ey = compare(download(d_y.ptr, y_ref.size(), c.dtype), y_ref);
-  const Errors eh = compare(download(d_hL.ptr, hL_ref.size(), DType::f32), hL_ref);
+  const Errors eh = compare(download(d_hL.ptr, hL_ref.size(), DType::F32), hL_ref);
   EXPECT_EQ(ey.nonfinite, 0u) << "y elements left unwritten or not finite";
   EXPECT_EQ(eh.nonfinite, 0u);
   EXPECT_LE(ey.rel_l2, tol) << "y max abs err " << ey.max_abs << " (max |ref| " << ey.ref_max << ")";
   // The state is fp32 in every dtype; with 16-bit inputs only the output rounding differs.
   EXPECT_LE(eh.rel_l2, half ? 1e-4 : 1e-5) << "state max abs err " << eh.max_abs;
   if (c.chunk_states) {
-    const Errors ec = compare(download(d_chunks.ptr, chunks_ref.size(), DType::f32), chunks_ref);
+    const Errors ec = compare(download(d_chunks.ptr, chunks_ref.size(), DType::F32), chunks_ref);
     EXPECT_EQ(ec.nonfinite, 0u);
     EXPECT_LE(ec.rel_l2, half ? 1e-4 : 1e-5);
   }
@@ -197,7 +197,7 @@ class CudaScan : public ::testing::Test {
 
 TEST_F(CudaScan, LengthsStatesAndOptions) {
   uint32_t seed = 1;
-  for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
     for (int L : {1, 7, 2048, 2049}) {
       for (int N : {1, 4, 16, 64}) {
         const bool odd = (L + N) % 2;
@@ -210,7 +210,7 @@ TEST_F(CudaScan, LengthsStatesAndOptions) {
 
 TEST_F(CudaScan, LongSequence) {
   uint32_t seed = 100;
-  for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
     run_case({1, 65537, 64, 16, true, true, true, true, dt}, seed++);
     run_case({2, 65537, 40, 4, false, true, true, false, dt, {4, 0}}, seed++);
     // Aligned rows and few channels: the dispatcher's one-state-per-lane kernel.
@@ -227,7 +227,7 @@ TEST_F(CudaScan, EverySplit) {
   struct Split {
     int N, kG, kC;
   };
-  for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
     for (Split sp : {Split{1, 1, 1}, Split{4, 4, 1}, Split{16, 1, 1}, Split{16, 2, 1}, Split{16, 4, 1}, Split{16, 8, 1},
                      Split{16, 16, 1}, Split{64, 4, 1}, Split{64, 16, 1}, Split{200, 16, 1}, Split{16, 2, 2},
                      Split{16, 4, 2}, Split{12, 4, 2}, Split{16, 8, 2}, Split{16, 2, 4}, Split{5, 2, 4},
@@ -250,7 +250,7 @@ TEST_F(CudaScan, VectorRowsMatchElementwise) {
   struct Split {
     int N, kG, kC;
   };
-  for (DType dt : {DType::bf16, DType::f16, DType::f32}) {
+  for (DType dt : {DType::BF16, DType::F16, DType::F32}) {
     for (Split sp : {Split{16, 1, 1}, Split{16, 2, 1}, Split{16, 4, 1}, Split{16, 8, 1}, Split{16, 16, 1},
                      Split{64, 16, 1}, Split{16, 2, 2}, Split{16, 4, 2}, Split{16, 8, 2}, Split{16, 2, 4},
                      Split{16, 4, 4}}) {
@@ -276,7 +276,7 @@ TEST_F(CudaScan, OneStatePerLane) {
   uint32_t seed = 300;
   mamba::cuda::ScanTuning lanes{};
   lanes.one_state_per_lane = 1;
-  for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
     for (int L : {1, 7, 31, 32, 33, 100, 129, 2049, 65537}) {
       const bool odd = L % 2;
       Case c{L > 4096 ? 1 : 3, L, L > 4096 ? 40 : 70, 16, odd, !odd, true, odd, dt, lanes};
@@ -301,18 +301,18 @@ TEST_F(CudaScan, EverySplitSmall) {
   {
     mamba::cuda::ScanTuning lanes{};
     lanes.one_state_per_lane = 1;
-    Case c{2, 77, 70, 16, true, true, true, true, DType::f32, lanes};
+    Case c{2, 77, 70, 16, true, true, true, true, DType::F32, lanes};
     c.chunk_states = true;
     run_case(c, seed++);
     c.D = 24, c.aligned = true;
     run_case(c, seed++);
-    c.dtype = DType::bf16, c.L = 200;
+    c.dtype = DType::BF16, c.L = 200;
     run_case(c, seed++);
   }
   for (int kC : {1, 2, 4}) {
     for (int kG : {2, 4, 8}) {
       for (int S : {1, 3}) {
-        Case c{2, 77, 70, 16, true, true, true, true, DType::f32, {kG, S, kC}};
+        Case c{2, 77, 70, 16, true, true, true, true, DType::F32, {kG, S, kC}};
         c.chunk_states = true;
         if (kC * kG <= 16) run_case(c, seed++);
       }
@@ -321,7 +321,7 @@ TEST_F(CudaScan, EverySplitSmall) {
   // 16-byte vectors (aligned rows, bf16), a part-empty last block of channels.
   for (int kG : {4, 8}) {
     for (int S : {1, 3}) {
-      Case c{2, 77, 40, 16, true, true, true, true, DType::bf16, {kG, S, 1}};
+      Case c{2, 77, 40, 16, true, true, true, true, DType::BF16, {kG, S, 1}};
       c.aligned = true, c.vector_twin = true, c.chunk_states = true;
       run_case(c, seed++);
     }
@@ -351,17 +351,17 @@ TEST_F(CudaScan, OffsetsBeyond32Bits) {
   for (int i = 0; i < D * N; i++) A[i] = -1.0f - static_cast<float>(i % N);
   // Strided device copies of u, Δ, z (rounded to bf16 on the host too, as DeviceArray does).
   auto strided = [&](std::vector<float>& host) {
-    const std::vector<uint16_t> bits = round_to(host, DType::bf16);
+    const std::vector<uint16_t> bits = round_to(host, DType::BF16);
     DeviceArray d(big);
     MAMBA_CUDA_CHECK(cudaMemcpy2D(d.ptr, stride * 2, bits.data(), D * 2, D * 2, L, cudaMemcpyHostToDevice));
     return d;
   };
   DeviceArray d_u = strided(u), d_delta = strided(delta), d_z = strided(z), d_y(big);
-  DeviceArray d_B(Bm, DType::bf16), d_C(Cm, DType::bf16), d_A(A, DType::f32), d_D(Dskip, DType::f32);
-  DeviceArray d_bias(dbias, DType::f32), d_h0(h0, DType::f32), d_hL(h0.size() * 4);
+  DeviceArray d_B(Bm, DType::BF16), d_C(Cm, DType::BF16), d_A(A, DType::F32), d_D(Dskip, DType::F32);
+  DeviceArray d_bias(dbias, DType::F32), d_h0(h0, DType::F32), d_hL(h0.size() * 4);
 
-  mamba::cuda::ScanFwdParams p;
-  p.batch = 1, p.seqlen = L, p.dim = D, p.dstate = N, p.dtype = DType::bf16;
+  mamba::cuda::ScanParams p;
+  p.batch = 1, p.seqlen = L, p.dim = D, p.dstate = N, p.dtype = DType::BF16;
   p.y = d_y.ptr, p.y_stride = stride, p.u = d_u.ptr, p.u_stride = stride;
   p.delta = d_delta.ptr, p.delta_stride = stride, p.z = d_z.ptr, p.z_stride = stride;
   p.A = d_A.as<float>(), p.Bm = d_B.ptr, p.B_stride = N, p.Cm = d_C.ptr, p.C_stride = N;
@@ -379,12 +379,12 @@ TEST_F(CudaScan, OffsetsBeyond32Bits) {
   mamba::ScanParams r;
   r.batch = 1, r.seqlen = L, r.dim = D, r.dstate = N;
   r.y = y_ref.data(), r.y_stride = D, r.u = u.data(), r.u_stride = D, r.delta = delta.data(), r.delta_stride = D;
-  r.A = A.data(), r.Bm = Bm.data(), r.Cm = Cm.data(), r.bc_stride = N, r.D = Dskip.data();
+  r.A = A.data(), r.Bm = Bm.data(), r.Cm = Cm.data(), r.B_stride = r.C_stride = N, r.D = Dskip.data();
   r.z = z.data(), r.z_stride = D, r.delta_bias = dbias.data(), r.delta_softplus = true;
   r.state_in = h.data(), r.state_out = h.data();
   mamba::cpu::selective_scan_forward(r);
   const Errors ey = compare(y, y_ref);
-  const Errors eh = compare(download(d_hL.ptr, h.size(), DType::f32), h);
+  const Errors eh = compare(download(d_hL.ptr, h.size(), DType::F32), h);
   EXPECT_EQ(ey.nonfinite, 0u);
   EXPECT_LE(ey.rel_l2, 2e-2) << "y max abs err " << ey.max_abs;
   EXPECT_LE(eh.rel_l2, 1e-4) << "state max abs err " << eh.max_abs;
@@ -392,10 +392,10 @@ TEST_F(CudaScan, OffsetsBeyond32Bits) {
 }
 
 TEST_F(CudaScan, NoSoftplusAndLargeState) {
-  Case c{2, 300, 32, 16, true, true, true, true, DType::f32};
+  Case c{2, 300, 32, 16, true, true, true, true, DType::F32};
   c.softplus = false;
   run_case(c, 300);
-  run_case({1, 513, 16, 200, true, true, true, true, DType::f32}, 301);
+  run_case({1, 513, 16, 200, true, true, true, true, DType::F32}, 301);
 }
 
 // ---- backward ----
@@ -546,18 +546,18 @@ TEST(ScanReference, BackwardMatchesFiniteDifferences) {
 void run_backward_case(int B, int L, int D, int N, bool opts, DType dtype, uint32_t seed, int segments = 0) {
   std::ostringstream name;
   name << "bwd B=" << B << " L=" << L << " D=" << D << " N=" << N << (opts ? " z D bias h0 dhL" : "")
-       << " " << dtype_name(dtype) << " S=" << segments;
+       << " " << dtype_label(dtype) << " S=" << segments;
   SCOPED_TRACE(name.str());
   ScanData s = random_scan_data(B, L, D, N, opts, seed);
   const size_t X = static_cast<size_t>(B) * L * D, BC = static_cast<size_t>(B) * L * N;
   const size_t esize = dtype_size(dtype);
   DeviceArray d_u(s.u, dtype), d_delta(s.delta, dtype), d_z(s.z, dtype), d_B(s.Bm, dtype), d_C(s.Cm, dtype),
       d_dy(s.dy, dtype);
-  DeviceArray d_A(s.A, DType::f32), d_D(s.Dskip, DType::f32), d_bias(s.bias, DType::f32), d_h0(s.h0, DType::f32),
-      d_dhL(s.dhL, DType::f32);
+  DeviceArray d_A(s.A, DType::F32), d_D(s.Dskip, DType::F32), d_bias(s.bias, DType::F32), d_h0(s.h0, DType::F32),
+      d_dhL(s.dhL, DType::F32);
   const ScanGrads ref = reference_backward(s);  // on the rounded inputs
 
-  mamba::cuda::ScanFwdParams p;
+  mamba::cuda::ScanParams p;
   p.batch = B, p.seqlen = L, p.dim = D, p.dstate = N, p.dtype = dtype;
   DeviceArray d_y(X * esize), d_chunks(static_cast<size_t>(B) * mamba::cuda::state_chunks(L) * D * N * 4);
   p.y = d_y.ptr, p.y_stride = D, p.u = d_u.ptr, p.u_stride = D, p.delta = d_delta.ptr, p.delta_stride = D;
@@ -575,7 +575,7 @@ void run_backward_case(int B, int L, int D, int N, bool opts, DType dtype, uint3
     DeviceArray d_du(X * esize), d_ddelta(X * esize), d_dz(X * esize), d_dB(BC * esize), d_dC(BC * esize),
         d_dh0(s.h0.size() * 4);
     std::vector<float> zeros(static_cast<size_t>(D) * N, 0.0f);
-    DeviceArray d_dA(zeros, DType::f32), d_dD(zeros, DType::f32), d_dbias(zeros, DType::f32);
+    DeviceArray d_dA(zeros, DType::F32), d_dD(zeros, DType::F32), d_dbias(zeros, DType::F32);
     mamba::cuda::ScanBwdParams q;
     q.fwd = p;
     q.dy = d_dy.ptr, q.dy_stride = D, q.dstate_out = opts ? d_dhL.as<float>() : nullptr;
@@ -587,12 +587,12 @@ void run_backward_case(int B, int L, int D, int N, bool opts, DType dtype, uint3
     MAMBA_CUDA_CHECK(cudaDeviceSynchronize());
     std::vector<std::vector<float>> got = {download(d_du.ptr, X, dtype),     download(d_ddelta.ptr, X, dtype),
                                            download(d_dB.ptr, BC, dtype),    download(d_dC.ptr, BC, dtype),
-                                           download(d_dA.ptr, D * N, DType::f32),
-                                           download(d_dh0.ptr, s.h0.size(), DType::f32)};
+                                           download(d_dA.ptr, D * N, DType::F32),
+                                           download(d_dh0.ptr, s.h0.size(), DType::F32)};
     if (opts) {
       got.push_back(download(d_dz.ptr, X, dtype));
-      got.push_back(download(d_dD.ptr, D, DType::f32));
-      got.push_back(download(d_dbias.ptr, D, DType::f32));
+      got.push_back(download(d_dD.ptr, D, DType::F32));
+      got.push_back(download(d_dbias.ptr, D, DType::F32));
     }
     if (rep == 0) {
       first = got;
@@ -603,7 +603,7 @@ void run_backward_case(int B, int L, int D, int N, bool opts, DType dtype, uint3
         std::vector<float> r(refs[k]->begin(), refs[k]->end());
         const Errors e = compare(got[k], r);
         const bool act = k < 4 || k == 6;  // activation gradients come back in the input dtype
-        const double tol = dtype != DType::f32 ? (act ? 2e-2 : 1e-3) : 1e-4;
+        const double tol = dtype != DType::F32 ? (act ? 2e-2 : 1e-3) : 1e-4;
         EXPECT_EQ(e.nonfinite, 0u) << names[k];
         EXPECT_LE(e.rel_l2, tol) << names[k] << " max abs err " << e.max_abs << " (max |ref| " << e.ref_max << ")";
         std::printf(" %s %.1e", names[k], e.rel_l2);
@@ -619,7 +619,7 @@ void run_backward_case(int B, int L, int D, int N, bool opts, DType dtype, uint3
 
 TEST_F(CudaScan, Backward) {
   uint32_t seed = 500;
-  for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
     run_backward_case(2, 7, 5, 4, true, dt, seed++);
     run_backward_case(1, 1, 3, 1, false, dt, seed++);
     run_backward_case(2, 600, 40, 16, true, dt, seed++);
@@ -635,8 +635,8 @@ TEST_F(CudaScan, Backward) {
 
 // What the kernels cannot do is refused with std::invalid_argument and a message that says why.
 TEST_F(CudaScan, BadArguments) {
-  mamba::cuda::ScanFwdParams p;
-  p.batch = 1, p.seqlen = 8, p.dim = 4, p.dstate = 65, p.dtype = DType::bf16;
+  mamba::cuda::ScanParams p;
+  p.batch = 1, p.seqlen = 8, p.dim = 4, p.dstate = 65, p.dtype = DType::BF16;
   int dummy = 0;  // never dereferenced: every call below throws before any launch
   p.y = &dummy, p.u = &dummy, p.delta = &dummy, p.A = reinterpret_cast<float*>(&dummy), p.Bm = &dummy, p.Cm = &dummy;
   p.chunk_states = reinterpret_cast<float*>(&dummy);

@@ -14,18 +14,12 @@
 namespace mamba {
 namespace {
 
+using test::fixture_cases;
 using test::fixtures_dir;
 using test::random_tokens;
 using test::relative_error;
 using test::small_model;
 
-std::vector<std::string> fixture_cases() {
-  std::ifstream in(fixtures_dir() / "cases.json");
-  nlohmann::json j = nlohmann::json::parse(in);
-  std::vector<std::string> names;
-  for (auto& c : j["cases"]) names.push_back(c["name"].get<std::string>());
-  return names;
-}
 
 std::vector<int32_t> to_i32(const std::vector<int64_t>& v) { return {v.begin(), v.end()}; }
 

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -18,6 +20,15 @@ namespace mamba::test {
 inline std::filesystem::path source_dir() { return MAMBA_SOURCE_DIR; }
 inline std::filesystem::path fixtures_dir() { return source_dir() / "tests" / "fixtures"; }
 inline std::filesystem::path shared_dir() { return MAMBA_SHARED_DIR; }
+
+// The golden fixtures' names (tests/fixtures/cases.json, written by tools/mamba_ref.py).
+inline std::vector<std::string> fixture_cases() {
+  std::ifstream in(fixtures_dir() / "cases.json");
+  nlohmann::json j = nlohmann::json::parse(in);
+  std::vector<std::string> names;
+  for (auto& c : j["cases"]) names.push_back(c["name"].get<std::string>());
+  return names;
+}
 
 // A fresh empty folder under the system's temporary directory, removed when the object goes.
 class TempDir {

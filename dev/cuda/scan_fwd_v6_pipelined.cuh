@@ -173,7 +173,7 @@ __device__ __forceinline__ float silu_fma(float x) { return x * rcp_fma(1.0f + e
 
 // The kernel's arguments: the user's params plus the split the dispatcher chose.
 struct ScanFwdKernelParams {
-  ScanFwdParams p;
+  ScanParams p;
   int segments = 1;              // S
   int64_t seg_len = 0;           // steps per segment, a multiple of kStateChunk (the last one shorter)
   float* seg_state = nullptr;    // (B, S, D, N) pass 1: each segment's h from zero; then its start state
@@ -287,7 +287,7 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocks) scan_fwd_kernel(
   // (Δ, Δ·u) per (step, channel); the output pass adds D·u / kNSplit, which each of a channel's kNSplit
   // threads adds to its partial C·h, so the epilogue's sum of the partials includes D·u.
   using dtu_t = std::conditional_t<kStateOnly, float2, float4>;
-  const ScanFwdParams& p = kp.p;
+  const ScanParams& p = kp.p;
   const int N = p.dstate, D = p.dim;
   const int b = blockIdx.z, seg = blockIdx.y, d0 = blockIdx.x * kChannels;
   // The scan: this thread's channel and first state.
@@ -522,7 +522,7 @@ template <class Kt, bool kStateOnly>
 void launch_scan_fwd_pass(const ScanFwdKernelParams& kp_in, cudaStream_t stream) {
   using T = typename Kt::input_t;
   ScanFwdKernelParams kp = kp_in;
-  const ScanFwdParams& p = kp.p;
+  const ScanParams& p = kp.p;
   // A thread's kV (kW) elements move as one access of up to 16 bytes (two for 8 fp32).
   constexpr int vx = Kt::kV * sizeof(T) < 16 ? Kt::kV * sizeof(T) : 16;
   constexpr int vbc = Kt::kW * sizeof(T) < 16 ? Kt::kW * sizeof(T) : 16;

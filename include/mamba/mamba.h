@@ -14,11 +14,12 @@
 // batches many requests builds on: it keeps one State of the running sequences and steps them together,
 // moving sequences in and out with State::row / set_row / keep_rows / concat.
 //
-// Threads. A Model is a shared handle (copies share the weights and the engine); its compute calls
-// (forward, step, score, perplexity, and every Session call that runs the model) take the model's lock,
-// so several threads may use one model and its sessions, one call at a time. A Session or a State must
-// not be used by two threads at once. Tokenizers are safe to share. Cancel checks and callbacks run on
-// the calling thread, with the lock held: they must not call into the same model.
+// Threads. A Model is a shared handle (copies share the weights and the engine). Every call that runs
+// the model, or reads or changes one of its sessions or states, takes the model's lock: any thread may
+// use a model, its sessions and its states, one call at a time per model (a frontend that serves many
+// clients batches them into one call rather than running calls side by side). Tokenizers are immutable
+// and safe to share. Cancel checks and callbacks run on the calling thread with the lock held: they
+// must not call into the same model.
 #pragma once
 
 #include <atomic>
@@ -228,14 +229,14 @@ class Session {
   bool next(const TokenCallback& on_token = {});
   bool running() const;
 
-  // What the last (or current) run produced.
-  const std::vector<int32_t>& output() const;
-  const std::string& text() const;
+  // What the last (or current) run produced (copies: another thread may be running the session's model).
+  std::vector<int32_t> output() const;
+  std::string text() const;
   Finish finish() const;
 
   // The next token's logits (vocab), after a feed or a cancelled run; empty otherwise (the last token
   // generated is then waiting to be fed, and the next feed or run puts it first).
-  std::span<const float> logits() const;
+  std::vector<float> logits() const;
   State state() const;  // a copy of the recurrent state (batch 1)
   void reset();         // back to the empty session, same options and seed
 
@@ -257,7 +258,7 @@ class Session {
   friend class Model;
   friend class Batch;
   explicit Session(std::unique_ptr<Impl> impl);
-  void settle() const;  // ends a streaming run left unfinished before another use
+  void settle() const;  // ends a streaming run left unfinished before another use (the lock held)
   std::unique_ptr<Impl> impl_;
 };
 

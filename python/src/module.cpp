@@ -373,27 +373,53 @@ PYBIND11_MODULE(_core, mod) {
       .def_property_readonly("batch", &State::batch)
       .def_property_readonly("nbytes", &State::bytes)
       .def_property_readonly("conv", [](const State& s) {
-             return state_array(s.conv(), {s.n_layer(), s.batch(), s.d_conv() - 1, s.d_inner()});
+             std::vector<float> v;
+             {
+               py::gil_scoped_release release;
+               v = s.conv();
+             }
+             return state_array(std::move(v), {s.n_layer(), s.batch(), s.d_conv() - 1, s.d_inner()});
            }, "A copy: (n_layer, B, d_conv - 1, d_inner) float32.")
       .def_property_readonly("ssm", [](const State& s) {
-             return state_array(s.ssm(), {s.n_layer(), s.batch(), s.d_inner(), s.d_state()});
+             std::vector<float> v;
+             {
+               py::gil_scoped_release release;
+               v = s.ssm();
+             }
+             return state_array(std::move(v), {s.n_layer(), s.batch(), s.d_inner(), s.d_state()});
            }, "A copy: (n_layer, B, d_inner, d_state) float32.")
       .def("set", [](State& s, py::array_t<float, py::array::c_style | py::array::forcecast> conv,
                      py::array_t<float, py::array::c_style | py::array::forcecast> ssm) {
-             s.set(std::span<const float>(conv.data(), static_cast<size_t>(conv.size())),
-                   std::span<const float>(ssm.data(), static_cast<size_t>(ssm.size())));
+             const std::span<const float> c(conv.data(), static_cast<size_t>(conv.size()));
+             const std::span<const float> h(ssm.data(), static_cast<size_t>(ssm.size()));
+             py::gil_scoped_release release;  // the arrays stay alive: the caller holds them
+             s.set(c, h);
            }, py::arg("conv"), py::arg("ssm"), "Sets both parts from arrays shaped as .conv and .ssm.")
-      .def("reset", &State::reset, "Zeros: the state before any token.")
-      .def("row", &State::row, py::arg("b"), "Sequence b as a state of batch 1.")
-      .def("set_row", &State::set_row, py::arg("b"), py::arg("state"), "Puts a state of batch 1 in row b.")
-      .def("keep_rows", [](State& s, std::vector<int> rows) { s.keep_rows(rows); }, py::arg("rows"),
-           "Keeps the rows given (ascending), in that order.")
-      .def_static("concat", [](const std::vector<const State*>& parts) { return State::concat(parts); },
-                  py::arg("states"), "The states' sequences stacked in order.")
-      .def("copy", [](const State& s) { return State(s); }, "A deep copy.")
-      .def("__copy__", [](const State& s) { return State(s); })
-      .def("save", [](const State& s, const std::filesystem::path& path) { s.save(path); }, py::arg("path"),
-           "Writes a safetensors file with tensors 'conv' and 'ssm'.")
+      .def("reset", &State::reset, py::call_guard<py::gil_scoped_release>(), "Zeros: the state before any token.")
+      .def("row", &State::row, py::arg("b"), py::call_guard<py::gil_scoped_release>(),
+           "Sequence b as a state of batch 1.")
+      .def("set_row", &State::set_row, py::arg("b"), py::arg("state"), py::call_guard<py::gil_scoped_release>(),
+           "Puts a state of batch 1 in row b.")
+      .def("keep_rows", [](State& s, std::vector<int> rows) {
+             py::gil_scoped_release release;
+             s.keep_rows(rows);
+           }, py::arg("rows"), "Keeps the rows given (ascending), in that order.")
+      .def_static("concat", [](const std::vector<const State*>& parts) {
+             py::gil_scoped_release release;
+             return State::concat(parts);
+           }, py::arg("states"), "The states' sequences stacked in order.")
+      .def("copy", [](const State& s) {
+             py::gil_scoped_release release;
+             return State(s);
+           }, "A deep copy.")
+      .def("__copy__", [](const State& s) {
+             py::gil_scoped_release release;
+             return State(s);
+           })
+      .def("save", [](const State& s, const std::filesystem::path& path) {
+             py::gil_scoped_release release;
+             s.save(path);
+           }, py::arg("path"), "Writes a safetensors file with tensors 'conv' and 'ssm'.")
       .def("__repr__", [](const State& s) {
         return "State(batch=" + std::to_string(s.batch()) + ", nbytes=" + std::to_string(s.bytes()) + ")";
       });
@@ -435,8 +461,14 @@ PYBIND11_MODULE(_core, mod) {
            }, py::arg("stream") = false,
            "Generates up to max_new_tokens (the session's options). Returns a Completion, or with "
            "stream=True an iterator of text pieces (ids for a model without text).")
-      .def("copy", [](const Session& s) { return std::make_shared<Session>(s); }, "An independent copy.")
-      .def("__copy__", [](const Session& s) { return std::make_shared<Session>(s); })
+      .def("copy", [](const Session& s) {
+             py::gil_scoped_release release;
+             return std::make_shared<Session>(s);
+           }, "An independent copy.")
+      .def("__copy__", [](const Session& s) {
+             py::gil_scoped_release release;
+             return std::make_shared<Session>(s);
+           })
       .def("save", [](const Session& s, const std::filesystem::path& path) {
              py::gil_scoped_release release;
              s.save(path);
@@ -452,15 +484,33 @@ PYBIND11_MODULE(_core, mod) {
              return s.state();
            }, "A copy of the recurrent state (batch 1).")
       .def_property_readonly("logits", [](const Session& s) -> py::object {
-             const std::span<const float> l = s.logits();
+             std::vector<float> l;
+             {
+               py::gil_scoped_release release;
+               l = s.logits();
+             }
              if (l.empty()) return py::none();
              py::array_t<float> out(static_cast<py::ssize_t>(l.size()));
              std::copy(l.begin(), l.end(), out.mutable_data());
              return out;
            }, "The next token's logits (V,) after a feed, or None while the last generated token waits to be fed.")
-      .def_property_readonly("output", &Session::output, "Ids produced by the last generate.")
-      .def_property_readonly("text", &Session::text, "Text produced by the last generate.")
-      .def_property_readonly("finish", [](const Session& s) { return finish_name(s.finish()); });
+      // (Properties take no call_guard: each getter releases the GIL itself, as the lock may be taken.)
+      .def_property_readonly("output", [](const Session& s) {
+             py::gil_scoped_release release;
+             return s.output();
+           }, "Ids produced by the last generate.")
+      .def_property_readonly("text", [](const Session& s) {
+             py::gil_scoped_release release;
+             return s.text();
+           }, "Text produced by the last generate.")
+      .def_property_readonly("finish", [](const Session& s) {
+             Finish f;
+             {
+               py::gil_scoped_release release;
+               f = s.finish();
+             }
+             return finish_name(f);
+           });
 
   // ---- model ----
   py::class_<Model>(mod, "Model",

@@ -132,3 +132,22 @@ def test_ctrl_c_stops_between_steps_and_the_session_goes_on():
     again = m.session(temperature=0, max_new_tokens=done + 5, stop_at_eos=False)
     again.feed([1, 2, 3])
     assert again.generate().ids[:done] == s.output
+
+
+def test_threads_share_a_model():
+    import concurrent.futures
+
+    m = mambacpp.Model(IDS_MODEL)
+    shared = m.session(temperature=1.0, seed=9, max_new_tokens=300, stop_at_eos=False)
+    shared.feed([1, 2])
+
+    def run(seed):
+        if seed == 4:  # reads a session while other threads run the model
+            return [len(shared.output) for _ in range(50)] and shared.generate().ids
+        return m.generate([1, 2, 3], max_new_tokens=40, temperature=1.0, seed=seed, stop_at_eos=False).ids
+
+    alone = [run(s) for s in range(4)]
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        together = list(pool.map(run, range(5)))
+    assert together[:4] == alone
+    assert len(together[4]) == 300

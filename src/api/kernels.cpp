@@ -27,6 +27,7 @@ void check_sizes(const ScanArgs& a, int max_state) {
   if (!a.y || !a.u || !a.delta || !a.A || !a.B || !a.C) fail("selective scan: y, u, delta, A, B and C are required");
 }
 
+// Dense token-major arrays: every row stride is the row's width.
 ScanParams cpu_params(const ScanArgs& a) {
   ScanParams p;
   p.batch = a.batch;
@@ -57,31 +58,11 @@ ScanParams cpu_params(const ScanArgs& a) {
 }
 
 #ifdef MAMBA_HAVE_CUDA
-cuda::ScanFwdParams cuda_params(const ScanArgs& a) {
-  cuda::ScanFwdParams p;
-  p.batch = a.batch;
-  p.seqlen = a.seqlen;
-  p.dim = a.dim;
-  p.dstate = a.dstate;
-  p.dtype = a.dtype == DType::F32 ? cuda::DType::f32 : a.dtype == DType::BF16 ? cuda::DType::bf16 : cuda::DType::f16;
-  p.y = a.y;
-  p.y_stride = a.dim;
-  p.u = a.u;
-  p.u_stride = a.dim;
-  p.delta = a.delta;
-  p.delta_stride = a.dim;
-  p.A = a.A;
-  p.Bm = a.B;
-  p.B_stride = a.dstate;
-  p.Cm = a.C;
-  p.C_stride = a.dstate;
-  p.D = a.D;
-  p.z = a.z;
-  p.z_stride = a.dim;
-  p.delta_bias = a.delta_bias;
-  p.delta_softplus = a.delta_softplus;
-  p.state_out = a.last_state;
-  p.chunk_states = a.chunk_states;
+// The CUDA scan takes the same contract, in the arrays' dtype, keeping h every kCudaStateChunk steps.
+ScanParams cuda_params(const ScanArgs& a) {
+  ScanParams p = cpu_params(a);
+  p.dtype = a.dtype == DType::F32 ? mamba::DType::F32 : a.dtype == DType::BF16 ? mamba::DType::BF16 : mamba::DType::F16;
+  p.state_chunk = kCudaStateChunk;
   return p;
 }
 

@@ -341,9 +341,20 @@ struct State::Impl {
 
 State::State(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 State::~State() = default;
-State::State(const State& other) : impl_(std::make_unique<Impl>(*other.impl_)) {}
+namespace {
+
+// The model's lock, held by every call that reads or changes a session's or a state's memory: a
+// compute call on the same model may be writing it (the engine runs on the device's stream).
+std::unique_lock<std::mutex> hold(Model::Impl& m) { return std::unique_lock<std::mutex>(m.mutex); }
+
+}  // namespace
+
+State::State(const State& other) {
+  auto lock = hold(*other.impl_->model);
+  impl_ = std::make_unique<Impl>(*other.impl_);
+}
 State& State::operator=(const State& other) {
-  if (this != &other) impl_ = std::make_unique<Impl>(*other.impl_);
+  if (this != &other) *this = State(other);
   return *this;
 }
 State::State(State&&) noexcept = default;
@@ -355,8 +366,14 @@ int State::d_inner() const { return impl_->state.d_inner; }
 int State::d_conv() const { return impl_->state.d_conv; }
 int State::d_state() const { return impl_->state.d_state; }
 size_t State::bytes() const { return impl_->state.conv_bytes() + impl_->state.ssm_bytes(); }
-std::vector<float> State::conv() const { return impl_->state.conv(); }
-std::vector<float> State::ssm() const { return impl_->state.ssm(); }
+std::vector<float> State::conv() const {
+  auto lock = hold(*impl_->model);
+  return impl_->state.conv();
+}
+std::vector<float> State::ssm() const {
+  auto lock = hold(*impl_->model);
+  return impl_->state.ssm();
+}
 
 void State::set(std::span<const float> conv, std::span<const float> ssm) {
   const mamba::State& s = impl_->state;
@@ -365,13 +382,18 @@ void State::set(std::span<const float> conv, std::span<const float> ssm) {
     fail("state: conv has ", conv.size(), " values and ssm ", ssm.size(), "; this state of ", s.batch,
          " sequences holds ", want_conv, " and ", want_ssm);
   }
+  auto lock = hold(*impl_->model);
   impl_->state.set(std::vector<float>(conv.begin(), conv.end()), std::vector<float>(ssm.begin(), ssm.end()));
 }
 
-void State::reset() { impl_->state.reset(); }
+void State::reset() {
+  auto lock = hold(*impl_->model);
+  impl_->state.reset();
+}
 
 State State::row(int b) const {
   if (b < 0 || b >= batch()) fail("state: row ", b, " is out of range [0, ", batch(), ")");
+  auto lock = hold(*impl_->model);
   return State(std::make_unique<Impl>(Impl{impl_->model, impl_->state.sequence(b)}));
 }
 
@@ -383,6 +405,7 @@ void State::set_row(int b, const State& one) {
       &one.impl_->state.backend() != &impl_->state.backend()) {
     fail("state: set_row: the row is of another model's shape or on another device");
   }
+  auto lock = hold(*impl_->model);
   impl_->state.set_sequence(b, one.impl_->state);
 }
 
@@ -392,6 +415,7 @@ void State::keep_rows(std::span<const int> rows) {
       fail("state: keep_rows takes ascending rows in [0, ", batch(), ")");
     }
   }
+  auto lock = hold(*impl_->model);
   impl_->state.keep_rows(std::vector<int>(rows.begin(), rows.end()));
 }
 
@@ -404,6 +428,7 @@ State State::concat(std::span<const State* const> parts) {
     total += p->batch();
   }
   auto& m = *first.impl_->model;
+  auto lock = hold(m);
   mamba::State out(m.model.config(), total, m.engine.backend());
   int at = 0;
   for (const State* p : parts) {
@@ -412,7 +437,10 @@ State State::concat(std::span<const State* const> parts) {
   return State(std::make_unique<Impl>(Impl{first.impl_->model, std::move(out)}));
 }
 
-void State::save(const std::filesystem::path& path) const { impl_->state.save(path); }
+void State::save(const std::filesystem::path& path) const {
+  auto lock = hold(*impl_->model);
+  impl_->state.save(path);
+}
 
 State Model::new_state(int batch) const {
   if (batch < 1) fail("state: batch ", batch, " must be ≥ 1");
@@ -472,10 +500,11 @@ struct Session::Impl {
 
 Session::Session(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Session::~Session() = default;
-Session::Session(const Session& other)
-    : impl_(std::make_unique<Impl>(Impl{other.impl_->model, other.impl_->sampling, other.impl_->options,
-                                        std::make_unique<Generator>(*other.impl_->gen), other.impl_->in_run, false})) {
-  if (other.impl_->in_batch) fail("session: it is in a batch and cannot be copied until it leaves");
+Session::Session(const Session& other) {
+  auto lock = hold(*other.impl_->model);
+  const Impl& o = *other.impl_;
+  if (o.in_batch) fail("session: it is in a batch and cannot be copied until it leaves");
+  impl_ = std::make_unique<Impl>(Impl{o.model, o.sampling, o.options, std::make_unique<Generator>(*o.gen), o.in_run, false});
 }
 Session& Session::operator=(const Session& other) {
   if (this != &other) *this = Session(other);
@@ -503,21 +532,17 @@ Session Model::load_session(const std::filesystem::path& path, const SamplingOpt
 }
 
 // A streaming run left unfinished (an iterator dropped early) ends before any other use of the session.
+// The model's lock is held.
 void Session::settle() const {
   if (impl_->in_batch) fail("session: it is in a batch; remove it from the batch first");
-  if (!impl_->gen->running()) {
-    impl_->in_run = false;
-    return;
-  }
-  Call call(*impl_->model, {});
-  impl_->gen->stop();
+  if (impl_->gen->running()) impl_->gen->stop();
   impl_->in_run = false;
 }
 
 void Session::feed(std::span<const int32_t> tokens, const CancelCheck& cancel) {
+  Call call(*impl_->model, cancel);
   settle();
   Generator& gen = *impl_->gen;
-  Call call(*impl_->model, cancel);
   // A prefill longer than one pass can be interrupted between passes: keep what to go back to.
   std::optional<Generator> before;
   if (cancel && static_cast<int64_t>(tokens.size()) + 1 > impl_->model->max_tokens) before.emplace(gen);
@@ -558,18 +583,36 @@ bool Session::next(const TokenCallback& on_token) {
   return true;
 }
 
-bool Session::running() const { return impl_->gen->running(); }
-const std::vector<int32_t>& Session::output() const { return impl_->gen->output(0); }
-const std::string& Session::text() const { return impl_->gen->text(0); }
-Finish Session::finish() const { return public_finish(impl_->gen->finish(0)); }
-std::span<const float> Session::logits() const { return impl_->gen->logits(0); }
+bool Session::running() const {
+  auto lock = hold(*impl_->model);
+  return impl_->gen->running();
+}
+std::vector<int32_t> Session::output() const {
+  auto lock = hold(*impl_->model);
+  return impl_->gen->output(0);
+}
+std::string Session::text() const {
+  auto lock = hold(*impl_->model);
+  return impl_->gen->text(0);
+}
+Finish Session::finish() const {
+  auto lock = hold(*impl_->model);
+  return public_finish(impl_->gen->finish(0));
+}
+std::vector<float> Session::logits() const {
+  auto lock = hold(*impl_->model);
+  const std::span<const float> l = impl_->gen->logits(0);
+  return std::vector<float>(l.begin(), l.end());
+}
 
 State Session::state() const {
+  auto lock = hold(*impl_->model);
   settle();
   return State(std::make_unique<State::Impl>(State::Impl{impl_->model, impl_->gen->state(0)}));
 }
 
 void Session::reset() {
+  auto lock = hold(*impl_->model);
   settle();
   const Model::Impl& m = *impl_->model;
   impl_->gen = std::make_unique<Generator>(impl_->model->engine, m.codec, sampler_options(impl_->sampling),
@@ -578,6 +621,7 @@ void Session::reset() {
 }
 
 void Session::save(const std::filesystem::path& path) const {
+  auto lock = hold(*impl_->model);
   settle();
   impl_->gen->save(0, path);
 }
@@ -586,13 +630,17 @@ const SamplingOptions& Session::sampling() const { return impl_->sampling; }
 const GenerationOptions& Session::options() const { return impl_->options; }
 
 void Session::set_options(const SamplingOptions& sampling, const GenerationOptions& options) {
+  auto lock = hold(*impl_->model);
   settle();
   impl_->gen->set_options(sampler_options(sampling), impl_->model->generate_options(options));
   impl_->sampling = sampling;
   impl_->options = options;
 }
 bool Session::has_text() const { return impl_->model->codec.has_text(); }
-GenerationStats Session::stats() const { return generation_stats(*impl_->gen); }
+GenerationStats Session::stats() const {
+  auto lock = hold(*impl_->model);
+  return generation_stats(*impl_->gen);
+}
 
 std::vector<Completion> Model::generate(const std::vector<std::vector<int32_t>>& prompts,
                                         const SamplingOptions& sampling, const GenerationOptions& options,
@@ -653,6 +701,7 @@ struct Batch::Impl {
 Batch::Batch(const Model& model) : impl_(std::make_unique<Impl>()) { impl_->model = model.impl_; }
 Batch::~Batch() {
   if (!impl_) return;
+  auto lock = hold(*impl_->model);
   // Sessions still in the batch go back to their owners as removed ones would (their last logits).
   for (Session* s : impl_->joining) s->impl_->in_batch = false;
   const int V = impl_->vocab();
@@ -668,13 +717,11 @@ Batch& Batch::operator=(Batch&&) noexcept = default;
 bool Batch::add(Session& session) {
   Session::Impl& s = *session.impl_;
   if (s.model != impl_->model) fail("batch: the session belongs to another model");
+  Call call(*impl_->model, {});
   if (s.in_batch) fail("batch: the session is already in a batch");
   session.settle();
   if (s.gen->options().max_new_tokens == 0) return false;
-  {
-    Call call(*impl_->model, {});
-    s.gen->begin(0);
-  }
+  s.gen->begin(0);
   s.in_batch = true;
   impl_->joining.push_back(&session);
   return true;
@@ -682,6 +729,7 @@ bool Batch::add(Session& session) {
 
 void Batch::remove(Session& session) {
   Impl& b = *impl_;
+  Call call(*b.model, {});
   auto joining = std::find(b.joining.begin(), b.joining.end(), &session);
   if (joining != b.joining.end()) {  // its state and logits are still its own
     b.joining.erase(joining);
@@ -691,7 +739,6 @@ void Batch::remove(Session& session) {
   auto it = std::find(b.rows.begin(), b.rows.end(), &session);
   if (it == b.rows.end()) fail("batch: the session is not in this batch");
   const int row = static_cast<int>(it - b.rows.begin()), V = b.vocab();
-  Call call(*b.model, {});
   session.impl_->gen->stopped(0, b.work.sequence(row), b.logits.data() + static_cast<int64_t>(row) * V);
   session.impl_->in_batch = false;
   b.keep.clear();

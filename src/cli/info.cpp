@@ -26,8 +26,9 @@ void add_info(CLI::App& app) {
     std::printf("bias         in/out_proj %s, conv %s\ntied head    %s\nnorm eps     %g\n", c.use_bias ? "yes" : "no",
                 c.use_conv_bias ? "yes" : "no", c.tie_embeddings ? "yes" : "no", c.norm_eps);
     std::printf("parameters   %lld (%.1fM)\n", static_cast<long long>(c.parameter_count()), c.parameter_count() / 1e6);
-    std::printf("dtype        %s\n", std::string(dtype_name(model.file_dtype())).c_str());
-    std::printf("memory       files %.1f MiB; used in place %.1f MiB; converted to fp32 %.1f MiB\n", file_bytes / mib,
+    std::printf("dtype        %s (the embedding and projections are read in it; the rest in F32)\n",
+                std::string(dtype_name(model.file_dtype())).c_str());
+    std::printf("memory       files %.1f MiB; used in place %.1f MiB; converted at load %.1f MiB\n", file_bytes / mib,
                 model.mapped_bytes() / mib, model.converted_bytes() / mib);
     std::printf("state        %.1f KiB per sequence (conv tail + SSM state, fp32)\n", state_bytes / 1024.0);
   });

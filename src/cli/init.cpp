@@ -19,7 +19,7 @@ void add_init(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--out", o.out, "Output folder")->required();
   cmd->add_option("--seed", o.seed, "Random seed")->capture_default_str();
-  cmd->add_option("--dtype", o.dtype, "Stored dtype")->capture_default_str()->check(CLI::IsMember({"f32", "bf16", "f16"}));
+  cmd->add_option("--dtype", o.dtype, "Stored dtype")->capture_default_str()->check(CLI::IsMember({"f32", "fp32", "bf16", "f16", "fp16"}));
   cmd->callback([] {
     shape_config(o.shape, "init");  // the flags checked, errors naming them
     api::InitOptions init;

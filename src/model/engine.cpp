@@ -20,7 +20,8 @@ Engine::Engine(const Model& model, const EngineOptions& options)
     : model_(model),
       backend_(Backend::get(options.device)),
       dtype_(options.dtype.value_or(backend_.host_memory() ? DType::F32 : model.weight_dtype())),
-      max_tokens_(std::max<int64_t>(1, options.max_tokens)) {
+      max_tokens_(std::max<int64_t>(1, options.max_tokens)),
+      graphs_enabled_(options.graphs) {
   const Config& c = model_.config();
   // Every op this model runs, with its types, before anything is allocated.
   const DType weight = backend_.host_memory() ? model.weight_dtype() : dtype_;
@@ -87,6 +88,7 @@ void Engine::reserve(int B, int L) {
                            rows * 4,     logit_rows * V * 4, static_cast<int64_t>(workspace_bytes_)};
   int64_t total = 0;
   for (int64_t s : sizes) total += padded(s);
+  graphs_.clear();    // they point into the old arena
   arena_ = Buffer();  // the old one goes first: peak memory is the new size, not both
   arena_ = Buffer(backend_, static_cast<size_t>(total));
   char* p = arena_.as<char>();
@@ -136,6 +138,12 @@ void Engine::forward(const int32_t* tokens, int B, int L, State& state, float* l
   reserve(B, chunk);
   const int64_t V = c.vocab_size;
   const bool host = backend_.host_memory();
+  if (L == 1 && which != Logits::None && use_graphs()) {  // a decode step: replayed
+    std::memcpy(chunk_tokens_.data(), tokens, sizeof(int32_t) * B);
+    decode_on_device(B, state);
+    backend_.download(logits, logits_, sizeof(float) * static_cast<size_t>(B * V));
+    return;
+  }
   for (int t0 = 0; t0 < L; t0 += chunk) {
     if (t0 > 0 && interrupt_) interrupt_();
     const int Lc = std::min(chunk, L - t0);
@@ -177,24 +185,53 @@ void Engine::step_greedy(const int32_t* tokens, int B, State& state, int32_t* ne
     run_chunk(B, 1, state, logits.data(), V, true);
     backend_.argmax(next, logits.data(), B, static_cast<int>(V));
   } else {
-    run_chunk(B, 1, state, logits_, V, true);
+    if (use_graphs()) {
+      decode_on_device(B, state);
+    } else {
+      run_chunk(B, 1, state, logits_, V, true);
+    }
     backend_.argmax(ids_, logits_, B, static_cast<int>(V));
     backend_.download(next, ids_, sizeof(int32_t) * B);
   }
 }
 
-void Engine::run_chunk(int B, int Lc, State& state, float* logits, int64_t ld_seq, bool last_only) {
-  const Config& c = model_.config();
-  const Weights& w = weights_;
-  const int d = c.d_model, V = c.vocab_size;
-  const int64_t M = int64_t{B} * Lc;
-  const int64_t per_layer_A = int64_t{c.d_inner()} * c.d_state;
+void Engine::decode_on_device(int B, State& state) {
+  const int64_t V = model_.config().vocab_size;
+  backend_.upload(tokens_, chunk_tokens_.data(), sizeof(int32_t) * B);
+  for (DecodeGraph& g : graphs_) {
+    if (g.batch == B && g.conv == state.conv_layer(0) && g.ssm == state.ssm_layer(0)) {
+      backend_.replay(*g.graph);
+      return;
+    }
+  }
+  backend_.begin_capture();
+  try {
+    run_layers(tokens_, B, 1, state, logits_, V, true);
+  } catch (...) {
+    backend_.end_capture();  // leave the backend able to run again
+    throw;
+  }
+  graphs_.push_back(DecodeGraph{B, state.conv_layer(0), state.ssm_layer(0), backend_.end_capture()});
+  backend_.replay(*graphs_.back().graph);
+}
 
+void Engine::run_chunk(int B, int Lc, State& state, float* logits, int64_t ld_seq, bool last_only) {
+  const int64_t M = int64_t{B} * Lc;
   const int32_t* ids = chunk_tokens_.data();
   if (!backend_.host_memory()) {
     backend_.upload(tokens_, ids, sizeof(int32_t) * static_cast<size_t>(M));
     ids = tokens_;
   }
+  run_layers(ids, B, Lc, state, logits, ld_seq, last_only);
+}
+
+void Engine::run_layers(const int32_t* ids, int B, int Lc, State& state, float* logits, int64_t ld_seq,
+                        bool last_only) {
+  const Config& c = model_.config();
+  const Weights& w = weights_;
+  const int d = c.d_model, V = c.vocab_size;
+  const int64_t M = int64_t{B} * Lc;
+  const int64_t per_layer_A = int64_t{c.d_inner()} * c.d_state;
   backend_.embedding({dtype_, hidden_, ids, w.embedding, M, d});
   const MixerBuffers buffers{xz_, xc_, xdbl_, delta_, y_, dtype_};
   for (int l = 0; l < c.n_layer; l++) {

@@ -23,6 +23,8 @@ struct EngineOptions {
   // the weights are converted to this type once, and it defaults to the model's weight dtype.
   std::optional<DType> dtype;
   int64_t max_tokens = 2048;  // bounds B × chunk length per pass, and with it the activation memory
+  // Decode steps recorded once per batch shape and replayed (CUDA graphs), where the backend can.
+  bool graphs = true;
 };
 
 class Engine {
@@ -66,6 +68,12 @@ class Engine {
   // One chunk of tokens (B, Lc), already in chunk_tokens_. Logits of every position (all) or of the last
   // (last_only) go to `logits`, sequence b's rows at logits + b·ld_seq (a device pointer; null: none).
   void run_chunk(int B, int Lc, State& state, float* logits, int64_t ld_seq, bool last_only);
+  // The layers and the head over the chunk whose ids are at `ids` on the device.
+  void run_layers(const int32_t* ids, int B, int Lc, State& state, float* logits, int64_t ld_seq, bool last_only);
+  // One token per sequence (in chunk_tokens_) to logits_ on the device, through a recorded graph: made
+  // on the first step of each (batch, state) pair, replayed after.
+  void decode_on_device(int B, State& state);
+  bool use_graphs() const { return graphs_enabled_ && backend_.can_capture(); }
 
   const Model& model_;
   Backend& backend_;
@@ -92,6 +100,16 @@ class Engine {
   float* logits_ = nullptr;    // (M, V) fp32 logits on the device (unless it is the host)
   void* workspace_ = nullptr;  // the ops' workspace
   size_t workspace_bytes_ = 0;
+  // Recorded decode steps: each reads and writes the arena and one state's buffers, so it is kept per
+  // (batch, state address) and dropped when the arena moves.
+  struct DecodeGraph {
+    int batch;
+    const float* conv;
+    const float* ssm;
+    std::unique_ptr<Backend::Graph> graph;
+  };
+  bool graphs_enabled_;
+  std::vector<DecodeGraph> graphs_;
   std::function<void()> interrupt_;
 };
 

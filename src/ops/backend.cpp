@@ -28,6 +28,10 @@ Device Device::parse(std::string_view text) {
 
 std::string Device::name() const { return kind == Kind::Cpu ? "cpu" : "cuda:" + std::to_string(index); }
 
+void Backend::begin_capture() { fail(describe(), ": cannot record work"); }
+std::unique_ptr<Backend::Graph> Backend::end_capture() { fail(describe(), ": cannot record work"); }
+void Backend::replay(Graph&) { fail(describe(), ": cannot record work"); }
+
 Backend& Backend::get(Device device) {
   // Made once per device and never destroyed: a GPU's handles must not be torn down while the CUDA
   // runtime is unloading at exit.

@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -32,7 +33,7 @@ struct Device {
   // "cpu", "cuda" (GPU 0) or "cuda:N"; fails naming the text otherwise.
   static Device parse(std::string_view text);
   std::string name() const;  // as parse() reads it
-  bool operator==(const Device&) const = default;
+  bool operator==(const Device& o) const { return kind == o.kind && index == o.index; }  // C++17: nvcc includes this
 };
 
 // What `Backend::unsupported` is asked about: one op with its types and the sizes that decide support.
@@ -88,6 +89,20 @@ class Backend {
   // ids (M) = the index of each row's largest value in x (M, N) fp32 (the first on ties): greedy decoding
   // without moving the logits off the device.
   virtual void argmax(int32_t* ids, const float* x, int64_t M, int N) = 0;
+
+  // ---- recorded work (CUDA graphs) ----
+  // Between begin_capture() and end_capture() the queued ops are recorded, not run; replay() runs the
+  // recording again, on the same addresses: a decode step becomes one launch instead of hundreds. Only
+  // ops may be queued while recording (no upload, download or synchronize). Backends that cannot record
+  // say so in can_capture(), and the model then runs the work as it comes.
+  class Graph {
+   public:
+    virtual ~Graph() = default;
+  };
+  virtual bool can_capture() const { return false; }
+  virtual void begin_capture();
+  virtual std::unique_ptr<Graph> end_capture();
+  virtual void replay(Graph& graph);
 };
 
 // Bytes on a backend's device, released with the object. Move-only.

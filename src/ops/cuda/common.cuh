@@ -9,7 +9,11 @@
 #include <cstring>
 #include <type_traits>
 
+#include "core/dtype.h"
+
 namespace mamba::cuda {
+
+using mamba::DType;
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -23,6 +27,17 @@ template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 template <>
 __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+
+// Host side: calls f with a value of the C++ type of `dtype` (float, __nv_bfloat16, __half), for launchers
+// that instantiate a kernel per dtype.
+template <typename F>
+void with_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::F32: f(float{}); break;
+    case DType::BF16: f(__nv_bfloat16{}); break;
+    case DType::F16: f(__half{}); break;
+  }
+}
 
 // Host side: whether rows of elem_bytes-byte elements at ptr, stride elements apart, all start on 16 bytes.
 inline bool rows_aligned16(const void* ptr, int64_t stride, int64_t elem_bytes) {

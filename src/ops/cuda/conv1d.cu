@@ -158,7 +158,7 @@ __global__ void conv1d_step_kernel(T* out, float* tail, const T* x, int64_t x_st
 }
 
 template <typename T>
-__global__ void scan_step_kernel(ScanFwdParams p, float* state) {
+__global__ void scan_step_kernel(ScanParams p, float* state) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // (b, d)
   if (i >= static_cast<int64_t>(p.batch) * p.dim) return;
   const int64_t b = i / p.dim;
@@ -187,7 +187,7 @@ void check_conv(const Conv1dParams& p, const char* who) {
   if (p.batch < 0 || p.seqlen < 0 || p.dim < 0 || p.width < 1 || p.width > kMaxConvWidth) fail("bad dimensions");
   if (p.batch > 65535) fail("batch above 65535");
   if (!p.x || !p.weight) fail("x and weight are required");
-  if (p.dtype != DType::f32 && p.dtype != DType::bf16 && p.dtype != DType::f16) fail("dtype must be f32, bf16 or f16");
+  if (p.dtype != DType::F32 && p.dtype != DType::BF16 && p.dtype != DType::F16) fail("dtype must be f32, bf16 or f16");
 }
 
 // Runtime K → template K.
@@ -239,9 +239,9 @@ void conv1d_silu_fwd(const Conv1dParams& p, cudaStream_t stream) {
     return;
   }
   switch (p.dtype) {
-    case DType::f32: with_width<LaunchFwd, float>(p.width, p, stream); break;
-    case DType::bf16: with_width<LaunchFwd, __nv_bfloat16>(p.width, p, stream); break;
-    case DType::f16: with_width<LaunchFwd, __half>(p.width, p, stream); break;
+    case DType::F32: with_width<LaunchFwd, float>(p.width, p, stream); break;
+    case DType::BF16: with_width<LaunchFwd, __nv_bfloat16>(p.width, p, stream); break;
+    case DType::F16: with_width<LaunchFwd, __half>(p.width, p, stream); break;
   }
 }
 
@@ -270,9 +270,9 @@ void conv1d_silu_bwd(const Conv1dBwdParams& q, void* workspace, cudaStream_t str
   kp.dw_part = static_cast<float*>(workspace);
   kp.dbias_part = kp.dw_part + static_cast<size_t>(p.batch) * kp.tblocks * p.dim * p.width;
   switch (p.dtype) {
-    case DType::f32: with_width<LaunchBwd, float>(p.width, kp, stream); break;
-    case DType::bf16: with_width<LaunchBwd, __nv_bfloat16>(p.width, kp, stream); break;
-    case DType::f16: with_width<LaunchBwd, __half>(p.width, kp, stream); break;
+    case DType::F32: with_width<LaunchBwd, float>(p.width, kp, stream); break;
+    case DType::BF16: with_width<LaunchBwd, __nv_bfloat16>(p.width, kp, stream); break;
+    case DType::F16: with_width<LaunchBwd, __half>(p.width, kp, stream); break;
   }
   conv1d_bwd_reduce_kernel<<<blocks_for(static_cast<int64_t>(p.dim) * p.width, 256), 256, 0, stream>>>(kp);
   MAMBA_CUDA_CHECK_LAUNCH();
@@ -283,7 +283,7 @@ void conv1d_silu_step(void* out, float* tail, const void* x, int64_t x_stride, c
   if (width < 1 || width > kMaxConvWidth || !out || !x || !weight || (width > 1 && !tail)) {
     throw std::invalid_argument("conv1d_silu_step: bad arguments");
   }
-  if (dtype != DType::f32 && dtype != DType::bf16 && dtype != DType::f16) {
+  if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16) {
     throw std::invalid_argument("conv1d_silu_step: dtype must be f32, bf16 or f16");
   }
   const int64_t n = static_cast<int64_t>(batch) * dim;
@@ -294,26 +294,26 @@ void conv1d_silu_step(void* out, float* tail, const void* x, int64_t x_stride, c
                                                                x_stride, weight, bias, batch, dim, width);
   };
   switch (dtype) {
-    case DType::f32: run(float{}); break;
-    case DType::bf16: run(__nv_bfloat16{}); break;
-    case DType::f16: run(__half{}); break;
+    case DType::F32: run(float{}); break;
+    case DType::BF16: run(__nv_bfloat16{}); break;
+    case DType::F16: run(__half{}); break;
   }
   MAMBA_CUDA_CHECK_LAUNCH();
 }
 
-void selective_scan_step(const ScanFwdParams& p, float* state, cudaStream_t stream) {
+void selective_scan_step(const ScanParams& p, float* state, cudaStream_t stream) {
   if (!p.y || !p.u || !p.delta || !p.A || !p.Bm || !p.Cm || !state || p.dstate < 1) {
     throw std::invalid_argument("selective_scan_step: y, u, delta, A, B, C and state are required");
   }
-  if (p.dtype != DType::f32 && p.dtype != DType::bf16 && p.dtype != DType::f16) {
+  if (p.dtype != DType::F32 && p.dtype != DType::BF16 && p.dtype != DType::F16) {
     throw std::invalid_argument("selective_scan_step: dtype must be f32, bf16 or f16");
   }
   const int64_t n = static_cast<int64_t>(p.batch) * p.dim;
   if (n == 0) return;
   switch (p.dtype) {
-    case DType::f32: scan_step_kernel<float><<<blocks_for(n, 128), 128, 0, stream>>>(p, state); break;
-    case DType::bf16: scan_step_kernel<__nv_bfloat16><<<blocks_for(n, 128), 128, 0, stream>>>(p, state); break;
-    case DType::f16: scan_step_kernel<__half><<<blocks_for(n, 128), 128, 0, stream>>>(p, state); break;
+    case DType::F32: scan_step_kernel<float><<<blocks_for(n, 128), 128, 0, stream>>>(p, state); break;
+    case DType::BF16: scan_step_kernel<__nv_bfloat16><<<blocks_for(n, 128), 128, 0, stream>>>(p, state); break;
+    case DType::F16: scan_step_kernel<__half><<<blocks_for(n, 128), 128, 0, stream>>>(p, state); break;
   }
   MAMBA_CUDA_CHECK_LAUNCH();
 }

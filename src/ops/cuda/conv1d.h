@@ -8,25 +8,16 @@
 
 #include <cstdint>
 
+#include "ops/conv1d.h"
 #include "ops/cuda/scan.h"
 
 namespace mamba::cuda {
 
 constexpr int kMaxConvWidth = 8;  // K, d_conv (the published models use 4)
 
-// out[b,t,d] = SiLU(bias[d] + Σ_k w[d,k]·x[b, t−K+1+k, d]), times before 0 read from tail_in.
-struct Conv1dParams {
-  int batch = 0, seqlen = 0, dim = 0, width = 0;  // B, L, D, K
-  DType dtype = DType::f32;                       // of x and out
-  void* out = nullptr;                            // (B, L, D)
-  int64_t out_stride = 0;
-  const void* x = nullptr;                        // (B, L, D)
-  int64_t x_stride = 0;
-  const float* weight = nullptr;                  // (D, K)
-  const float* bias = nullptr;                    // (D) or null
-  const float* tail_in = nullptr;                 // (B, K−1, D): the K−1 inputs before t = 0, oldest first; or null (zeros)
-  float* tail_out = nullptr;                      // (B, K−1, D): the last K−1 inputs, or null; must not overlap tail_in
-};
+// The shared contract (ops/conv1d.h), x and out in F32, BF16 or F16; here tail_out must not overlap
+// tail_in (the CUDA backend passes a copy when the model updates a tail in place).
+using mamba::Conv1dParams;
 
 void conv1d_silu_fwd(const Conv1dParams& p, cudaStream_t stream);
 
@@ -55,6 +46,6 @@ void conv1d_silu_step(void* out, float* tail, const void* x, int64_t x_stride, c
 // Scan: state (B, D, N) ← exp(Δ A) ⊙ state + Δ B u, y = (C·state + D u)·SiLU(z), Δ = softplus(delta +
 // bias). p holds one step: seqlen is ignored (1), the (B, X) rows are p's pointers with their strides,
 // p.state_in = p.state_out = the state (updated in place); chunk_states unused.
-void selective_scan_step(const ScanFwdParams& p, float* state, cudaStream_t stream);
+void selective_scan_step(const ScanParams& p, float* state, cudaStream_t stream);
 
 }  // namespace mamba::cuda

@@ -1,5 +1,5 @@
 // CUDA selective scan (paper §3.3, Algorithm 2): the host API. Raw device pointers, shapes and strides;
-// no framework types. Memory order is the model's, token-major, as in ops/scan_params.h: element
+// no framework types. Memory order is the model's, token-major, as in ops/scan.h: element
 // (b, t, i) of a (B, L, X) array sits at ptr[(b * L + t) * stride + i], so u, Δ, z and B, C can be column
 // slices of wider projection outputs. u, Δ, z, B, C and y share one dtype (fp32, bf16 or fp16); A, D, the Δ
 // bias, the states and every accumulation are fp32. All indexing is 64-bit.
@@ -13,45 +13,20 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "ops/scan.h"
+
 namespace mamba::cuda {
 
-enum class DType : int { f32 = 0, bf16 = 1, f16 = 2 };  // f16: IEEE half (__half)
+// The shared contract (ops/scan.h): u, Δ, z, B, C and y in p.dtype (F32, BF16 or F16); the LTI form
+// (bc_per_channel) is refused; chunk_states, when given, hold h every kStateChunk steps.
+using mamba::DType;
+using mamba::ScanParams;
 
 // The forward can keep h at every kStateChunk-th step; the backward starts each 16-step sub-tile from
 // those, so it never rescans. They take L·D·N/16 floats per sequence: at N = 16 as much as u in fp32.
-constexpr int kStateChunk = 16;
+constexpr int kStateChunk = kCudaStateChunk;
 
 inline int64_t state_chunks(int seqlen) { return (seqlen + kStateChunk - 1) / kStateChunk; }
-
-struct ScanFwdParams {
-  int batch = 0;   // B
-  int seqlen = 0;  // L
-  int dim = 0;     // D: channels (d_inner)
-  int dstate = 0;  // N
-  DType dtype = DType::f32;  // of u, delta, z, B, C and y (and of the backward's dy and outputs)
-
-  void* y = nullptr;  // (B, L, D) out: y_t = C_t·h_t + D ⊙ u_t, times SiLU(z_t) when z is given
-  int64_t y_stride = 0;
-  const void* u = nullptr;  // (B, L, D) the input x
-  int64_t u_stride = 0;
-  const void* delta = nullptr;  // (B, L, D) Δ before its bias and softplus
-  int64_t delta_stride = 0;
-  const float* A = nullptr;   // (D, N) A = −exp(A_log)
-  const void* Bm = nullptr;   // (B, L, N)
-  int64_t B_stride = 0;
-  const void* Cm = nullptr;   // (B, L, N)
-  int64_t C_stride = 0;
-  const float* D = nullptr;           // (D) skip connection, or null
-  const void* z = nullptr;            // (B, L, D) gate, or null
-  int64_t z_stride = 0;
-  const float* delta_bias = nullptr;  // (D) or null
-  bool delta_softplus = true;         // Δ = softplus(delta + delta_bias)
-
-  const float* state_in = nullptr;  // (B, D, N) h_0, or null for zeros
-  float* state_out = nullptr;       // (B, D, N) h_L, or null; may equal state_in
-  // (B, state_chunks(L), D, N): h before step k·kStateChunk (h_0 for k = 0), or null. The backward's input.
-  float* chunk_states = nullptr;
-};
 
 // The split of the work, normally left to the dispatcher (0 = its choice); the benchmark sweeps it.
 struct ScanTuning {
@@ -72,10 +47,10 @@ struct ScanTuning {
 
 // Bytes of device scratch memory that selective_scan_fwd needs: 0 unless L is cut into segments (few
 // long sequences; not for the one-state-per-lane kernel), then 4·B·L·D bytes for the staged Δ plus 4·B·S·D·(2N + 1) for the segments' states and their flags.
-size_t selective_scan_fwd_workspace(const ScanFwdParams& p, ScanTuning tuning = {});
+size_t selective_scan_fwd_workspace(const ScanParams& p, ScanTuning tuning = {});
 
 // y (and state_out, chunk_states) from the inputs. `workspace` holds selective_scan_fwd_workspace bytes.
-void selective_scan_fwd(const ScanFwdParams& p, void* workspace, cudaStream_t stream, ScanTuning tuning = {});
+void selective_scan_fwd(const ScanParams& p, void* workspace, cudaStream_t stream, ScanTuning tuning = {});
 
 // The backward (paper §3.3: recomputation instead of storing the expanded states). From the forward's
 // inputs and its chunk_states it recomputes h inside each chunk, runs the adjoint recurrence
@@ -84,7 +59,7 @@ void selective_scan_fwd(const ScanFwdParams& p, void* workspace, cudaStream_t st
 // Activation gradients are written (=); parameter gradients dA, dD, ddelta_bias accumulate (+=).
 // N ≤ 64 (larger N throws std::invalid_argument).
 struct ScanBwdParams {
-  ScanFwdParams fwd;                 // the forward's arguments; fwd.chunk_states is required, y unused
+  ScanParams fwd;                    // the forward's arguments; fwd.chunk_states is required, y unused
   const void* dy = nullptr;          // (B, L, D) ∂loss/∂y
   int64_t dy_stride = 0;
   const float* dstate_out = nullptr; // (B, D, N) ∂loss/∂h_L, or null

@@ -31,7 +31,7 @@ struct BwdLayout {
 // SM, where the measured time was best (dev/notes/scan.md). With enough blocks, one segment: the
 // carry pass costs more than the extra warps gain (measured at 8,1536,2048,16 and above).
 BwdLayout layout(const ScanBwdParams& q, ScanTuning tuning) {
-  const ScanFwdParams& p = q.fwd;
+  const ScanParams& p = q.fwd;
   BwdLayout l;
   l.nsplit = bwd_nsplit(p.dstate);
   const int channels = 128 / l.nsplit;
@@ -52,7 +52,7 @@ BwdLayout layout(const ScanBwdParams& q, ScanTuning tuning) {
 }
 
 __global__ void scan_bwd_chain_kernel(ScanBwdKernelParams kp) {
-  const ScanFwdParams& p = kp.p.fwd;
+  const ScanParams& p = kp.p.fwd;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // (b, d, n)
   const int N = p.dstate, D = p.dim, S = kp.segments;
   if (i >= static_cast<int64_t>(p.batch) * D * N) return;
@@ -83,7 +83,7 @@ __global__ void reduce_bc_kernel(out_t* out, int64_t stride, const float* part, 
 }
 
 __global__ void reduce_params_kernel(ScanBwdKernelParams kp) {
-  const ScanFwdParams& p = kp.p.fwd;
+  const ScanParams& p = kp.p.fwd;
   const int64_t DN = static_cast<int64_t>(p.dim) * p.dstate;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < DN) {
@@ -123,7 +123,7 @@ size_t selective_scan_bwd_workspace(const ScanBwdParams& q, ScanTuning tuning) {
 }
 
 void selective_scan_bwd(const ScanBwdParams& q, void* workspace, cudaStream_t stream, ScanTuning tuning) {
-  const ScanFwdParams& p = q.fwd;
+  const ScanParams& p = q.fwd;
   auto fail = [](const std::string& what) { throw std::invalid_argument("selective_scan_bwd: " + what); };
   if (p.batch < 0 || p.seqlen < 0 || p.dim < 0 || p.dstate < 1) fail("bad dimensions");
   if (p.dstate > 64) {
@@ -131,7 +131,8 @@ void selective_scan_bwd(const ScanBwdParams& q, void* workspace, cudaStream_t st
          "at most 16 threads per channel)");
   }
   if (p.batch > 65535) fail("batch above 65535");
-  if (p.dtype != DType::f32 && p.dtype != DType::bf16 && p.dtype != DType::f16) fail("dtype must be f32, bf16 or f16");
+  if (p.dtype != DType::F32 && p.dtype != DType::BF16 && p.dtype != DType::F16) fail("dtype must be f32, bf16 or f16");
+  if (p.bc_per_channel) fail("the LTI form (bc_per_channel) runs on the CPU only");
   if (tuning.states_per_thread != 0 && tuning.states_per_thread != 4) {
     fail("states_per_thread = " + std::to_string(tuning.states_per_thread) + " is not supported (the backward holds 4)");
   }
@@ -175,9 +176,9 @@ void selective_scan_bwd(const ScanBwdParams& q, void* workspace, cudaStream_t st
     MAMBA_CUDA_CHECK_LAUNCH();
   };
   switch (p.dtype) {
-    case DType::f32: run(float{}); break;
-    case DType::bf16: run(__nv_bfloat16{}); break;
-    case DType::f16: run(__half{}); break;
+    case DType::F32: run(float{}); break;
+    case DType::BF16: run(__nv_bfloat16{}); break;
+    case DType::F16: run(__half{}); break;
   }
   reduce_params_kernel<<<blocks_for(static_cast<int64_t>(p.dim) * p.dstate, 256), 256, 0, stream>>>(kp);
   MAMBA_CUDA_CHECK_LAUNCH();

@@ -1,6 +1,6 @@
 // Selective scan backward: params → traits → kernel → launcher; the dispatcher is scan_bwd.cu.
 //
-// The forward kept h at every kStateChunk-th step (ScanFwdParams::chunk_states). A block takes a tile of
+// The forward kept h at every kStateChunk-th step (ScanParams::chunk_states). A block takes a tile of
 // channels of one segment of a sequence and walks its kT = kStateChunk-step sub-tiles from the last to
 // the first, carrying the adjoint dh in registers (the same thread ↔ (channel, kG states) split as the
 // forward). Per sub-tile, with its inputs loaded into registers while the sub-tile after it was worked:
@@ -112,7 +112,7 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kCarryMinBlocks) scan_bwd_ca
   constexpr int kNPad = Kt::kNPad, kNSplit = Kt::kNSplit, kXPer = Kt::kXPer, kBCPer = Kt::kBCPer;
   constexpr int kRowStride = Kt::kRowStride, kBCRows = Kt::kBCRows;
   const ScanBwdParams& q = kp.p;
-  const ScanFwdParams& p = q.fwd;
+  const ScanParams& p = q.fwd;
   const int N = p.dstate, D = p.dim;
   const int64_t L = p.seqlen;
   const int b = blockIdx.z, seg = blockIdx.y, d0 = blockIdx.x * kChannels;
@@ -302,7 +302,7 @@ __global__ void __launch_bounds__(Kt::kThreads, Kt::kMinBlocks) scan_bwd_kernel(
   constexpr int kRowStride = Kt::kRowStride, kBCRows = Kt::kBCRows;
   static_assert(kG == 4, "the shared-memory layouts below move one float4 of states per thread");
   const ScanBwdParams& q = kp.p;
-  const ScanFwdParams& p = q.fwd;
+  const ScanParams& p = q.fwd;
   const int N = p.dstate, D = p.dim;
   const int64_t L = p.seqlen;
   const int b = blockIdx.z, seg = blockIdx.y, tile = blockIdx.x, d0 = tile * kChannels;

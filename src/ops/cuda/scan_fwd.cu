@@ -10,8 +10,8 @@ namespace mamba::cuda {
 
 // scan_fwd_lanes.cu
 template <typename input_t>
-void launch_scan_fwd_lanes(const ScanFwdParams& p, cudaStream_t stream);
-bool scan_fwd_lanes_aligned(const ScanFwdParams& p);
+void launch_scan_fwd_lanes(const ScanParams& p, cudaStream_t stream);
+bool scan_fwd_lanes_aligned(const ScanParams& p);
 
 namespace {
 
@@ -49,7 +49,7 @@ int nsplit_for(int N, int kC, int kG) {
 }
 
 // The blocked kernel's split, from the measurements in dev/notes/scan.md (H200).
-FwdPlan plan_blocked(const ScanFwdParams& p, ScanTuning tuning) {
+FwdPlan plan_blocked(const ScanParams& p, ScanTuning tuning) {
   const int N = p.dstate;
   const int64_t channels = static_cast<int64_t>(p.batch) * p.dim;
   const int64_t sms = sm_count();
@@ -97,7 +97,7 @@ FwdPlan plan_blocked(const ScanFwdParams& p, ScanTuning tuning) {
 // segments would be many and short (dev/notes/scan.md, v12: 1.1–4.3× faster at 64–320 channels,
 // slower from 384 on), and where its rows are aligned for its asynchronous copies (without them it
 // waits on memory); or when asked for.
-FwdPlan plan_fwd(const ScanFwdParams& p, ScanTuning tuning) {
+FwdPlan plan_fwd(const ScanParams& p, ScanTuning tuning) {
   if (tuning.states_per_thread < 0 || tuning.segments < 0 || tuning.channels_per_thread < 0) {
     throw std::invalid_argument(
         "selective_scan_fwd: channels_per_thread, states_per_thread and segments must be ≥ 0 (0: the "
@@ -128,8 +128,8 @@ FwdPlan plan_fwd(const ScanFwdParams& p, ScanTuning tuning) {
 
 // Whether the blocked kernel may move every row in 16-byte vectors (ScanFwdTraits::kAligned); the
 // workspace too, where L is cut (seg_delta's rows are D floats, 16-byte aligned when D's elements are).
-bool rows_vectorize(const ScanFwdParams& p, const FwdPlan& plan, const void* workspace, ScanTuning tuning) {
-  const int64_t esize = p.dtype == DType::f32 ? 4 : 2;
+bool rows_vectorize(const ScanParams& p, const FwdPlan& plan, const void* workspace, ScanTuning tuning) {
+  const int64_t esize = p.dtype == DType::F32 ? 4 : 2;
   auto ok = [&](const void* ptr, int64_t stride) { return rows_aligned16(ptr, stride, esize); };
   return tuning.vector_rows == 0 && p.dim * esize % 16 == 0 && p.dstate * esize % 16 == 0 &&
          plan.kG * plan.nsplit == p.dstate && ok(p.u, p.u_stride) && ok(p.delta, p.delta_stride) &&
@@ -137,12 +137,17 @@ bool rows_vectorize(const ScanFwdParams& p, const FwdPlan& plan, const void* wor
          (plan.segments == 1 || reinterpret_cast<uintptr_t>(workspace) % 16 == 0);
 }
 
-void validate(const ScanFwdParams& p) {
+void validate(const ScanParams& p) {
   auto fail = [](const std::string& what) { throw std::invalid_argument("selective_scan_fwd: " + what); };
   if (p.batch < 0 || p.seqlen < 0 || p.dim < 0 || p.dstate < 1 || p.dstate > 256) fail("bad dimensions");
   if (p.batch > 65535) fail("batch above 65535");
   if (!p.y || !p.u || !p.delta || !p.A || !p.Bm || !p.Cm) fail("y, u, delta, A, B and C are required");
-  if (p.dtype != DType::f32 && p.dtype != DType::bf16 && p.dtype != DType::f16) fail("dtype must be f32, bf16 or f16");
+  if (p.dtype != DType::F32 && p.dtype != DType::BF16 && p.dtype != DType::F16) fail("dtype must be f32, bf16 or f16");
+  if (p.bc_per_channel) fail("the LTI form (bc_per_channel) runs on the CPU only");
+  if (p.chunk_states && p.state_chunk != 0 && p.state_chunk != kStateChunk) {
+    fail("chunk_states every " + std::to_string(p.state_chunk) + " steps: the CUDA scan keeps them every " +
+         std::to_string(kStateChunk));
+  }
 }
 
 // The segmented launch's workspace: seg_state, seg_carry (B, S, D, N), seg_dsum (B, S, D), seg_delta
@@ -152,21 +157,21 @@ struct FwdWorkspace {
   int64_t state, dsum, delta, flags;  // element counts
   size_t bytes() const { return sizeof(float) * (2 * state + dsum + delta) + sizeof(int) * (2 * flags + 1); }
 };
-FwdWorkspace fwd_workspace(const ScanFwdParams& p, const FwdPlan& plan) {
+FwdWorkspace fwd_workspace(const ScanParams& p, const FwdPlan& plan) {
   const int64_t bs = static_cast<int64_t>(p.batch) * plan.segments;
   return {bs * p.dim * p.dstate, bs * p.dim, static_cast<int64_t>(p.batch) * p.seqlen * p.dim, bs * p.dim};
 }
 
 }  // namespace
 
-size_t selective_scan_fwd_workspace(const ScanFwdParams& p, ScanTuning tuning) {
+size_t selective_scan_fwd_workspace(const ScanParams& p, ScanTuning tuning) {
   if (p.batch == 0 || p.seqlen == 0 || p.dim == 0) return 0;
   const FwdPlan plan = plan_fwd(p, tuning);
   if (plan.lanes || plan.segments == 1) return 0;
   return fwd_workspace(p, plan).bytes();
 }
 
-void selective_scan_fwd(const ScanFwdParams& p, void* workspace, cudaStream_t stream, ScanTuning tuning) {
+void selective_scan_fwd(const ScanParams& p, void* workspace, cudaStream_t stream, ScanTuning tuning) {
   validate(p);
   if (p.batch == 0 || p.dim == 0) return;
   if (p.seqlen == 0) {
@@ -180,9 +185,9 @@ void selective_scan_fwd(const ScanFwdParams& p, void* workspace, cudaStream_t st
   const FwdPlan plan = plan_fwd(p, tuning);
   if (plan.lanes) {
     switch (p.dtype) {
-      case DType::f32: launch_scan_fwd_lanes<float>(p, stream); break;
-      case DType::bf16: launch_scan_fwd_lanes<__nv_bfloat16>(p, stream); break;
-      case DType::f16: launch_scan_fwd_lanes<__half>(p, stream); break;
+      case DType::F32: launch_scan_fwd_lanes<float>(p, stream); break;
+      case DType::BF16: launch_scan_fwd_lanes<__nv_bfloat16>(p, stream); break;
+      case DType::F16: launch_scan_fwd_lanes<__half>(p, stream); break;
     }
     return;
   }
@@ -205,9 +210,9 @@ void selective_scan_fwd(const ScanFwdParams& p, void* workspace, cudaStream_t st
   }
   const bool vec = rows_vectorize(p, plan, workspace, tuning);
   switch (p.dtype) {
-    case DType::f32: launch_scan_fwd_dtype<float>(kp, plan.kC, plan.kG, plan.nsplit, vec, stream); break;
-    case DType::bf16: launch_scan_fwd_dtype<__nv_bfloat16>(kp, plan.kC, plan.kG, plan.nsplit, vec, stream); break;
-    case DType::f16: launch_scan_fwd_dtype<__half>(kp, plan.kC, plan.kG, plan.nsplit, vec, stream); break;
+    case DType::F32: launch_scan_fwd_dtype<float>(kp, plan.kC, plan.kG, plan.nsplit, vec, stream); break;
+    case DType::BF16: launch_scan_fwd_dtype<__nv_bfloat16>(kp, plan.kC, plan.kG, plan.nsplit, vec, stream); break;
+    case DType::F16: launch_scan_fwd_dtype<__half>(kp, plan.kC, plan.kG, plan.nsplit, vec, stream); break;
   }
 }
 

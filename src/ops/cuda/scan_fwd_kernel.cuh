@@ -44,7 +44,7 @@ namespace mamba::cuda {
 
 // The kernel's arguments: the user's params plus the split the dispatcher chose.
 struct ScanFwdKernelParams {
-  ScanFwdParams p;
+  ScanParams p;
   int tiles = 0;        // channel tiles (blocks per segment and sequence)
   int segments = 1;     // S
   int64_t seg_len = 0;  // steps per segment, a multiple of kStateChunk (the last one shorter)
@@ -338,7 +338,7 @@ __device__ __forceinline__ void scan_fwd_block(const ScanFwdKernelParams& kp, Sc
   constexpr int kC = Kt::kC, kG = Kt::kG, kT = Kt::kT, kThreads = Kt::kThreads, kChannels = Kt::kChannels;
   constexpr int kNPad = Kt::kNPad, kNSplit = Kt::kNSplit, kXPer = Kt::kXPer, kBCPer = Kt::kBCPer;
   constexpr int kRowStride = Kt::kRowStride;
-  const ScanFwdParams& p = kp.p;
+  const ScanParams& p = kp.p;
   const int N = p.dstate, D = p.dim, S = kp.segments;
   const int d0 = tile * kChannels;
   // The scan: this thread's channel group (channels dq, dq + 1, ..., dq + kC − 1), its lane s in the

@@ -79,7 +79,7 @@ struct StageIn {
 // kStages tiles are copied ahead with cp.async; otherwise each thread loads its own values into
 // registers one tile ahead, which leaves each warp waiting on memory latency (a fallback).
 template <typename input_t, bool kAsync>
-__global__ void __launch_bounds__(kThreads) scan_fwd_lanes_kernel(ScanFwdParams p) {
+__global__ void __launch_bounds__(kThreads) scan_fwd_lanes_kernel(ScanParams p) {
   __shared__ LanesSmem sm;
   extern __shared__ __align__(16) unsigned char raw_bytes[];
   RawTile<input_t>* raw = reinterpret_cast<RawTile<input_t>*>(raw_bytes);
@@ -272,15 +272,15 @@ __global__ void __launch_bounds__(kThreads) scan_fwd_lanes_kernel(ScanFwdParams 
 
 // Whether every row the aligned path copies starts on a 16-byte boundary: D a multiple of the block's
 // channels, each pointer and stride a multiple of 16 bytes.
-bool scan_fwd_lanes_aligned(const ScanFwdParams& p) {
-  const int64_t esize = p.dtype == DType::f32 ? 4 : 2;
+bool scan_fwd_lanes_aligned(const ScanParams& p) {
+  const int64_t esize = p.dtype == DType::F32 ? 4 : 2;
   auto ok = [&](const void* ptr, int64_t stride) { return rows_aligned16(ptr, stride, esize); };
   return p.dim % kChannels == 0 && ok(p.u, p.u_stride) && ok(p.delta, p.delta_stride) &&
          (!p.z || ok(p.z, p.z_stride)) && ok(p.Bm, p.B_stride) && ok(p.Cm, p.C_stride);
 }
 
 template <typename input_t>
-void launch_scan_fwd_lanes(const ScanFwdParams& p, cudaStream_t stream) {
+void launch_scan_fwd_lanes(const ScanParams& p, cudaStream_t stream) {
   const dim3 grid((p.dim + kChannels - 1) / kChannels, p.batch);
   if (scan_fwd_lanes_aligned(p)) {
     constexpr size_t kRaw = kStages * sizeof(RawTile<input_t>);
@@ -296,8 +296,8 @@ void launch_scan_fwd_lanes(const ScanFwdParams& p, cudaStream_t stream) {
   }
   MAMBA_CUDA_CHECK_LAUNCH();
 }
-template void launch_scan_fwd_lanes<float>(const ScanFwdParams&, cudaStream_t);
-template void launch_scan_fwd_lanes<__nv_bfloat16>(const ScanFwdParams&, cudaStream_t);
-template void launch_scan_fwd_lanes<__half>(const ScanFwdParams&, cudaStream_t);
+template void launch_scan_fwd_lanes<float>(const ScanParams&, cudaStream_t);
+template void launch_scan_fwd_lanes<__nv_bfloat16>(const ScanParams&, cudaStream_t);
+template void launch_scan_fwd_lanes<__half>(const ScanParams&, cudaStream_t);
 
 }  // namespace mamba::cuda

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# There, on the GPU machine, in one call: the full build (CLI, library, tests) against the libraries that
+# dev/cuda/device_prefix.sh packed here, the GPU tests, compute-sanitizer on the inference path, and the
+# inference benchmarks beside the official model's (../shared/official, copied to .official) in the same run.
+#   here, once:   dev/cuda/device_prefix.sh
+#                 mkdir -p .official && cp -r ../shared/official/. .official/ && echo /.official/ >> .git/info/exclude
+#   the call:     carry [".device", ".official"], command: OUT=$OUT bash dev/cuda/device_model.sh [tests] [bench] [official]
+# Logs go to $OUT: build.txt, tests.txt, sanitizer.txt, bench.jsonl, official.jsonl.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+steps=${*:-tests bench official}
+t0=$(date +%s)
+tar -C /tmp -xJf .device/prefix.tar.xz  # → /tmp/prefix
+export PATH=/tmp/prefix/bin:$PATH PKG_CONFIG_PATH=/tmp/prefix/lib/pkgconfig LD_LIBRARY_PATH=/tmp/prefix/lib:${LD_LIBRARY_PATH:-}
+export PKG_CONFIG=/tmp/prefix/bin/pkgconf
+{
+  nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv
+  nvcc --version | tail -1
+  cmake -S . -B /tmp/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=/tmp/prefix \
+    -DPKG_CONFIG_EXECUTABLE=/tmp/prefix/bin/pkgconf -DCMAKE_CUDA_ARCHITECTURES=90 -DMAMBA_CUDA=ON
+  cmake --build /tmp/build -j "$(nproc)"
+} > "$OUT/build.txt" 2>&1
+echo "build: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$OUT/build.txt"
+B=/tmp/build
+cd_run() { OMP_NUM_THREADS=8 OMP_WAIT_POLICY=PASSIVE "$@"; }
+
+if [[ " $steps " == *" tests "* ]]; then
+  t0=$(date +%s)
+  # The GPU's tests first (they are the new ones), then the whole suite as CI runs it.
+  for t in test_backend_ops test_gpu_model test_cuda_scan test_cuda_conv; do cd_run timeout 300 $B/$t 2>&1; done > "$OUT/tests.txt"
+  (cd $B && cd_run timeout 400 ctest -j 8 --output-on-failure) >> "$OUT/tests.txt" 2>&1
+  grep -E "^\[  (PASSED|FAILED)|tests passed|FAILED  \]|logits vs" "$OUT/tests.txt"
+  SAN='GpuModel.*:AllBackends/BackendOps.*cuda*'
+  for tool in memcheck racecheck; do
+    timeout 300 compute-sanitizer --tool $tool $B/test_gpu_model --gtest_filter="$SAN" 2>&1 | tail -5
+    timeout 300 compute-sanitizer --tool $tool $B/test_backend_ops --gtest_filter="$SAN" 2>&1 | tail -5
+  done > "$OUT/sanitizer.txt"
+  grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitizer.txt"
+  echo "tests: $(( $(date +%s) - t0 )) s"
+fi
+
+if [[ " $steps " == *" bench "* ]]; then
+  t0=$(date +%s)
+  for m in 130m 1.4b 2.8b; do $B/mambacpp init --preset $m --out /tmp/models/$m --seed 1 --dtype f16 >/dev/null; done
+  {
+    # Decode as the official figures: prompt 128, 256 new tokens, greedy, batch 1 and 64, fp16.
+    for m in 130m 1.4b 2.8b; do for b in 1 64; do
+      $B/mambacpp bench /tmp/models/$m --device cuda --dtype fp16 --batch $b --prompt 128 --steps 256 --repeats 3
+    done; done
+    # Prefill: B × 2048 tokens, last-position logits, fp16 and bf16.
+    for m in 130m 1.4b; do for d in fp16 bf16; do for b in 1 8; do
+      $B/mambacpp bench /tmp/models/$m --device cuda --dtype $d --batch $b --prompt 2048 --steps 1 --repeats 5
+    done; done; done
+  } > "$OUT/bench.jsonl" 2>&1
+  echo "bench: $(( $(date +%s) - t0 )) s"
+fi
+
+if [[ " $steps " == *" official "* ]] && [ -d .official ]; then
+  t0=$(date +%s)
+  (python3 .official/build.py && python3 .official/bench.py gen prefill --models 130m,1.4b,2.8b) > "$OUT/official.jsonl" 2>&1
+  echo "official: $(( $(date +%s) - t0 )) s"
+fi

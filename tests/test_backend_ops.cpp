@@ -1,0 +1,394 @@
+// Every op of the backend seam (ops/backend.h), on every backend this machine has, in every dtype that
+// backend takes, against the CPU's fp32 ops (ops/cpu/ops.h) as the oracle, after ggml's
+// test-backend-ops. Inputs are random, shapes awkward (length 1, sizes that are no multiple of a vector or
+// a tile, strided rows, optional inputs absent and present), and every input is first rounded to the dtype
+// under test so that the oracle and the backend start from the same values: what is left is the backend's
+// own arithmetic and its output rounding, bounded per dtype. Backends this machine lacks (no GPU, a build
+// without CUDA) are reported as skipped.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "ops/backend.h"
+#include "ops/cpu/ops.h"
+
+namespace mamba {
+namespace {
+
+// The backends under test, by name: the CPU, and GPU 0 when this build and machine have one.
+struct Target {
+  std::string name;
+  Device device;
+};
+
+void PrintTo(const Target& t, std::ostream* os) { *os << t.name; }  // readable test names in ctest's list
+
+std::vector<Target> targets() { return {{"cpu", Device{}}, {"cuda", Device{Device::Kind::Cuda, 0}}}; }
+
+// The backend, or the reason it is not here (for GTEST_SKIP).
+Backend* backend_or_skip(const Target& t, std::string* why) {
+  try {
+    return &Backend::get(t.device);
+  } catch (const Error& e) {
+    *why = e.what();
+    return nullptr;
+  }
+}
+
+// Largest error each dtype's outputs may have, relative to the largest reference value: the output's own
+// rounding (bf16 keeps 8 bits, fp16 11) plus intermediate roundings inside the op, with margin.
+double tolerance(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return 2e-5;
+    case DType::F16: return 4e-3;
+    case DType::BF16: return 2e-2;
+  }
+  return 0;
+}
+
+std::vector<float> randn(size_t n, Rng& rng, double scale = 1.0) {
+  std::vector<float> v(n);
+  for (float& x : v) x = static_cast<float>(scale * rng.normal());
+  return v;
+}
+
+// Rounds v to what a `dtype` array holds.
+void round_to(std::vector<float>& v, DType dtype) {
+  if (dtype == DType::F32) return;
+  std::vector<uint16_t> bits(v.size());
+  convert_from_f32(bits.data(), v.data(), dtype, v.size());
+  convert_to_f32(v.data(), bits.data(), dtype, v.size());
+}
+
+// An array on a backend, written from and read back into fp32 host values.
+class Array {
+ public:
+  Array(Backend& b, const std::vector<float>& host, DType dtype)
+      : backend_(&b), dtype_(dtype), n_(host.size()), buf_(b, std::max<size_t>(1, host.size()) * dtype_size(dtype)) {
+    std::vector<uint8_t> bytes(n_ * dtype_size(dtype));
+    convert_from_f32(bytes.data(), host.data(), dtype, n_);
+    if (n_) b.upload(buf_.data(), bytes.data(), bytes.size());
+  }
+  void* data() const { return buf_.data(); }
+  float* f32() const { return buf_.as<float>(); }
+  std::vector<float> read() const {
+    std::vector<uint8_t> bytes(n_ * dtype_size(dtype_));
+    if (n_) backend_->download(bytes.data(), buf_.data(), bytes.size());
+    std::vector<float> out(n_);
+    convert_to_f32(out.data(), bytes.data(), dtype_, n_);
+    return out;
+  }
+
+ private:
+  Backend* backend_;
+  DType dtype_;
+  size_t n_;
+  Buffer buf_;
+};
+
+// max |got − want| / max |want| over the elements `keep` selects (all when empty).
+double rel_err(const std::vector<float>& got, const std::vector<float>& want) {
+  EXPECT_EQ(got.size(), want.size());
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < std::min(got.size(), want.size()); i++) {
+    if (!std::isfinite(got[i])) return INFINITY;
+    diff = std::max(diff, std::abs(static_cast<double>(got[i]) - want[i]));
+    scale = std::max(scale, std::abs(static_cast<double>(want[i])));
+  }
+  return scale > 0 ? diff / scale : diff;
+}
+
+class BackendOps : public ::testing::TestWithParam<std::tuple<Target, DType>> {
+ protected:
+  void SetUp() override {
+    std::string why;
+    b_ = backend_or_skip(std::get<0>(GetParam()), &why);
+    if (!b_) GTEST_SKIP() << why;
+    dtype_ = std::get<1>(GetParam());
+  }
+  // Whether the backend takes this op with activations in the dtype under test; prints why not.
+  bool runs(OpQuery q) {
+    q.dtype = dtype_;
+    if (q.op == Op::Matmul || q.op == Op::Embedding) q.weight = dtype_;
+    const std::string why = b_->unsupported(q);
+    if (!why.empty()) std::printf("  not run on %s: %s\n", b_->describe().c_str(), why.c_str());
+    return why.empty();
+  }
+  // For the ops that read weights: the activations' dtype that goes with weights of the dtype under test
+  // (the same one on a GPU; fp32 on the CPU, which reads bf16 and fp16 weights in their type), or false.
+  bool weights_run(Op op, DType* act) {
+    for (DType a : {dtype_, DType::F32}) {
+      if (b_->unsupported({op, a, dtype_}).empty()) {
+        *act = a;
+        return true;
+      }
+    }
+    return runs({op});
+  }
+  Backend* b_ = nullptr;
+  DType dtype_ = DType::F32;
+};
+
+TEST_P(BackendOps, Embedding) {
+  DType act = dtype_;
+  if (!weights_run(Op::Embedding, &act)) GTEST_SKIP();
+  Rng rng(1);
+  const int V = 37, C = 70;
+  const int64_t M = 13;
+  auto table = randn(int64_t{V} * C, rng);
+  round_to(table, dtype_);
+  std::vector<int32_t> ids(M);
+  for (int64_t m = 0; m < M; m++) ids[m] = static_cast<int32_t>(rng.below(V));
+  ids[0] = V - 1;
+  Array d_table(*b_, table, dtype_), d_out(*b_, std::vector<float>(M * C), act);
+  Buffer d_ids(*b_, sizeof(int32_t) * M);
+  b_->upload(d_ids.data(), ids.data(), sizeof(int32_t) * M);
+  b_->embedding({act, d_out.data(), d_ids.as<int32_t>(), WeightView{d_table.data(), dtype_}, M, C});
+  std::vector<float> want(M * C);
+  cpu::embedding_forward(want.data(), ids.data(), table.data(), M, C);
+  EXPECT_EQ(d_out.read(), want);  // a copy: exact in every dtype
+}
+
+TEST_P(BackendOps, ResidualRmsNorm) {
+  if (!runs({Op::RmsNorm})) GTEST_SKIP();
+  for (bool first : {true, false}) {
+    for (int C : {1, 24, 768, 1037}) {
+      Rng rng(C + first);
+      const int64_t M = 9;
+      auto inp = randn(M * C, rng), residual = randn(M * C, rng, 3.0), weight = randn(C, rng);
+      round_to(inp, dtype_);
+      Array d_inp(*b_, inp, dtype_), d_res(*b_, residual, DType::F32), d_w(*b_, weight, DType::F32),
+          d_out(*b_, std::vector<float>(M * C), dtype_);
+      b_->rmsnorm({dtype_, d_out.data(), d_res.f32(), d_inp.data(), d_w.f32(), first, M, C, 1e-5f});
+      std::vector<float> want(M * C), want_res = residual;
+      cpu::residual_rmsnorm_forward(want.data(), want_res.data(), inp.data(), weight.data(), first, M, C, 1e-5f);
+      EXPECT_LE(rel_err(d_out.read(), want), tolerance(dtype_)) << "C " << C << " first " << first;
+      EXPECT_LE(rel_err(d_res.read(), want_res), 1e-6) << "C " << C << " first " << first;
+    }
+  }
+}
+
+struct MatmulShape {
+  int64_t M;
+  int K, N;
+  int pad_in, pad_out;  // extra elements per row: strided views of wider arrays
+  bool bias, out_f32;   // out_f32: fp32 output from activations of any dtype (the LM head)
+};
+
+TEST_P(BackendOps, Matmul) {
+  DType act = dtype_;
+  if (!weights_run(Op::Matmul, &act)) GTEST_SKIP();
+  const MatmulShape shapes[] = {{1, 24, 37, 0, 0, false, false}, {1, 768, 1536, 0, 0, true, false},
+                                {5, 33, 70, 3, 5, true, false},  {64, 48, 130, 0, 7, false, true},
+                                {130, 70, 17, 9, 0, true, true}, {3, 1, 1, 0, 0, false, false}};
+  for (const MatmulShape& s : shapes) {
+    Rng rng(s.M * 1000 + s.K + s.N);
+    const int64_t ldi = s.K + s.pad_in, ldo = s.N + s.pad_out;
+    const DType out_dtype = s.out_f32 ? DType::F32 : act;
+    auto inp = randn(s.M * ldi, rng), w = randn(int64_t{s.N} * s.K, rng, 1.0 / std::sqrt(s.K)),
+         bias = randn(s.N, rng);
+    round_to(inp, act);
+    round_to(w, dtype_);
+    Array d_inp(*b_, inp, act), d_w(*b_, w, dtype_), d_bias(*b_, bias, DType::F32),
+        d_out(*b_, std::vector<float>(s.M * ldo, 0.0f), out_dtype);
+    MatmulParams p;
+    p.out = d_out.data(), p.ldo = ldo, p.out_dtype = out_dtype;
+    p.inp = d_inp.data(), p.ldi = ldi, p.dtype = act;
+    p.weight = WeightView{d_w.data(), dtype_};
+    p.bias = s.bias ? d_bias.f32() : nullptr;
+    p.M = s.M, p.K = s.K, p.N = s.N;
+    b_->matmul(p);
+    std::vector<float> want(s.M * ldo, 0.0f);
+    cpu::matmul_forward(want.data(), ldo, inp.data(), ldi, w.data(), s.bias ? bias.data() : nullptr, s.M, s.K, s.N);
+    // Products of rounded values summed in fp32: the sum's order is the backend's; only the output's
+    // rounding depends on the dtype.
+    EXPECT_LE(rel_err(d_out.read(), want), 2 * tolerance(out_dtype)) << s.M << " × " << s.K << " · " << s.N;
+  }
+}
+
+struct ConvShape {
+  int B, L, D, K;
+  enum Tail { None, InPlace, Apart } tail;
+};
+
+TEST_P(BackendOps, Conv1d) {
+  const ConvShape shapes[] = {{1, 1, 8, 4, ConvShape::InPlace}, {3, 1, 70, 4, ConvShape::InPlace},
+                              {2, 19, 70, 4, ConvShape::InPlace}, {2, 19, 33, 3, ConvShape::Apart},
+                              {1, 2, 16, 4, ConvShape::None},     {2, 40, 24, 1, ConvShape::InPlace}};
+  int ran = 0;
+  for (const ConvShape& s : shapes) {
+    if (!runs({Op::Conv1d, dtype_, dtype_, false, 0, s.K})) continue;
+    ran++;
+    Rng rng(s.B * 100 + s.L + s.D);
+    const int64_t xs = 2 * s.D + 3, T = int64_t{s.B} * (s.K - 1) * s.D;
+    auto x = randn(int64_t{s.B} * s.L * xs, rng), w = randn(int64_t{s.D} * s.K, rng, 0.5), bias = randn(s.D, rng),
+         tail = randn(T, rng);
+    round_to(x, dtype_);
+    Array d_x(*b_, x, dtype_), d_w(*b_, w, DType::F32), d_bias(*b_, bias, DType::F32), d_tail(*b_, tail, DType::F32),
+        d_tail2(*b_, std::vector<float>(T, 0.0f), DType::F32), d_out(*b_, std::vector<float>(int64_t{s.B} * s.L * s.D), dtype_);
+    Conv1dParams p;
+    p.batch = s.B, p.seqlen = s.L, p.dim = s.D, p.width = s.K, p.dtype = dtype_;
+    p.out = d_out.data(), p.out_stride = s.D;
+    p.x = d_x.data(), p.x_stride = xs;
+    p.weight = d_w.f32(), p.bias = d_bias.f32();
+    p.tail_in = s.tail == ConvShape::None ? nullptr : d_tail.f32();
+    p.tail_out = s.tail == ConvShape::InPlace ? d_tail.f32() : s.tail == ConvShape::Apart ? d_tail2.f32() : nullptr;
+    Buffer ws(*b_, std::max<size_t>(1, b_->conv1d_workspace(p)));
+    b_->conv1d(p, ws.data());
+    std::vector<float> want(int64_t{s.B} * s.L * s.D), want_tail = s.tail == ConvShape::None ? std::vector<float>(T, 0.0f) : tail;
+    cpu::conv1d_silu_forward(want.data(), s.D, want_tail.data(), x.data(), xs, w.data(), bias.data(), s.B, s.L, s.D, s.K);
+    const std::string where = "B " + std::to_string(s.B) + " L " + std::to_string(s.L) + " D " + std::to_string(s.D) +
+                              " K " + std::to_string(s.K);
+    EXPECT_LE(rel_err(d_out.read(), want), tolerance(dtype_)) << where;
+    if (s.tail != ConvShape::None) {
+      EXPECT_EQ((s.tail == ConvShape::InPlace ? d_tail : d_tail2).read(), want_tail) << where;  // inputs moved: exact
+    }
+  }
+  if (!ran) GTEST_SKIP();
+}
+
+struct ScanShape {
+  int B, L, D, N;
+  bool z, skip, bias, state, chunks;
+};
+
+TEST_P(BackendOps, Scan) {
+  const ScanShape shapes[] = {
+      {1, 1, 8, 16, true, true, true, true, false},     // a decode step
+      {5, 1, 70, 16, true, true, true, true, false},    // a batched decode step
+      {2, 33, 70, 16, true, true, true, true, true},    // prefill from a state, with chunk states
+      {1, 300, 24, 16, true, false, true, false, false},
+      {3, 17, 33, 4, false, true, false, true, false},  // no gate, no bias, N = 4
+      {1, 64, 16, 1, true, true, true, false, true},
+  };
+  int ran = 0;
+  for (const ScanShape& s : shapes) {
+    if (!runs({Op::Scan, dtype_, dtype_, false, s.N, 0})) continue;
+    ran++;
+    Rng rng(s.B * 1000 + s.L * 10 + s.N);
+    const int64_t rows = int64_t{s.B} * s.L;
+    // u and z as column slices of one (rows, 2D) array, Δ dense, B and C slices of a (rows, R + 2N) one.
+    const int R = 3, xw = R + 2 * s.N;
+    auto xz = randn(rows * 2 * s.D, rng), delta = randn(rows * s.D, rng, 0.5), xdbl = randn(rows * xw, rng),
+         A = randn(int64_t{s.D} * s.N, rng, 0.5), Dv = randn(s.D, rng), bias = randn(s.D, rng, 0.5),
+         h0 = randn(int64_t{s.B} * s.D * s.N, rng);
+    for (float& a : A) a = -std::exp(a);
+    round_to(xz, dtype_);
+    round_to(delta, dtype_);
+    round_to(xdbl, dtype_);
+    const int64_t chunks = s.chunks ? scan_chunks(s.L, kCudaStateChunk) : 0;
+    Array d_xz(*b_, xz, dtype_), d_delta(*b_, delta, dtype_), d_xdbl(*b_, xdbl, dtype_), d_A(*b_, A, DType::F32),
+        d_D(*b_, Dv, DType::F32), d_bias(*b_, bias, DType::F32), d_h(*b_, h0, DType::F32),
+        d_y(*b_, std::vector<float>(rows * s.D), dtype_),
+        d_chunks(*b_, std::vector<float>(s.B * chunks * s.D * s.N), DType::F32);
+    const size_t e = dtype_size(dtype_);
+    auto params = [&](void* xz_p, void* delta_p, void* xdbl_p, void* y, const float* Ap, const float* Dp,
+                      const float* biasp, float* h, float* ck) {
+      ScanParams p;
+      p.batch = s.B, p.seqlen = s.L, p.dim = s.D, p.dstate = s.N, p.dtype = dtype_;
+      p.y = y, p.y_stride = s.D;
+      p.u = xz_p, p.u_stride = 2 * s.D;
+      p.delta = delta_p, p.delta_stride = s.D;
+      p.A = Ap;
+      p.Bm = static_cast<char*>(xdbl_p) + R * e, p.Cm = static_cast<char*>(xdbl_p) + (R + s.N) * e;
+      p.B_stride = p.C_stride = xw;
+      p.D = s.skip ? Dp : nullptr;
+      p.z = s.z ? static_cast<char*>(xz_p) + s.D * e : nullptr, p.z_stride = 2 * s.D;
+      p.delta_bias = s.bias ? biasp : nullptr;
+      p.state_in = s.state ? h : nullptr;
+      p.state_out = h;
+      p.chunk_states = ck;
+      p.state_chunk = ck ? kCudaStateChunk : 0;
+      return p;
+    };
+    const ScanParams p = params(d_xz.data(), d_delta.data(), d_xdbl.data(), d_y.data(), d_A.f32(), d_D.f32(),
+                                d_bias.f32(), d_h.f32(), s.chunks ? d_chunks.f32() : nullptr);
+    Buffer ws(*b_, std::max<size_t>(1, b_->scan_workspace(p)));
+    b_->scan(p, ws.data());
+
+    // The oracle works in fp32 on the same rounded values; the CPU's float pointers need its own byte offsets.
+    std::vector<float> want_y(rows * s.D), want_h = h0, want_chunks(s.B * chunks * s.D * s.N);
+    ScanParams q = params(xz.data(), delta.data(), xdbl.data(), want_y.data(), A.data(), Dv.data(), bias.data(),
+                          want_h.data(), s.chunks ? want_chunks.data() : nullptr);
+    q.dtype = DType::F32;
+    q.Bm = xdbl.data() + R, q.Cm = xdbl.data() + R + s.N;
+    q.z = s.z ? xz.data() + s.D : nullptr;
+    cpu::selective_scan_forward(q);
+    const std::string where = "B " + std::to_string(s.B) + " L " + std::to_string(s.L) + " D " + std::to_string(s.D) +
+                              " N " + std::to_string(s.N);
+    EXPECT_LE(rel_err(d_y.read(), want_y), tolerance(dtype_)) << where;
+    EXPECT_LE(rel_err(d_h.read(), want_h), 2e-5) << where;  // fp32 on every backend, from the same rounded inputs
+    if (s.chunks) {
+      EXPECT_LE(rel_err(d_chunks.read(), want_chunks), 2e-5) << where;
+    }
+  }
+  if (!ran) GTEST_SKIP();
+}
+
+TEST_P(BackendOps, Argmax) {
+  if (dtype_ != DType::F32) GTEST_SKIP() << "argmax reads fp32 logits whatever the activations' dtype";
+  Rng rng(5);
+  const int64_t M = 7;
+  const int N = 50280;
+  auto x = randn(M * N, rng);
+  x[3 * N + 17] = x[3 * N + 40000] = 100.0f;  // a tie: the first index wins
+  x[6 * N + N - 1] = 50.0f;                   // the last column
+  Array d_x(*b_, x, DType::F32);
+  Buffer d_ids(*b_, sizeof(int32_t) * M);
+  b_->argmax(d_ids.as<int32_t>(), d_x.f32(), M, N);
+  std::vector<int32_t> ids(M);
+  b_->download(ids.data(), d_ids.data(), sizeof(int32_t) * M);
+  for (int64_t m = 0; m < M; m++) {
+    const float* row = x.data() + m * N;
+    EXPECT_EQ(ids[m], std::max_element(row, row + N) - row) << "row " << m;
+  }
+  EXPECT_EQ(ids[3], 17);
+}
+
+// What each backend refuses, it refuses by name, before running anything.
+TEST(BackendSeam, UnsupportedSaysWhy) {
+  Backend& cpu = Backend::cpu();
+  EXPECT_EQ(cpu.unsupported({Op::Matmul, DType::F32, DType::BF16}), "");
+  EXPECT_NE(cpu.unsupported({Op::Matmul, DType::BF16, DType::BF16}), "");
+  EXPECT_EQ(cpu.unsupported({Op::Scan, DType::F32, DType::F32, true, 16, 0}), "");  // the CPU has the LTI form
+  EXPECT_NE(cpu.unsupported({Op::Scan, DType::F32, DType::F32, false, kMaxState + 1, 0}), "");
+  std::string why;
+  if (Backend* gpu = backend_or_skip(targets()[1], &why)) {
+    EXPECT_NE(gpu->unsupported({Op::Scan, DType::BF16, DType::BF16, true, 16, 0}), "");  // no LTI on CUDA
+    EXPECT_NE(gpu->unsupported({Op::Matmul, DType::BF16, DType::F32}), "");
+  }
+}
+
+TEST(BackendSeam, DeviceNames) {
+  EXPECT_EQ(Device::parse("cpu").name(), "cpu");
+  EXPECT_EQ(Device::parse("cuda").name(), "cuda:0");
+  EXPECT_EQ(Device::parse("cuda:3").index, 3);
+  for (const char* bad : {"gpu", "cuda:", "cuda:x", "cuda:-1", "CPU", ""}) {
+    EXPECT_THROW(Device::parse(bad), Error) << bad;
+  }
+}
+
+// Without a usable GPU, asking for one is an error that says why; it never falls back to the CPU.
+TEST(BackendSeam, NoGpuIsAClearError) {
+  std::string why;
+  if (backend_or_skip(targets()[1], &why)) GTEST_SKIP() << "this machine has a GPU";
+  EXPECT_TRUE(why.find("cuda:0") != std::string::npos) << why;
+}
+
+std::string name(const ::testing::TestParamInfo<std::tuple<Target, DType>>& info) {
+  return std::get<0>(info.param).name + "_" + std::string(dtype_name(std::get<1>(info.param)));
+}
+
+INSTANTIATE_TEST_SUITE_P(AllBackends, BackendOps,
+                         ::testing::Combine(::testing::ValuesIn(targets()),
+                                            ::testing::Values(DType::F32, DType::BF16, DType::F16)),
+                         name);
+
+}  // namespace
+}  // namespace mamba
