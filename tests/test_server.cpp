@@ -4,10 +4,12 @@
 // The HTTP server itself is tested with OpenAI's client in tests/server/openai.test.mjs.
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "core/rng.h"
 #include "mamba/mamba.h"
+#include "server/chat_template.h"
 #include "server/protocol.h"
 #include "server/sessions.h"
 #include "test_util.h"
@@ -204,6 +206,50 @@ TEST(ServerSessions, IdsNameFiles) {
   EXPECT_TRUE(valid_session_id("chat-1_a.b"));
   for (const char* bad : {"", ".hidden", "..", "a/b", "a b", "é"}) EXPECT_FALSE(valid_session_id(bad)) << bad;
   EXPECT_FALSE(valid_session_id(std::string(129, 'a')));
+}
+
+// Chat templates render as Hugging Face's Jinja environment renders them (trim_blocks, lstrip_blocks).
+TEST(ServerChat, TemplatesRenderAsHuggingFaceDoes) {
+  const std::vector<ChatMessage> chat = {{"system", "Be brief."}, {"user", " hi "}, {"assistant", "yo"}, {"user", "and?"}};
+  // havenhq/mamba-chat's (zephyr's) template, as its tokenizer_config.json has it.
+  const ChatTemplate zephyr(
+      "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + eos_token }}\n"
+      "{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+      "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n"
+      "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}",
+      "<s>", "</s>");
+  EXPECT_EQ(zephyr.render(chat),
+            "<|system|>\nBe brief.</s>\n<|user|>\n hi </s>\n<|assistant|>\nyo</s>\n<|user|>\nand?</s>\n<|assistant|>\n");
+  const ChatTemplate chatml(
+      "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+      "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}");
+  EXPECT_EQ(chatml.render({{"user", "hi"}}), "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+  // Slices, filters, methods, loop, set, whitespace control, tests, `in`, conditional expressions.
+  const ChatTemplate mixed(
+      "{{ bos_token }}{% set first = messages[0] %}{% if first.role == 'system' %}[{{ first.content.upper() }}]{% endif %}\n"
+      "  {%- for m in messages[1:] %}\n"
+      "    {{- m.role|upper ~ ': ' ~ m.content|trim }}{% if not loop.last %} | {% endif %}\n"
+      "  {%- endfor %}{{ ' #' ~ (messages|length) if 'and?' in messages[-1].content and x is not defined else '' }}",
+      "<s>");
+  EXPECT_EQ(mixed.render(chat), "<s>[BE BRIEF.]USER: hi | ASSISTANT: yo | USER: and? #4");
+  const ChatTemplate refuses("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}");
+  try {
+    refuses.render(chat);
+    FAIL();
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status(), 400);
+    EXPECT_NE(std::string(e.what()).find("System role not supported"), std::string::npos);
+  }
+  for (const char* unknown : {"{% macro f() %}{% endmacro %}", "{{ range(3) }}", "{{ messages|dictsort }}", "{% if x %}"}) {
+    EXPECT_THROW(ChatTemplate(unknown).render(chat), ApiError) << unknown;
+  }
+
+  test::TempDir dir;
+  EXPECT_FALSE(ChatTemplate::find(dir.path()).has_value());
+  std::ofstream(dir / "tokenizer_config.json") << R"({"eos_token": {"content": "</s>"}, "chat_template": "{{ messages[0].content + eos_token }}"})";
+  const auto found = ChatTemplate::find(dir.path());
+  ASSERT_TRUE(found.has_value());
+  EXPECT_EQ(found->render(chat), "Be brief.</s>");
 }
 
 }  // namespace

@@ -201,6 +201,34 @@ test('n continuations sample with seed + j; logprobs', async () => {
   assert.equal(await s.stop(), 0);
 });
 
+test('chat completions through the model folder\'s chat template', async () => {
+  const dir = path.join(scratch, 'chat');
+  fs.mkdirSync(dir);
+  for (const f of ['config.json', 'model.safetensors']) fs.copyFileSync(path.join(model, f), path.join(dir, f));
+  // havenhq/mamba-chat's template (zephyr's).
+  const template = "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}";
+  fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify({ eos_token: '</s>', chat_template: template }));
+  const s = await serve([], dir);
+  const messages = [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Mamba is' }];
+  const prompt = '<|system|>\nBe brief.</s>\n<|user|>\nMamba is</s>\n<|assistant|>\n';
+  const want = (await s.client.completions.create({ model: 'chat', prompt, max_tokens: 12, temperature: 0 })).choices[0].text;
+  const chat = await s.client.chat.completions.create({ model: 'chat', messages, max_tokens: 12, temperature: 0 });
+  assert.equal(chat.object, 'chat.completion');
+  assert.equal(chat.choices[0].message.role, 'assistant');
+  assert.equal(chat.choices[0].message.content, want);
+  assert.equal(chat.usage.prompt_tokens, Buffer.byteLength(prompt));
+  let streamed = '', role = null;
+  for await (const chunk of await s.client.chat.completions.create({ model: 'chat', messages, max_tokens: 12, temperature: 0, stream: true })) {
+    role ??= chunk.choices[0]?.delta?.role;
+    streamed += chunk.choices[0]?.delta?.content ?? '';
+  }
+  assert.equal(role, 'assistant');
+  assert.equal(streamed, want);
+  await assert.rejects(s.client.chat.completions.create({ model: 'chat', messages: [{ role: 'robot', content: 'x' }] }),
+    (e) => e instanceof OpenAI.BadRequestError && /role/.test(e.message));
+  assert.equal(await s.stop(), 0);
+});
+
 // ---- many clients at once ----
 
 // On bf16 weights the CPU's decode computes each of up to 8 rows exactly as it computes one row
