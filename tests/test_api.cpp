@@ -5,6 +5,7 @@
 // same API through the binding; these also run under the sanitizers.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <fstream>
 #include <stdexcept>
@@ -161,6 +162,12 @@ TEST(Api, StatesBatchSequencesTogether) {
     for (int v = 0; v < V; v++) EXPECT_NEAR(batch_logits[static_cast<size_t>(i * V + v)], alone[v], 1e-4);
     EXPECT_EQ(batch.row(i).bytes(), singles[i].bytes());
   }
+  // Each row samples with its own options, as its session would.
+  api::Sampler greedy(sampling(0, 0), V);
+  const std::span<const float> row0(batch_logits.data(), static_cast<size_t>(V));
+  EXPECT_EQ(greedy.sample(row0), static_cast<int32_t>(std::max_element(row0.begin(), row0.end()) - row0.begin()));
+  EXPECT_THROW(greedy.sample(std::span<const float>(batch_logits.data(), 3)), Error);
+  EXPECT_THROW(api::Sampler(sampling(-1, 0), V), Error);
   const int keep[] = {0, 2};
   batch.keep_rows(keep);
   EXPECT_EQ(batch.batch(), 2);

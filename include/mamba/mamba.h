@@ -165,6 +165,26 @@ class TextDecoder {
 
 class Model;
 
+// Chooses tokens from logits as a Session does (repetition penalty, temperature, top-k, top-p, min-p;
+// one draw from a SplitMix64 stream per token, the same on every platform). For frontends that batch
+// sequences with Model::step and sample each row with its own options.
+class Sampler {
+ public:
+  Sampler(const SamplingOptions& options, int vocab);  // fails naming an option out of its range
+  ~Sampler();
+  Sampler(const Sampler&);
+  Sampler& operator=(const Sampler&);
+  Sampler(Sampler&&) noexcept;
+  Sampler& operator=(Sampler&&) noexcept;
+
+  int32_t sample(std::span<const float> logits);  // logits (vocab)
+  void observe(int32_t id);  // a token of the sequence (prompt or output), for the repetition penalty
+
+  struct Impl;
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
 // ---- the recurrent state of B sequences ----
 
 // Per layer the convolution's tail and the SSM state h, fp32, on the model's device. Its size does not

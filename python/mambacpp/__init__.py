@@ -27,6 +27,7 @@ from ._core import (  # noqa: E402,F401
     Model,
     ModelConfig,
     Perplexity,
+    Sampler,
     Session,
     State,
     Stream,

@@ -9,6 +9,7 @@ from ._core import (
     Model as Model,
     ModelConfig as ModelConfig,
     Perplexity as Perplexity,
+    Sampler as Sampler,
     Session as Session,
     State as State,
     Stream as Stream,

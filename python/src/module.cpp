@@ -366,6 +366,20 @@ PYBIND11_MODULE(_core, mod) {
       .def("push", &TextDecoder::push, py::arg("id"), "The text this id completes (maybe '').")
       .def("finish", &TextDecoder::finish, "The rest; an unfinished character becomes U+FFFD.");
 
+  py::class_<Sampler>(mod, "Sampler",
+                      "Chooses tokens from logits as a Session does, for rows stepped together with Model.step.")
+      .def(py::init([](int vocab, double temperature, int top_k, double top_p, double min_p, double repetition_penalty,
+                       uint64_t seed) {
+             return Sampler(sampling_options(temperature, top_k, top_p, min_p, repetition_penalty, seed), vocab);
+           }),
+           py::arg("vocab"), py::kw_only(), py::arg("temperature") = 0.8, py::arg("top_k") = 0, py::arg("top_p") = 1.0,
+           py::arg("min_p") = 0.0, py::arg("repetition_penalty") = 1.0, py::arg("seed") = 0)
+      .def("sample", [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits) {
+             if (logits.ndim() != 1) value_error("logits: expected a 1-D array (vocab,)");
+             return s.sample(std::span<const float>(logits.data(), static_cast<size_t>(logits.size())));
+           }, py::arg("logits"), "The next token from logits (V,).")
+      .def("observe", &Sampler::observe, py::arg("id"), "A token of the sequence, for the repetition penalty.");
+
   // ---- state ----
   py::class_<State>(mod, "State",
                     "The recurrent state of B sequences: per layer the convolution's tail and the SSM state, fp32. "

@@ -17,6 +17,7 @@
 #include "model/engine.h"
 #include "model/generator.h"
 #include "model/model.h"
+#include "model/sampler.h"
 #include "model/state.h"
 #include "model/trainer.h"
 #include "model/weights.h"
@@ -155,6 +156,40 @@ int32_t Tokenizer::token_id(std::string_view token) const { return impl_->tokeni
 std::string Tokenizer::token_bytes(int32_t id) const { return impl_->tokenizer.token_bytes(id); }
 bool Tokenizer::is_special(int32_t id) const { return impl_->tokenizer.is_special(id); }
 std::string Tokenizer::path() const { return impl_->tokenizer.path(); }
+
+// ---- Sampler ----
+
+struct Sampler::Impl {
+  mamba::Sampler sampler;
+  int vocab;
+};
+
+Sampler::Sampler(const SamplingOptions& options, int vocab) {
+  if (vocab < 1) fail("sampler: vocabulary ", vocab, " must be ≥ 1");
+  const mamba::SamplerOptions o = sampler_options(options);
+  o.validate();
+  impl_ = std::make_unique<Impl>(Impl{mamba::Sampler(o, vocab), vocab});
+}
+Sampler::~Sampler() = default;
+Sampler::Sampler(const Sampler& other) : impl_(std::make_unique<Impl>(*other.impl_)) {}
+Sampler& Sampler::operator=(const Sampler& other) {
+  if (this != &other) impl_ = std::make_unique<Impl>(*other.impl_);
+  return *this;
+}
+Sampler::Sampler(Sampler&&) noexcept = default;
+Sampler& Sampler::operator=(Sampler&&) noexcept = default;
+
+int32_t Sampler::sample(std::span<const float> logits) {
+  if (static_cast<int64_t>(logits.size()) != impl_->vocab) {
+    fail("sampler: ", logits.size(), " logits for a vocabulary of ", impl_->vocab);
+  }
+  return impl_->sampler.sample(logits.data());
+}
+
+void Sampler::observe(int32_t id) {
+  if (id < 0 || id >= impl_->vocab) fail("sampler: token id ", id, " is out of range [0, ", impl_->vocab, ")");
+  impl_->sampler.observe(id);
+}
 
 // ---- Model ----
 
