@@ -133,3 +133,19 @@ def test_rows_stepped_together_sample_like_sessions():
             got[i].append(t)
         logits = m.step(ids, state)
     assert got == want
+
+
+def test_quantized_folder_equals_quantizing_on_load_and_memory_is_checked(tmp_path):
+    folder = FIXTURES / "official_f32_L17_tied"
+    config = mambacpp.quantize(folder, tmp_path / "int8")
+    assert config.d_model == 64
+    from_file = mambacpp.Model(tmp_path / "int8")
+    assert from_file.weight_dtype == "int8"
+    ids = np.arange(9) % 64
+    assert np.array_equal(from_file.score(ids), mambacpp.Model(folder, dtype="int8").score(ids))
+    mambacpp.set_memory_limit(1 << 20)
+    try:
+        with pytest.raises(mambacpp.Error, match="score: logits of 1 × 100000 tokens"):
+            from_file.score(np.zeros(100000, dtype=np.int32))
+    finally:
+        mambacpp.set_memory_limit(0)

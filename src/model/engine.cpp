@@ -19,7 +19,9 @@ inline void* offset(void* p, int64_t n, DType dtype) { return static_cast<char*>
 Engine::Engine(const Model& model, const EngineOptions& options)
     : model_(model),
       backend_(Backend::get(options.device)),
-      dtype_(options.dtype.value_or(backend_.host_memory() ? DType::F32 : model.weight_dtype())),
+      // On a GPU the activations take the weights' type, fp32 for int8 weights (dequantized there).
+      dtype_(options.dtype.value_or(backend_.host_memory() || model.weight_dtype() == DType::I8 ? DType::F32
+                                                                                                : model.weight_dtype())),
       max_tokens_(std::max<int64_t>(1, options.max_tokens)),
       graphs_enabled_(options.graphs) {
   const Config& c = model_.config();
@@ -57,7 +59,8 @@ Engine::Engine(const Model& model, const EngineOptions& options)
       backend_.upload(base + at[i], v.data, bytes);
     } else {
       staging.resize(bytes);
-      convert(staging.data(), want, v.data, v.dtype, static_cast<size_t>(s.numel));
+      const int64_t rows = s.matrix ? s.shape[0] : 1;
+      convert_weight(WeightView{staging.data(), want}, v, rows, s.numel / rows);
       backend_.upload(base + at[i], staging.data(), bytes);
     }
   }
