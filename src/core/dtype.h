@@ -46,17 +46,22 @@ inline float f16_to_f32_soft(uint16_t h) {
   // Inf; NaN made quiet, as the hardware's conversion does; else the exponent rebiased from 15 to 127.
   const uint32_t bits = exponent == 0x1f ? sign | (mantissa ? 0x7fc00000u : 0x7f800000u) | (mantissa << 13)
                                          : sign | ((exponent + 112) << 23) | (mantissa << 13);
-  return std::bit_cast<float>(bits);
+  float f;
+  std::memcpy(&f, &bits, 4);  // not std::bit_cast: CUDA code includes this as C++17
+  return f;
 }
 
 inline uint16_t f32_to_f16_soft(float f) {
-  const uint32_t x = std::bit_cast<uint32_t>(f);
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
   const auto sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
   uint32_t a = x & 0x7fffffffu;
   if (a > 0x7f800000u) return sign | 0x7e00u | ((a >> 13) & 0x3ffu);  // NaN stays a (quiet) NaN
   if (a >= 0x477ff000u) return sign | 0x7c00u;                       // ≥ 65520 rounds to Inf
   if (a < 0x38800000u) {  // below 2^-14: a subnormal half, |f| · 2^24 rounded to an integer (< 1025)
-    return sign | static_cast<uint16_t>(std::nearbyint(std::bit_cast<float>(a) * 0x1p24f));
+    float magnitude;
+    std::memcpy(&magnitude, &a, 4);
+    return sign | static_cast<uint16_t>(std::nearbyint(magnitude * 0x1p24f));
   }
   a += 0xfffu + ((a >> 13) & 1u);  // round the 13 dropped bits to nearest even; a carry bumps the exponent
   return sign | static_cast<uint16_t>((a - (112u << 23)) >> 13);

@@ -141,7 +141,7 @@ void Engine::forward(const int32_t* tokens, int B, int L, State& state, float* l
   reserve(B, chunk);
   const int64_t V = c.vocab_size;
   const bool host = backend_.host_memory();
-  if (L == 1 && which != Logits::None && use_graphs()) {  // a decode step: replayed
+  if (L == 1 && which != Logits::None && !host) {  // a decode step: one sequence of kernels, maybe replayed
     std::memcpy(chunk_tokens_.data(), tokens, sizeof(int32_t) * B);
     decode_on_device(B, state);
     backend_.download(logits, logits_, sizeof(float) * static_cast<size_t>(B * V));
@@ -188,11 +188,7 @@ void Engine::step_greedy(const int32_t* tokens, int B, State& state, int32_t* ne
     run_chunk(B, 1, state, logits.data(), V, true);
     backend_.argmax(next, logits.data(), B, static_cast<int>(V));
   } else {
-    if (use_graphs()) {
-      decode_on_device(B, state);
-    } else {
-      run_chunk(B, 1, state, logits_, V, true);
-    }
+    decode_on_device(B, state);
     backend_.argmax(ids_, logits_, B, static_cast<int>(V));
     backend_.download(next, ids_, sizeof(int32_t) * B);
   }
@@ -201,6 +197,8 @@ void Engine::step_greedy(const int32_t* tokens, int B, State& state, int32_t* ne
 void Engine::decode_on_device(int B, State& state) {
   const int64_t V = model_.config().vocab_size;
   backend_.upload(tokens_, chunk_tokens_.data(), sizeof(int32_t) * B);
+  // Eager or recorded, the step is the same kernels on the same buffers: replay equals eager bitwise.
+  if (!use_graphs()) return run_layers(tokens_, B, 1, state, logits_, V, true);
   for (DecodeGraph& g : graphs_) {
     if (g.batch == B && g.conv == state.conv_layer(0) && g.ssm == state.ssm_layer(0)) {
       backend_.replay(*g.graph);
