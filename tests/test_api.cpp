@@ -1,10 +1,12 @@
 // The library API (include/mamba/mamba.h) as a frontend sees it: cancellation and callbacks' exceptions
 // end a call at a clean boundary and leave the session going on as if uninterrupted; streaming equals
 // a whole run; several threads share one model; States batch sessions as a server would; training
-// reports through its callback and stops with a checkpoint. The Python tests (python/tests) cover the
+// reports through its callback and stops with a checkpoint, and resumes with changed options; memory is
+// checked before work that would not fit. The Python tests (python/tests) cover the
 // same API through the binding; these also run under the sanitizers.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <deque>
 #include <fstream>
@@ -170,6 +172,12 @@ TEST(Api, StatesBatchSequencesTogether) {
     for (int v = 0; v < V; v++) EXPECT_NEAR(batch_logits[static_cast<size_t>(i * V + v)], alone[v], 1e-4);
     EXPECT_EQ(batch.row(i).bytes(), singles[i].bytes());
   }
+  // Each row samples with its own options, as its session would.
+  api::Sampler greedy(sampling(0, 0), V);
+  const std::span<const float> row0(batch_logits.data(), static_cast<size_t>(V));
+  EXPECT_EQ(greedy.sample(row0), static_cast<int32_t>(std::max_element(row0.begin(), row0.end()) - row0.begin()));
+  EXPECT_THROW(greedy.sample(std::span<const float>(batch_logits.data(), 3)), Error);
+  EXPECT_THROW(api::Sampler(sampling(-1, 0), V), Error);
   const int keep[] = {0, 2};
   batch.keep_rows(keep);
   EXPECT_EQ(batch.batch(), 2);
@@ -329,6 +337,93 @@ TEST(Api, TrainingReportsThroughItsCallbackAndStopsWithACheckpoint) {
   EXPECT_THROW(resumed.run([](const api::TrainStep&) -> bool { throw std::runtime_error("callback failed"); }),
                std::runtime_error);
   EXPECT_TRUE(std::filesystem::exists(o.out / "checkpoints" / "step-00000004" / "trainer.json"));
+}
+
+// Resuming through the API: the options named in `given` that a run may change are applied and
+// reported, the others refused in the caller's own names; a run that would not fit in the memory limit
+// is refused before anything is built.
+TEST(Api, ResumeChangesWhatItMayAndRefusesTheRest) {
+  test::TempDir tmp;
+  std::filesystem::create_directories(tmp / "texts");
+  for (int d = 0; d < 4; d++) {
+    std::ofstream(tmp / "texts" / ("d" + std::to_string(d) + ".txt")) << std::string(600, static_cast<char>('a' + d));
+  }
+  api::TrainOptions o;
+  o.data = {tmp / "texts"};
+  o.out = tmp / "run";
+  o.d_model = 16;
+  o.n_layer = 1;
+  o.batch = 2;
+  o.seq_len = 16;
+  o.steps = 2;
+  o.eval_batches = 1;
+  api::Training(o).run();
+
+  api::TrainOptions r;
+  r.data = o.data;
+  r.resume = o.out;
+  r.batch = 2;
+  r.lr = 2e-3;
+  r.steps = 4;
+  r.given = {"batch", "lr", "steps"};  // batch given equal to the run's: not a change
+  api::Training resumed(r);
+  ASSERT_EQ(resumed.changes().size(), 2u);
+  EXPECT_EQ(resumed.changes()[0].option, "lr");
+  EXPECT_EQ(resumed.changes()[0].was, "0.001");
+  EXPECT_EQ(resumed.changes()[0].now, "0.002");
+  EXPECT_EQ(resumed.changes()[1].option, "steps");
+  EXPECT_EQ(resumed.run().steps, 4);
+
+  r.steps = 6;
+  r.batch = 4;
+  auto expect_refused = [&](const api::TrainOptions& options, const std::string& part) {
+    try {
+      api::Training t(options);
+      FAIL() << "resumed with " << part;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  expect_refused(r, "batch 4 cannot change in a resumed run (it is 2 there)");
+  r.option_name = [](const std::string& field) { return "<" + field + ">"; };
+  expect_refused(r, "<batch> 4 cannot change");
+  r.batch = 2;
+  r.data.clear();
+  r.tokens = {tmp / "texts" / "d0.txt"};
+  expect_refused(r, "was trained on text (<data>)");
+
+  api::set_memory_limit(1 << 20);
+  o.out = tmp / "big";
+  o.d_model = 256;
+  o.n_layer = 4;
+  expect_refused(o, "needed");
+  EXPECT_FALSE(std::filesystem::exists(o.out / "checkpoints"));
+  api::set_memory_limit(0);
+}
+
+TEST(Api, MemoryChecksAndQuantizedModels) {
+  const Model model(kModel);
+  const int64_t bytes = model.forward_bytes(4, 1000, api::Logits::All);
+  EXPECT_GT(bytes, int64_t{4} * 1000 * 64 * 4);  // the logits, and more
+  EXPECT_LT(model.forward_bytes(4, 1000, api::Logits::Last), bytes);
+  EXPECT_GT(model.generation_bytes(8), 0);
+  api::set_memory_limit(bytes - 1);
+  EXPECT_THROW(api::check_memory(bytes, "these logits"), Error);
+  api::set_memory_limit(0);
+
+  test::TempDir tmp;
+  const api::QuantizeSummary q = api::quantize_model(kModel, tmp / "int8");
+  EXPECT_GT(q.bytes, 0);
+  EXPECT_EQ(q.config.d_model, model.config().d_model);
+  ModelOptions o;
+  o.dtype = "int8";
+  const Model on_load(kModel, o), from_file(tmp / "int8");
+  EXPECT_EQ(from_file.weight_dtype(), "int8");
+  const std::vector<int32_t> ids = prompt(9, 64);
+  std::vector<float> a(9 * 64), b(9 * 64);
+  on_load.score(ids.data(), 1, 9, a.data());
+  from_file.score(ids.data(), 1, 9, b.data());
+  EXPECT_EQ(a, b);  // quantizing on load and reading the quantized file give the same weights
 }
 
 TEST(Api, ErrorsCarryTheCliMessages) {

@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "ops/backend.h"
+#include "ops/cpu/backward.h"
 #include "ops/cpu/ops.h"
 
 namespace mamba {
@@ -48,6 +49,7 @@ double tolerance(DType dtype) {
     case DType::F32: return 2e-5;
     case DType::F16: return 4e-3;
     case DType::BF16: return 2e-2;
+    case DType::I8: return 2e-2;  // int8 weights: tested per kernel path in test_cpu_kernels
   }
   return 0;
 }
@@ -329,6 +331,120 @@ TEST_P(BackendOps, Scan) {
     }
   }
   if (!ran) GTEST_SKIP();
+}
+
+// The backward of the scan and of the conv, the ops whose gradients the GPU already has: against the
+// CPU's kernels of ops/cpu/backward.h (themselves checked by finite differences in test_grad_ops.cpp),
+// with outputs the contract writes pre-filled with garbage, and strided slices as the model passes them.
+TEST_P(BackendOps, ScanBackward) {
+  const int B = 2, L = 37, D = 40, N = 16, R = 3, xw = R + 2 * N;
+  if (!runs({Op::ScanBwd, dtype_, dtype_, false, N, 0})) GTEST_SKIP();
+  Rng rng(11);
+  const int64_t rows = int64_t{B} * L;
+  const int chunk = kCudaStateChunk;
+  auto xz = randn(rows * 2 * D, rng), delta = randn(rows * D, rng, 0.5), xdbl = randn(rows * xw, rng),
+       A = randn(int64_t{D} * N, rng, 0.5), Dv = randn(D, rng), bias = randn(D, rng, 0.5), dy = randn(rows * D, rng);
+  for (float& a : A) a = -std::exp(a);
+  for (auto* v : {&xz, &delta, &xdbl, &dy}) round_to(*v, dtype_);
+  const size_t e = dtype_size(dtype_);
+  const int64_t nck = B * scan_chunks(L, chunk) * D * N;
+  const std::vector<float> garbage_d(rows * D, 7.0f), garbage_z(rows * 2 * D, 7.0f), garbage_x(rows * xw, 7.0f);
+  Array d_xz(*b_, xz, dtype_), d_delta(*b_, delta, dtype_), d_xdbl(*b_, xdbl, dtype_), d_A(*b_, A, DType::F32),
+      d_D(*b_, Dv, DType::F32), d_bias(*b_, bias, DType::F32), d_dy(*b_, dy, dtype_),
+      d_y(*b_, std::vector<float>(rows * D), dtype_), d_ck(*b_, std::vector<float>(nck), DType::F32),
+      d_du(*b_, garbage_d, dtype_), d_ddelta(*b_, garbage_d, dtype_), d_dxz(*b_, garbage_z, dtype_),
+      d_dxdbl(*b_, garbage_x, dtype_), d_dA(*b_, std::vector<float>(int64_t{D} * N, 1.0f), DType::F32),
+      d_dD(*b_, std::vector<float>(D, 1.0f), DType::F32), d_dbias(*b_, std::vector<float>(D, 1.0f), DType::F32);
+  auto fwd_params = [&](const void* xzp, const void* deltap, const void* xdblp, void* y, const float* Ap,
+                        const float* Dp, const float* biasp, float* ck, size_t esize) {
+    ScanParams p;
+    p.batch = B, p.seqlen = L, p.dim = D, p.dstate = N, p.dtype = dtype_;
+    p.y = y, p.y_stride = D;
+    p.u = xzp, p.u_stride = 2 * D;
+    p.delta = deltap, p.delta_stride = D;
+    p.A = Ap;
+    p.Bm = static_cast<const char*>(xdblp) + R * esize, p.Cm = static_cast<const char*>(xdblp) + (R + N) * esize;
+    p.B_stride = p.C_stride = xw;
+    p.D = Dp;
+    p.z = static_cast<const char*>(xzp) + D * esize, p.z_stride = 2 * D;
+    p.delta_bias = biasp;
+    p.chunk_states = ck, p.state_chunk = chunk;
+    return p;
+  };
+  ScanParams f = fwd_params(d_xz.data(), d_delta.data(), d_xdbl.data(), d_y.data(), d_A.f32(), d_D.f32(),
+                            d_bias.f32(), d_ck.f32(), e);
+  Buffer ws(*b_, std::max<size_t>(1, b_->scan_workspace(f)));
+  b_->scan(f, ws.data());
+  ScanBwdParams g;
+  g.fwd = f;
+  g.dy = d_dy.data(), g.dy_stride = D;
+  g.du = d_du.data(), g.du_stride = D;
+  g.ddelta = d_ddelta.data(), g.ddelta_stride = D;
+  g.dz = static_cast<char*>(d_dxz.data()) + D * e, g.dz_stride = 2 * D;
+  g.dB = static_cast<char*>(d_dxdbl.data()) + R * e, g.dC = static_cast<char*>(d_dxdbl.data()) + (R + N) * e;
+  g.dB_stride = g.dC_stride = xw;
+  g.dA = d_dA.f32(), g.dD = d_dD.f32(), g.ddelta_bias = d_dbias.f32();
+  Buffer wsb(*b_, std::max<size_t>(1, b_->scan_bwd_workspace(g)));
+  b_->scan_bwd(g, wsb.data());
+
+  // The oracle: the CPU kernels (which accumulate) into zeroed activation gradients, parameters from 1.
+  std::vector<float> y(rows * D), ck(nck), du(rows * D, 0.0f), ddelta(rows * D, 0.0f), dxz(rows * 2 * D, 7.0f),
+      dxdbl(rows * xw, 7.0f), dA(int64_t{D} * N, 1.0f), dD(D, 1.0f), dbias(D, 1.0f);
+  for (int64_t r = 0; r < rows; r++) {
+    std::fill_n(dxz.begin() + r * 2 * D + D, D, 0.0f);
+    std::fill_n(dxdbl.begin() + r * xw + R, 2 * N, 0.0f);
+  }
+  ScanParams q = fwd_params(xz.data(), delta.data(), xdbl.data(), y.data(), A.data(), Dv.data(), bias.data(),
+                            ck.data(), sizeof(float));
+  q.dtype = DType::F32;
+  cpu::selective_scan_forward(q);
+  cpu::ScanGrads cg;
+  cg.dy = dy.data(), cg.dy_stride = D;
+  cg.du = du.data(), cg.du_stride = D;
+  cg.ddelta = ddelta.data(), cg.ddelta_stride = D;
+  cg.dz = dxz.data() + D, cg.dz_stride = 2 * D;
+  cg.dB = dxdbl.data() + R, cg.dC = dxdbl.data() + R + N, cg.dbc_stride = xw;
+  cg.dA = dA.data(), cg.dD = dD.data(), cg.ddelta_bias = dbias.data();
+  cpu::selective_scan_backward(cg, q);
+  const double tol = dtype_ == DType::F32 ? 1e-4 : 5e-2;  // gradients through L steps of a recurrence
+  EXPECT_LE(rel_err(d_du.read(), du), tol);
+  EXPECT_LE(rel_err(d_ddelta.read(), ddelta), tol);
+  EXPECT_LE(rel_err(d_dxz.read(), dxz), tol);      // dz written, the x half left as it was (7)
+  EXPECT_LE(rel_err(d_dxdbl.read(), dxdbl), tol);  // dB, dC written, δ's columns left as they were
+  EXPECT_LE(rel_err(d_dA.read(), dA), tol);
+  EXPECT_LE(rel_err(d_dD.read(), dD), tol);
+  EXPECT_LE(rel_err(d_dbias.read(), dbias), tol);
+}
+
+TEST_P(BackendOps, Conv1dBackward) {
+  const int B = 3, L = 29, D = 70, K = 4;
+  if (!runs({Op::Conv1dBwd, dtype_, dtype_, false, 0, K})) GTEST_SKIP();
+  Rng rng(12);
+  const int64_t rows = int64_t{B} * L, T = int64_t{B} * (K - 1) * D;
+  auto xz = randn(rows * 2 * D, rng), w = randn(int64_t{D} * K, rng, 0.5), bias = randn(D, rng),
+       tail = randn(T, rng), dout = randn(rows * D, rng);
+  round_to(xz, dtype_);
+  round_to(dout, dtype_);
+  Array d_xz(*b_, xz, dtype_), d_w(*b_, w, DType::F32), d_bias(*b_, bias, DType::F32), d_tail(*b_, tail, DType::F32),
+      d_dout(*b_, dout, dtype_), d_dxz(*b_, std::vector<float>(rows * 2 * D, 7.0f), dtype_),
+      d_dw(*b_, std::vector<float>(int64_t{D} * K, 1.0f), DType::F32), d_db(*b_, std::vector<float>(D, 1.0f), DType::F32),
+      d_dtail(*b_, std::vector<float>(T, 7.0f), DType::F32);
+  Conv1dBwdParams p;
+  p.fwd = Conv1dParams{B, L, D, K, dtype_, nullptr, 0, d_xz.data(), 2 * D, d_w.f32(), d_bias.f32(), d_tail.f32(), nullptr};
+  p.dout = d_dout.data(), p.dout_stride = D;
+  p.dx = d_dxz.data(), p.dx_stride = 2 * D;
+  p.dweight = d_dw.f32(), p.dbias = d_db.f32(), p.dtail_in = d_dtail.f32();
+  Buffer ws(*b_, std::max<size_t>(1, b_->conv1d_bwd_workspace(p)));
+  b_->conv1d_bwd(p, ws.data());
+  std::vector<float> dxz(rows * 2 * D, 7.0f), dw(int64_t{D} * K, 1.0f), db(D, 1.0f), dtail(T, 0.0f);
+  for (int64_t r = 0; r < rows; r++) std::fill_n(dxz.begin() + r * 2 * D, D, 0.0f);
+  cpu::conv1d_silu_backward(dxz.data(), 2 * D, dtail.data(), dw.data(), db.data(), dout.data(), xz.data(), 2 * D,
+                            tail.data(), w.data(), bias.data(), B, L, D, K);
+  const double tol = dtype_ == DType::F32 ? 1e-5 : 2e-2;
+  EXPECT_LE(rel_err(d_dxz.read(), dxz), tol);  // dx written, the z half untouched
+  EXPECT_LE(rel_err(d_dw.read(), dw), tol);
+  EXPECT_LE(rel_err(d_db.read(), db), tol);
+  EXPECT_LE(rel_err(d_dtail.read(), dtail), tol);
 }
 
 TEST_P(BackendOps, Argmax) {

@@ -155,7 +155,7 @@ TEST(GpuModel, ChunkedPrefillAndSavedStateEqualOnePiece) {
 // Greedy continuations of the GPU (fp32) and the CPU are the same tokens, batched with per-sequence stops.
 TEST(GpuModel, GreedyContinuationsMatchTheCpu) {
   REQUIRE_GPU();
-  Model model = small_model(13, {.byte_level = true, .perturb = 0.4});
+  Model model = small_model(13, {.vocab = 257, .byte_level = true, .perturb = 0.4});
   const TextCodec codec = TextCodec::bytes();
   std::vector<std::vector<int32_t>> outputs[2];
   for (int gpu = 0; gpu < 2; gpu++) {

@@ -82,7 +82,7 @@ TEST(TokenizerFixture, EveryCaseMatchesHuggingFace) {
   int failures = 0;
   for (size_t i = 0; i < corpus.size(); ++i) {
     const std::string name = corpus[i]["name"];
-    ASSERT_EQ(name, expected[i]["name"]);
+    ASSERT_EQ(name, expected[i]["name"].get<std::string>());
     const std::string text = corpus[i].contains("text") ? corpus[i]["text"].get<std::string>()
                                                         : from_hex(corpus[i]["hex"].get<std::string>());
     const auto want = expected[i]["ids"].get<std::vector<int32_t>>();

@@ -4,11 +4,13 @@
 # inference benchmarks beside the official model's (../shared/official, copied to .official) in the same run.
 #   here, once:   dev/cuda/device_prefix.sh
 #                 mkdir -p .official && cp -r ../shared/official/. .official/ && echo /.official/ >> .git/info/exclude
-#   the call:     carry [".device", ".official"], command: OUT=$OUT bash dev/cuda/device_model.sh [tests] [bench] [official]
+#   the call:     carry [".device", ".official"], command: OUT=$OUT bash dev/cuda/device_model.sh [tests] [sanitize] [suite] [bench] [official] [profile]
+# (tests: the GPU's test programs; sanitize: compute-sanitizer memcheck and racecheck on them; suite: the
+# whole ctest suite as CI runs it; bench, official: the figures; profile: ncu over decode steps)
 # Logs go to $OUT: build.txt, tests.txt, sanitizer.txt, bench.jsonl, official.jsonl.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-steps=${*:-tests bench official}
+steps=${*:-tests sanitize bench official}
 t0=$(date +%s)
 tar -C /tmp -xJf .device/prefix.tar.xz  # → /tmp/prefix
 export PATH=/tmp/prefix/bin:$PATH PKG_CONFIG_PATH=/tmp/prefix/lib/pkgconfig LD_LIBRARY_PATH=/tmp/prefix/lib:${LD_LIBRARY_PATH:-}
@@ -18,7 +20,7 @@ export PKG_CONFIG=/tmp/prefix/bin/pkgconf
   nvcc --version | tail -1
   cmake -S . -B /tmp/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=/tmp/prefix \
     -DPKG_CONFIG_EXECUTABLE=/tmp/prefix/bin/pkgconf -DCMAKE_CUDA_ARCHITECTURES=90 -DMAMBA_CUDA=ON
-  cmake --build /tmp/build -j "$(nproc)"
+  cmake --build /tmp/build -j "$(nproc)" -- -k 0  # a target that fails (another compiler there) stops nothing else
 } > "$OUT/build.txt" 2>&1
 echo "build: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$OUT/build.txt"
 B=/tmp/build
@@ -28,15 +30,28 @@ if [[ " $steps " == *" tests "* ]]; then
   t0=$(date +%s)
   # The GPU's tests first (they are the new ones), then the whole suite as CI runs it.
   for t in test_backend_ops test_gpu_model test_cuda_scan test_cuda_conv; do cd_run timeout 300 $B/$t 2>&1; done > "$OUT/tests.txt"
-  (cd $B && cd_run timeout 400 ctest -j 8 --output-on-failure) >> "$OUT/tests.txt" 2>&1
+  if [[ " $steps " == *" suite "* ]]; then
+    (cd $B && cd_run timeout 400 ctest -j 8 --output-on-failure) >> "$OUT/tests.txt" 2>&1
+  fi
   grep -E "^\[  (PASSED|FAILED)|tests passed|FAILED  \]|logits vs" "$OUT/tests.txt"
+  echo "tests: $(( $(date +%s) - t0 )) s"
+fi
+
+if [[ " $steps " == *" sanitize "* ]]; then
+  t0=$(date +%s)
   SAN='GpuModel.*:AllBackends/BackendOps.*cuda*'
   for tool in memcheck racecheck; do
     timeout 300 compute-sanitizer --tool $tool $B/test_gpu_model --gtest_filter="$SAN" 2>&1 | tail -5
     timeout 300 compute-sanitizer --tool $tool $B/test_backend_ops --gtest_filter="$SAN" 2>&1 | tail -5
   done > "$OUT/sanitizer.txt"
   grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitizer.txt"
-  echo "tests: $(( $(date +%s) - t0 )) s"
+  echo "sanitize: $(( $(date +%s) - t0 )) s"
+fi
+
+if [[ " $steps " == *" official "* ]] && [ -d .official ]; then
+  t0=$(date +%s)
+  (python3 .official/build.py && python3 .official/bench.py gen prefill --models 130m,1.4b,2.8b) > "$OUT/official.jsonl" 2>&1
+  echo "official: $(( $(date +%s) - t0 )) s"
 fi
 
 if [[ " $steps " == *" bench "* ]]; then
@@ -55,8 +70,16 @@ if [[ " $steps " == *" bench "* ]]; then
   echo "bench: $(( $(date +%s) - t0 )) s"
 fi
 
-if [[ " $steps " == *" official "* ]] && [ -d .official ]; then
+# Where a decode step's time goes: every kernel of 4 steps of the 130m at batch 1 and 64 (graph nodes
+# profiled one by one), with the clocks left alone; dev/cuda/profile_summary.py sums them by kernel.
+if [[ " $steps " == *" profile "* ]]; then
   t0=$(date +%s)
-  (python3 .official/build.py && python3 .official/bench.py gen prefill --models 130m,1.4b,2.8b) > "$OUT/official.jsonl" 2>&1
-  echo "official: $(( $(date +%s) - t0 )) s"
+  [ -d /tmp/models/130m ] || $B/mambacpp init --preset 130m --out /tmp/models/130m --seed 1 --dtype f16 >/dev/null
+  for b in 1 64; do
+    timeout 200 ncu --clock-control none --graph-profiling node --csv --metrics gpu__time_duration.sum \
+      $B/mambacpp bench /tmp/models/130m --device cuda --dtype fp16 --batch $b --prompt 16 --steps 4 --repeats 1 \
+      > "$OUT/ncu-130m-b$b.csv" 2> "$OUT/ncu-130m-b$b.err"
+  done
+  echo "profile: $(( $(date +%s) - t0 )) s"
 fi
+

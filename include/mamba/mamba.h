@@ -47,6 +47,16 @@ std::string version();      // "0.1.0"
 std::string build_info();   // build type and CPU flags
 bool cuda_available();      // built with CUDA kernels (a GPU may still be missing)
 
+// Work whose size comes from input (a prompt, a batch, a model's config, a training run's shape) is
+// refused before anything is allocated when it needs more memory than the process may use: `bytes`, or
+// with 0 the machine's figure (MemAvailable, or the cgroup's limit when lower). Process-wide; it is
+// `mambacpp --max-memory`.
+void set_memory_limit(int64_t bytes);
+int64_t memory_limit();  // the bytes this process may still allocate now (0: unknown, nothing is refused)
+// Fails with mamba::Error ("WHAT: X needed, more than the Y allowed (...)") when `bytes` exceeds
+// memory_limit(): for frontends that allocate sizes taken from input themselves (a batch's logits).
+void check_memory(int64_t bytes, const std::string& what);
+
 // ---- plain data ----
 
 struct ModelConfig {
@@ -62,8 +72,8 @@ struct ModelConfig {
 
 struct ModelOptions {
   std::string device = "cpu";  // "cpu", "cuda" or "cuda:N"
-  // "" (the file's), "fp32", "bf16" or "fp16". On the CPU the weights are kept in it and the arithmetic
-  // is fp32; on a GPU weights and activations take it.
+  // "" (the file's), "fp32", "bf16", "fp16" or "int8". On the CPU the weights are kept in it (int8:
+  // quantized on load) and the arithmetic is fp32; on a GPU weights and activations take it.
   std::string dtype;
   int64_t max_tokens = 2048;  // tokens per pass (B × chunk): bounds the activation memory
   // A tokenizer.json for text in and out; default: bytes for a byte-level model, else the folder's
@@ -164,6 +174,26 @@ class TextDecoder {
 };
 
 class Model;
+
+// Chooses tokens from logits as a Session does (repetition penalty, temperature, top-k, top-p, min-p;
+// one draw from a SplitMix64 stream per token, the same on every platform). For frontends that batch
+// sequences with Model::step and sample each row with its own options.
+class Sampler {
+ public:
+  Sampler(const SamplingOptions& options, int vocab);  // fails naming an option out of its range
+  ~Sampler();
+  Sampler(const Sampler&);
+  Sampler& operator=(const Sampler&);
+  Sampler(Sampler&&) noexcept;
+  Sampler& operator=(Sampler&&) noexcept;
+
+  int32_t sample(std::span<const float> logits);  // logits (vocab)
+  void observe(int32_t id);  // a token of the sequence (prompt or output), for the repetition penalty
+
+  struct Impl;
+ private:
+  std::unique_ptr<Impl> impl_;
+};
 
 // ---- the recurrent state of B sequences ----
 
@@ -342,12 +372,21 @@ class Model {
                const CancelCheck& cancel = {}) const;
   // One token for each of the state's B sequences: logits (B, V).
   void step(const int32_t* tokens, State& state, float* logits) const;
-  // Logits (B, L, V) of B sequences from the zero state: what `mambacpp score` writes.
+  // Logits (B, L, V) of B sequences from the zero state: what `mambacpp score` writes. Logits that are
+  // not finite (weights that overflow) are an error naming the first one's position.
   void score(const int32_t* tokens, int B, int L, float* logits, const CancelCheck& cancel = {}) const;
   // The whole sequence through the recurrent state in chunks; the first token is predicted from the
   // end-of-document token, so every token counts. `progress` gets the tokens done after each chunk.
+  // Logits that are not finite are an error.
   Perplexity perplexity(std::span<const int32_t> tokens, int chunk = 512,
                         const std::function<void(int64_t done)>& progress = {}, const CancelCheck& cancel = {}) const;
+
+  // Memory, in bytes, that work of a given size takes besides the model, for check_memory() before the
+  // caller allocates: a forward of B sequences of L tokens from a new state with its logits (All: B·L
+  // rows, Last: B rows, None: none), and `sequences` sequences generated together (state, logits and
+  // sampler of each). score(), perplexity() and generate() check what they allocate themselves.
+  int64_t forward_bytes(int64_t B, int64_t L, Logits which = Logits::All) const;
+  int64_t generation_bytes(int64_t sequences) const;
 
   // ---- generation ----
   Session session(const SamplingOptions& sampling = {}, const GenerationOptions& options = {}) const;
@@ -378,18 +417,35 @@ struct InitOptions {
   uint64_t seed = 0;
   std::string dtype = "fp32";  // stored: fp32, bf16 or fp16
 };
-// Writes a randomly initialised model (the official initialisation) to `out`; returns its config.
+// Writes a randomly initialised model (the official initialisation) to `out`; returns its config. A
+// shape whose parameters do not fit in memory is refused first.
 ModelConfig init_model(const std::filesystem::path& out, const InitOptions& options);
+
+struct QuantizeSummary {
+  ModelConfig config;
+  int64_t bytes = 0;  // of the int8 matrices and their scales
+};
+// Writes DIR's model to `out` with its matrices in int8 (q8 blocks: 32 values of a row with one F16
+// scale, GGUF's q8_0 in two planes; the other parameters F32), and DIR's tokenizer files beside it. The
+// folder loads as any other; `mambacpp quantize`.
+QuantizeSummary quantize_model(const std::filesystem::path& dir, const std::filesystem::path& out);
 
 // ---- training (CPU, fp32) ----
 
 struct TrainOptions {
-  // Data: text files or folders (byte-level: bytes and an end-of-document token), or pre-tokenized
-  // token files (MAMBATOK header). One of the two.
+  // Data, one of three: text files or folders (byte-level: bytes and an end-of-document token),
+  // pre-tokenized token files (MAMBATOK header), or one fixed batch: an integer .npy (B, L + 1) of
+  // independent rows (inputs row[:L], targets row[1:]) used at every step, which sets batch and seq_len.
   std::vector<std::filesystem::path> data, tokens;
+  std::filesystem::path fixed_batch;
   int val_every = 20;  // every k-th document is validation (0: none)
   std::filesystem::path out;        // the run folder: latest model, log.jsonl, checkpoints/
-  std::filesystem::path resume;     // continue a run folder or checkpoint exactly (its options are kept)
+  // Continue a run folder or checkpoint exactly. Its options are kept but for those named in `given`:
+  // the schedule's, the optimizer's, evaluation's and checkpoints' (steps, warmup, lr, lr_min, schedule,
+  // weight_decay, clip, beta1, beta2, adam_eps, scan_chunk, eval_every, eval_batches, save_every, keep)
+  // take the value given here; any other must equal the run's (its data stream continues where it
+  // stopped), as must the shape and the kind of data.
+  std::filesystem::path resume;
   std::filesystem::path init_from;  // fine-tune this model folder instead of a new model
   // A new model's shape (InitOptions' fields; the vocabulary comes from the data).
   std::string preset;
@@ -400,11 +456,26 @@ struct TrainOptions {
   int64_t warmup = 100;
   double lr = 1e-3, lr_min = -1;  // lr_min < 0: lr / 10
   std::string schedule = "cosine";  // or "constant"
-  double weight_decay = 0.1, clip = 1.0, beta1 = 0.9, beta2 = 0.95;
+  double weight_decay = 0.1, clip = 1.0, beta1 = 0.9, beta2 = 0.95, adam_eps = 1e-8;
   uint64_t seed = 0;
   bool sequential = false;
   int scan_chunk = 256;
   int64_t eval_every = 100, eval_batches = 8, save_every = 0, keep = 3;
+  // Writes the first step's gradients (the mean over its micro-batches, before clipping) to this
+  // .safetensors file, with the parameters' names, for comparisons with other implementations.
+  std::filesystem::path dump_grads;
+
+  // The options the caller set, by field name ("lr", "batch", ...): what a resumed run changes or
+  // checks (see `resume`), and, with a fixed batch, batch and seq_len that must match its shape.
+  std::vector<std::string> given;
+  // How messages name an option, from its field name ("lr_min"): by default the field name itself;
+  // `mambacpp train` names its flags ("--lr-min").
+  std::function<std::string(const std::string& field)> option_name;
+};
+
+// An option that a resumed run changed: its field name and both values, as JSON text.
+struct OptionChange {
+  std::string option, was, now;
 };
 
 struct TrainStep {
@@ -427,8 +498,8 @@ struct TrainSummary {
 // exception stops the run the same way and is then rethrown.
 using StepCallback = std::function<bool(const TrainStep&)>;
 
-// A training run, prepared (data read, model built or checkpoint loaded) and then run. Nothing is
-// printed: progress goes to the callback and to OUT/log.jsonl.
+// A training run, prepared (data read, memory checked, model built or checkpoint loaded) and then run.
+// Nothing is printed: progress goes to the callback and to OUT/log.jsonl.
 class Training {
  public:
   explicit Training(const TrainOptions& options);
@@ -438,13 +509,21 @@ class Training {
 
   const ModelConfig& config() const;
   bool resumed() const;
+  const std::vector<OptionChange>& changes() const;  // what a resumed run changed, in the options' order
   int64_t step() const;   // where the run stands
   int64_t steps() const;  // its total
+  int batch() const;      // sequences per micro-batch (a fixed batch's rows)
+  int seq_len() const;
   std::filesystem::path out() const;
   int64_t train_tokens() const;
   int64_t train_documents() const;
   int64_t val_tokens() const;
+  int64_t val_documents() const;
   int64_t activation_bytes() const;
+  bool fixed_batch() const;  // trains on one fixed batch, whose own loss is the validation loss
+  // Whether validation runs on training windows, for want of validation data (too few documents for the
+  // split, or a validation stream shorter than seq_len + 1 tokens); log.jsonl marks those evaluations.
+  bool validates_on_training_data() const;
 
   // Trains to the total. `stop`, when given, is polled before each step (a signal handler sets it).
   TrainSummary run(const StepCallback& on_step = {}, const std::atomic_bool* stop = nullptr);

@@ -27,6 +27,7 @@ from ._core import (  # noqa: E402,F401
     Model,
     ModelConfig,
     Perplexity,
+    Sampler,
     Session,
     State,
     Stream,
@@ -37,6 +38,9 @@ from ._core import (  # noqa: E402,F401
     build_info,
     cuda_available,
     init,
+    memory_limit,
+    quantize,
+    set_memory_limit,
     set_threads,
     threads,
 )
@@ -46,7 +50,8 @@ __version__ = _core.version()
 _TRAIN_OPTIONS = (
     "val_every", "init_from", "resume", "preset", "d_model", "n_layer", "d_state", "d_conv", "expand", "dt_rank",
     "batch", "seq_len", "accum", "steps", "warmup", "lr", "lr_min", "schedule", "weight_decay", "clip", "beta1",
-    "beta2", "seed", "sequential", "scan_chunk", "eval_every", "eval_batches", "save_every", "keep",
+    "beta2", "adam_eps", "seed", "sequential", "scan_chunk", "eval_every", "eval_batches", "save_every", "keep",
+    "fixed_batch", "dump_grads",
 )
 
 
@@ -65,11 +70,14 @@ def train(data=None, out=None, *, tokens=None, on_step=None, **options):
     """Trains a Mamba language model on the CPU (fp32) and returns a TrainSummary.
 
     data: text files or folders (byte-level: bytes and an end-of-document token), or tokens: token files
-    (MAMBATOK header). out: the run folder (latest model, log.jsonl, checkpoints/). A new model's shape:
-    preset="130m", or d_model and n_layer (d_state, d_conv, expand, dt_rank). resume="runs/a" continues a
-    run exactly; init_from="folder" fine-tunes a model. Other options, as `mambacpp train`'s flags:
-    batch, seq_len, accum, steps, warmup, lr, lr_min, schedule, weight_decay, clip, beta1, beta2, seed,
-    sequential, scan_chunk, eval_every, eval_batches, save_every, keep, val_every.
+    (MAMBATOK header), or fixed_batch: an integer .npy (B, L + 1) of rows trained on at every step. out:
+    the run folder (latest model, log.jsonl, checkpoints/). A new model's shape: preset="130m", or d_model
+    and n_layer (d_state, d_conv, expand, dt_rank). resume="runs/a" continues a run exactly: of the
+    options given with it, the schedule's, the optimizer's, evaluation's and checkpoints' (steps, lr, ...)
+    are applied and the others must equal the run's. init_from="folder" fine-tunes a model. Other
+    options, as `mambacpp train`'s flags: batch, seq_len, accum, steps, warmup, lr, lr_min, schedule,
+    weight_decay, clip, beta1, beta2, adam_eps, seed, sequential, scan_chunk, eval_every, eval_batches,
+    save_every, keep, val_every, dump_grads (the first step's gradients to a .safetensors file).
 
     on_step(TrainStep) is called after every step (step, loss, lr, grad_norm, tokens_per_s, and
     val_loss / val_bits when it validated); returning False stops the run. Ctrl-C or an exception in
@@ -83,12 +91,13 @@ def train(data=None, out=None, *, tokens=None, on_step=None, **options):
     for key, value in options.items():
         if key not in _TRAIN_OPTIONS:
             raise TypeError(f"train() got an unexpected keyword argument '{key}'")
-        if key in ("init_from", "resume"):
+        if key in ("init_from", "resume", "fixed_batch", "dump_grads"):
             value = _os.fspath(value)
         try:
             setattr(o, key, value)
         except TypeError:
             raise TypeError(f"train(): {key}={value!r} has the wrong type") from None
+    o.given = [key for key in options if key not in ("init_from", "resume", "fixed_batch", "dump_grads")]
     if on_step is not None and not callable(on_step):
         raise TypeError("on_step: expected a callable taking a TrainStep")
     return _core._train(o, on_step)

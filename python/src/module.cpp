@@ -256,6 +256,10 @@ PYBIND11_MODULE(_core, mod) {
   mod.def("version", &version);
   mod.def("build_info", &build_info);
   mod.def("cuda_available", &cuda_available, "Whether this build has the CUDA kernels.");
+  mod.def("set_memory_limit", &set_memory_limit, py::arg("bytes"),
+          "Work whose size comes from input is refused before it allocates anything when it needs more than "
+          "this many bytes (0: the memory available, MemAvailable or the cgroup's limit). Process-wide.");
+  mod.def("memory_limit", &memory_limit, "The bytes this process may still allocate (0: unknown).");
 
   // ---- plain data ----
   py::class_<ModelConfig>(mod, "ModelConfig", "A model's shape and tokenizer facts.")
@@ -365,6 +369,20 @@ PYBIND11_MODULE(_core, mod) {
   py::class_<TextDecoder>(mod, "TextDecoder", "Ids to text as they come: only whole UTF-8 characters.")
       .def("push", &TextDecoder::push, py::arg("id"), "The text this id completes (maybe '').")
       .def("finish", &TextDecoder::finish, "The rest; an unfinished character becomes U+FFFD.");
+
+  py::class_<Sampler>(mod, "Sampler",
+                      "Chooses tokens from logits as a Session does, for rows stepped together with Model.step.")
+      .def(py::init([](int vocab, double temperature, int top_k, double top_p, double min_p, double repetition_penalty,
+                       uint64_t seed) {
+             return Sampler(sampling_options(temperature, top_k, top_p, min_p, repetition_penalty, seed), vocab);
+           }),
+           py::arg("vocab"), py::kw_only(), py::arg("temperature") = 0.8, py::arg("top_k") = 0, py::arg("top_p") = 1.0,
+           py::arg("min_p") = 0.0, py::arg("repetition_penalty") = 1.0, py::arg("seed") = 0)
+      .def("sample", [](Sampler& s, py::array_t<float, py::array::c_style | py::array::forcecast> logits) {
+             if (logits.ndim() != 1) value_error("logits: expected a 1-D array (vocab,)");
+             return s.sample(std::span<const float>(logits.data(), static_cast<size_t>(logits.size())));
+           }, py::arg("logits"), "The next token from logits (V,).")
+      .def("observe", &Sampler::observe, py::arg("id"), "A token of the sequence, for the repetition penalty.");
 
   // ---- state ----
   py::class_<State>(mod, "State",
@@ -529,9 +547,9 @@ PYBIND11_MODULE(_core, mod) {
            }),
            py::arg("path"), py::arg("device") = "cpu", py::arg("dtype") = py::none(), py::arg("max_tokens") = 2048,
            py::arg("tokenizer") = py::none(),
-           "Loads a model folder. device: 'cpu', 'cuda' or 'cuda:N'; dtype: None (the file's), 'fp32', 'bf16' "
-           "or 'fp16'; tokenizer: a tokenizer.json (or Tokenizer) for text in and out, by default the folder's "
-           "(a byte-level model reads and writes bytes).")
+           "Loads a model folder. device: 'cpu', 'cuda' or 'cuda:N'; dtype: None (the file's), 'fp32', 'bf16', "
+           "'fp16' or 'int8' (quantized on load); tokenizer: a tokenizer.json (or Tokenizer) for text in and out, "
+           "by default the folder's (a byte-level model reads and writes bytes).")
       .def_property_readonly("config", &Model::config)
       .def_property_readonly("path", [](const Model& m) { return m.path().string(); })
       .def_property_readonly("device", &Model::device)
@@ -556,6 +574,8 @@ PYBIND11_MODULE(_core, mod) {
              const int V = m.config().vocab_size;
              std::vector<py::ssize_t> shape = {L, V};
              if (batched) shape.insert(shape.begin(), B);
+             check_memory(m.forward_bytes(B, L, Logits::All), "score: logits of " + std::to_string(B) + " × " +
+                                                                  std::to_string(L) + " tokens × " + std::to_string(V));
              py::array_t<float> logits(shape);
              const int32_t* t = tokens.data();
              float* out = logits.mutable_data();
@@ -720,6 +740,13 @@ PYBIND11_MODULE(_core, mod) {
         py::arg("d_state") = 16, py::arg("d_conv") = 4, py::arg("expand") = 2, py::arg("dt_rank") = 0,
         py::arg("vocab_size") = 50280, py::arg("byte_level") = false, py::arg("seed") = 0, py::arg("dtype") = "fp32",
         "Writes a randomly initialised model (the official initialisation) to `out`; returns its ModelConfig.");
+  mod.def("quantize", [](const std::filesystem::path& dir, const std::filesystem::path& out) {
+          py::gil_scoped_release release;
+          return quantize_model(dir, out).config;
+        },
+        py::arg("dir"), py::arg("out"),
+        "Writes the model folder `dir` to `out` with int8 matrices (q8 blocks of 32 with F16 scales) and its "
+        "tokenizer files; returns its ModelConfig. The folder loads as any other (`mambacpp quantize`).");
 
   mod.def("_train", [](const TrainOptions& o, py::object on_step) {
           StepCallback callback = [on_step](const TrainStep& s) {
@@ -743,6 +770,9 @@ PYBIND11_MODULE(_core, mod) {
       .def(py::init<>())
       .def_readwrite("data", &TrainOptions::data)
       .def_readwrite("tokens", &TrainOptions::tokens)
+      .def_readwrite("fixed_batch", &TrainOptions::fixed_batch)
+      .def_readwrite("dump_grads", &TrainOptions::dump_grads)
+      .def_readwrite("given", &TrainOptions::given)
       .def_readwrite("val_every", &TrainOptions::val_every)
       .def_readwrite("out", &TrainOptions::out)
       .def_readwrite("resume", &TrainOptions::resume)
@@ -766,6 +796,7 @@ PYBIND11_MODULE(_core, mod) {
       .def_readwrite("clip", &TrainOptions::clip)
       .def_readwrite("beta1", &TrainOptions::beta1)
       .def_readwrite("beta2", &TrainOptions::beta2)
+      .def_readwrite("adam_eps", &TrainOptions::adam_eps)
       .def_readwrite("seed", &TrainOptions::seed)
       .def_readwrite("sequential", &TrainOptions::sequential)
       .def_readwrite("scan_chunk", &TrainOptions::scan_chunk)

@@ -111,3 +111,41 @@ def test_perplexity_equals_the_cli(cli, byte_model, tmp_path):
     assert got.tokens == want["tokens"]
     assert got.nll == pytest.approx(want["nll"], rel=1e-12)
     assert got.perplexity == pytest.approx(want["perplexity"], rel=1e-12)
+
+
+def test_rows_stepped_together_sample_like_sessions():
+    m = mambacpp.Model(FIXTURES / "official_f32_L17_tied")
+    prompts = [[1, 2, 3], [4, 5, 6]]
+    want = [m.generate(p, max_new_tokens=8, temperature=0.9, seed=20 + i, stop_at_eos=False).ids
+            for i, p in enumerate(prompts)]
+    # What a scheduler does: one state of both rows, one sampler each, one step for both per token.
+    state = m.new_state(2)
+    logits = m.forward(np.array(prompts), state, logits="last")
+    samplers = [mambacpp.Sampler(m.config.vocab_size, temperature=0.9, seed=20 + i) for i in range(2)]
+    for s, p in zip(samplers, prompts):
+        for t in p:
+            s.observe(t)
+    got = [[], []]
+    for _ in range(8):
+        ids = [s.sample(row) for s, row in zip(samplers, logits)]
+        for i, (s, t) in enumerate(zip(samplers, ids)):
+            s.observe(t)
+            got[i].append(t)
+        logits = m.step(ids, state)
+    assert got == want
+
+
+def test_quantized_folder_equals_quantizing_on_load_and_memory_is_checked(tmp_path):
+    folder = FIXTURES / "official_f32_L17_tied"
+    config = mambacpp.quantize(folder, tmp_path / "int8")
+    assert config.d_model == 64
+    from_file = mambacpp.Model(tmp_path / "int8")
+    assert from_file.weight_dtype == "int8"
+    ids = np.arange(9) % 64
+    assert np.array_equal(from_file.score(ids), mambacpp.Model(folder, dtype="int8").score(ids))
+    mambacpp.set_memory_limit(1 << 20)
+    try:
+        with pytest.raises(mambacpp.Error, match="score: logits of 1 × 100000 tokens"):
+            from_file.score(np.zeros(100000, dtype=np.int32))
+    finally:
+        mambacpp.set_memory_limit(0)

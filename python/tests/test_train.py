@@ -60,7 +60,7 @@ def test_an_exception_in_the_callback_saves_and_propagates(texts, tmp_path):
 def test_bad_options(texts, tmp_path):
     with pytest.raises(TypeError, match="unexpected keyword argument 'stepz'"):
         mambacpp.train(data=texts, out=tmp_path / "r", d_model=16, n_layer=1, stepz=3)
-    with pytest.raises(mambacpp.Error, match="give data"):
+    with pytest.raises(mambacpp.Error, match="give one of data"):
         mambacpp.train(out=tmp_path / "r", d_model=16, n_layer=1)
     with pytest.raises(mambacpp.Error, match="preset"):
         mambacpp.train(data=texts, out=tmp_path / "r")
@@ -68,3 +68,23 @@ def test_bad_options(texts, tmp_path):
         tiny(texts, tmp_path / "r", schedule="linear")
     with pytest.raises(TypeError, match="on_step"):
         tiny(texts, tmp_path / "r", on_step=3)
+
+
+def test_resume_applies_the_options_given_and_refuses_the_rest(texts, tmp_path):
+    tiny(texts, tmp_path / "run", steps=2)
+    with pytest.raises(mambacpp.Error, match="batch 4 cannot change"):
+        mambacpp.train(data=texts, resume=tmp_path / "run", steps=4, batch=4)
+    summary = mambacpp.train(data=texts, resume=tmp_path / "run", steps=4, lr=2e-3, batch=2)
+    assert summary.steps == 4
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    changed = [line["changed"] for line in log if "resume" in line]
+    assert changed == [{"lr": [0.001, 0.002], "steps": [2, 4]}]
+
+
+def test_memory_limit_refuses_a_run_that_cannot_fit(texts, tmp_path):
+    mambacpp.set_memory_limit(1 << 20)
+    try:
+        with pytest.raises(mambacpp.Error, match="needed"):
+            tiny(texts, tmp_path / "run", d_model=256, n_layer=4)
+    finally:
+        mambacpp.set_memory_limit(0)

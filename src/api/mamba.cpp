@@ -7,19 +7,24 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <tuple>
 #include <exception>
 #include <mutex>
 #include <optional>
 
 #include "core/error.h"
+#include "core/json.h"
+#include "core/limits.h"
 #include "core/runtime.h"
 #include "model/config.h"
 #include "model/data.h"
 #include "model/engine.h"
 #include "model/generator.h"
 #include "model/model.h"
+#include "model/sampler.h"
 #include "model/state.h"
 #include "model/trainer.h"
+#include "model/validate.h"
 #include "model/weights.h"
 #include "tokenizer/tokenizer.h"
 
@@ -49,7 +54,7 @@ ModelConfig public_config(const Config& c) {
 std::optional<DType> dtype_option(const std::string& text, const char* what) {
   if (text.empty()) return std::nullopt;
   DType t;
-  if (!parse_dtype(text, &t)) fail(what, " \"", text, "\": expected fp32, bf16 or fp16");
+  if (!parse_dtype(text, &t)) fail(what, " \"", text, "\": expected fp32, bf16, fp16 or int8");
   return t;
 }
 
@@ -58,6 +63,7 @@ std::string lower_dtype(DType t) {
     case DType::F32: return "fp32";
     case DType::F16: return "fp16";
     case DType::BF16: return "bf16";
+    case DType::I8: return "int8";
   }
   return "?";
 }
@@ -121,6 +127,13 @@ bool cuda_available() {
 #endif
 }
 
+void set_memory_limit(int64_t bytes) {
+  if (bytes < 0) fail("memory limit: ", bytes, " bytes must be ≥ 0 (0: the memory available)");
+  mamba::set_memory_limit(bytes);
+}
+int64_t memory_limit() { return mamba::memory_limit(); }
+void check_memory(int64_t bytes, const std::string& what) { mamba::check_memory(bytes, what); }
+
 const char* finish_name(Finish finish) {
   switch (finish) {
     case Finish::None: return "none";
@@ -156,6 +169,40 @@ int32_t Tokenizer::token_id(std::string_view token) const { return impl_->tokeni
 std::string Tokenizer::token_bytes(int32_t id) const { return impl_->tokenizer.token_bytes(id); }
 bool Tokenizer::is_special(int32_t id) const { return impl_->tokenizer.is_special(id); }
 std::string Tokenizer::path() const { return impl_->tokenizer.path(); }
+
+// ---- Sampler ----
+
+struct Sampler::Impl {
+  mamba::Sampler sampler;
+  int vocab;
+};
+
+Sampler::Sampler(const SamplingOptions& options, int vocab) {
+  if (vocab < 1) fail("sampler: vocabulary ", vocab, " must be ≥ 1");
+  const mamba::SamplerOptions o = sampler_options(options);
+  o.validate();
+  impl_ = std::make_unique<Impl>(Impl{mamba::Sampler(o, vocab), vocab});
+}
+Sampler::~Sampler() = default;
+Sampler::Sampler(const Sampler& other) : impl_(std::make_unique<Impl>(*other.impl_)) {}
+Sampler& Sampler::operator=(const Sampler& other) {
+  if (this != &other) impl_ = std::make_unique<Impl>(*other.impl_);
+  return *this;
+}
+Sampler::Sampler(Sampler&&) noexcept = default;
+Sampler& Sampler::operator=(Sampler&&) noexcept = default;
+
+int32_t Sampler::sample(std::span<const float> logits) {
+  if (static_cast<int64_t>(logits.size()) != impl_->vocab) {
+    fail("sampler: ", logits.size(), " logits for a vocabulary of ", impl_->vocab);
+  }
+  return impl_->sampler.sample(logits.data());
+}
+
+void Sampler::observe(int32_t id) {
+  if (id < 0 || id >= impl_->vocab) fail("sampler: token id ", id, " is out of range [0, ", impl_->vocab, ")");
+  impl_->sampler.observe(id);
+}
 
 // ---- Model ----
 
@@ -444,6 +491,7 @@ void State::save(const std::filesystem::path& path) const {
 
 State Model::new_state(int batch) const {
   if (batch < 1) fail("state: batch ", batch, " must be ≥ 1");
+  mamba::check_memory(state_bytes(impl_->model.config(), batch), "a state of " + std::to_string(batch) + " sequences");
   return State(std::make_unique<State::Impl>(State::Impl{impl_, impl_->engine.new_state(batch)}));
 }
 
@@ -471,13 +519,40 @@ void Model::step(const int32_t* tokens, State& state, float* logits) const {
 
 void Model::score(const int32_t* tokens, int B, int L, float* logits, const CancelCheck& cancel) const {
   if (B < 1 || L < 1) fail("score: batch and length must be positive (got B = ", B, ", L = ", L, ")");
+  const Config& c = impl_->model.config();
+  // The logits are the caller's: what this call allocates is the engine's passes, the ids and the state.
+  mamba::check_memory(mamba::forward_bytes(c, B, L, 0, impl_->max_tokens),
+                      "score: " + std::to_string(B) + " × " + std::to_string(L) + " tokens");
   Call call(*impl_, cancel);
   mamba::State state = impl_->engine.new_state(B);
   impl_->engine.forward(tokens, B, L, state, logits, mamba::Logits::All);
+  const int64_t V = c.vocab_size;
+  if (const int64_t bad = first_nonfinite(logits, int64_t{B} * L * V); bad >= 0) {
+    const int64_t row = bad / V;
+    fail("score: the model's logits are not finite (", logits[bad], " for token id ", bad % V, " at position ", row % L,
+         " of sequence ", row / L, "): its weights overflow");
+  }
+}
+
+int64_t Model::forward_bytes(int64_t B, int64_t L, Logits which) const {
+  if (B < 0 || L < 0) fail("forward_bytes: B ", B, " and L ", L, " must be ≥ 0");
+  const int64_t rows = which == Logits::All ? sat_mul(B, L) : which == Logits::Last ? B : 0;
+  return mamba::forward_bytes(impl_->model.config(), B, L, rows, impl_->max_tokens);
+}
+
+int64_t Model::generation_bytes(int64_t sequences) const {
+  if (sequences < 0) fail("generation_bytes: ", sequences, " sequences must be ≥ 0");
+  // Per sequence: its state and its row of the batch's state, its logits and its row of the batch's,
+  // the sampler's tables (about two floats and a flag per vocabulary entry).
+  const Config& c = impl_->model.config();
+  const int64_t per_sequence = sat_add(sat_mul(state_bytes(c, 1), 2), sat_mul(c.vocab_size, 4 * 4 + 1));
+  return sat_mul(sequences, per_sequence);
 }
 
 Perplexity Model::perplexity(std::span<const int32_t> tokens, int chunk,
                              const std::function<void(int64_t)>& progress, const CancelCheck& cancel) const {
+  if (chunk < 1) fail("perplexity: chunk ", chunk, " must be ≥ 1");
+  mamba::check_memory(forward_bytes(1, chunk, Logits::All), "perplexity: chunk " + std::to_string(chunk));
   Call call(*impl_, cancel);
   const PerplexityResult r =
       mamba::perplexity(impl_->engine, tokens, impl_->model.config().eos_token_id, chunk, [&](int64_t done) {
@@ -647,6 +722,8 @@ std::vector<Completion> Model::generate(const std::vector<std::vector<int32_t>>&
                                         const TokenCallback& on_token, const CancelCheck& cancel,
                                         GenerationStats* stats) const {
   if (prompts.empty()) fail("generate: no prompts");
+  mamba::check_memory(generation_bytes(static_cast<int64_t>(prompts.size())),
+                      "generate: " + std::to_string(prompts.size()) + " prompts decoded together");
   Generator gen(impl_->engine, impl_->codec, sampler_options(sampling), impl_->generate_options(options));
   Call call(*impl_, cancel);
   for (const auto& prompt : prompts) gen.feed(gen.add(), prompt);
@@ -826,12 +903,32 @@ ModelConfig init_model(const std::filesystem::path& out, const InitOptions& o) {
   }
   c.validate("init");
   const std::optional<DType> dtype = dtype_option(o.dtype, "init: dtype");
+  mamba::check_memory(parameter_bytes(c), "init: " + std::to_string(c.parameter_count()) + " parameters");
   std::vector<ParamSpec> specs = param_specs(c);
   std::vector<float> params(static_cast<size_t>(param_layout_size(specs)), 0.0f);
   init_params(params.data(), c, specs, o.seed);
   mamba::Model model = mamba::Model::from_params(c, std::move(params));
   model.save(out, dtype.value_or(DType::F32));
   return public_config(c);
+}
+
+// ---- quantize ----
+
+QuantizeSummary quantize_model(const std::filesystem::path& dir, const std::filesystem::path& out) {
+  namespace fs = std::filesystem;
+  if (fs::exists(out) && fs::exists(dir) && fs::equivalent(dir, out)) {
+    fail("quantize: the output folder must differ from the model folder");
+  }
+  const mamba::Model model = mamba::Model::load(dir, DType::I8);
+  model.save(out, DType::I8);
+  // The files beside the weights that describe the vocabulary travel with them.
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.is_regular_file() && name.rfind("tokenizer", 0) == 0) {
+      fs::copy_file(entry.path(), out / name, fs::copy_options::overwrite_existing);
+    }
+  }
+  return QuantizeSummary{public_config(model.config()), model.converted_bytes()};
 }
 
 // ---- training ----
@@ -841,28 +938,118 @@ struct Training::Impl {
   std::optional<Trainer> trainer;
   ModelConfig config;
   bool resumed = false;
+  std::vector<OptionChange> changes;
 };
 
+namespace {
+
+// The library's options from the API's; what the run fixes itself (byte_level, fixed_batch, val_every)
+// is set by the caller.
+mamba::TrainOptions trainer_options(const TrainOptions& o) {
+  mamba::TrainOptions t;
+  t.batch = o.batch;
+  t.seq_len = o.seq_len;
+  t.accum = o.accum;
+  t.steps = o.steps ? o.steps : 1000;
+  t.warmup = o.warmup;
+  t.lr = o.lr;
+  t.lr_min = o.lr_min;
+  t.schedule = o.schedule;
+  t.weight_decay = o.weight_decay;
+  t.clip = o.clip;
+  t.beta1 = o.beta1;
+  t.beta2 = o.beta2;
+  t.adam_eps = o.adam_eps;
+  t.seed = o.seed;
+  t.sequential = o.sequential;
+  t.scan_chunk = o.scan_chunk;
+  t.eval_every = o.eval_every;
+  t.eval_batches = o.eval_batches;
+  t.save_every = o.save_every;
+  t.keep = o.keep;
+  return t;
+}
+
+bool is_given(const TrainOptions& o, const std::string& field) {
+  return std::find(o.given.begin(), o.given.end(), field) != o.given.end();
+}
+
+}  // namespace
+
 Training::Training(const TrainOptions& o) : impl_(std::make_unique<Impl>()) {
-  if (o.data.empty() == o.tokens.empty()) fail("train: give data (text files or folders) or tokens (token files)");
-  const bool byte_level = !o.data.empty();
+  const auto name = [&](const std::string& field) { return o.option_name ? o.option_name(field) : field; };
+  const int sources = !o.data.empty() + !o.tokens.empty() + !o.fixed_batch.empty();
+  if (sources != 1) {
+    fail("train: give one of ", name("data"), " (text files or folders), ", name("tokens"), " (token files) or ",
+         name("fixed_batch"), " (a .npy batch)");
+  }
+  const bool byte_level = !o.data.empty(), fixed = !o.fixed_batch.empty();
   const std::vector<std::filesystem::path>& paths = byte_level ? o.data : o.tokens;
-  if (o.steps < 0) fail("train: steps ", o.steps, " must be positive");
+  if (o.steps < 0) fail("train: ", name("steps"), " ", o.steps, " must be positive");
+  auto load_data = [&](int32_t eos, int split) {
+    if (fixed) return load_fixed_batch(o.fixed_batch);
+    return byte_level ? load_text_dataset(paths, split) : load_token_dataset(paths, eos, split);
+  };
+  const bool shape_given = !o.preset.empty() || o.d_model || o.n_layer;
+  mamba::TrainOptions t = trainer_options(o);
+
   if (!o.resume.empty()) {
-    // The checkpoint's own config says how its data is tokenized.
-    const Config saved = load_config(Trainer::find_checkpoint(o.resume));
-    impl_->data = byte_level ? load_text_dataset(paths, o.val_every)
-                             : load_token_dataset(paths, saved.eos_token_id, o.val_every);
-    impl_->trainer.emplace(Trainer::resume(o.resume, *impl_->data, o.steps, o.out));
+    const std::string where = "train " + name("resume");
+    if (!o.init_from.empty()) fail(where, ": give ", name("resume"), " or ", name("init_from"), ", not both");
+    const std::filesystem::path dir = Trainer::find_checkpoint(o.resume);
+    const Config saved_config = load_config(dir);  // says how its data is tokenized
+    const mamba::TrainOptions saved = Trainer::read_progress(dir).options;
+    if (shape_given) {
+      const Config want = shape_config(o.preset, o.d_model, o.n_layer, o.d_state, o.d_conv, o.expand, o.dt_rank, "train");
+      if (want.d_model != saved_config.d_model || want.n_layer != saved_config.n_layer ||
+          want.d_state != saved_config.d_state || want.d_conv != saved_config.d_conv ||
+          want.expand != saved_config.expand || want.dt_rank != saved_config.dt_rank) {
+        fail(where, ": the model comes from the checkpoint (d_model ", saved_config.d_model, ", ", saved_config.n_layer,
+             " layers); its shape cannot change");
+      }
+    }
+    if (saved.fixed_batch != fixed || (!fixed && saved.byte_level != byte_level)) {
+      fail(where, ": ", dir.string(), " was trained on ",
+           saved.fixed_batch ? "a fixed batch (" + name("fixed_batch") + ")"
+           : saved.byte_level ? "text (" + name("data") + ")"
+                              : "token files (" + name("tokens") + ")",
+           "; give its data the same way");
+    }
+    // The validation split decides which documents are trained on: it must be the run's.
+    int split = o.val_every;
+    if (saved.val_every >= 0) {
+      if (is_given(o, "val_every") && o.val_every != saved.val_every) {
+        fail(where, ": ", name("val_every"), " ", o.val_every, " cannot change in a resumed run (its split is every ",
+             saved.val_every, "-th document)");
+      }
+      split = saved.val_every;
+    }
+    // The options given: those a run may change are applied, the others must be the run's.
+    const nlohmann::json given = t.to_json(), run = saved.to_json();
+    nlohmann::json changes = nlohmann::json::object();
+    for (const std::string& key : o.given) {
+      // The data's kind and split are checked above; names that are no trainer option are not compared.
+      if (!given.contains(key) || key == "val_every" || key == "fixed_batch" || key == "byte_level") continue;
+      if (given[key] == run[key]) continue;
+      if (!mamba::TrainOptions::resumable(key)) {
+        fail(where, ": ", name(key), " ", json_brief(given[key]), " cannot change in a resumed run (it is ",
+             json_brief(run[key]), " there): the batches continue from where the run stopped");
+      }
+      changes[key] = given[key];
+    }
+    impl_->data = load_data(saved_config.eos_token_id, split);
+    impl_->trainer.emplace(Trainer::resume(o.resume, *impl_->data, changes, o.out));
+    for (const auto& [key, change] : impl_->trainer->resume_changes().items()) {
+      impl_->changes.push_back(OptionChange{key, json_brief(change[0]), json_brief(change[1])});
+    }
     impl_->resumed = true;
   } else {
-    if (o.out.empty()) fail("train: give out (the run folder), or resume");
+    if (o.out.empty()) fail("train: give ", name("out"), " (the run folder), or ", name("resume"));
     Config c;
-    std::vector<float> params;
+    std::optional<mamba::Model> base;
     if (!o.init_from.empty()) {
-      mamba::Model base = mamba::Model::load(o.init_from);
-      c = base.config();
-      params = base.params_f32();
+      base.emplace(mamba::Model::load(o.init_from));
+      c = base->config();
     } else {
       c = shape_config(o.preset, o.d_model, o.n_layer, o.d_state, o.d_conv, o.expand, o.dt_rank, "train");
       if (byte_level) {
@@ -870,45 +1057,42 @@ Training::Training(const TrainOptions& o) : impl_(std::make_unique<Impl>()) {
         c.byte_level = true;
         c.eos_token_id = kByteEndOfDoc;
       }
-      c.validate("train");
-      auto specs = param_specs(c);
-      params.assign(static_cast<size_t>(param_layout_size(specs)), 0.0f);
-      init_params(params.data(), c, specs, o.seed);
     }
-    impl_->data = byte_level ? load_text_dataset(paths, o.val_every)
-                             : load_token_dataset(paths, c.eos_token_id, o.val_every);
-    mamba::TrainOptions t;
-    t.batch = o.batch;
-    t.seq_len = o.seq_len;
-    t.accum = o.accum;
-    t.steps = o.steps ? o.steps : 1000;
-    t.warmup = o.warmup;
-    t.lr = o.lr;
-    t.lr_min = o.lr_min;
-    t.schedule = o.schedule;
-    t.weight_decay = o.weight_decay;
-    t.clip = o.clip;
-    t.beta1 = o.beta1;
-    t.beta2 = o.beta2;
-    t.seed = o.seed;
-    t.sequential = o.sequential;
-    t.scan_chunk = o.scan_chunk;
-    t.eval_every = o.eval_every;
-    t.eval_batches = o.eval_batches;
-    t.save_every = o.save_every;
-    t.keep = o.keep;
+    impl_->data = load_data(c.eos_token_id, o.val_every);
+    const Dataset& data = *impl_->data;
+    if (c.vocab_size == 0) c.vocab_size = data.max_token + 1;  // a new model on token ids: the ids it is given
+    c.validate("train");
+    if (fixed) {
+      const int rows = static_cast<int>(data.train.rows);
+      const int L = static_cast<int>(data.train.tokens.size() / data.train.rows) - 1;
+      for (const auto& [field, value, want] : {std::tuple{"batch", o.batch, rows}, std::tuple{"seq_len", o.seq_len, L}}) {
+        if (is_given(o, field) && value != want) {
+          fail("train ", name("fixed_batch"), ": ", o.fixed_batch.string(), " holds ", rows, " rows of ", L,
+               " + 1 tokens; ", name(field), " ", value, " contradicts it");
+        }
+      }
+      t.batch = rows;
+      t.seq_len = L;
+    }
     t.byte_level = byte_level;
-    if (t.batch < 1 || t.seq_len < 1 || t.accum < 1 || t.scan_chunk < 1 || t.eval_batches < 1 || t.keep < 1) {
-      fail("train: batch, seq_len, accum, scan_chunk, eval_batches and keep must be positive");
+    t.fixed_batch = fixed;
+    t.val_every = fixed ? -1 : o.val_every;
+    t.validate("train");
+    // Checked before the parameters are built: a shape that cannot fit is refused with the figure.
+    mamba::check_memory(Trainer::bytes_needed(c, t), "train: " + std::to_string(c.parameter_count()) +
+                                                         " parameters on batches of " + std::to_string(t.batch) +
+                                                         " × " + std::to_string(t.seq_len) + " tokens");
+    std::vector<float> params;
+    if (base) {
+      params = base->params_f32();
+      base.reset();
+    } else {
+      params.assign(static_cast<size_t>(param_layout_size(param_specs(c))), 0.0f);
+      init_params(params.data(), c, param_specs(c), o.seed);
     }
-    if (t.warmup < 0 || t.eval_every < 0 || t.save_every < 0) fail("train: warmup, eval_every and save_every must be ≥ 0");
-    if (!(t.lr > 0)) fail("train: lr ", t.lr, " must be positive");
-    if (t.schedule != "cosine" && t.schedule != "constant") {
-      fail("train: schedule \"", t.schedule, "\" must be \"cosine\" or \"constant\"");
-    }
-    impl_->trainer.emplace(c, std::move(params), *impl_->data, t, o.out);
+    impl_->trainer.emplace(c, std::move(params), data, t, o.out);
   }
-  impl_->trainer->set_progress(false);
+  if (!o.dump_grads.empty()) impl_->trainer->dump_gradients_to(o.dump_grads);
   impl_->config = public_config(impl_->trainer->config());
 }
 
@@ -918,13 +1102,19 @@ Training& Training::operator=(Training&&) noexcept = default;
 
 const ModelConfig& Training::config() const { return impl_->config; }
 bool Training::resumed() const { return impl_->resumed; }
+const std::vector<OptionChange>& Training::changes() const { return impl_->changes; }
 int64_t Training::step() const { return impl_->trainer->step(); }
 int64_t Training::steps() const { return impl_->trainer->options().steps; }
+int Training::batch() const { return impl_->trainer->options().batch; }
+int Training::seq_len() const { return impl_->trainer->options().seq_len; }
 std::filesystem::path Training::out() const { return impl_->trainer->out(); }
 int64_t Training::train_tokens() const { return static_cast<int64_t>(impl_->data->train.tokens.size()); }
 int64_t Training::train_documents() const { return impl_->data->train.documents; }
 int64_t Training::val_tokens() const { return static_cast<int64_t>(impl_->data->val.tokens.size()); }
+int64_t Training::val_documents() const { return impl_->data->val.documents; }
 int64_t Training::activation_bytes() const { return impl_->trainer->activation_bytes(); }
+bool Training::fixed_batch() const { return impl_->trainer->options().fixed_batch; }
+bool Training::validates_on_training_data() const { return impl_->trainer->validates_on_training_data(); }
 
 TrainSummary Training::run(const StepCallback& on_step, const std::atomic_bool* stop) {
   Trainer& trainer = *impl_->trainer;

@@ -3,10 +3,14 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include <sys/resource.h>
+
 #include "cli/commands.h"
+#include "core/limits.h"
 #include "core/rng.h"
 #include "core/runtime.h"
 #include "model/engine.h"
+#include "model/validate.h"
 
 namespace mamba::cli {
 
@@ -14,6 +18,13 @@ namespace {
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// The process's peak resident memory so far: weights touched, activations, state, the program itself.
+int64_t max_rss_bytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return int64_t{usage.ru_maxrss} * 1024;
 }
 
 double median(std::vector<double> v) {
@@ -40,6 +51,8 @@ void add_bench(CLI::App& app) {
   cmd->callback([] {
     Model model = load_model(o.dir, o.device);
     const Config& c = model.config();
+    check_memory(forward_bytes(c, o.batch, o.prompt, o.batch),
+                 "bench: " + std::to_string(o.batch) + " × " + std::to_string(o.prompt) + " prompt tokens");
     Engine engine(model, engine_options(o.device, std::max<int64_t>(2048, int64_t{o.batch} * o.prompt)));
     State state = engine.new_state(o.batch);
     Rng rng(1);
@@ -64,8 +77,9 @@ void add_bench(CLI::App& app) {
     }
     double t = median(prefill);
     nlohmann::json line = common;
-    line.update({{"bench", "prefill"}, {"tokens", o.batch * o.prompt}, {"seconds", t},
-                 {"tokens_per_s", o.batch * o.prompt / t}});
+    line.update({{"bench", "prefill"}, {"tokens", int64_t{o.batch} * o.prompt}, {"seconds", t},
+                 {"tokens_per_s", int64_t{o.batch} * o.prompt / t}, {"activation_bytes", engine.activation_bytes()},
+                 {"max_rss_bytes", max_rss_bytes()}});
     std::printf("%s\n", line.dump().c_str());
     std::fflush(stdout);
 
@@ -79,8 +93,9 @@ void add_bench(CLI::App& app) {
     }
     t = median(decode);
     line = common;
-    line.update({{"bench", "decode"}, {"tokens", o.batch * o.steps}, {"seconds", t},
-                 {"tokens_per_s", o.batch * o.steps / t}, {"ms_per_step", 1000.0 * t / o.steps}});
+    line.update({{"bench", "decode"}, {"tokens", int64_t{o.batch} * o.steps}, {"seconds", t},
+                 {"tokens_per_s", int64_t{o.batch} * o.steps / t}, {"ms_per_step", 1000.0 * t / o.steps},
+                 {"max_rss_bytes", max_rss_bytes()}});
     std::printf("%s\n", line.dump().c_str());
   });
 }

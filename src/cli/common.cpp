@@ -50,8 +50,8 @@ Config shape_config(const ShapeFlags& f, const char* command) {
 void add_device_flags(CLI::App* cmd, DeviceFlags& f) {
   cmd->add_option("--device", f.device, "Where to run: cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--dtype", f.dtype,
-                  "Compute type: fp32, bf16 or fp16 (default: the file's). On the CPU the weights are kept in "
-                  "it and the arithmetic is fp32; on a GPU weights and activations take it");
+                  "Weight type: fp32, bf16, fp16 or int8 (default: the file's). On the CPU the weights are kept in "
+                  "it (int8: quantized on load) and the arithmetic is fp32; on a GPU weights and activations take it");
 }
 
 namespace {
@@ -59,7 +59,7 @@ namespace {
 std::optional<DType> flag_dtype(const DeviceFlags& f) {
   if (f.dtype.empty()) return std::nullopt;
   DType t;
-  if (!parse_dtype(f.dtype, &t)) fail("--dtype \"", f.dtype, "\": expected fp32, bf16 or fp16");
+  if (!parse_dtype(f.dtype, &t)) fail("--dtype \"", f.dtype, "\": expected fp32, bf16, fp16 or int8");
   return t;
 }
 

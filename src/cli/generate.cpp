@@ -1,22 +1,36 @@
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
+#include <sstream>
 #include <iostream>
 #include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/file.h"
+#include "core/limits.h"
 
 namespace mamba::cli {
 
 namespace {
 
 std::string read_file(const std::string& path) {
-  if (path == "-") return std::string(std::istreambuf_iterator<char>(std::cin), {});
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, ": cannot open");
-  return std::string(std::istreambuf_iterator<char>(in), {});
+  return path == "-" ? read_stdin("--prompt-file -") : read_text_file(path);
+}
+
+// One line of stdin without its newline; false at the end. A line longer than the memory limit (a
+// stream without newlines) is an error, not an ever-growing string.
+bool read_line(std::string& line) {
+  line.clear();
+  const int64_t limit = memory_limit();
+  for (int c; (c = std::getchar()) != EOF;) {
+    if (c == '\n') return true;
+    line += static_cast<char>(c);
+    if (limit > 0 && static_cast<int64_t>(line.size()) > limit) {
+      fail("stdin: a line of more than ", format_bytes(limit), ", the memory allowed (", memory_limit_source(), ")");
+    }
+  }
+  return !line.empty();
 }
 
 void write(std::string_view s) {
@@ -105,18 +119,25 @@ void add_generate(CLI::App& app) {
     int64_t generated = 0;
     api::GenerationStats stats;
     if (!o.batch_file.empty()) {
-      std::ifstream in(o.batch_file, std::ios::binary);
-      if (!in) fail(o.batch_file, ": cannot open");
+      std::istringstream in(read_text_file(o.batch_file));
       std::vector<std::string> prompts;
-      std::vector<std::vector<int32_t>> prompt_ids;
+      std::vector<int> numbers;  // line numbers, for errors
       std::string line;
       for (int number = 1; std::getline(in, line); number++) {
         if (!line.empty() && line.back() == '\r') line.pop_back();
         if (line.find_first_not_of(" \t") == std::string::npos) continue;
-        prompt_ids.push_back(encode(line, o.batch_file + ":" + std::to_string(number)));
         prompts.push_back(line);
+        numbers.push_back(number);
       }
       if (prompts.empty()) fail(o.batch_file, ": no prompts");
+      // Each prompt is a sequence with its own state, logits and sampler: the batch is checked against the
+      // memory limit before any prompt is encoded.
+      api::check_memory(model.generation_bytes(static_cast<int64_t>(prompts.size())),
+                        o.batch_file + ": " + std::to_string(prompts.size()) + " prompts decoded together");
+      std::vector<std::vector<int32_t>> prompt_ids;
+      for (size_t k = 0; k < prompts.size(); k++) {
+        prompt_ids.push_back(encode(prompts[k], o.batch_file + ":" + std::to_string(numbers[k])));
+      }
       const std::vector<api::Completion> out = model.generate(prompt_ids, o.sampling, o.gen, {}, {}, &stats);
       for (size_t i = 0; i < out.size(); i++) {
         nlohmann::ordered_json j;  // keys in this order: prompt, text, ids, finish
@@ -157,7 +178,7 @@ void add_generate(CLI::App& app) {
         std::string line;
         for (;;) {
           std::fprintf(stderr, "> ");
-          if (!std::getline(std::cin, line)) break;
+          if (!read_line(line)) break;
           try {
             session.feed(encode(line, "stdin"));
           } catch (const Error& e) {  // a bad line is reported; the session goes on

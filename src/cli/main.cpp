@@ -2,9 +2,12 @@
 // file, field or flag, with exit status 1; bad flags give CLI11's message and usage, and its non-zero code.
 #include <cstdio>
 #include <exception>
+#include <new>
+#include <string>
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/limits.h"
 #include "core/runtime.h"
 
 int main(int argc, char** argv) {
@@ -13,13 +16,21 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "mambacpp " MAMBA_VERSION " (" MAMBA_BUILD_FLAGS ")");
   int threads = 0;
+  std::string max_memory;
   app.add_option("-t,--threads", threads, "Threads for the math (0 = all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--max-memory", max_memory,
+                 "Refuse work that needs more memory than this (e.g. 8G, 512M); default: the memory available "
+                 "(MemAvailable, or the cgroup's limit)");
   // Threads, and subnormals flushed to zero in every thread, before any command runs.
-  app.parse_complete_callback([&] { mamba::configure_runtime(threads); });
+  app.parse_complete_callback([&] {
+    mamba::configure_runtime(threads);
+    if (!max_memory.empty()) mamba::set_memory_limit(mamba::parse_bytes(max_memory, "--max-memory"));
+  });
   mamba::cli::add_info(app);
   mamba::cli::add_init(app);
   mamba::cli::add_score(app);
   mamba::cli::add_bench(app);
+  mamba::cli::add_quantize(app);
   mamba::cli::add_train(app);
   mamba::cli::add_generate(app);
   mamba::cli::add_perplexity(app);
@@ -32,6 +43,12 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const mamba::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    // The memory checks (core/limits.h) refuse the work whose size comes from input before it starts;
+    // this is what remains: the machine ran short while working.
+    std::fprintf(stderr, "error: out of memory (%s available now); --max-memory sets a limit under which work is refused before it starts\n",
+                 mamba::format_bytes(mamba::memory_limit()).c_str());
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

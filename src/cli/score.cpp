@@ -44,12 +44,17 @@ void add_score(CLI::App& app) {
       }
       shape = array.shape;
     }
+    if (shape.front() > INT32_MAX || shape.back() > INT32_MAX) fail(o.ids_file, ": shape is too large");
     const int B = shape.size() == 2 ? static_cast<int>(shape[0]) : 1;
     const int L = static_cast<int>(shape.back());
-    const api::Model model(o.dir, model_options(o.device));
+    api::ModelOptions options = model_options(o.device);
+    options.text = false;  // ids only: no tokenizer read
+    const api::Model model(o.dir, options);
     const int64_t V = model.config().vocab_size;
+    api::check_memory(model.forward_bytes(B, L, api::Logits::All),
+                      "score: logits of " + std::to_string(B) + " × " + std::to_string(L) + " tokens × " + std::to_string(V));
     std::vector<float> logits(static_cast<size_t>(int64_t{B} * L * V));
-    model.score(tokens.data(), B, L, logits.data());
+    model.score(tokens.data(), B, L, logits.data());  // fails, naming the position, on logits that are not finite
     shape.push_back(V);
     write_npy(o.out, logits.data(), shape);
     std::fprintf(stderr, "wrote %s: logits of %d × %d tokens × %lld\n", o.out.c_str(), B, L, static_cast<long long>(V));

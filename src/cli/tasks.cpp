@@ -11,6 +11,8 @@
 #include "core/error.h"
 #include "core/file.h"
 #include "core/runtime.h"
+#include "core/json.h"
+#include "core/limits.h"
 #include "model/tasks.h"
 
 namespace mamba::cli {
@@ -43,6 +45,7 @@ std::vector<int64_t> parse_lengths(const std::string& text) {
       out.push_back(number(item));
     } else {
       const int64_t lo = number(item.substr(0, dots)), hi = number(item.substr(dots + 2));
+      if (lo > hi) fail("--lengths: the range \"", item, "\" is empty (", lo, " > ", hi, "); give LO..HI with LO ≤ HI");
       for (int64_t n = lo; n <= hi; n *= 2) out.push_back(n);
     }
     if (comma == std::string::npos) break;
@@ -243,13 +246,9 @@ void add_tasks(CLI::App& app) {
   eval->callback([] {
     const std::filesystem::path dir = e.dir;
     json info = json::object();
-    if (std::filesystem::exists(dir / "task.json")) {
-      try {
-        info = json::parse(read_text_file(dir / "task.json"));
-      } catch (const json::exception& ex) {
-        fail((dir / "task.json").string(), ": not valid JSON: ", ex.what());
-      }
-    }
+    const std::string info_path = (dir / "task.json").string();
+    if (std::filesystem::exists(dir / "task.json")) info = read_json_file(info_path);
+    if (!info.is_object()) fail(info_path, ": not a JSON object");
     TaskSpec base;
     if (!e.task.empty()) {
       base.kind = parse_task(e.task);
@@ -258,10 +257,23 @@ void add_tasks(CLI::App& app) {
     } else {
       fail((dir / "task.json").string(), ": no task named there; give --task");
     }
-    if (info.contains("n_data") && info["n_data"].is_number_integer()) base.n_data = info["n_data"].get<int>();
-    const int64_t train_length = info.value("length", int64_t{0});
+    if (info.contains("n_data")) {
+      const json& n = info["n_data"];
+      if (!n.is_number_integer() || n.get<int64_t>() < 1 || n.get<int64_t>() > (int64_t{1} << 30)) {
+        fail(info_path, ": field \"n_data\" must be a positive integer, got ", json_brief(n));
+      }
+      base.n_data = static_cast<int>(n.get<int64_t>());
+    }
+    int64_t train_length = 0;  // only shown and plotted
+    if (info.contains("length") && info["length"].is_number_integer() && info["length"].get<int64_t>() > 0) {
+      train_length = info["length"].get<int64_t>();
+    }
     Model model = Model::load(dir);
     const auto lengths = parse_lengths(e.lengths);
+    // A test set is held whole: per sequence its positions and data tokens.
+    const int64_t per_sequence = static_cast<int64_t>(sizeof(TaskSequence)) + int64_t{base.n_data} * 12;
+    check_memory(sat_mul(std::max(e.sequences, e.long_sequences), per_sequence),
+                 "tasks eval: test sets of " + std::to_string(std::max(e.sequences, e.long_sequences)) + " sequences");
     std::printf("%s, %s SSM, trained at length %lld: greedy accuracy over the answer tokens\n", task_name(base.kind),
                 model.config().ssm_mode == SsmMode::Lti ? "LTI" : "selective", static_cast<long long>(train_length));
     std::printf("%10s %6s %10s %10s %11s %10s\n", "length", "log2", "sequences", "accuracy", "min margin", "seconds");

@@ -1,36 +1,26 @@
 #include <cstdio>
-#include <fstream>
-#include <iostream>
-#include <iterator>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/file.h"
+#include "core/json.h"
 
 namespace mamba::cli {
 
 namespace {
-
-std::string read_stdin() { return std::string(std::istreambuf_iterator<char>(std::cin), {}); }
 
 void write(const std::string& s) { std::fwrite(s.data(), 1, s.size(), stdout); }
 
 // --jsonl: one JSON value per line in, one per line out. Encoding takes strings and writes arrays of
 // ids; decoding takes arrays and writes strings. Blank lines are skipped.
 void run_jsonl(const api::Tokenizer& tokenizer, const std::string& file, bool decode) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) fail(file, ": cannot open");
+  std::istringstream in(read_text_file(file));
   std::string line;
   for (int64_t number = 1; std::getline(in, line); ++number) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    nlohmann::json value;
-    try {
-      value = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      fail(file, ":", number, ": not valid JSON: ", e.what());
-    }
+    const nlohmann::json value = parse_json(line, file + ":" + std::to_string(number));
     nlohmann::json out;
     if (!decode) {
       if (!value.is_string()) fail(file, ":", number, ": expected a JSON string, got ", value.type_name());
@@ -41,7 +31,7 @@ void run_jsonl(const api::Tokenizer& tokenizer, const std::string& file, bool de
       std::vector<int32_t> ids;
       for (const auto& v : value) {
         if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX) {
-          fail(file, ":", number, ": ", v.dump(), " is not a token id");
+          fail(file, ":", number, ": ", json_brief(v), " is not a token id");
         }
         ids.push_back(static_cast<int32_t>(v.get<int64_t>()));
       }
@@ -86,7 +76,7 @@ void add_tokenize(CLI::App& app) {
     }
     const std::string input = !o.file.empty()     ? read_text_file(o.file)
                               : text->count() > 0 ? o.text
-                                                  : read_stdin();
+                                                  : read_stdin("tokenize: standard input");
     if (o.decode) {
       const std::vector<int32_t> ids = parse_ids(input, o.file.empty() ? "tokenize --decode" : o.file);
       write(tokenizer.decode(ids));

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -23,80 +25,109 @@ std::string format_duration(double seconds) {
   return text;
 }
 
+// "lr_min" → "--lr-min": an option's field name as its flag.
+std::string flag_of(const std::string& field) {
+  std::string flag = "--" + field;
+  for (char& c : flag) c = c == '_' ? '-' : c;
+  return flag;
+}
+
 }  // namespace
 
 void add_train(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "Train a model on text, token files or a checkpoint's data (CPU, fp32)");
   struct Options {
     ShapeFlags shape;
-    std::string init_from, out, resume, schedule = "cosine", progress = "auto";
+    std::string init_from, out, resume, fixed_batch, dump_grads, progress = "auto";
     std::vector<std::string> data, tokens;
     int val_every = 20;
     api::TrainOptions train;
   };
   static Options o;
+  // The flags that set an option, by its field name: the library is told which were given (on --resume,
+  // those the run may change are applied, the others must equal the checkpoint's).
+  static std::vector<std::pair<CLI::Option*, std::string>> option_flags;
   o.train.steps = 1000;
   add_shape_flags(cmd, o.shape);
-  cmd->add_option("--init-from", o.init_from, "Fine-tune this model folder instead of a new model");
+  auto* init_from = cmd->add_option("--init-from", o.init_from, "Fine-tune this model folder instead of a new model");
   cmd->add_option("--data", o.data, "Text files or folders (byte-level tokens: 256 bytes + end of document)");
   cmd->add_option("--tokens", o.tokens, "Pre-tokenized binary token files (MAMBATOK header, uint16/uint32)");
-  cmd->add_option("--val-every", o.val_every, "Every K-th document goes to validation (0: none)")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--fixed-batch", o.fixed_batch,
+                  "Train on one fixed batch: an integer .npy (B, L + 1) of independent rows, inputs row[:L], "
+                  "targets row[1:], at every step (sets --batch and --seq-len)");
+  option_flags.emplace_back(
+      cmd->add_option("--val-every", o.val_every, "Every K-th document goes to validation (0: none)")
+          ->capture_default_str()->check(CLI::NonNegativeNumber),
+      "val_every");
   cmd->add_option("--out", o.out, "Run folder: latest model, log.jsonl, checkpoints/");
-  cmd->add_option("--resume", o.resume, "Continue exactly from a run folder or checkpoint (its options are kept)");
+  cmd->add_option("--resume", o.resume,
+                  "Continue exactly from a run folder or checkpoint; of the options given with it, the schedule, "
+                  "optimizer, evaluation and checkpoint ones are applied, the others must equal the run's")
+      ->excludes(init_from);
+  cmd->add_option("--dump-grads", o.dump_grads,
+                  "Write the first step's gradients (mean over micro-batches, before clipping) to this .safetensors");
   api::TrainOptions& t = o.train;
-  cmd->add_option("--seq-len", t.seq_len, "Tokens per sequence")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--batch", t.batch, "Sequences per micro-batch")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--accum", t.accum, "Micro-batches per optimizer step")->capture_default_str()->check(CLI::PositiveNumber);
-  static CLI::Option* steps_flag = nullptr;
-  steps_flag = cmd->add_option("--steps", t.steps, "Optimizer steps (on --resume: a new total)")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--lr", t.lr, "Peak learning rate")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--lr-min", t.lr_min, "Floor of the cosine decay (default lr/10)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--warmup", t.warmup, "Linear warmup steps")->capture_default_str()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--schedule", t.schedule, "Learning-rate schedule")->capture_default_str()
+  auto flag = [&](CLI::Option* option, const char* field) {
+    option_flags.emplace_back(option, field);
+    return option;
+  };
+  flag(cmd->add_option("--seq-len", t.seq_len, "Tokens per sequence"), "seq_len")->capture_default_str()->check(CLI::PositiveNumber);
+  flag(cmd->add_option("--batch", t.batch, "Sequences per micro-batch"), "batch")->capture_default_str()->check(CLI::PositiveNumber);
+  flag(cmd->add_option("--accum", t.accum, "Micro-batches per optimizer step"), "accum")->capture_default_str()->check(CLI::PositiveNumber);
+  flag(cmd->add_option("--steps", t.steps, "Optimizer steps (on --resume: a new total)"), "steps")->capture_default_str()->check(CLI::PositiveNumber);
+  flag(cmd->add_option("--lr", t.lr, "Peak learning rate"), "lr")->capture_default_str()->check(CLI::PositiveNumber);
+  flag(cmd->add_option("--lr-min", t.lr_min, "Floor of the cosine decay (default lr/10)"), "lr_min")->check(CLI::NonNegativeNumber);
+  flag(cmd->add_option("--warmup", t.warmup, "Linear warmup steps"), "warmup")->capture_default_str()->check(CLI::NonNegativeNumber);
+  flag(cmd->add_option("--schedule", t.schedule, "Learning-rate schedule"), "schedule")->capture_default_str()
       ->check(CLI::IsMember({"cosine", "constant"}));
-  cmd->add_option("--weight-decay", t.weight_decay, "AdamW weight decay (not on biases, norms, A_log, D)")
+  flag(cmd->add_option("--weight-decay", t.weight_decay, "AdamW weight decay (not on biases, norms, A_log, D)"), "weight_decay")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--beta1", t.beta1, "AdamW β1")->capture_default_str()->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--beta2", t.beta2, "AdamW β2")->capture_default_str()->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--clip", t.clip, "Global gradient-norm clip (0 = off)")->capture_default_str()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--seed", t.seed, "Seed of the initialisation and of the batches")->capture_default_str();
-  cmd->add_flag("--sequential", t.sequential, "Read the data in order, without shuffling");
-  cmd->add_option("--scan-chunk", t.scan_chunk, "Scan steps between saved states (memory vs recomputation)")
+  flag(cmd->add_option("--beta1", t.beta1, "AdamW β1"), "beta1")->capture_default_str()->check(CLI::Range(0.0, 0.999999));
+  flag(cmd->add_option("--beta2", t.beta2, "AdamW β2"), "beta2")->capture_default_str()->check(CLI::Range(0.0, 0.999999));
+  flag(cmd->add_option("--adam-eps", t.adam_eps, "AdamW's epsilon"), "adam_eps")->capture_default_str()->check(CLI::PositiveNumber);
+  flag(cmd->add_option("--clip", t.clip, "Global gradient-norm clip (0 = off)"), "clip")->capture_default_str()->check(CLI::NonNegativeNumber);
+  flag(cmd->add_option("--seed", t.seed, "Seed of the initialisation and of the batches"), "seed")->capture_default_str();
+  flag(cmd->add_flag("--sequential", t.sequential, "Read the data in order, without shuffling"), "sequential");
+  flag(cmd->add_option("--scan-chunk", t.scan_chunk, "Scan steps between saved states (memory vs recomputation)"), "scan_chunk")
       ->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--eval-every", t.eval_every, "Validate every N steps (0: only at the end)")
+  flag(cmd->add_option("--eval-every", t.eval_every, "Validate every N steps (0: only at the end)"), "eval_every")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--eval-batches", t.eval_batches, "Batches per validation")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--save-every", t.save_every, "Checkpoint every N steps (0: only at the end)")
+  flag(cmd->add_option("--eval-batches", t.eval_batches, "Batches per validation"), "eval_batches")->capture_default_str()->check(CLI::PositiveNumber);
+  flag(cmd->add_option("--save-every", t.save_every, "Checkpoint every N steps (0: only at the end)"), "save_every")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--keep", t.keep, "Checkpoints to keep")->capture_default_str()->check(CLI::PositiveNumber);
+  flag(cmd->add_option("--keep", t.keep, "Checkpoints to keep"), "keep")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--progress", o.progress, "Live progress line: auto (on a terminal), on, off")
       ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
   cmd->callback([] {
-    // The flags checked with their names; the library checks the rest.
-    if (o.data.empty() == o.tokens.empty()) fail("train: give --data (text) or --tokens (token files)");
+    // The flags checked with their names; the library checks the rest, naming the flags too.
     api::TrainOptions run = o.train;
     run.data.assign(o.data.begin(), o.data.end());
     run.tokens.assign(o.tokens.begin(), o.tokens.end());
+    run.fixed_batch = o.fixed_batch;
     run.val_every = o.val_every;
     run.out = o.out;
     run.resume = o.resume;
     run.init_from = o.init_from;
+    run.dump_grads = o.dump_grads;
+    run.option_name = flag_of;
+    for (const auto& [option, field] : option_flags) {
+      if (option->count() > 0) run.given.push_back(field);
+    }
+    if (o.shape.given()) {
+      shape_config(o.shape, "train");
+      run.preset = o.shape.preset;
+      run.d_model = o.shape.d_model;
+      run.n_layer = o.shape.n_layer;
+      run.d_state = o.shape.d_state;
+      run.d_conv = o.shape.d_conv;
+      run.expand = o.shape.expand;
+      run.dt_rank = o.shape.dt_rank;
+    }
     if (o.resume.empty()) {
       if (o.out.empty()) fail("train: give --out DIR (or --resume DIR)");
-      if (o.init_from.empty()) {
-        if (!o.shape.given()) fail("train: give --preset, or --d-model and --n-layer, or --init-from DIR");
-        shape_config(o.shape, "train");
-        run.preset = o.shape.preset;
-        run.d_model = o.shape.d_model;
-        run.n_layer = o.shape.n_layer;
-        run.d_state = o.shape.d_state;
-        run.d_conv = o.shape.d_conv;
-        run.expand = o.shape.expand;
-        run.dt_rank = o.shape.dt_rank;
+      if (o.init_from.empty() && !o.shape.given()) {
+        fail("train: give --preset, or --d-model and --n-layer, or --init-from DIR");
       }
-    } else if (steps_flag->count() == 0) {
-      run.steps = 0;  // the run's own total
     }
     const bool progress = o.progress == "on" || (o.progress == "auto" && ::isatty(STDERR_FILENO));
 
@@ -105,6 +136,10 @@ void add_train(CLI::App& app) {
     if (training.resumed()) {
       std::fprintf(stderr, "resuming at step %lld of %lld\n", static_cast<long long>(training.step()),
                    static_cast<long long>(training.steps()));
+      for (const api::OptionChange& change : training.changes()) {
+        std::fprintf(stderr, "resume: applied %s %s (was %s)\n", flag_of(change.option).c_str(), change.now.c_str(),
+                     change.was.c_str());
+      }
     } else {
       const api::ModelConfig& c = training.config();
       std::fprintf(stderr,
@@ -113,6 +148,17 @@ void add_train(CLI::App& app) {
                    static_cast<long long>(c.parameters), c.d_model, c.n_layer,
                    static_cast<long long>(training.train_tokens()), static_cast<long long>(training.train_documents()),
                    static_cast<long long>(training.val_tokens()), training.activation_bytes() / 1048576.0);
+    }
+    const bool on_train = training.validates_on_training_data();
+    if (training.fixed_batch()) {
+      std::fprintf(stderr, "note: one fixed batch of %d rows; the validation loss is that batch's loss\n",
+                   training.batch());
+    } else if (on_train) {
+      std::fprintf(stderr,
+                   "note: no validation data (%lld documents set aside, %lld tokens, fewer than --seq-len + 1 = %d): "
+                   "validation losses are computed on training windows, marked \"val_data\": \"train\" in log.jsonl\n",
+                   static_cast<long long>(training.val_documents()), static_cast<long long>(training.val_tokens()),
+                   training.seq_len() + 1);
     }
     const int64_t first = training.step();
     double smoothed = -1;
@@ -127,17 +173,18 @@ void add_train(CLI::App& app) {
                          std::string(static_cast<size_t>(filled), '=').c_str(),
                          std::string(static_cast<size_t>(width - filled), ' ').c_str(), smoothed, s.lr, s.tokens_per_s,
                          format_duration(eta).c_str());
-            if (s.evaluated) std::fprintf(stderr, "  val %.4f\n", s.val_loss);
+            if (s.evaluated) std::fprintf(stderr, "  val %.4f%s\n", s.val_loss, on_train ? " (on training data)" : "");
             std::fflush(stderr);
           } else if (s.evaluated) {
-            std::fprintf(stderr, "step %lld/%lld  loss %.4f  val %.4f (%.3f bits)  lr %.2e  %.0f tok/s\n",
+            std::fprintf(stderr, "step %lld/%lld  loss %.4f  val %.4f (%.3f bits%s)  lr %.2e  %.0f tok/s\n",
                          static_cast<long long>(s.step), static_cast<long long>(s.steps), s.loss, s.val_loss, s.val_bits,
-                         s.lr, s.tokens_per_s);
+                         on_train ? ", on training data" : "", s.lr, s.tokens_per_s);
           }
           return true;
         },
         &stop);
     if (progress) std::fprintf(stderr, "\n");
+    if (!o.dump_grads.empty()) std::fprintf(stderr, "wrote the gradients of the first step to %s\n", o.dump_grads.c_str());
     if (r.interrupted) {
       std::fprintf(stderr, "interrupted at step %lld: checkpoint saved in %s; continue with --resume\n",
                    static_cast<long long>(r.steps), r.checkpoint.c_str());

@@ -8,10 +8,9 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include "core/error.h"
+#include "core/limits.h"
 
 namespace mamba {
 
@@ -23,6 +22,10 @@ MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
     int err = errno;
     ::close(fd);
     fail(path.string(), ": cannot stat: ", std::strerror(err));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail(path.string(), S_ISDIR(st.st_mode) ? ": is a folder, not a file" : ": is not a regular file");
   }
   size_ = static_cast<size_t>(st.st_size);
   if (size_ > 0) {
@@ -55,13 +58,49 @@ MappedFile::~MappedFile() {
   if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
 }
 
-std::string read_text_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path.string(), ": cannot open: ", std::strerror(errno));
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
+namespace {
+
+// Reads `file` to its end. A regular file's size is checked against the memory limit before reading;
+// a pipe or device (which may never end: /dev/zero) is read in pieces while the total stays within it.
+std::string read_all(std::FILE* file, const std::string& where) {
+  struct stat st{};
+  std::string text;
+  if (::fstat(::fileno(file), &st) == 0 && S_ISREG(st.st_mode)) {
+    check_memory(static_cast<int64_t>(st.st_size), "reading " + where);
+    text.reserve(static_cast<size_t>(st.st_size));
+  }
+  const int64_t limit = memory_limit();
+  char buffer[1 << 16];
+  for (;;) {
+    const size_t n = std::fread(buffer, 1, sizeof(buffer), file);
+    text.append(buffer, n);
+    if (limit > 0 && static_cast<int64_t>(text.size()) > limit) {
+      fail(where, ": more than ", format_bytes(limit), " of input, the memory allowed (", memory_limit_source(), ")");
+    }
+    if (n < sizeof(buffer)) break;
+  }
+  if (std::ferror(file)) fail(where, ": read failed: ", std::strerror(errno));
+  return text;
 }
+
+}  // namespace
+
+std::string read_text_file(const std::filesystem::path& path) {
+  std::error_code error;
+  if (std::filesystem::is_directory(path, error)) fail(path.string(), ": is a folder, not a file");
+  std::FILE* file = std::fopen(path.c_str(), "rb");
+  if (!file) fail(path.string(), ": cannot open: ", std::strerror(errno));
+  try {
+    std::string text = read_all(file, path.string());
+    std::fclose(file);
+    return text;
+  } catch (...) {
+    std::fclose(file);
+    throw;
+  }
+}
+
+std::string read_stdin(const std::string& where) { return read_all(stdin, where); }
 
 void write_bytes(std::FILE* file, const void* data, size_t size, const std::filesystem::path& path) {
   if (size > 0 && std::fwrite(data, 1, size, file) != size) {

@@ -11,7 +11,8 @@
 
 namespace mamba {
 
-// A read-only memory map of a whole file. Move-only; unmaps on destruction.
+// A read-only memory map of a whole regular file (a folder or a device is an Error naming the path).
+// Move-only; unmaps on destruction.
 class MappedFile {
  public:
   MappedFile() = default;
@@ -32,7 +33,11 @@ class MappedFile {
   size_t size_ = 0;
 };
 
+// A whole file's bytes. A folder, an unreadable file or one larger than the memory limit (core/limits.h)
+// is an Error naming the path; pipes and devices are read until their end, within the same limit.
 std::string read_text_file(const std::filesystem::path& path);
+// Standard input, until its end, within the memory limit; `where` names it in errors.
+std::string read_stdin(const std::string& where);
 
 // Writes a file so that a reader sees either the old contents or the new, never a torn file:
 // `write` fills a temporary file beside `path`, which is fsynced and then renamed over it.

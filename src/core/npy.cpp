@@ -5,17 +5,17 @@
 
 #include "core/error.h"
 #include "core/file.h"
+#include "core/limits.h"
 
 namespace mamba {
 
 namespace {
 
 size_t descr_size(const std::string& descr) {
-  if (descr.size() < 3 || (descr[0] != '<' && descr[0] != '|')) return 0;
-  char kind = descr[1];
+  if (descr.size() != 3 || (descr[0] != '<' && descr[0] != '|')) return 0;
+  const char kind = descr[1], size = descr[2];
   if (kind != 'f' && kind != 'i' && kind != 'u') return 0;
-  int size = std::atoi(descr.c_str() + 2);
-  return (size == 1 || size == 2 || size == 4 || size == 8) ? static_cast<size_t>(size) : 0;
+  return (size == '1' || size == '2' || size == '4' || size == '8') ? static_cast<size_t>(size - '0') : 0;
 }
 
 void write_npy_bytes(const std::filesystem::path& path, const char* descr, const void* data, size_t elem,
@@ -45,14 +45,14 @@ void write_npy_bytes(const std::filesystem::path& path, const char* descr, const
 
 int64_t NpyArray::numel() const {
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape) n = sat_mul(n, d);  // read_npy has matched it to the file: it never saturates there
   return n;
 }
 
 std::vector<float> NpyArray::as_f32() const {
   std::vector<float> out(static_cast<size_t>(numel()));
   if (descr == "<f4") {
-    std::memcpy(out.data(), bytes.data(), out.size() * 4);
+    if (!out.empty()) std::memcpy(out.data(), bytes.data(), out.size() * 4);
   } else if (descr == "<f8") {
     for (size_t i = 0; i < out.size(); i++) {
       double v;
@@ -129,30 +129,35 @@ NpyArray read_npy(const std::filesystem::path& path) {
   size_t end = at == std::string::npos ? at : header.find('\'', at + 1);
   if (at == std::string::npos || header[at] != '\'' || end == std::string::npos) fail(where, ": .npy descr is malformed");
   array.descr = header.substr(at + 1, end - at - 1);
-  if (header.compare(value_of("fortran_order"), 4, "True") == 0) {
-    fail(where, ": Fortran-ordered .npy arrays are not supported");
-  }
+  at = value_of("fortran_order");
+  if (at == std::string::npos) fail(where, ": .npy fortran_order is malformed");
+  if (header.compare(at, 4, "True") == 0) fail(where, ": Fortran-ordered .npy arrays are not supported");
   at = value_of("shape");
   end = at == std::string::npos ? at : header.find(')', at);
   if (at == std::string::npos || header[at] != '(' || end == std::string::npos) fail(where, ": .npy shape is malformed");
+  if (descr_size(array.descr) == 0) fail(where, ": unsupported .npy dtype ", array.descr);
+  // The size in bytes saturates (core/limits.h) so that no shape can wrap around to match the file.
+  int64_t nbytes = static_cast<int64_t>(descr_size(array.descr));
   for (size_t i = at + 1; i < end;) {
     if (std::isdigit(static_cast<unsigned char>(header[i]))) {
-      size_t used = 0;
-      array.shape.push_back(std::stoll(header.substr(i, end - i), &used));
-      i += used;
+      int64_t d = 0;
+      for (; i < end && std::isdigit(static_cast<unsigned char>(header[i])); i++) d = sat_add(sat_mul(d, 10), header[i] - '0');
+      if (d == INT64_MAX) fail(where, ": .npy shape ", header.substr(at, end - at + 1), " is out of range");
+      array.shape.push_back(d);
+      nbytes = sat_mul(nbytes, d);
     } else if (header[i] == ',' || header[i] == ' ' || header[i] == 'L') {
       i++;
     } else {
       fail(where, ": .npy shape is malformed");
     }
   }
-  size_t elem = descr_size(array.descr);
-  if (elem == 0) fail(where, ": unsupported .npy dtype ", array.descr);
-  size_t nbytes = static_cast<size_t>(array.numel()) * elem;
-  if (offset + header_len + nbytes != file.size()) {
-    fail(where, ": .npy data is ", file.size() - offset - header_len, " bytes, shape needs ", nbytes);
+  const uint64_t data_bytes = file.size() - offset - header_len;
+  if (static_cast<uint64_t>(nbytes) != data_bytes) {
+    fail(where, ": .npy data is ", data_bytes, " bytes, shape ", header.substr(at, end - at + 1), " of ",
+         array.descr, " needs ", nbytes < INT64_MAX ? std::to_string(nbytes) : format_bytes(nbytes));
   }
-  array.bytes.assign(p + offset + header_len, p + offset + header_len + nbytes);
+  check_memory(nbytes, where + ": the array");
+  array.bytes.assign(p + offset + header_len, p + offset + header_len + data_bytes);
   return array;
 }
 

@@ -1,7 +1,8 @@
-// The whole model's forward and backward over a batch for training: the forward keeps what the
-// backward needs (per layer, in one allocation), the backward calls the ops' backward in exact reverse
-// order and accumulates parameter gradients into a buffer laid out like the parameters.
-// The scan keeps only its chunk-boundary states (paper §3.3.2) and recomputes inside each chunk.
+// The whole model's forward and backward over a batch for training, on a backend (ops/backend.h): the
+// forward keeps what the backward needs (per layer, in one allocation), the backward calls the ops'
+// backward in exact reverse order and accumulates parameter gradients into a buffer laid out like the
+// parameters. The scan keeps only its chunk-boundary states (paper §3.3.2) and recomputes inside each
+// chunk.
 #pragma once
 
 #include <cstdint>
@@ -9,22 +10,29 @@
 
 #include "model/config.h"
 #include "model/weights.h"
+#include "ops/backend.h"
 
 namespace mamba {
 
 class Backprop {
  public:
-  // Buffers for batches of B sequences of L tokens; `scan_chunk` steps between saved scan states.
-  Backprop(const Config& config, int B, int L, int scan_chunk = 256);
+  // Buffers for batches of B sequences of L tokens on `backend`; `scan_chunk` steps between saved scan
+  // states. Fails naming the op when the backend cannot train this model.
+  Backprop(const Config& config, int B, int L, int scan_chunk = 256, Backend& backend = Backend::cpu());
 
-  // Mean cross-entropy of targets (B, L) given inputs (B, L), over targets ≠ ignore_index.
-  // With `grads` (laid out by param_specs), also runs the backward and ADDS d(loss)/d(params).
-  // Every sequence starts from the zero state. Allocates nothing once the buffers exist.
+  // Mean cross-entropy of targets (B, L) given inputs (B, L) (host memory), over targets ≠ ignore_index.
+  // params (and grads) are fp32 on the backend's device, laid out by param_specs. With `grads`, also runs
+  // the backward and ADDS d(loss)/d(params). Every sequence starts from the zero state. Allocates nothing
+  // once the buffers exist.
   double step(const float* params, float* grads, const int32_t* inputs, const int32_t* targets,
               int ignore_index = -100);
 
+  // Bytes a Backprop of these sizes allocates, its own buffers and the scan backward's per-call ones,
+  // computed without overflow for any sizes (core/limits.h saturates them): checked before building one.
+  static int64_t bytes_needed(const Config& config, int64_t B, int64_t L, int64_t scan_chunk);
   // Bytes of saved activations and scratch (for the memory formula in docs/training.md).
-  int64_t activation_bytes() const { return static_cast<int64_t>(saved_.size() + scratch_.size()) * 4; }
+  int64_t activation_bytes() const { return static_cast<int64_t>(saved_.bytes() + scratch_.bytes()); }
+  Backend& backend() const { return backend_; }
   int batch() const { return B_; }
   int seqlen() const { return L_; }
 
@@ -42,12 +50,13 @@ class Backprop {
 
   Config config_;
   std::vector<ParamSpec> specs_;
+  Backend& backend_;
   int B_, L_, chunk_;
-  std::vector<float> saved_;  // every LayerSaved view, then the final residual and norm
+  Buffer saved_;  // every LayerSaved view, then the final residual and norm
   std::vector<LayerSaved> layers_;
   float* residual_f_;  // (M, d)
   float* normed_f_;    // (M, d)
-  std::vector<float> scratch_;  // forward temporaries and backward gradients, reused per layer
+  Buffer scratch_;     // forward temporaries and backward gradients, reused per layer
   float* hidden_;   // (M, d)
   float* dresid_;   // (M, d)
   float* dnormed_;  // (M, d)
@@ -58,10 +67,11 @@ class Backprop {
   float* dy_;       // (M, Di)
   float* dA_;       // (Di, N)
   float* A_;        // (Di, N)
-  float* logits_;   // (rows, V) scratch of the fused head + cross-entropy
   float* tail_;     // (B, d_conv − 1, Di) zeros: training sequences start from the zero state
-  float* dhead_;    // (V, d) head gradient of a loss-only step, discarded
-  int64_t logit_rows_;
+  float* loss_;     // (1) the mean loss
+  int32_t* inputs_;   // (M) the batch's ids on the device (unused on the CPU, which reads the caller's)
+  int32_t* targets_;  // (M)
+  void* workspace_;   // the ops' workspace, the largest any of them needs
   // Views of the parameters and of their gradients, bound on first use of each buffer.
   const float* bound_params_ = nullptr;
   const float* bound_grads_ = nullptr;

@@ -1,8 +1,10 @@
 #include "model/config.h"
 
+#include <cfloat>
 #include <cmath>
 
 #include "core/error.h"
+#include "core/json.h"
 #include "core/file.h"
 #include "ops/scan.h"
 
@@ -18,15 +20,19 @@ int get_int(const json& j, const char* key, const std::string& where, int fallba
     return fallback;
   }
   const json& v = j[key];
-  if (!v.is_number_integer()) fail(where, ": field \"", key, "\" must be an integer, got ", v.dump());
+  if (!v.is_number_integer()) fail(where, ": field \"", key, "\" must be an integer, got ", json_brief(v));
+  // Dimensions are held in ints; 2^30 keeps sums of two of them (dt_rank + 2N, 2·d_inner) in range too.
+  if (v.is_number_unsigned() && v.get<uint64_t>() > (uint64_t{1} << 30)) {
+    fail(where, ": field \"", key, "\" must be positive and at most 2^30, got ", json_brief(v));
+  }
   int64_t x = v.get<int64_t>();
-  if (x <= 0 || x > (int64_t{1} << 30)) fail(where, ": field \"", key, "\" must be positive, got ", x);
+  if (x <= 0 || x > (int64_t{1} << 30)) fail(where, ": field \"", key, "\" must be positive and at most 2^30, got ", x);
   return static_cast<int>(x);
 }
 
 bool get_bool(const json& j, const char* key, const std::string& where, bool fallback) {
   if (!j.contains(key) || j[key].is_null()) return fallback;
-  if (!j[key].is_boolean()) fail(where, ": field \"", key, "\" must be true or false, got ", j[key].dump());
+  if (!j[key].is_boolean()) fail(where, ": field \"", key, "\" must be true or false, got ", json_brief(j[key]));
   return j[key].get<bool>();
 }
 
@@ -40,24 +46,51 @@ int get_rank(const json& j, const char* key, const std::string& where, int d_mod
 
 }  // namespace
 
+namespace {
+
+// Parameters of one layer. With the bounds validate() checks first (d_inner ≤ 2^24, N ≤ 256,
+// d_conv ≤ 64, dt_rank < 2^31) every term is below 2^55, so this cannot overflow.
+int64_t layer_parameters(const Config& c) {
+  const int64_t d = c.d_model, di = c.d_inner(), n = c.d_state, r = c.dt_rank;
+  const bool lti = c.ssm_mode == SsmMode::Lti;
+  return d                                             // norm
+         + 2 * di * d + (c.use_bias ? 2 * di : 0)      // in_proj
+         + di * c.d_conv + (c.use_conv_bias ? di : 0)  // conv1d
+         + (lti ? 2 * di * n : (r + 2 * n) * di)       // x_proj, or the LTI mode's B and C
+         + (lti ? 0 : di * r) + di                     // dt_proj
+         + di * n + di                                 // A_log, D
+         + d * di + (c.use_bias ? d : 0);              // out_proj
+}
+
+}  // namespace
+
 int64_t Config::parameter_count() const {
-  const int64_t d = d_model, di = d_inner(), n = d_state, r = dt_rank;
-  const bool lti = ssm_mode == SsmMode::Lti;
-  int64_t layer = d                         // norm
-                  + 2 * di * d + (use_bias ? 2 * di : 0)  // in_proj
-                  + di * d_conv + (use_conv_bias ? di : 0)  // conv1d
-                  + (lti ? 2 * di * n : (r + 2 * n) * di)  // x_proj, or the LTI mode's B and C
-                  + (lti ? 0 : di * r) + di                // dt_proj
-                  + di * n + di                            // A_log, D
-                  + d * di + (use_bias ? d : 0);           // out_proj
-  return int64_t{vocab_size} * d * (tie_embeddings ? 1 : 2) + n_layer * layer + d;
+  return int64_t{vocab_size} * d_model * (tie_embeddings ? 1 : 2) + n_layer * layer_parameters(*this) + d_model;
 }
 
 void Config::validate(const std::string& where) const {
+  if (d_model < 1 || n_layer < 1 || vocab_size < 1 || d_state < 1 || expand < 1 || dt_rank < 1) {
+    fail(where, ": dimensions must be positive (d_model ", d_model, ", n_layer ", n_layer, ", vocab_size ", vocab_size,
+         ", d_state ", d_state, ", expand ", expand, ", dt_rank ", dt_rank, ")");
+  }
   if (d_state > kMaxState) fail(where, ": d_state ", d_state, " is larger than the supported ", kMaxState);
   if (d_conv < 1 || d_conv > 64) fail(where, ": d_conv ", d_conv, " is outside 1..64");
-  if (int64_t{expand} * d_model > (int64_t{1} << 24)) fail(where, ": d_inner is implausibly large");
+  if (int64_t{expand} * d_model > (int64_t{1} << 24)) {
+    fail(where, ": d_inner = expand × d_model = ", int64_t{expand} * d_model, " is larger than the supported 2^24");
+  }
   if (!std::isfinite(norm_eps) || norm_eps <= 0) fail(where, ": norm epsilon must be positive");
+  if (eos_token_id < 0 || eos_token_id >= vocab_size) {
+    fail(where, ": eos_token_id ", eos_token_id, " is not a token of the vocabulary of ", vocab_size);
+  }
+  // Every size the program computes from the config is at most the parameter count times a small
+  // factor, in int64: a config whose fp32 parameters could not even be counted in bytes is refused here,
+  // and the memory checks (core/limits.h) refuse what does not fit this machine.
+  const double params = static_cast<double>(vocab_size) * d_model * (tie_embeddings ? 1 : 2) +
+                        static_cast<double>(n_layer) * static_cast<double>(layer_parameters(*this)) + d_model;
+  if (!(params * 4 < 0x1p62)) {
+    fail(where, ": ", n_layer, " layers of d_model ", d_model, " and a vocabulary of ", vocab_size,
+         " make about ", params, " parameters, too many to address");
+  }
 }
 
 Config config_from_json(const json& j, const std::string& where) {
@@ -73,7 +106,7 @@ Config config_from_json(const json& j, const std::string& where) {
     if (!ssm.is_object()) fail(where, ": field \"ssm_cfg\" must be an object");
     const std::string ssm_where = where + ": ssm_cfg";
     if (ssm.contains("layer") && ssm["layer"] != "Mamba1") {
-      fail(ssm_where, ": layer ", ssm["layer"].dump(), " is not supported (only Mamba1)");
+      fail(ssm_where, ": layer ", json_brief(ssm["layer"]), " is not supported (only Mamba1)");
     }
     c.d_state = get_int(ssm, "d_state", ssm_where, 16, false);
     c.d_conv = get_int(ssm, "d_conv", ssm_where, 4, false);
@@ -96,11 +129,13 @@ Config config_from_json(const json& j, const std::string& where) {
     c.tie_embeddings = get_bool(j, "tie_word_embeddings", where, true);
     if (j.contains("layer_norm_epsilon")) {
       if (!j["layer_norm_epsilon"].is_number()) fail(where, ": field \"layer_norm_epsilon\" must be a number");
-      c.norm_eps = j["layer_norm_epsilon"].get<float>();
+      const double eps = j["layer_norm_epsilon"].get<double>();
+      if (!(eps > 0 && eps <= FLT_MAX)) fail(where, ": field \"layer_norm_epsilon\" must be a positive float, got ", eps);
+      c.norm_eps = static_cast<float>(eps);
     }
     if (j.contains("intermediate_size") && j["intermediate_size"].is_number_integer() &&
         j["intermediate_size"].get<int64_t>() != int64_t{c.expand} * c.d_model) {
-      fail(where, ": intermediate_size ", j["intermediate_size"].dump(), " is not expand × hidden_size = ",
+      fail(where, ": intermediate_size ", json_brief(j["intermediate_size"]), " is not expand × hidden_size = ",
            int64_t{c.expand} * c.d_model);
     }
   } else {
@@ -115,11 +150,12 @@ Config config_from_json(const json& j, const std::string& where) {
     } else if (mode == "lti") {
       c.ssm_mode = SsmMode::Lti;
     } else {
-      fail(where, ": field \"ssm_mode\" must be \"selective\" or \"lti\", got ", mode.dump());
+      fail(where, ": field \"ssm_mode\" must be \"selective\" or \"lti\", got ", json_brief(mode));
     }
   }
   if (j.contains("eos_token_id") && j["eos_token_id"].is_number_integer()) {
-    c.eos_token_id = j["eos_token_id"].get<int>();
+    const int64_t eos = j["eos_token_id"].get<int64_t>();  // validate() checks it against the vocabulary
+    c.eos_token_id = eos < 0 || eos > INT32_MAX ? -1 : static_cast<int>(eos);
   }
   c.validate(where);
   return c;
@@ -128,13 +164,7 @@ Config config_from_json(const json& j, const std::string& where) {
 Config load_config(const std::filesystem::path& dir) {
   std::filesystem::path path = dir / "config.json";
   if (!std::filesystem::exists(path)) fail(path.string(), ": not found (a model folder has config.json)");
-  json j;
-  try {
-    j = json::parse(read_text_file(path));
-  } catch (const json::exception& e) {
-    fail(path.string(), ": not valid JSON: ", e.what());
-  }
-  return config_from_json(j, path.string());
+  return config_from_json(read_json_file(path.string()), path.string());
 }
 
 json config_to_json(const Config& c) {

@@ -5,6 +5,8 @@
 
 #include "core/error.h"
 #include "core/file.h"
+#include "core/limits.h"
+#include "core/npy.h"
 
 namespace mamba {
 
@@ -43,7 +45,12 @@ Dataset load_text_dataset(const std::vector<std::filesystem::path>& paths, int v
   Dataset data;
   int64_t index = 0;
   std::vector<int32_t> doc;
-  for (const auto& file : files_under(paths)) {
+  const auto files = files_under(paths);
+  int64_t bytes = 0;
+  for (const auto& file : files) bytes = sat_add(bytes, static_cast<int64_t>(std::filesystem::file_size(file)));
+  // Each byte becomes a 4-byte id; the streams may double their capacity as they grow.
+  check_memory(sat_mul(bytes, 8), "the data (" + std::to_string(bytes) + " bytes of text as token ids)");
+  for (const auto& file : files) {
     MappedFile map(file);
     doc.assign(map.data(), map.data() + map.size());
     add_document(data, doc.data(), doc.size(), kByteEndOfDoc, val_every, index++);
@@ -55,7 +62,12 @@ Dataset load_text_dataset(const std::vector<std::filesystem::path>& paths, int v
 Dataset load_token_dataset(const std::vector<std::filesystem::path>& paths, int32_t eos, int val_every) {
   Dataset data;
   int64_t index = 0;
-  for (const auto& file : files_under(paths)) {
+  const auto files = files_under(paths);
+  int64_t bytes = 0;
+  for (const auto& file : files) bytes = sat_add(bytes, static_cast<int64_t>(std::filesystem::file_size(file)));
+  // At least 2 bytes per token on disk, 4 in memory; the streams may double their capacity as they grow.
+  check_memory(sat_mul(bytes, 4), "the data (" + std::to_string(bytes) + " bytes of token files)");
+  for (const auto& file : files) {
     MappedFile map(file);
     const std::string where = file.string();
     if (map.size() < 24 || std::memcmp(map.data(), "MAMBATOK", 8) != 0) {
@@ -101,19 +113,67 @@ void write_token_file(const std::filesystem::path& path, const std::vector<int32
   });
 }
 
+Dataset load_fixed_batch(const std::filesystem::path& path) {
+  const NpyArray array = read_npy(path);
+  const std::string where = path.string();
+  if (array.shape.size() != 2 || array.shape[0] < 1 || array.shape[1] < 2) {
+    fail(where, ": a fixed batch is a 2-D array (B, L + 1) with B ≥ 1 and L ≥ 1");
+  }
+  if (array.shape[0] > INT32_MAX || array.shape[1] - 1 > INT32_MAX) fail(where, ": the batch is too large");
+  std::vector<int64_t> values;
+  try {
+    values = array.as_i64();
+  } catch (const Error& e) {
+    fail(where, ": ", e.what());
+  }
+  Dataset data;
+  data.train.rows = array.shape[0];
+  data.train.documents = array.shape[0];
+  data.train.tokens.reserve(values.size());
+  for (size_t i = 0; i < values.size(); i++) {
+    if (values[i] < 0 || values[i] > INT32_MAX) {
+      fail(where, ": token id ", values[i], " at row ", i / array.shape[1], ", column ", i % array.shape[1],
+           " is out of range");
+    }
+    data.train.tokens.push_back(static_cast<int32_t>(values[i]));
+    data.max_token = std::max(data.max_token, static_cast<int32_t>(values[i]));
+  }
+  return data;
+}
+
 BatchSampler::BatchSampler(const TokenStream& stream, int B, int L, bool sequential, uint64_t seed)
     : stream_(stream), B_(B), L_(L), sequential_(sequential), rng_(seed) {
-  if (static_cast<int64_t>(stream.tokens.size()) < L + 1) {
-    fail("the data has ", stream.tokens.size(), " tokens, fewer than one window of --seq-len + 1 = ", L + 1);
+  if (B < 1 || L < 1) fail("batches of ", B, " × ", L, " tokens: both must be positive");
+  if (stream.rows > 0) {
+    if (stream.rows != B || static_cast<int64_t>(stream.tokens.size()) != int64_t{B} * (int64_t{L} + 1)) {
+      fail("the fixed batch has ", stream.rows, " rows of ", static_cast<int64_t>(stream.tokens.size()) / stream.rows,
+           " tokens; batches of ", B, " rows of --seq-len + 1 = ", int64_t{L} + 1, " were asked for");
+    }
+  } else if (static_cast<int64_t>(stream.tokens.size()) < int64_t{L} + 1) {
+    fail("the data has ", stream.tokens.size(), " tokens, fewer than one window of --seq-len + 1 = ", int64_t{L} + 1);
   }
+}
+
+void BatchSampler::restore(uint64_t rng_state, int64_t cursor) {
+  if (cursor < 0) fail("sampler cursor ", cursor, " is negative");
+  rng_.state = rng_state;
+  cursor_ = cursor;
 }
 
 void BatchSampler::next(int32_t* inputs, int32_t* targets) {
   const int64_t n = static_cast<int64_t>(stream_.tokens.size());
+  if (stream_.rows > 0) {  // a fixed batch: row b gives inputs row[0, L), targets row[1, L + 1)
+    for (int b = 0; b < B_; b++) {
+      const int32_t* row = stream_.tokens.data() + int64_t{b} * (int64_t{L_} + 1);
+      std::memcpy(inputs + int64_t{b} * L_, row, sizeof(int32_t) * L_);
+      std::memcpy(targets + int64_t{b} * L_, row + 1, sizeof(int32_t) * L_);
+    }
+    return;
+  }
   for (int b = 0; b < B_; b++) {
     int64_t start;
     if (sequential_) {
-      if (cursor_ + L_ + 1 > n) cursor_ = 0;
+      if (cursor_ > n - L_ - 1) cursor_ = 0;
       start = cursor_;
       cursor_ += L_;
     } else {

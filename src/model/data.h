@@ -21,6 +21,7 @@ constexpr int kByteEndOfDoc = 256;
 struct TokenStream {
   std::vector<int32_t> tokens;
   int64_t documents = 0;
+  int64_t rows = 0;  // > 0: `tokens` is this many independent rows of equal length (a fixed batch)
 };
 
 struct Dataset {
@@ -34,12 +35,17 @@ Dataset load_text_dataset(const std::vector<std::filesystem::path>& paths, int v
 // Binary token files; documents end at `eos`. Every `val_every`-th document goes to validation.
 Dataset load_token_dataset(const std::vector<std::filesystem::path>& paths, int32_t eos, int val_every);
 void write_token_file(const std::filesystem::path& path, const std::vector<int32_t>& tokens, int bytes_per_token);
+// A fixed batch: an integer .npy (B, L + 1), each row an independent sequence (inputs its first L
+// tokens, targets its last L), the whole batch at every step, for comparisons with other frameworks.
+// No validation split.
+Dataset load_fixed_batch(const std::filesystem::path& path);
 
 // Windows of L + 1 tokens: inputs are the first L, targets the last L.
 class BatchSampler {
  public:
   // sequential = true reads the stream in order, window after window, wrapping at the end (for
-  // comparisons against another trainer); otherwise windows start at random positions.
+  // comparisons against another trainer); otherwise windows start at random positions. A stream of
+  // rows (a fixed batch) must hold B rows of L + 1 tokens and gives them at every call.
   BatchSampler(const TokenStream& stream, int B, int L, bool sequential, uint64_t seed);
 
   void next(int32_t* inputs, int32_t* targets);  // each (B, L)
@@ -47,10 +53,8 @@ class BatchSampler {
   // Everything needed to continue exactly where a run stopped.
   uint64_t rng_state() const { return rng_.state; }
   int64_t cursor() const { return cursor_; }
-  void restore(uint64_t rng_state, int64_t cursor) {
-    rng_.state = rng_state;
-    cursor_ = cursor;
-  }
+  // Fails on a negative cursor (a cursor past the end wraps, as when the data has shrunk).
+  void restore(uint64_t rng_state, int64_t cursor);
 
  private:
   const TokenStream& stream_;

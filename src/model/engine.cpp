@@ -19,7 +19,9 @@ inline void* offset(void* p, int64_t n, DType dtype) { return static_cast<char*>
 Engine::Engine(const Model& model, const EngineOptions& options)
     : model_(model),
       backend_(Backend::get(options.device)),
-      dtype_(options.dtype.value_or(backend_.host_memory() ? DType::F32 : model.weight_dtype())),
+      // On a GPU the activations take the weights' type, fp32 for int8 weights (dequantized there).
+      dtype_(options.dtype.value_or(backend_.host_memory() || model.weight_dtype() == DType::I8 ? DType::F32
+                                                                                                : model.weight_dtype())),
       max_tokens_(std::max<int64_t>(1, options.max_tokens)),
       graphs_enabled_(options.graphs) {
   const Config& c = model_.config();
@@ -57,7 +59,8 @@ Engine::Engine(const Model& model, const EngineOptions& options)
       backend_.upload(base + at[i], v.data, bytes);
     } else {
       staging.resize(bytes);
-      convert(staging.data(), want, v.data, v.dtype, static_cast<size_t>(s.numel));
+      const int64_t rows = s.matrix ? s.shape[0] : 1;
+      convert_weight(WeightView{staging.data(), want}, v, rows, s.numel / rows);
       backend_.upload(base + at[i], staging.data(), bytes);
     }
   }
@@ -138,7 +141,7 @@ void Engine::forward(const int32_t* tokens, int B, int L, State& state, float* l
   reserve(B, chunk);
   const int64_t V = c.vocab_size;
   const bool host = backend_.host_memory();
-  if (L == 1 && which != Logits::None && use_graphs()) {  // a decode step: replayed
+  if (L == 1 && which != Logits::None && !host) {  // a decode step: one sequence of kernels, maybe replayed
     std::memcpy(chunk_tokens_.data(), tokens, sizeof(int32_t) * B);
     decode_on_device(B, state);
     backend_.download(logits, logits_, sizeof(float) * static_cast<size_t>(B * V));
@@ -185,11 +188,7 @@ void Engine::step_greedy(const int32_t* tokens, int B, State& state, int32_t* ne
     run_chunk(B, 1, state, logits.data(), V, true);
     backend_.argmax(next, logits.data(), B, static_cast<int>(V));
   } else {
-    if (use_graphs()) {
-      decode_on_device(B, state);
-    } else {
-      run_chunk(B, 1, state, logits_, V, true);
-    }
+    decode_on_device(B, state);
     backend_.argmax(ids_, logits_, B, static_cast<int>(V));
     backend_.download(next, ids_, sizeof(int32_t) * B);
   }
@@ -198,6 +197,8 @@ void Engine::step_greedy(const int32_t* tokens, int B, State& state, int32_t* ne
 void Engine::decode_on_device(int B, State& state) {
   const int64_t V = model_.config().vocab_size;
   backend_.upload(tokens_, chunk_tokens_.data(), sizeof(int32_t) * B);
+  // Eager or recorded, the step is the same kernels on the same buffers: replay equals eager bitwise.
+  if (!use_graphs()) return run_layers(tokens_, B, 1, state, logits_, V, true);
   for (DecodeGraph& g : graphs_) {
     if (g.batch == B && g.conv == state.conv_layer(0) && g.ssm == state.ssm_layer(0)) {
       backend_.replay(*g.graph);

@@ -70,8 +70,9 @@ class Engine {
   void run_chunk(int B, int Lc, State& state, float* logits, int64_t ld_seq, bool last_only);
   // The layers and the head over the chunk whose ids are at `ids` on the device.
   void run_layers(const int32_t* ids, int B, int Lc, State& state, float* logits, int64_t ld_seq, bool last_only);
-  // One token per sequence (in chunk_tokens_) to logits_ on the device, through a recorded graph: made
-  // on the first step of each (batch, state) pair, replayed after.
+  // One token per sequence (in chunk_tokens_) to logits_ on the device, through a recorded graph when
+  // graphs are on (made on the first step of each (batch, state) pair, replayed after), else the same
+  // kernels launched one by one.
   void decode_on_device(int B, State& state);
   bool use_graphs() const { return graphs_enabled_ && backend_.can_capture(); }
 

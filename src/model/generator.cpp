@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/safetensors.h"
+#include "model/validate.h"
 #include "ops/cpu/math.h"
 
 namespace mamba {
@@ -404,6 +405,10 @@ PerplexityResult perplexity(Engine& engine, std::span<const int32_t> tokens, int
     // Position t predicts tokens[t] from everything before it: the inputs are shifted by one.
     for (int j = 0; j < len; j++) inputs[j] = t0 + j == 0 ? bos : tokens[t0 + j - 1];
     engine.forward(inputs.data(), 1, len, state, logits.data(), Logits::All);
+    if (const int64_t bad = first_nonfinite(logits.data(), int64_t{len} * V); bad >= 0) {
+      fail("perplexity: the model's logits are not finite (", logits[bad], " for token id ", bad % V, " at position ",
+           t0 + bad / V, "): its weights or its state overflow");
+    }
     for (int j = 0; j < len; j++) {
       const float* row = logits.data() + int64_t{j} * V;
       const float max = *std::max_element(row, row + V);

@@ -14,11 +14,16 @@
 
 namespace mamba {
 
+// Copies a (rows, cols) weight into dst's type (and, for I8, its scales), dst's memory already sized:
+// any of F32, F16, BF16 and I8 to any other, quantizing or dequantizing row by row.
+void convert_weight(const WeightView& dst, const WeightView& src, int64_t rows, int64_t cols);
+
 class Model {
  public:
   // Reads DIR/config.json and the weights. The matrices (ParamSpec::matrix: the embedding and the
-  // projections) are kept in `weight_dtype`, by default the file's; every other parameter in fp32. A
-  // tensor already in its type is used in place from the memory map; the others are converted once.
+  // projections) are kept in `weight_dtype`, by default the file's (I8: quantized on load, or read as
+  // `save(dir, DType::I8)` wrote them); every other parameter in fp32. A tensor already in its type is
+  // used in place from the memory map; the others are converted once.
   // Errors name the file and the tensor or field.
   static Model load(const std::filesystem::path& dir, std::optional<DType> weight_dtype = std::nullopt);
   // Takes fp32 parameters laid out by param_specs(config).
@@ -44,7 +49,8 @@ class Model {
   void refresh_derived();
 
   // Writes DIR/config.json and DIR/model.safetensors (Hugging Face names) with every tensor in `dtype`,
-  // each file atomically.
+  // each file atomically. With DType::I8 the matrices are quantized (core/dtype.h's q8 blocks), each
+  // with an F16 tensor "<name>_scale" (rows, ceil(cols / 32)), and every other parameter is F32.
   void save(const std::filesystem::path& dir, DType dtype) const;
 
  private:

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "model/validate.h"
 #include "ops/cpu/math.h"
 
 namespace mamba {
@@ -46,6 +47,12 @@ void Sampler::observe(int32_t id) {
 
 int32_t Sampler::sample(const float* logits) {
   const int V = static_cast<int>(probs_.size());
+  // A NaN logit would make every comparison false and the draw meaningless (the argmax of all-NaN
+  // logits is token 0): an error, never a silent token.
+  if (const int64_t bad = first_nonfinite(logits, V); bad >= 0) {
+    fail("the model's logits are not finite (token id ", bad, ": ", logits[bad],
+         "): its weights or its state overflow; nothing can be sampled");
+  }
   const float* x = logits;
   if (!penalized_.empty() && !seen_list_.empty()) {
     std::copy(logits, logits + V, penalized_.begin());

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/safetensors.h"
+#include "model/validate.h"
 
 namespace mamba {
 
@@ -116,17 +117,21 @@ State State::load(const std::filesystem::path& path, const Config& config, Backe
   if (conv->dtype != DType::F32 || ssm->dtype != DType::F32 || conv->shape.size() != 4 || ssm->shape.size() != 4) {
     fail(path.string(), ": state tensors must be 4-D F32");
   }
+  // The shapes are checked before the state is allocated: its batch comes from the file.
   const int64_t batch = conv->shape[1];
-  const std::vector<int64_t> want_conv{config.n_layer, batch, config.d_conv - 1, config.d_inner()};
-  const std::vector<int64_t> want_ssm{config.n_layer, batch, config.d_inner(), config.d_state};
-  if (batch < 1 || batch > 1 << 20 || conv->shape != want_conv || ssm->shape != want_ssm) {
+  const int64_t di = config.d_inner();
+  const std::vector<int64_t> want_conv{config.n_layer, batch, config.d_conv - 1, di};
+  const std::vector<int64_t> want_ssm{config.n_layer, batch, di, config.d_state};
+  if (batch < 1 || batch > INT32_MAX || conv->shape != want_conv || ssm->shape != want_ssm) {
     fail(path.string(), ": state shapes conv ", conv->shape_string(), " and ssm ", ssm->shape_string(),
          " do not fit this model");
   }
-  State s(config, static_cast<int>(batch), backend);
   std::vector<float> c(static_cast<size_t>(conv->numel())), h(static_cast<size_t>(ssm->numel()));
   convert_to_f32(c.data(), conv->data, DType::F32, c.size());
   convert_to_f32(h.data(), ssm->data, DType::F32, h.size());
+  check_finite(c.data(), static_cast<int64_t>(c.size()), path.string() + ": tensor conv");
+  check_finite(h.data(), static_cast<int64_t>(h.size()), path.string() + ": tensor ssm");
+  State s(config, static_cast<int>(batch), backend);
   s.set(c, h);
   return s;
 }

@@ -6,10 +6,12 @@
 #include <limits>
 
 #include "core/error.h"
+#include "core/limits.h"
 #include "model/backprop.h"
 #include "model/engine.h"
 #include "model/optimizer.h"
 #include "model/state.h"
+#include "model/validate.h"
 
 namespace mamba {
 
@@ -151,8 +153,12 @@ TaskScore evaluate_task(const Model& model, const TaskSpec& spec, const std::vec
   const int A = spec.answers();
   const int V = model.config().vocab_size;
   const int64_t prompt = T - A;
-  batch = std::max(1, batch);
-  chunk = std::max(1, chunk);
+  // A chunk longer than the prompt is the whole prompt in one piece: clamped, the buffers fit the task.
+  batch = static_cast<int>(std::clamp<int64_t>(batch, 1, std::max<int64_t>(1, static_cast<int64_t>(sequences.size()))));
+  chunk = static_cast<int>(std::clamp<int64_t>(chunk, 1, std::max<int64_t>(1, prompt)));
+  check_memory(forward_bytes(model.config(), batch, std::max(chunk, A), int64_t{batch} * A, int64_t{batch} * std::max(chunk, A)),
+               "evaluating " + std::to_string(batch) + " sequences at a time in pieces of " + std::to_string(chunk) +
+                   " tokens");
   Engine engine(model, int64_t{batch} * std::max(chunk, A));
   std::vector<int32_t> tokens(static_cast<size_t>(batch) * std::max(chunk, A));
   std::vector<float> logits(static_cast<size_t>(batch) * A * V);
@@ -167,6 +173,11 @@ TaskScore evaluate_task(const Model& model, const TaskSpec& spec, const std::vec
     }
     for (int b = 0; b < B; b++) sequence_tokens(spec, sequences[first + b], prompt, A, tokens.data() + int64_t{b} * A);
     engine.forward(tokens.data(), B, A, state, logits.data(), Logits::All);
+    if (const int64_t bad = first_nonfinite(logits.data(), int64_t{B} * A * V); bad >= 0) {
+      fail("task evaluation: the model's logits are not finite (", logits[bad], " for token id ", bad % V,
+           " at an answer of sequence ", static_cast<int64_t>(first) + bad / (int64_t{A} * V),
+           "): its weights or its state overflow");
+    }
     for (int b = 0; b < B; b++) {
       const TaskSequence& seq = sequences[first + b];
       int wrong = 0;
@@ -199,6 +210,12 @@ TaskTrainResult train_task(const Config& config, std::vector<float>& params, con
   const auto specs = param_specs(config);
   if (static_cast<int64_t>(params.size()) != param_layout_size(specs)) fail("train_task: parameter buffer size");
   const int T = static_cast<int>(spec.total_length());
+  // Parameters, gradients, AdamW's m and v, a model copy per evaluation; the Backprop; the held-out
+  // evaluation (64 sequences at a time, pieces of 4096 tokens).
+  int64_t bytes = sat_mul(parameter_bytes(config), 5);
+  bytes = sat_add(bytes, Backprop::bytes_needed(config, o.batch, T, 256));
+  bytes = sat_add(bytes, forward_bytes(config, 64, std::min<int64_t>(4096, T), 64 * spec.answers(), 64 * 4096));
+  check_memory(bytes, "task training of batch " + std::to_string(o.batch) + " × " + std::to_string(T) + " tokens");
   Backprop backprop(config, o.batch, T);
   AdamW adam(specs, static_cast<int64_t>(params.size()), AdamWOptions{o.lr, 0.9, 0.95, o.adam_eps, o.weight_decay});
   Schedule schedule{"cosine", o.lr, o.lr_floor(), o.warmup, o.steps};

@@ -1,5 +1,6 @@
 #include "model/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -8,8 +9,11 @@
 
 #include "core/error.h"
 #include "core/file.h"
+#include "core/json.h"
+#include "core/limits.h"
 #include "core/safetensors.h"
 #include "model/model.h"
+#include "model/validate.h"
 
 namespace mamba {
 
@@ -27,115 +31,245 @@ void write_text_atomic(const std::filesystem::path& path, const std::string& tex
   write_file_atomic(path, [&](std::FILE* f) { write_bytes(f, text.data(), text.size(), path); });
 }
 
-std::string format_duration(double seconds) {
-  char text[32];
-  const long s = static_cast<long>(seconds + 0.5);
-  if (s >= 3600) {
-    std::snprintf(text, sizeof(text), "%ldh%02ldm", s / 3600, (s / 60) % 60);
-  } else {
-    std::snprintf(text, sizeof(text), "%ldm%02lds", s / 60, s % 60);
+// Fields of trainer.json, each checked for its JSON type; ranges are validate()'s.
+const nlohmann::json& field(const nlohmann::json& j, const char* key, const std::string& where) {
+  auto it = j.find(key);
+  if (it == j.end()) fail(where, ": field \"", key, "\" is missing");
+  return *it;
+}
+
+int64_t get_integer(const nlohmann::json& j, const char* key, const std::string& where, int64_t lo = INT64_MIN,
+                    int64_t hi = INT64_MAX) {
+  const nlohmann::json& v = field(j, key, where);
+  if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))) {
+    fail(where, ": field \"", key, "\" must be an integer, got ", json_brief(v));
   }
-  return text;
+  const int64_t x = v.get<int64_t>();
+  if (x < lo) fail(where, ": field \"", key, "\" is ", x, "; it must be at least ", lo);
+  if (x > hi) fail(where, ": field \"", key, "\" is ", x, "; it must be at most ", hi);
+  return x;
+}
+
+int get_int32(const nlohmann::json& j, const char* key, const std::string& where) {
+  return static_cast<int>(get_integer(j, key, where, INT32_MIN, INT32_MAX));
+}
+
+double get_number(const nlohmann::json& j, const char* key, const std::string& where) {
+  const nlohmann::json& v = field(j, key, where);
+  if (!v.is_number()) fail(where, ": field \"", key, "\" must be a number, got ", json_brief(v));
+  return v.get<double>();
+}
+
+bool get_flag(const nlohmann::json& j, const char* key, const std::string& where) {
+  const nlohmann::json& v = field(j, key, where);
+  if (!v.is_boolean()) fail(where, ": field \"", key, "\" must be true or false, got ", json_brief(v));
+  return v.get<bool>();
 }
 
 }  // namespace
+
+void TrainOptions::validate(const std::string& where) const {
+  auto at_least = [&](const char* key, int64_t value, int64_t lo) {
+    if (value < lo) fail(where, ": ", key, " ", value, " must be at least ", lo);
+  };
+  at_least("batch", batch, 1);
+  at_least("seq_len", seq_len, 1);
+  at_least("accum", accum, 1);
+  at_least("scan_chunk", scan_chunk, 1);
+  at_least("steps", steps, 1);
+  at_least("warmup", warmup, 0);
+  at_least("eval_every", eval_every, 0);
+  at_least("eval_batches", eval_batches, 1);
+  at_least("save_every", save_every, 0);
+  at_least("keep", keep, 1);
+  at_least("val_every", val_every, -1);
+  // eval_batches × batch windows are spread over the validation data; the count must be an int64.
+  if (eval_batches > INT64_MAX / batch) fail(where, ": eval_batches ", eval_batches, " × batch ", batch, " is out of range");
+  if (!(lr > 0 && std::isfinite(lr))) fail(where, ": lr ", lr, " must be positive");
+  if (!std::isfinite(lr_min)) fail(where, ": lr_min ", lr_min, " must be finite (negative: lr / 10)");
+  if (schedule != "cosine" && schedule != "constant") {
+    fail(where, ": schedule ", json_brief(schedule), " must be \"cosine\" or \"constant\"");
+  }
+  if (!(weight_decay >= 0 && std::isfinite(weight_decay))) fail(where, ": weight_decay ", weight_decay, " must be ≥ 0");
+  if (!(clip >= 0 && std::isfinite(clip))) fail(where, ": clip ", clip, " must be ≥ 0 (0: off)");
+  if (!(beta1 >= 0 && beta1 < 1)) fail(where, ": beta1 ", beta1, " must lie in [0, 1)");
+  if (!(beta2 >= 0 && beta2 < 1)) fail(where, ": beta2 ", beta2, " must lie in [0, 1)");
+  if (!(adam_eps > 0 && std::isfinite(adam_eps))) fail(where, ": adam_eps ", adam_eps, " must be positive");
+}
 
 nlohmann::json TrainOptions::to_json() const {
   return {{"batch", batch},         {"seq_len", seq_len},       {"accum", accum},
           {"steps", steps},         {"warmup", warmup},         {"lr", lr},
           {"lr_min", lr_min},       {"schedule", schedule},     {"weight_decay", weight_decay},
           {"clip", clip},           {"beta1", beta1},           {"beta2", beta2},
-          {"seed", seed},           {"sequential", sequential}, {"scan_chunk", scan_chunk},
-          {"eval_every", eval_every}, {"eval_batches", eval_batches}, {"save_every", save_every},
-          {"keep", keep},           {"ignore_index", ignore_index}, {"byte_level", byte_level}};
+          {"adam_eps", adam_eps},   {"seed", seed},             {"sequential", sequential},
+          {"scan_chunk", scan_chunk}, {"eval_every", eval_every}, {"eval_batches", eval_batches},
+          {"save_every", save_every}, {"keep", keep},           {"ignore_index", ignore_index},
+          {"byte_level", byte_level}, {"val_every", val_every}, {"fixed_batch", fixed_batch}};
 }
 
-TrainOptions TrainOptions::from_json(const nlohmann::json& j) {
+TrainOptions TrainOptions::from_json(const nlohmann::json& j, const std::string& where) {
+  if (!j.is_object()) fail(where, ": the options must be a JSON object, got ", json_brief(j));
   TrainOptions o;
-  try {
-    o.batch = j.at("batch");
-    o.seq_len = j.at("seq_len");
-    o.accum = j.at("accum");
-    o.steps = j.at("steps");
-    o.warmup = j.at("warmup");
-    o.lr = j.at("lr");
-    o.lr_min = j.at("lr_min");
-    o.schedule = j.at("schedule");
-    o.weight_decay = j.at("weight_decay");
-    o.clip = j.at("clip");
-    o.beta1 = j.at("beta1");
-    o.beta2 = j.at("beta2");
-    o.seed = j.at("seed");
-    o.sequential = j.at("sequential");
-    o.scan_chunk = j.at("scan_chunk");
-    o.eval_every = j.at("eval_every");
-    o.eval_batches = j.at("eval_batches");
-    o.save_every = j.at("save_every");
-    o.keep = j.at("keep");
-    o.ignore_index = j.at("ignore_index");
-    o.byte_level = j.at("byte_level");
-  } catch (const nlohmann::json::exception& e) {
-    fail("trainer.json: options are incomplete: ", e.what());
+  o.batch = get_int32(j, "batch", where);
+  o.seq_len = get_int32(j, "seq_len", where);
+  o.accum = get_int32(j, "accum", where);
+  o.steps = get_integer(j, "steps", where);
+  o.warmup = get_integer(j, "warmup", where);
+  o.lr = get_number(j, "lr", where);
+  o.lr_min = get_number(j, "lr_min", where);
+  const nlohmann::json& schedule = field(j, "schedule", where);
+  if (!schedule.is_string()) fail(where, ": field \"schedule\" must be a string, got ", json_brief(schedule));
+  o.schedule = schedule.get<std::string>();
+  o.weight_decay = get_number(j, "weight_decay", where);
+  o.clip = get_number(j, "clip", where);
+  o.beta1 = get_number(j, "beta1", where);
+  o.beta2 = get_number(j, "beta2", where);
+  const nlohmann::json& seed = field(j, "seed", where);
+  if (!seed.is_number_unsigned()) fail(where, ": field \"seed\" must be a non-negative integer, got ", json_brief(seed));
+  o.seed = seed.get<uint64_t>();
+  o.sequential = get_flag(j, "sequential", where);
+  o.scan_chunk = get_int32(j, "scan_chunk", where);
+  o.eval_every = get_integer(j, "eval_every", where);
+  o.eval_batches = get_integer(j, "eval_batches", where);
+  o.save_every = get_integer(j, "save_every", where);
+  o.keep = get_integer(j, "keep", where);
+  o.ignore_index = get_int32(j, "ignore_index", where);
+  o.byte_level = get_flag(j, "byte_level", where);
+  // Fields newer than the first checkpoints: their defaults when absent.
+  if (j.contains("adam_eps")) o.adam_eps = get_number(j, "adam_eps", where);
+  if (j.contains("val_every")) o.val_every = get_int32(j, "val_every", where);
+  if (j.contains("fixed_batch")) o.fixed_batch = get_flag(j, "fixed_batch", where);
+  o.validate(where);
+  return o;
+}
+
+bool TrainOptions::resumable(const std::string& key) {
+  static const char* keys[] = {"steps",     "warmup", "lr",    "lr_min",   "schedule",   "weight_decay",
+                               "clip",      "beta1",  "beta2", "adam_eps", "scan_chunk", "eval_every",
+                               "eval_batches", "save_every", "keep"};
+  return std::find(std::begin(keys), std::end(keys), key) != std::end(keys);
+}
+
+TrainerProgress TrainerProgress::from_json(const nlohmann::json& j, const std::string& where) {
+  if (!j.is_object()) fail(where, ": not a JSON object");
+  TrainerProgress p;
+  p.options = TrainOptions::from_json(field(j, "options", where), where + ": options");
+  p.step = get_integer(j, "step", where, 0);
+  p.adam_steps = get_integer(j, "adam_steps", where, 0, p.step);
+  const nlohmann::json& rng = field(j, "sampler_rng", where);
+  if (!rng.is_number_unsigned()) fail(where, ": field \"sampler_rng\" must be a non-negative integer, got ", json_brief(rng));
+  p.sampler_rng = rng.get<uint64_t>();
+  p.sampler_cursor = get_integer(j, "sampler_cursor", where, 0);
+  if (j.contains("val_loss") && !j["val_loss"].is_null()) p.val_loss = get_number(j, "val_loss", where);
+  return p;
+}
+
+int64_t Trainer::bytes_needed(const Config& config, const TrainOptions& o) {
+  // Parameters, gradients, m and v: four copies of the flat layout; the batch's inputs and targets.
+  int64_t bytes = sat_mul(parameter_bytes(config), 4);
+  bytes = sat_add(bytes, Backprop::bytes_needed(config, o.batch, o.seq_len, o.scan_chunk));
+  return sat_add(bytes, sat_mul(sat_mul(o.batch, o.seq_len), 8));
+}
+
+TrainOptions Trainer::checked_options(const Config& config, TrainOptions o, const Dataset& data) {
+  config.validate("train: the model");
+  o.validate("train: options");
+  if (o.fixed_batch != (data.train.rows > 0)) {
+    fail(o.fixed_batch ? "the run trains on a fixed batch (--fixed-batch) but the data given is a stream"
+                       : "the data given is a fixed batch but the run trains on a stream (--data or --tokens)");
   }
+  // The whole batch goes through one matrix product per layer, and BLAS counts rows in an int.
+  if (int64_t{o.batch} * o.seq_len > INT32_MAX) {
+    fail("train: batches of ", o.batch, " × ", o.seq_len, " tokens: more than 2^31 - 1 rows for one matrix product");
+  }
+  if (data.max_token >= config.vocab_size) {
+    fail("the data has token id ", data.max_token, " but the model's vocabulary has ", config.vocab_size, " entries");
+  }
+  check_memory(bytes_needed(config, o), "training " + std::to_string(config.parameter_count()) + " parameters on " +
+                                            std::to_string(o.batch) + " × " + std::to_string(o.seq_len) + " tokens");
+  if (o.lr_min < 0) o.lr_min = o.lr / 10;
   return o;
 }
 
 Trainer::Trainer(const Config& config, std::vector<float> params, const Dataset& data, TrainOptions options,
                  std::filesystem::path out)
     : config_(config),
+      options_(checked_options(config, options, data)),
       specs_(param_specs(config)),
       params_(std::move(params)),
       grads_(params_.size(), 0.0f),
       data_(data),
-      options_(options),
       out_(std::move(out)),
-      backprop_(config, options.batch, options.seq_len, options.scan_chunk),
+      backprop_(config, options_.batch, options_.seq_len, options_.scan_chunk),
       adam_(specs_, static_cast<int64_t>(params_.size()),
-            AdamWOptions{options.lr, options.beta1, options.beta2, 1e-8, options.weight_decay}),
-      sampler_(data.train, options.batch, options.seq_len, options.sequential, options.seed),
-      inputs_(static_cast<size_t>(options.batch) * options.seq_len),
+            AdamWOptions{options_.lr, options_.beta1, options_.beta2, options_.adam_eps, options_.weight_decay}),
+      sampler_(data.train, options_.batch, options_.seq_len, options_.sequential, options_.seed),
+      inputs_(static_cast<size_t>(options_.batch) * options_.seq_len),
       targets_(inputs_.size()) {
-  if (data.max_token >= config.vocab_size) {
-    fail("the data has token id ", data.max_token, " but the model's vocabulary has ", config.vocab_size, " entries");
+  if (static_cast<int64_t>(params_.size()) != param_layout_size(specs_)) {
+    fail("train: the parameter buffer has ", params_.size(), " floats, the model needs ", param_layout_size(specs_));
   }
-  if (options_.lr_min < 0) options_.lr_min = options_.lr / 10;
+  // evaluate() needs one window of seq_len + 1 validation tokens; without them it uses training data.
+  val_on_train_ = data.train.rows > 0 || data.val.tokens.size() <= static_cast<size_t>(options_.seq_len);
   schedule_ = Schedule{options_.schedule, options_.lr, options_.lr_min, options_.warmup, options_.steps};
   std::filesystem::create_directories(out_);
 }
 
-Trainer Trainer::resume(const std::filesystem::path& checkpoint, const Dataset& data, int64_t steps_override,
+TrainerProgress Trainer::read_progress(const std::filesystem::path& dir) {
+  const std::string path = (dir / "trainer.json").string();
+  return TrainerProgress::from_json(read_json_file(path), path);
+}
+
+Trainer Trainer::resume(const std::filesystem::path& checkpoint, const Dataset& data, const nlohmann::json& changes,
                         std::filesystem::path out) {
   const std::filesystem::path dir = find_checkpoint(checkpoint);
-  nlohmann::json state;
-  try {
-    state = nlohmann::json::parse(read_text_file(dir / "trainer.json"));
-  } catch (const nlohmann::json::exception& e) {
-    fail((dir / "trainer.json").string(), ": not valid JSON: ", e.what());
+  const std::string where = (dir / "trainer.json").string();
+  const TrainerProgress progress = read_progress(dir);
+  nlohmann::json options = progress.options.to_json();
+  nlohmann::json changed = nlohmann::json::object();
+  if (!changes.is_null() && !changes.is_object()) fail("resume: the changes must be a JSON object");
+  for (const auto& [key, value] : changes.items()) {
+    if (!options.contains(key)) fail("resume: there is no option \"", key, "\"");
+    if (options[key] == value) continue;
+    if (!TrainOptions::resumable(key)) {
+      fail(where, ": ", key, " is ", json_brief(options[key]), " in this run and cannot change when resuming (",
+           json_brief(value), " was given)");
+    }
+    changed[key] = {options[key], value};
+    options[key] = value;
   }
-  TrainOptions options = TrainOptions::from_json(state.value("options", nlohmann::json::object()));
-  if (steps_override > 0) options.steps = steps_override;
+  const TrainOptions merged = TrainOptions::from_json(options, "resume: options");
   Model model = Model::load(dir);
   if (model.file_dtype() != DType::F32) fail(dir.string(), ": a training checkpoint must be F32");
   std::vector<float> params = model.params_f32();
-  Trainer t(model.config(), std::move(params), data, options, out.empty() ? dir.parent_path().parent_path() : out);
+  Trainer t(model.config(), std::move(params), data, merged, out.empty() ? dir.parent_path().parent_path() : out);
 
-  SafeTensorsReader opt = SafeTensorsReader::open_file(dir / "optimizer.safetensors");
+  const std::filesystem::path opt_path = dir / "optimizer.safetensors";
+  SafeTensorsReader opt = SafeTensorsReader::open_file(opt_path);
   for (const char* name : {"m", "v"}) {
     const TensorView* v = opt.find(name);
     std::vector<float>& to = std::string(name) == "m" ? t.adam_.m() : t.adam_.v();
     if (!v || v->dtype != DType::F32 || v->numel() != static_cast<int64_t>(to.size())) {
-      fail((dir / "optimizer.safetensors").string(), ": tensor ", name, " is missing or has the wrong size");
+      fail(opt_path.string(), ": tensor ", name, " is missing or has the wrong size");
     }
     convert_to_f32(to.data(), v->data, DType::F32, to.size());
+    check_finite(to.data(), static_cast<int64_t>(to.size()), opt_path.string() + ": tensor " + name);
   }
-  try {
-    t.step_ = state.at("step");
-    t.adam_.set_steps(state.at("adam_steps"));
-    t.sampler_.restore(state.at("sampler_rng"), state.at("sampler_cursor"));
-    t.last_val_ = state.value("val_loss", -1.0);
-  } catch (const nlohmann::json::exception& e) {
-    fail((dir / "trainer.json").string(), ": ", e.what());
+  // v is a running mean of squares: a negative entry would make √v NaN at the first update.
+  for (size_t i = 0; i < t.adam_.v().size(); i++) {
+    if (t.adam_.v()[i] < 0) fail(opt_path.string(), ": tensor v holds a negative value at index ", i);
   }
+  t.step_ = progress.step;
+  t.adam_.set_steps(progress.adam_steps);
+  t.sampler_.restore(progress.sampler_rng, progress.sampler_cursor);
+  t.last_val_ = progress.val_loss;
+  if (t.step_ >= t.options_.steps) {
+    fail(dir.string(), ": the run has finished (step ", t.step_, " of ", t.options_.steps,
+         "); give a larger total with --steps to train further");
+  }
+  t.resume_changes_ = changed;
+  if (!changed.empty()) t.log({{"resume", t.step_}, {"changed", changed}});
   return t;
 }
 
@@ -176,13 +310,29 @@ void Trainer::train_step(double* loss, double* grad_norm, double lr) {
     for (float& g : grads_) g *= f;
   }
   *loss = total / options_.accum;
+  if (!dump_grads_.empty()) {
+    std::vector<TensorToWrite> tensors;
+    for (const ParamSpec& spec : specs_) tensors.push_back({spec.name, spec.shape, grads_.data() + spec.offset});
+    char loss_text[32];
+    std::snprintf(loss_text, sizeof(loss_text), "%.17g", *loss);
+    write_safetensors(dump_grads_, tensors,
+                      {{"format", "mambacpp-gradients"},
+                       {"step", std::to_string(step_)},
+                       {"loss", loss_text},
+                       {"content", "d(mean loss)/d(parameter), the mean over the micro-batches, before clipping"}});
+    dump_grads_.clear();
+  }
   *grad_norm = options_.clip > 0 ? clip_grad_norm(grads_.data(), static_cast<int64_t>(grads_.size()), options_.clip)
                                  : global_grad_norm(grads_.data(), static_cast<int64_t>(grads_.size()));
   if (std::isfinite(*loss) && std::isfinite(*grad_norm)) adam_.update(params_.data(), grads_.data(), lr);
 }
 
 double Trainer::evaluate() {
-  const TokenStream& stream = data_.val.tokens.size() > static_cast<size_t>(options_.seq_len) ? data_.val : data_.train;
+  if (data_.train.rows > 0) {  // a fixed batch: its own loss
+    sampler_.next(inputs_.data(), targets_.data());
+    return backprop_.step(params_.data(), nullptr, inputs_.data(), targets_.data(), options_.ignore_index);
+  }
+  const TokenStream& stream = val_on_train_ ? data_.train : data_.val;
   const int64_t n = static_cast<int64_t>(stream.tokens.size());
   const int B = options_.batch, L = options_.seq_len;
   // Fixed windows spread evenly over the validation stream.
@@ -191,7 +341,9 @@ double Trainer::evaluate() {
   for (int64_t e = 0; e < options_.eval_batches; e++) {
     for (int b = 0; b < B; b++) {
       const int64_t w = e * B + b;
-      const int64_t start = (n - L - 1) * w / std::max<int64_t>(1, windows - 1);
+      // (n − L − 1)·w can pass 2^63 for long data and many windows: the product in 128 bits.
+      __extension__ using int128 = __int128;
+      const int64_t start = static_cast<int64_t>(int128{n - L - 1} * w / std::max<int64_t>(1, windows - 1));
       std::memcpy(inputs_.data() + int64_t{b} * L, stream.tokens.data() + start, sizeof(int32_t) * L);
       std::memcpy(targets_.data() + int64_t{b} * L, stream.tokens.data() + start + 1, sizeof(int32_t) * L);
     }
@@ -240,10 +392,13 @@ void Trainer::save_checkpoint() {
 
 TrainResult Trainer::run(const std::atomic<bool>* stop, int64_t stop_at) {
   TrainResult result;
+  if (step_ >= options_.steps) {
+    fail(out_.string(), ": the run has finished (step ", step_, " of ", options_.steps, "); nothing to train");
+  }
   const int64_t tokens_per_step = int64_t{options_.batch} * options_.seq_len * options_.accum;
   const auto start = Clock::now();
   const int64_t first = step_;
-  double loss = 0, grad_norm = 0, smoothed = -1;
+  double loss = 0, grad_norm = 0;
   auto elapsed = [&] { return std::chrono::duration<double>(Clock::now() - start).count(); };
   while (step_ < options_.steps) {
     if ((stop && stop->load()) || step_ == stop_at) {
@@ -259,7 +414,6 @@ TrainResult Trainer::run(const std::atomic<bool>* stop, int64_t stop_at) {
            last.empty() ? std::string("none") : last.string());
     }
     step_++;
-    smoothed = smoothed < 0 ? loss : 0.9 * smoothed + 0.1 * loss;
     const double secs = elapsed();
     const double tps = static_cast<double>((step_ - first) * tokens_per_step) / std::max(secs, 1e-9);
     nlohmann::json line = {{"step", step_}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
@@ -269,28 +423,12 @@ TrainResult Trainer::run(const std::atomic<bool>* stop, int64_t stop_at) {
       last_val_ = evaluate();
       line["val_loss"] = last_val_;
       line[options_.byte_level ? "val_bits_per_byte" : "val_bits_per_token"] = last_val_ / std::log(2.0);
+      if (val_on_train_) line["val_data"] = "train";  // no validation data: the loss of training windows
     }
     log(line);
-    if (observer_) {
-      observer_(line);
-    } else if (options_.progress) {
-      const double eta = static_cast<double>(options_.steps - step_) * secs / static_cast<double>(step_ - first);
-      const int width = 24, filled = static_cast<int>(width * step_ / options_.steps);
-      std::fprintf(stderr, "\r\033[K%6lld/%lld [%s%s] loss %.4f lr %.2e %.0f tok/s ETA %s",
-                   static_cast<long long>(step_), static_cast<long long>(options_.steps),
-                   std::string(static_cast<size_t>(filled), '=').c_str(),
-                   std::string(static_cast<size_t>(width - filled), ' ').c_str(), smoothed, lr, tps,
-                   format_duration(eta).c_str());
-      if (eval_now) std::fprintf(stderr, "  val %.4f\n", last_val_);
-      std::fflush(stderr);
-    } else if (eval_now) {
-      std::fprintf(stderr, "step %lld/%lld  loss %.4f  val %.4f (%.3f bits)  lr %.2e  %.0f tok/s\n",
-                   static_cast<long long>(step_), static_cast<long long>(options_.steps), loss, last_val_,
-                   last_val_ / std::log(2.0), lr, tps);
-    }
+    if (observer_) observer_(line);
     if (options_.save_every > 0 && step_ % options_.save_every == 0 && step_ < options_.steps) save_checkpoint();
   }
-  if (options_.progress && !observer_) std::fprintf(stderr, "\n");
   save_checkpoint();
   result.steps = step_;
   result.loss = loss;

@@ -1,5 +1,5 @@
 // The training loop: batches → forward/backward → clip → AdamW, with validation, a JSON-lines log,
-// a progress line, and checkpoints that resume exactly.
+// an observer of every step (progress is the caller's to show), and checkpoints that resume exactly.
 //
 // A run folder holds the latest model (config.json + model.safetensors, loadable by every command),
 // log.jsonl, and checkpoints/step-NNNNNNNN/ folders (model, optimizer state, trainer.json with the
@@ -25,17 +25,43 @@ struct TrainOptions {
   int64_t steps = 1000, warmup = 100;
   double lr = 1e-3, lr_min = -1;  // lr_min < 0: lr / 10
   std::string schedule = "cosine";
-  double weight_decay = 0.1, clip = 1.0, beta1 = 0.9, beta2 = 0.95;
+  double weight_decay = 0.1, clip = 1.0, beta1 = 0.9, beta2 = 0.95, adam_eps = 1e-8;
   uint64_t seed = 0;
   bool sequential = false;  // read the data in order, no shuffling
   int scan_chunk = 256;
   int64_t eval_every = 100, eval_batches = 8, save_every = 0, keep = 3;
   int ignore_index = -100;
-  bool progress = false;  // a live progress line on stderr
   bool byte_level = true; // validation reported in bits per byte
+  // How the data was split and drawn, saved so that a resumed run reads it the same way: every
+  // val_every-th document is validation (-1: not recorded, by checkpoints older than this field);
+  // fixed_batch: the data is one batch of independent rows, used at every step.
+  int val_every = -1;
+  bool fixed_batch = false;
 
+  // Fails naming `where` and the field when a value is out of its range (batch 0, an unknown
+  // schedule, β ≥ 1, ...). The sizes' only upper limit is the memory check of the Trainer.
+  void validate(const std::string& where) const;
   nlohmann::json to_json() const;
-  static TrainOptions from_json(const nlohmann::json& j);
+  // Every field checked for its JSON type and range (validate); `where` names the file.
+  static TrainOptions from_json(const nlohmann::json& j, const std::string& where = "trainer.json");
+  // Whether a resumed run may change this field (a to_json key): the schedule's length and shape, the
+  // optimizer's numbers, the intervals of evaluation and checkpoints, the scan's memory trade-off. The
+  // others fix the data stream (batch, seq_len, accum, seed, sequential, val_every, fixed_batch) or
+  // what the losses mean (ignore_index, byte_level).
+  static bool resumable(const std::string& key);
+};
+
+// What a checkpoint's trainer.json holds besides the options: where the run is, exactly.
+struct TrainerProgress {
+  TrainOptions options;
+  int64_t step = 0, adam_steps = 0;
+  uint64_t sampler_rng = 0;
+  int64_t sampler_cursor = 0;
+  double val_loss = -1;
+
+  // Parses and checks trainer.json (types and ranges: a negative step or cursor is an Error naming
+  // the field, never a crash later). `where` names the file.
+  static TrainerProgress from_json(const nlohmann::json& j, const std::string& where);
 };
 
 struct TrainResult {
@@ -50,8 +76,16 @@ class Trainer {
   Trainer(const Config& config, std::vector<float> params, const Dataset& data, TrainOptions options,
           std::filesystem::path out);
   // Continues the run whose checkpoint is `checkpoint` (a step folder, or a run folder: its latest).
-  static Trainer resume(const std::filesystem::path& checkpoint, const Dataset& data, int64_t steps_override,
-                        std::filesystem::path out);
+  // `changes` holds new values of resumable options ({"lr": 2e-3, "steps": 5000}, TrainOptions' keys);
+  // any other key is an Error, as is a finished run (step ≥ steps) or data that does not match how the
+  // run read its data. What changed is written to log.jsonl and kept in resume_changes().
+  static Trainer resume(const std::filesystem::path& checkpoint, const Dataset& data,
+                        const nlohmann::json& changes, std::filesystem::path out);
+  // A checkpoint's trainer.json, parsed and checked.
+  static TrainerProgress read_progress(const std::filesystem::path& checkpoint_dir);
+  // Bytes a run of this model and these options allocates: parameters, gradients, AdamW's m and v, the
+  // Backprop's buffers and the batch (not the data, which is loaded before).
+  static int64_t bytes_needed(const Config& config, const TrainOptions& options);
 
   // Trains until options.steps, or until *stop becomes true or the step count reaches stop_at (then
   // saves a checkpoint and returns, as after SIGINT).
@@ -66,11 +100,19 @@ class Trainer {
   int64_t activation_bytes() const { return backprop_.activation_bytes(); }
 
   const std::filesystem::path& out() const { return out_; }
-  void set_progress(bool on) { options_.progress = on; }
   // Called with each step's log.jsonl line ({"step", "loss", "lr", "grad_norm", "tokens_per_s",
-  // "elapsed_s"}, and "val_loss" with "val_bits_per_byte" or "val_bits_per_token" when it validated);
-  // while one is set the trainer prints nothing. It may throw to end the run at once, without a save.
+  // "elapsed_s"}, and "val_loss" with "val_bits_per_byte" or "val_bits_per_token" when it validated,
+  // "val_data": "train" when that was on training data). It may throw to end the run at once, without a
+  // save.
   void set_observer(std::function<void(const nlohmann::json& line)> observer) { observer_ = std::move(observer); }
+  // {"lr": [old, new], ...}: the options resume() changed.
+  const nlohmann::json& resume_changes() const { return resume_changes_; }
+  // Whether validation runs on training windows, for want of validation data (too few documents for
+  // the split, or a validation stream shorter than one window). Evaluations are then marked so.
+  bool validates_on_training_data() const { return val_on_train_; }
+  // Writes the gradients of the next step (the mean over its micro-batches, before clipping) to `path`
+  // as safetensors with the parameters' names, for comparisons with other implementations.
+  void dump_gradients_to(std::filesystem::path path) { dump_grads_ = std::move(path); }
 
   // The latest complete checkpoint folder under a run folder, or empty.
   static std::filesystem::path latest_checkpoint(const std::filesystem::path& run);
@@ -81,11 +123,15 @@ class Trainer {
   void log(const nlohmann::json& line);
   void train_step(double* loss, double* grad_norm, double lr);
 
+  // Checks the config, the options and the data against each other and the memory the run needs;
+  // returns the options with their defaults resolved. Runs before any member is allocated.
+  static TrainOptions checked_options(const Config& config, TrainOptions options, const Dataset& data);
+
   Config config_;
+  TrainOptions options_;  // first: every size below comes from it, checked
   std::vector<ParamSpec> specs_;
   std::vector<float> params_, grads_;
   const Dataset& data_;
-  TrainOptions options_;
   std::filesystem::path out_;
   Backprop backprop_;
   AdamW adam_;
@@ -95,6 +141,9 @@ class Trainer {
   int64_t step_ = 0;
   double last_val_ = -1;
   std::function<void(const nlohmann::json&)> observer_;
+  bool val_on_train_ = false;
+  std::filesystem::path dump_grads_;
+  nlohmann::json resume_changes_ = nlohmann::json::object();
 };
 
 }  // namespace mamba

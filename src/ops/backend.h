@@ -22,6 +22,7 @@
 #include "ops/matmul.h"
 #include "ops/norm.h"
 #include "ops/scan.h"
+#include "ops/xent.h"
 
 namespace mamba {
 
@@ -37,7 +38,10 @@ struct Device {
 };
 
 // What `Backend::unsupported` is asked about: one op with its types and the sizes that decide support.
-enum class Op { Embedding, RmsNorm, Matmul, Conv1d, Scan, Argmax };
+enum class Op {
+  Embedding, RmsNorm, Matmul, Conv1d, Scan, Argmax,                // inference
+  EmbeddingBwd, RmsNormBwd, MatmulBwd, Conv1dBwd, ScanBwd, Xent, SsmA,  // training
+};
 struct OpQuery {
   Op op = Op::Matmul;
   DType dtype = DType::F32;   // the activations'
@@ -89,6 +93,21 @@ class Backend {
   // ids (M) = the index of each row's largest value in x (M, N) fp32 (the first on ties): greedy decoding
   // without moving the logits off the device.
   virtual void argmax(int32_t* ids, const float* x, int64_t M, int N) = 0;
+
+  // ---- training: the backward ops (activation gradients written, parameter gradients accumulated) ----
+  virtual void embedding_bwd(const EmbeddingBwdParams& p) = 0;
+  virtual void rmsnorm_bwd(const RmsNormBwdParams& p) = 0;
+  virtual void matmul_bwd(const MatmulBwdParams& p) = 0;
+  virtual size_t conv1d_bwd_workspace(const Conv1dBwdParams& p) const = 0;
+  virtual void conv1d_bwd(const Conv1dBwdParams& p, void* workspace) = 0;
+  virtual size_t scan_bwd_workspace(const ScanBwdParams& p) const = 0;
+  virtual void scan_bwd(const ScanBwdParams& p, void* workspace) = 0;
+  virtual size_t xent_workspace(const XentParams& p) const = 0;
+  virtual void xent(const XentParams& p, void* workspace) = 0;
+  // The SSM's A from its parameter, and the parameter's gradient from A's (Op::SsmA):
+  // A = −exp(A_log) and dA_log += dA ⊙ A, over n fp32 values.
+  virtual void ssm_A(float* A, const float* A_log, int64_t n) = 0;
+  virtual void ssm_dA_log(float* dA_log, const float* dA, const float* A, int64_t n) = 0;
 
   // ---- recorded work (CUDA graphs) ----
   // Between begin_capture() and end_capture() the queued ops are recorded, not run; replay() runs the

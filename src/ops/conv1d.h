@@ -24,4 +24,18 @@ struct Conv1dParams {
   float* tail_out = nullptr;       // (B, K−1, D): the last K−1 inputs, or null; may equal tail_in
 };
 
+// Backward, with p = bias + Σ_k w[d,k]·x[t−K+1+k] recomputed and SiLU'(p) = σ(p)(1 + p(1 − σ(p))):
+//   dx written; dweight (D, K) and dbias (D) accumulated (parameters); dtail_in (B, K−1, D), the
+//   gradient of the tail the forward started from, written when not null.
+struct Conv1dBwdParams {
+  Conv1dParams fwd;            // the forward's arguments (out, tail_out unused; tail_in the tail it started from)
+  const void* dout = nullptr;  // (B, L, D)
+  int64_t dout_stride = 0;
+  void* dx = nullptr;          // (B, L, D)
+  int64_t dx_stride = 0;
+  float* dweight = nullptr;    // (D, K) +=
+  float* dbias = nullptr;      // (D) +=, or null
+  float* dtail_in = nullptr;   // (B, K−1, D) or null
+};
+
 }  // namespace mamba

@@ -1,4 +1,4 @@
-// The embedding lookup's contract, one for every backend.
+// The embedding lookup's contract, one for every backend, forward and backward.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +15,17 @@ struct EmbeddingParams {
   void* out = nullptr;
   const int32_t* tokens = nullptr;
   WeightView table;
+  int64_t M = 0;
+  int C = 0;
+};
+
+// Backward: dtable (V, C) fp32 += the rows of dout (M, C) scattered to their tokens. Parameter gradients
+// accumulate; the sum over repeated tokens runs in row order (deterministic, no atomics).
+struct EmbeddingBwdParams {
+  DType dtype = DType::F32;  // of dout
+  float* dtable = nullptr;
+  const void* dout = nullptr;
+  const int32_t* tokens = nullptr;
   int64_t M = 0;
   int C = 0;
 };

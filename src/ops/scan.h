@@ -52,6 +52,33 @@ struct ScanParams {
   int state_chunk = 0;
 };
 
+// The backward (paper §3.3.2: recomputation instead of storing the expanded states). From the forward's
+// inputs and its chunk_states it recomputes h inside each chunk and runs the adjoint recurrence
+// dh_{t−1} = exp(Δ_t A) ⊙ dh_t (+ C_{t−1} ∂y_{t−1}) backwards. Activation gradients (du, ddelta, dz, dB,
+// dC, dstate_in) are written; parameter gradients (dA, dD, ddelta_bias) accumulate. In the LTI form
+// (fwd.bc_per_channel) B and C are parameters: dB and dC are then (D, N) fp32 and accumulate too.
+// Deterministic on every backend.
+struct ScanBwdParams {
+  ScanParams fwd;                    // the forward's arguments; fwd.chunk_states is required, y unused
+  const void* dy = nullptr;          // (B, L, D) ∂loss/∂y, in fwd.dtype like every (B, L, ·) array here
+  int64_t dy_stride = 0;
+  const float* dstate_out = nullptr; // (B, D, N) ∂loss/∂h_L, or null
+  void* du = nullptr;                // (B, L, D) out
+  int64_t du_stride = 0;
+  void* ddelta = nullptr;            // (B, L, D) out: gradient of delta before its bias and softplus
+  int64_t ddelta_stride = 0;
+  void* dz = nullptr;                // (B, L, D) out; required when fwd.z is given
+  int64_t dz_stride = 0;
+  void* dB = nullptr;                // (B, L, N) out
+  int64_t dB_stride = 0;
+  void* dC = nullptr;                // (B, L, N) out
+  int64_t dC_stride = 0;
+  float* dA = nullptr;               // (D, N) += ∂loss/∂A (the model's parameter is A_log: dA_log = dA ⊙ A)
+  float* dD = nullptr;               // (D) +=; required when fwd.D is given
+  float* ddelta_bias = nullptr;      // (D) +=; required when fwd.delta_bias is given
+  float* dstate_in = nullptr;        // (B, D, N) out: ∂loss/∂h_0, or null
+};
+
 // The chunk the CUDA backward recomputes from: it starts each 16-step sub-tile from a stored state.
 constexpr int kCudaStateChunk = 16;
 

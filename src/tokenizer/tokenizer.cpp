@@ -20,6 +20,8 @@
 
 #include "core/error.h"
 #include "core/file.h"
+#include "core/json.h"
+#include "core/limits.h"
 
 namespace mamba {
 
@@ -324,6 +326,13 @@ struct Pcre2Code {
   Pcre2Code& operator=(const Pcre2Code&) = delete;
 };
 
+// The pattern is the same for every tokenizer: compiled (and JIT-compiled) once per process, not per
+// load. A compiled pattern is read-only; each encode() has its own match data.
+const Pcre2Code& split_regex() {
+  static const Pcre2Code regex;
+  return regex;
+}
+
 struct MatchData {
   pcre2_match_data* data;
   explicit MatchData(const pcre2_code* code) : data(pcre2_match_data_create_from_pattern(code, nullptr)) {}
@@ -409,13 +418,13 @@ bool get_flag(const json& j, const char* key, bool fallback, const std::string& 
   const json* v = member(j, key);
   if (v == nullptr) return fallback;
   if (!v->is_boolean())
-    fail(file, ": field \"", field, ".", key, "\" must be true or false, got ", v->dump());
+    fail(file, ": field \"", field, ".", key, "\" must be true or false, got ", json_brief(*v));
   return v->get<bool>();
 }
 
 int32_t get_id(const json& v, const std::string& file, const std::string& field) {
   if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX) {
-    fail(file, ": field \"", field, "\" must be a token id (an integer >= 0), got ", v.dump());
+    fail(file, ": field \"", field, "\" must be a token id (an integer >= 0), got ", json_brief(v));
   }
   return static_cast<int32_t>(v.get<int64_t>());
 }
@@ -438,7 +447,7 @@ struct Tokenizer::Impl {
   LiteralSet raw_added, normalized_added;     // their values index `added`
   std::vector<std::string> id_bytes;          // id → bytes, as the decoder gives them
   std::vector<uint8_t> id_known, id_special;  // id → flags
-  Pcre2Code regex;
+  const Pcre2Code& regex = split_regex();
 
   // BPE results of words seen before, keyed by the word's bytes. HF keeps a similar cache.
   static constexpr size_t kCacheWords = 1 << 17, kCacheWordBytes = 256;
@@ -462,12 +471,12 @@ void Tokenizer::Impl::read(const json& root) {
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     if (const json* v = member(*model, key);
         v != nullptr && !(v->is_string() && v->get<std::string>().empty())) {
-      fail(path, ": field \"model.", key, "\" is ", v->dump(), "; byte-level BPE has none");
+      fail(path, ": field \"model.", key, "\" is ", json_brief(*v), "; byte-level BPE has none");
     }
   }
   if (const json* v = member(*model, "dropout");
       v != nullptr && !(v->is_number() && v->get<double>() == 0.0)) {
-    fail(path, ": field \"model.dropout\" is ", v->dump(), "; BPE dropout is not supported");
+    fail(path, ": field \"model.dropout\" is ", json_brief(*v), "; BPE dropout is not supported");
   }
   if (get_flag(*model, "byte_fallback", false, path, "model")) {
     fail(path, ": field \"model.byte_fallback\" is true; that is SentencePiece-style BPE, not byte-level");
@@ -525,6 +534,7 @@ void Tokenizer::Impl::read(const json& root) {
     if (auto it = model_vocab.find(a.content); it != model_vocab.end()) {
       a.id = it->second;
     } else {
+      if (max_added == INT32_MAX) fail(path, ": added token ", json_brief(a.content), " gets no id: the ids run past 2^31 - 1");
       a.id = max_added < 0 ? model_size : max_added >= model_size ? max_added + 1 : model_size;
     }
     max_added = std::max(max_added, a.id);
@@ -534,6 +544,10 @@ void Tokenizer::Impl::read(const json& root) {
   }
   added = std::move(deduplicated);
 
+  // The id tables are dense (index = id), so their size comes from the largest id, not from the
+  // number of tokens: one absurd id would otherwise allocate gigabytes.
+  check_memory(sat_mul(int64_t{max_id} + 1, sizeof(std::string) + 2),
+               path + ": the tables of token ids up to " + std::to_string(max_id));
   id_bytes.assign(static_cast<size_t>(max_id) + 1, {});
   id_known.assign(id_bytes.size(), 0);
   id_special.assign(id_bytes.size(), 0);
@@ -554,7 +568,7 @@ void Tokenizer::Impl::read(const json& root) {
   }
   if (const json* unk = member(*model, "unk_token")) {
     if (!unk->is_string() || !model_vocab.contains(unk->get<std::string>())) {
-      fail(path, ": field \"model.unk_token\" must name a token of model.vocab, got ", unk->dump());
+      fail(path, ": field \"model.unk_token\" must name a token of model.vocab, got ", json_brief(*unk));
     }
     unk_id = model_vocab.find(unk->get<std::string>())->second;
   }
@@ -572,18 +586,18 @@ void Tokenizer::Impl::read(const json& root) {
       const size_t space = s.find(' ');
       if (space == std::string::npos || s.find(' ', space + 1) != std::string::npos) {
         fail(path, ": field \"model.merges[", i, "]\" must be two tokens separated by one space, got ",
-             m.dump());
+             json_brief(m));
       }
       left = s.substr(0, space), right = s.substr(space + 1);
     } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
       left = m[0].get<std::string>(), right = m[1].get<std::string>();
     } else {
       fail(path, ": field \"model.merges[", i, "]\" must be \"left right\" or [\"left\", \"right\"], got ",
-           m.dump());
+           json_brief(m));
     }
     auto l = model_vocab.find(left), r = model_vocab.find(right), merged = model_vocab.find(left + right);
     if (l == model_vocab.end() || r == model_vocab.end() || merged == model_vocab.end()) {
-      fail(path, ": field \"model.merges[", i, "]\" ", m.dump(), " names a token that is not in model.vocab");
+      fail(path, ": field \"model.merges[", i, "]\" ", json_brief(m), " names a token that is not in model.vocab");
     }
     // A repeated pair takes its last rank, as HF's HashMap collect does.
     merges.insert_or_assign(pair_key(l->second, r->second), Merge{static_cast<int32_t>(i), merged->second});
@@ -835,12 +849,7 @@ Tokenizer Tokenizer::load(const std::string& path) {
   if (std::filesystem::is_directory(file)) file /= "tokenizer.json";
   impl->path = file.string();
   if (!std::filesystem::exists(file)) fail(impl->path, ": no such file");
-  json root;
-  try {
-    root = json::parse(read_text_file(file));
-  } catch (const json::exception& e) {
-    fail(impl->path, ": not valid JSON: ", e.what());
-  }
+  const json root = read_json_file(impl->path);
   try {
     impl->read(root);
   } catch (const json::exception& e) {  // a field of an unexpected JSON type that the checks missed

@@ -1,16 +1,21 @@
 #include "ops/cpu/backend.h"
 
+#include <cmath>
+
 #include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <vector>
 
 #include "core/error.h"
+#include "ops/cpu/backward.h"
 #include "ops/cpu/matmul.h"
 #include "ops/cpu/ops.h"
+#include "ops/cpu/simd.h"
 
 namespace mamba::cpu {
 
@@ -36,8 +41,8 @@ class CpuBackend final : public Backend {
  public:
   Device device() const override { return Device{}; }
   std::string describe() const override {
-    return std::string("CPU (") + simd_name() + " build, " + std::to_string(omp_get_max_threads()) + " threads, " +
-           openblas_get_config() + ")";
+    return std::string("CPU (") + simd_name() + " build, " + simd_target() + " kernels, " +
+           std::to_string(omp_get_max_threads()) + " threads, " + openblas_get_config() + ")";
   }
   bool host_memory() const override { return true; }
 
@@ -56,12 +61,15 @@ class CpuBackend final : public Backend {
   void synchronize() override {}
 
   std::string unsupported(const OpQuery& q) const override {
-    if (q.op != Op::Argmax && q.dtype != DType::F32) {
+    if (q.op != Op::Argmax && q.op != Op::SsmA && q.dtype != DType::F32) {
       return "the CPU computes in fp32 (bf16 and fp16 weights are read in their own type): activations of " +
              std::string(dtype_name(q.dtype)) + " are not supported";
     }
     if ((q.op == Op::Matmul || q.op == Op::Embedding) && !matmul_supports(q.weight)) {
       return "no CPU kernel reads " + std::string(dtype_name(q.weight)) + " weights";
+    }
+    if ((q.op == Op::MatmulBwd || q.op == Op::Xent) && q.weight != DType::F32) {
+      return "training on the CPU is fp32: its weights are F32, not " + std::string(dtype_name(q.weight));
     }
     if (q.op == Op::Scan && (q.dstate < 1 || q.dstate > kMaxState)) {
       return "the CPU scan holds 1 to " + std::to_string(kMaxState) + " states per channel, not " + std::to_string(q.dstate);
@@ -106,10 +114,112 @@ class CpuBackend final : public Backend {
       ids[m] = static_cast<int32_t>(std::max_element(row, row + N) - row);
     }
   }
+
+  // The backward: the kernels of backward.h accumulate into every output, so the outputs this contract
+  // writes are zeroed first (as the training loop did before calling them: the results are the same bits).
+  void embedding_bwd(const EmbeddingBwdParams& p) override {
+    embedding_backward(p.dtable, static_cast<const float*>(p.dout), p.tokens, p.M, p.C);
+  }
+  void rmsnorm_bwd(const RmsNormBwdParams& p) override {
+    residual_rmsnorm_backward(p.dresidual, p.dweight, static_cast<const float*>(p.dout), p.residual, p.weight, p.M, p.C,
+                              p.eps);
+  }
+  void matmul_bwd(const MatmulBwdParams& p) override {
+    auto* dinp = static_cast<float*>(p.dinp);
+    if (dinp && !p.accumulate) zero_rows(dinp, p.lddi, p.M, p.K);
+    matmul_backward(dinp, p.lddi, p.dweight, p.dbias, static_cast<const float*>(p.dout), p.ldo,
+                    static_cast<const float*>(p.inp), p.ldi, p.weight.f32(), p.M, p.K, p.N);
+  }
+  // A strided dout is packed first: the CPU kernel reads it dense.
+  size_t conv1d_bwd_workspace(const Conv1dBwdParams& p) const override {
+    const Conv1dParams& f = p.fwd;
+    return p.dout_stride == f.dim ? 0 : sizeof(float) * static_cast<size_t>(f.batch) * f.seqlen * f.dim;
+  }
+  void conv1d_bwd(const Conv1dBwdParams& p, void* workspace) override {
+    const Conv1dParams& f = p.fwd;
+    const int64_t rows = int64_t{f.batch} * f.seqlen;
+    const auto* dout = static_cast<const float*>(p.dout);
+    if (p.dout_stride != f.dim) {
+      auto* packed = static_cast<float*>(workspace);
+      for (int64_t r = 0; r < rows; r++) std::memcpy(packed + r * f.dim, dout + r * p.dout_stride, sizeof(float) * f.dim);
+      dout = packed;
+    }
+    zero_rows(static_cast<float*>(p.dx), p.dx_stride, rows, f.dim);
+    if (p.dtail_in) std::memset(p.dtail_in, 0, sizeof(float) * static_cast<size_t>(f.batch) * (f.width - 1) * f.dim);
+    conv1d_silu_backward(static_cast<float*>(p.dx), p.dx_stride, p.dtail_in, p.dweight, p.dbias, dout,
+                         static_cast<const float*>(f.x), f.x_stride, f.tail_in, f.weight, f.bias, f.batch, f.seqlen,
+                         f.dim, f.width);
+  }
+  size_t scan_bwd_workspace(const ScanBwdParams&) const override { return 0; }
+  void scan_bwd(const ScanBwdParams& p, void*) override {
+    const ScanParams& f = p.fwd;
+    const int64_t rows = int64_t{f.batch} * f.seqlen;
+    ScanGrads g;
+    g.dy = static_cast<const float*>(p.dy), g.dy_stride = p.dy_stride;
+    g.dstate_out = p.dstate_out;
+    g.du = static_cast<float*>(p.du), g.du_stride = p.du_stride;
+    g.ddelta = static_cast<float*>(p.ddelta), g.ddelta_stride = p.ddelta_stride;
+    g.dA = p.dA;
+    g.dB = static_cast<float*>(p.dB), g.dC = static_cast<float*>(p.dC);
+    if (p.dB_stride != p.dC_stride && !f.bc_per_channel) fail("scan backward on the CPU: dB and dC need one row stride");
+    g.dbc_stride = p.dB_stride;
+    g.dD = p.dD;
+    g.dz = static_cast<float*>(p.dz), g.dz_stride = p.dz_stride;
+    g.ddelta_bias = p.ddelta_bias;
+    g.dstate_in = p.dstate_in;
+    zero_rows(g.du, g.du_stride, rows, f.dim);
+    zero_rows(g.ddelta, g.ddelta_stride, rows, f.dim);
+    if (f.z && g.dz) zero_rows(g.dz, g.dz_stride, rows, f.dim);
+    if (!f.bc_per_channel) {  // activations here; parameters (which accumulate) in the LTI form
+      zero_rows(g.dB, g.dbc_stride, rows, f.dstate);
+      zero_rows(g.dC, g.dbc_stride, rows, f.dstate);
+    }
+    if (g.dstate_in) std::memset(g.dstate_in, 0, sizeof(float) * static_cast<size_t>(f.batch) * f.dim * f.dstate);
+    selective_scan_backward(g, f);
+  }
+  // A few rows of logits at a time; and the head's gradient of a loss-only call, which is dropped.
+  size_t xent_workspace(const XentParams& p) const override {
+    return sizeof(float) * static_cast<size_t>(xent_rows(p) * p.V + (p.dweight ? 0 : int64_t{p.V} * p.C));
+  }
+  void xent(const XentParams& p, void* workspace) override {
+    auto* scratch = static_cast<float*>(workspace);
+    float* dweight = p.dweight ? p.dweight : scratch + xent_rows(p) * p.V;
+    *p.loss = lm_head_cross_entropy(static_cast<float*>(p.dhidden), dweight, static_cast<const float*>(p.hidden),
+                                    p.weight.f32(), p.targets, p.M, p.C, p.V, p.ignore_index, scratch, xent_rows(p));
+  }
+  void ssm_A(float* A, const float* A_log, int64_t n) override {
+    for (int64_t i = 0; i < n; i++) A[i] = -std::exp(A_log[i]);
+  }
+  void ssm_dA_log(float* dA_log, const float* dA, const float* A, int64_t n) override {
+    for (int64_t i = 0; i < n; i++) dA_log[i] += dA[i] * A[i];
+  }
+
+ private:
+  static int64_t xent_rows(const XentParams& p) { return std::max<int64_t>(1, std::min<int64_t>(p.M, 256)); }
+  static void zero_rows(float* p, int64_t stride, int64_t rows, int cols) {
+    if (!p) return;
+    if (stride == cols) {
+      std::memset(p, 0, sizeof(float) * static_cast<size_t>(rows * cols));
+      return;
+    }
+    for (int64_t r = 0; r < rows; r++) std::memset(p + r * stride, 0, sizeof(float) * static_cast<size_t>(cols));
+  }
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_backend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> make_backend() {
+  // MAMBA_CPU_TARGET names the one SIMD target the kernels use (simd.h), to measure or test a lower one.
+  if (const char* target = std::getenv("MAMBA_CPU_TARGET"); target && *target) {
+    if (!restrict_simd(target)) {
+      std::string known;
+      for (const SimdTarget& t : simd_targets()) {
+        if (t.supported) known += (known.empty() ? "" : ", ") + t.name;
+      }
+      fail("MAMBA_CPU_TARGET=", target, ": not a SIMD target of this build and CPU (these are: ", known, ")");
+    }
+  }
+  return std::make_unique<CpuBackend>();
+}
 
 }  // namespace mamba::cpu

@@ -24,7 +24,8 @@ inline float exp_approx(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  // A NaN input stays NaN through p; converting it to an integer would be undefined, so n is 0 there.
+  int32_t bits = (static_cast<int32_t>(n == n ? n : 0.0f) + 127) << 23;
   return p * std::bit_cast<float>(bits);
 }
 

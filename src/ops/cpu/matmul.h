@@ -1,4 +1,4 @@
-// Matrix products with the weight in its stored type (F32, BF16, F16), fp32 activations and fp32
+// Matrix products with the weight in its stored type (F32, BF16, F16, I8), fp32 activations and fp32
 // accumulation: the CPU's implementation of ops/matmul.h.
 #pragma once
 

@@ -120,17 +120,25 @@ void scan_forward(const ScanParams& p) {
   const auto* z_in = static_cast<const float*>(p.z);
   auto* y_out = static_cast<float*>(p.y);
   const int blocks = (D + kLanes - 1) / kLanes;
-#pragma omp parallel if (static_cast<int64_t>(p.batch) * L * D * N > 65536)
+#pragma omp parallel if (static_cast<int64_t>(p.batch) * L * D * N > 16384)  // a decode step of the 130m shape (24,576) splits too
   {
     const FlushSubnormals ftz;
 #pragma omp for collapse(2) schedule(static)
     for (int b = 0; b < p.batch; b++) {
       for (int blk = 0; blk < blocks; blk++) {
         const int d0 = blk * kLanes, nd = std::min(kLanes, D - d0);
-        alignas(64) float h[kMaxState][kLanes] = {};  // h[n][lane]
-        alignas(64) float A[kMaxState][kLanes] = {};  // A transposed for this block
+        // Rows [0, N) are used and zeroed here: zeroing all kMaxState rows cost more than a decode step's
+        // arithmetic (32 KiB per block of channels per layer).
+        alignas(64) float h[kMaxState][kLanes];  // h[n][lane]
+        alignas(64) float A[kMaxState][kLanes];  // A transposed for this block
         alignas(64) float bias[kLanes] = {}, skip[kLanes] = {};
-        alignas(64) float Bc[kBC][kLanes] = {}, Cc[kBC][kLanes] = {};  // per-channel B, C transposed
+        alignas(64) float Bc[kBC][kLanes], Cc[kBC][kLanes];  // per-channel B, C transposed
+        for (int n = 0; n < N; n++) {
+          for (int i = 0; i < kLanes; i++) h[n][i] = A[n][i] = 0.0f;
+          if constexpr (kPerChannel) {
+            for (int i = 0; i < kLanes; i++) Bc[n][i] = Cc[n][i] = 0.0f;
+          }
+        }
         for (int i = 0; i < nd; i++) {
           const int64_t d = d0 + i;
           for (int n = 0; n < N; n++) {

@@ -16,6 +16,8 @@ namespace mamba::cuda {
 namespace {
 
 constexpr size_t kCublasWorkspace = 32u << 20;  // cuBLAS's own scratch, fixed so that graphs can record it
+constexpr const char* kNoTraining =
+    "training on CUDA is not built yet: the embedding, RMSNorm, matmul and loss backward run on the CPU only";
 
 std::string mib(size_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
 
@@ -107,7 +109,11 @@ class CudaBackend final : public Backend {
     if (q.op == Op::Scan && (q.dstate < 1 || q.dstate > 256)) {
       return "the CUDA scan holds 1 to 256 states per channel, not " + std::to_string(q.dstate);
     }
-    if (q.op == Op::Conv1d && (q.width < 1 || q.width > kMaxConvWidth)) {
+    if (q.op == Op::EmbeddingBwd || q.op == Op::RmsNormBwd || q.op == Op::MatmulBwd || q.op == Op::Xent) {
+      return kNoTraining;
+    }
+    if (q.op == Op::ScanBwd && q.dstate > 64) return "the CUDA scan's backward holds at most 64 states per channel";
+    if ((q.op == Op::Conv1d || q.op == Op::Conv1dBwd) && (q.width < 1 || q.width > kMaxConvWidth)) {
       return "the CUDA convolution takes widths 1 to " + std::to_string(kMaxConvWidth) + ", not " +
              std::to_string(q.width);
     }
@@ -162,6 +168,31 @@ class CudaBackend final : public Backend {
   void argmax(int32_t* ids, const float* x, int64_t M, int N) override {
     use();
     argmax_fwd(ids, x, M, N, stream_);
+  }
+
+  // The backward: the scan's and the conv's kernels are here; the rest of training on the GPU is not yet.
+  void embedding_bwd(const EmbeddingBwdParams&) override { fail(kNoTraining); }
+  void rmsnorm_bwd(const RmsNormBwdParams&) override { fail(kNoTraining); }
+  void matmul_bwd(const MatmulBwdParams&) override { fail(kNoTraining); }
+  size_t xent_workspace(const XentParams&) const override { return 0; }
+  void xent(const XentParams&, void*) override { fail(kNoTraining); }
+  size_t conv1d_bwd_workspace(const Conv1dBwdParams& p) const override { return conv1d_silu_bwd_workspace(p); }
+  void conv1d_bwd(const Conv1dBwdParams& p, void* workspace) override {
+    use();
+    conv1d_silu_bwd(p, workspace, stream_);
+  }
+  size_t scan_bwd_workspace(const ScanBwdParams& p) const override { return selective_scan_bwd_workspace(p); }
+  void scan_bwd(const ScanBwdParams& p, void* workspace) override {
+    use();
+    selective_scan_bwd(p, workspace, stream_);
+  }
+  void ssm_A(float* A, const float* A_log, int64_t n) override {
+    use();
+    ssm_A_fwd(A, A_log, n, stream_);
+  }
+  void ssm_dA_log(float* dA_log, const float* dA, const float* A, int64_t n) override {
+    use();
+    ssm_dA_log_bwd(dA_log, dA, A, n, stream_);
   }
 
   bool can_capture() const override { return true; }

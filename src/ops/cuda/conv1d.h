@@ -21,19 +21,9 @@ using mamba::Conv1dParams;
 
 void conv1d_silu_fwd(const Conv1dParams& p, cudaStream_t stream);
 
-// Gradients from dout (B, L, D): dx written; dweight (D, K) and dbias (D) accumulated (+=), summed in a
-// fixed order (deterministic); dtail_in (B, K−1, D) written when not null. `workspace` holds
+// The backward (ops/conv1d.h's Conv1dBwdParams), summed in a fixed order (deterministic). `workspace` holds
 // conv1d_silu_bwd_workspace(p) bytes.
-struct Conv1dBwdParams {
-  Conv1dParams fwd;            // the forward's arguments (out, tail_out unused)
-  const void* dout = nullptr;  // (B, L, D)
-  int64_t dout_stride = 0;
-  void* dx = nullptr;          // (B, L, D)
-  int64_t dx_stride = 0;
-  float* dweight = nullptr;    // (D, K) +=
-  float* dbias = nullptr;      // (D) +=, or null
-  float* dtail_in = nullptr;   // (B, K−1, D) or null
-};
+using mamba::Conv1dBwdParams;
 
 size_t conv1d_silu_bwd_workspace(const Conv1dBwdParams& p);
 void conv1d_silu_bwd(const Conv1dBwdParams& p, void* workspace, cudaStream_t stream);

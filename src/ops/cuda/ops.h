@@ -26,4 +26,8 @@ void matmul_fwd(cublasHandle_t handle, const MatmulParams& p, cudaStream_t strea
 // ids (M) = argmax of each row of x (M, N) fp32, the first index on ties.
 void argmax_fwd(int32_t* ids, const float* x, int64_t M, int N, cudaStream_t stream);
 
+// A = −exp(A_log) and dA_log += dA ⊙ A over n values (the SSM's parameter and its gradient).
+void ssm_A_fwd(float* A, const float* A_log, int64_t n, cudaStream_t stream);
+void ssm_dA_log_bwd(float* dA_log, const float* dA, const float* A, int64_t n, cudaStream_t stream);
+
 }  // namespace mamba::cuda

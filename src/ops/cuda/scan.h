@@ -52,32 +52,10 @@ size_t selective_scan_fwd_workspace(const ScanParams& p, ScanTuning tuning = {})
 // y (and state_out, chunk_states) from the inputs. `workspace` holds selective_scan_fwd_workspace bytes.
 void selective_scan_fwd(const ScanParams& p, void* workspace, cudaStream_t stream, ScanTuning tuning = {});
 
-// The backward (paper §3.3: recomputation instead of storing the expanded states). From the forward's
-// inputs and its chunk_states it recomputes h inside each chunk, runs the adjoint recurrence
-// dh_{t−1} = exp(Δ_t A) ⊙ dh_t (+ C_{t−1} ∂y_{t−1}) backwards, and gives every gradient. Deterministic:
-// no floating-point atomics; sums over channels and batch go through partial buffers in a fixed order.
-// Activation gradients are written (=); parameter gradients dA, dD, ddelta_bias accumulate (+=).
-// N ≤ 64 (larger N throws std::invalid_argument).
-struct ScanBwdParams {
-  ScanParams fwd;                    // the forward's arguments; fwd.chunk_states is required, y unused
-  const void* dy = nullptr;          // (B, L, D) ∂loss/∂y
-  int64_t dy_stride = 0;
-  const float* dstate_out = nullptr; // (B, D, N) ∂loss/∂h_L, or null
-  void* du = nullptr;                // (B, L, D) out
-  int64_t du_stride = 0;
-  void* ddelta = nullptr;            // (B, L, D) out: gradient of delta before its bias and softplus
-  int64_t ddelta_stride = 0;
-  void* dz = nullptr;                // (B, L, D) out; required when fwd.z is given
-  int64_t dz_stride = 0;
-  void* dB = nullptr;                // (B, L, N) out
-  int64_t dB_stride = 0;
-  void* dC = nullptr;                // (B, L, N) out
-  int64_t dC_stride = 0;
-  float* dA = nullptr;               // (D, N) +=
-  float* dD = nullptr;               // (D) +=; required when fwd.D is given
-  float* ddelta_bias = nullptr;      // (D) +=; required when fwd.delta_bias is given
-  float* dstate_in = nullptr;        // (B, D, N) out: ∂loss/∂h_0, or null
-};
+// The backward (ops/scan.h's ScanBwdParams): deterministic, no floating-point atomics; sums over channels
+// and batch go through partial buffers in a fixed order. N ≤ 64 (larger N throws std::invalid_argument);
+// fwd.chunk_states every kStateChunk steps is required.
+using mamba::ScanBwdParams;
 
 // tuning.segments as in the forward (0: the dispatcher's choice); states_per_thread is fixed at 4 (0 or 4;
 // anything else throws std::invalid_argument).

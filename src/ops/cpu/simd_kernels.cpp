@@ -1,0 +1,282 @@
+// The kernels of simd.h, one source for every target: Highway compiles the part between
+// HWY_BEFORE_NAMESPACE and HWY_AFTER_NAMESPACE once per target (foreach_target.h re-includes this file)
+// and HWY_DYNAMIC_DISPATCH calls the best one the CPU supports.
+//
+// Decode is bound by reading the weights: a token reads every matrix once, so the kernels widen each
+// weight vector in registers (BF16: a shift, F16: vcvtph2ps, I8: two conversions and a scale per block)
+// and use it for every activation row before the next is loaded. Arithmetic is fp32 throughout.
+
+// Every target the compiler can reach, not only those above the flags this file is built with, and
+// AVX-512 with VNNI (Ice Lake, Zen 4) beside plain AVX-512. Scalable vectors (SVE, RVV) are left out:
+// the kernels keep their accumulators in arrays.
+#define HWY_COMPILE_ALL_ATTAINABLE
+#define HWY_WANT_AVX3_DL
+#define HWY_DISABLED_TARGETS (HWY_SVE | HWY_SVE2 | HWY_SVE_256 | HWY_SVE2_128 | HWY_RVV)
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "ops/cpu/simd_kernels.cpp"
+#include <hwy/foreach_target.h>  // re-includes this file once per target
+
+#include <hwy/highway.h>
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "ops/cpu/simd.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace mamba::cpu::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using DF = hn::ScalableTag<float>;
+using VF = hn::Vec<DF>;
+
+// Lanes(df) weights from w, as fp32.
+HWY_INLINE VF load_w(DF df, const float* w) { return hn::LoadU(df, w); }
+HWY_INLINE VF load_w(DF df, const hwy::bfloat16_t* w) {
+  return hn::PromoteTo(df, hn::LoadU(hn::Rebind<hwy::bfloat16_t, DF>(), w));
+}
+HWY_INLINE VF load_w(DF df, const hwy::float16_t* w) {
+  return hn::PromoteTo(df, hn::LoadU(hn::Rebind<hwy::float16_t, DF>(), w));
+}
+HWY_INLINE VF load_w(DF df, const int8_t* w) {
+  return hn::ConvertTo(df, hn::PromoteTo(hn::Rebind<int32_t, DF>(), hn::LoadU(hn::Rebind<int8_t, DF>(), w)));
+}
+
+// One weight as fp32, for the tails shorter than a vector.
+HWY_INLINE float widen(float w) { return w; }
+HWY_INLINE float widen(hwy::bfloat16_t w) { return hwy::F32FromBF16(w); }
+HWY_INLINE float widen(hwy::float16_t w) {
+  uint16_t bits;
+  std::memcpy(&bits, &w, 2);
+  return f16_to_f32(bits);
+}
+HWY_INLINE float widen(int8_t w) { return static_cast<float>(w); }
+
+// sums[r] = Σ_k w[k] · x[r·ldx + k] for R activation rows, the weight row read once. U vectors per row
+// are in flight so that the FMA latency does not bind.
+template <int R, int U, class T>
+HWY_INLINE void dot_rows(const T* HWY_RESTRICT w, int K, const float* HWY_RESTRICT x, int64_t ldx, float* sums) {
+  const DF df;
+  const int N = static_cast<int>(hn::Lanes(df));
+  VF acc[R][U];
+  for (int r = 0; r < R; r++) {
+    for (int u = 0; u < U; u++) acc[r][u] = hn::Zero(df);
+  }
+  int k = 0;
+  for (; k + U * N <= K; k += U * N) {
+    VF wv[U];
+    for (int u = 0; u < U; u++) wv[u] = load_w(df, w + k + u * N);
+    for (int r = 0; r < R; r++) {
+      for (int u = 0; u < U; u++) acc[r][u] = hn::MulAdd(wv[u], hn::LoadU(df, x + r * ldx + k + u * N), acc[r][u]);
+    }
+  }
+  for (; k + N <= K; k += N) {
+    const VF wv = load_w(df, w + k);
+    for (int r = 0; r < R; r++) acc[r][0] = hn::MulAdd(wv, hn::LoadU(df, x + r * ldx + k), acc[r][0]);
+  }
+  for (int r = 0; r < R; r++) {
+    for (int u = 1; u < U; u++) acc[r][0] = hn::Add(acc[r][0], acc[r][u]);
+    sums[r] = hn::GetLane(hn::SumOfLanes(df, acc[r][0]));
+  }
+  for (; k < K; k++) {
+    const float wk = widen(w[k]);
+    for (int r = 0; r < R; r++) sums[r] += wk * x[r * ldx + k];
+  }
+}
+
+// The same for an int8 row: each block of kQ8Block values is summed unscaled, then added times its
+// scale (one multiply per block instead of one per value). `scales` holds this row's, as fp32.
+template <int R>
+HWY_INLINE void dot_rows_q8(const int8_t* HWY_RESTRICT w, const float* HWY_RESTRICT scales, int K,
+                            const float* HWY_RESTRICT x, int64_t ldx, float* sums) {
+  const DF df;
+  const int N = static_cast<int>(hn::Lanes(df));  // divides kQ8Block on every target
+  VF acc[R];
+  for (int r = 0; r < R; r++) acc[r] = hn::Zero(df);
+  int k = 0;
+  for (; k + kQ8Block <= K; k += kQ8Block) {
+    VF block[R];
+    for (int r = 0; r < R; r++) block[r] = hn::Zero(df);
+    for (int j = 0; j < kQ8Block; j += N) {
+      const VF wv = load_w(df, w + k + j);
+      for (int r = 0; r < R; r++) block[r] = hn::MulAdd(wv, hn::LoadU(df, x + r * ldx + k + j), block[r]);
+    }
+    const VF scale = hn::Set(df, scales[k / kQ8Block]);
+    for (int r = 0; r < R; r++) acc[r] = hn::MulAdd(block[r], scale, acc[r]);
+  }
+  for (int r = 0; r < R; r++) sums[r] = hn::GetLane(hn::SumOfLanes(df, acc[r]));
+  for (; k < K; k++) {
+    const float wk = scales[k / kQ8Block] * static_cast<float>(w[k]);
+    for (int r = 0; r < R; r++) sums[r] += wk * x[r * ldx + k];
+  }
+}
+
+// n F16 scales as fp32.
+HWY_INLINE void widen_scales(float* HWY_RESTRICT out, const uint16_t* HWY_RESTRICT in, int64_t n) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const auto* h = reinterpret_cast<const hwy::float16_t*>(in);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(load_w(df, h + i), df, out + i);
+  for (; i < n; i++) out[i] = widen(h[i]);
+}
+
+// One weight row against `rows` (≤ 4) activation rows.
+template <class T>
+HWY_INLINE void dot_group(const T* w, const float*, int K, const float* x, int64_t ldx, int rows, float* sums) {
+  switch (rows) {
+    case 1: dot_rows<1, 4>(w, K, x, ldx, sums); break;
+    case 2: dot_rows<2, 4>(w, K, x, ldx, sums); break;
+    case 3: dot_rows<3, 2>(w, K, x, ldx, sums); break;
+    default: dot_rows<4, 2>(w, K, x, ldx, sums); break;
+  }
+}
+HWY_INLINE void dot_group(const int8_t* w, const float* scales, int K, const float* x, int64_t ldx, int rows,
+                          float* sums) {
+  switch (rows) {
+    case 1: dot_rows_q8<1>(w, scales, K, x, ldx, sums); break;
+    case 2: dot_rows_q8<2>(w, scales, K, x, ldx, sums); break;
+    case 3: dot_rows_q8<3>(w, scales, K, x, ldx, sums); break;
+    default: dot_rows_q8<4>(w, scales, K, x, ldx, sums); break;
+  }
+}
+
+constexpr int kRowGroup = 4;         // activation rows per pass over a weight row (it stays in L1)
+constexpr int kScalePiece = 1024;    // an int8 row's scales widened at a time: 32768 values
+
+template <class T>
+void matmul_rows_typed(const MatmulParams& p) {
+  const auto* weight = static_cast<const T*>(p.weight.data);
+  const auto* inp = static_cast<const float*>(p.inp);
+  auto* out = static_cast<float*>(p.out);
+  const int K = p.K;
+  const int64_t blocks = q8_blocks(K);
+#pragma omp parallel for schedule(static) if (int64_t{p.N} * K > 65536)
+  for (int n = 0; n < p.N; n++) {
+    const T* w = weight + int64_t{n} * K;
+    const float bias = p.bias ? p.bias[n] : 0.0f;
+    float sums[kGemvMaxRows] = {};
+    alignas(64) float scales[kScalePiece];
+    // The row in pieces of whole blocks (one piece unless K > 32768), each piece against every group.
+    for (int k0 = 0; k0 < K; k0 += kScalePiece * kQ8Block) {
+      const int len = std::min(K - k0, kScalePiece * kQ8Block);
+      if constexpr (std::is_same_v<T, int8_t>) {
+        widen_scales(scales, p.weight.scales + n * blocks + k0 / kQ8Block, q8_blocks(len));
+      }
+      for (int64_t m0 = 0; m0 < p.M; m0 += kRowGroup) {
+        const int rows = static_cast<int>(std::min<int64_t>(kRowGroup, p.M - m0));
+        float part[kRowGroup];
+        dot_group(w + k0, scales, len, inp + m0 * p.ldi + k0, p.ldi, rows, part);
+        for (int r = 0; r < rows; r++) sums[m0 + r] += part[r];
+      }
+    }
+    for (int64_t m = 0; m < p.M; m++) out[m * p.ldo + n] = sums[m] + bias;
+  }
+}
+
+void matmul_rows(const MatmulParams& p) {
+  switch (p.weight.dtype) {
+    case DType::F32: matmul_rows_typed<float>(p); break;
+    case DType::BF16: matmul_rows_typed<hwy::bfloat16_t>(p); break;
+    case DType::F16: matmul_rows_typed<hwy::float16_t>(p); break;
+    case DType::I8: matmul_rows_typed<int8_t>(p); break;
+  }
+}
+
+template <class T>
+void widen_rows_typed(float* out, const WeightView& wv, int64_t row0, int64_t rows, int K) {
+  const DF df;
+  const int N = static_cast<int>(hn::Lanes(df));
+  const int64_t blocks = q8_blocks(K);
+#pragma omp parallel for schedule(static) if (rows * K > 65536)
+  for (int64_t r = 0; r < rows; r++) {
+    const T* w = static_cast<const T*>(wv.data) + (row0 + r) * K;
+    float* o = out + r * K;
+    if constexpr (std::is_same_v<T, int8_t>) {
+      thread_local std::vector<float> scales;
+      scales.resize(static_cast<size_t>(blocks));
+      widen_scales(scales.data(), wv.scales + (row0 + r) * blocks, blocks);
+      for (int64_t b = 0; b < blocks; b++) {
+        const int k0 = static_cast<int>(b * kQ8Block), k1 = std::min(K, k0 + kQ8Block);
+        const float s = scales[b];
+        int k = k0;
+        if (k1 - k0 == kQ8Block) {
+          for (; k < k1; k += N) hn::StoreU(hn::Mul(load_w(df, w + k), hn::Set(df, s)), df, o + k);
+        }
+        for (; k < k1; k++) o[k] = s * static_cast<float>(w[k]);
+      }
+    } else {
+      int k = 0;
+      for (; k + N <= K; k += N) hn::StoreU(load_w(df, w + k), df, o + k);
+      for (; k < K; k++) o[k] = widen(w[k]);
+    }
+  }
+}
+
+void widen_rows(float* out, const WeightView& w, int64_t row0, int64_t rows, int K) {
+  switch (w.dtype) {
+    case DType::F32: widen_rows_typed<float>(out, w, row0, rows, K); break;
+    case DType::BF16: widen_rows_typed<hwy::bfloat16_t>(out, w, row0, rows, K); break;
+    case DType::F16: widen_rows_typed<hwy::float16_t>(out, w, row0, rows, K); break;
+    case DType::I8: widen_rows_typed<int8_t>(out, w, row0, rows, K); break;
+  }
+}
+
+}  // namespace mamba::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace mamba::cpu {
+
+HWY_EXPORT(matmul_rows);
+HWY_EXPORT(widen_rows);
+
+void matmul_rows(const MatmulParams& p) {
+  if (p.M <= 0 || p.N <= 0) return;
+  HWY_DYNAMIC_DISPATCH(matmul_rows)(p);
+}
+
+void widen_rows(float* out, const WeightView& w, int64_t row0, int64_t rows, int K) {
+  HWY_DYNAMIC_DISPATCH(widen_rows)(out, w, row0, rows, K);
+}
+
+namespace {
+int64_t g_restricted = 0;  // the one target restrict_simd chose, or 0 for the best
+}  // namespace
+
+std::vector<SimdTarget> simd_targets() {
+  hwy::SetSupportedTargetsForTest(0);  // the CPU's own, not the restriction
+  const int64_t supported = hwy::SupportedTargets();
+  hwy::SetSupportedTargetsForTest(g_restricted);
+  std::vector<SimdTarget> targets;
+  for (int64_t bits = HWY_TARGETS; bits != 0; bits &= bits - 1) {  // lower bits are better targets
+    const int64_t bit = bits & -bits;
+    targets.push_back({hwy::TargetName(bit), bit, (supported & bit) != 0});
+  }
+  return targets;
+}
+
+std::string simd_target() {
+  const int64_t bits = hwy::SupportedTargets() & HWY_TARGETS;
+  return hwy::TargetName(bits & -bits);
+}
+
+bool restrict_simd(std::string_view name) {
+  int64_t bit = 0;
+  if (!name.empty()) {
+    for (const SimdTarget& t : simd_targets()) {
+      if (t.name == name && t.supported) bit = t.bit;
+    }
+    if (!bit) return false;
+  }
+  g_restricted = bit;
+  hwy::SetSupportedTargetsForTest(bit);
+  hwy::GetChosenTarget().Update(hwy::SupportedTargets());
+  return true;
+}
+
+}  // namespace mamba::cpu
+#endif  // HWY_ONCE
