@@ -459,6 +459,10 @@ TEST(IssueCases, NonFiniteWeightsAreNamedAtLoad) {
   }
   const auto bf16 = poisoned(tmp, kBF16, "backbone.layers.2.mixer.A_log", 3, nan);
   expect_error([&] { Model::load(bf16); }, {"backbone.layers.2.mixer.A_log", "non-finite", "at index 3"});
+  // A matrix kept in its own type is checked in that type: bf16 as it is, and as int8 after quantizing.
+  const auto bf16_matrix = poisoned(tmp, kBF16, "backbone.layers.1.mixer.in_proj.weight", 7, inf);
+  expect_error([&] { Model::load(bf16_matrix); }, {"in_proj.weight", "non-finite", "at index 7"});
+  expect_error([&] { Model::load(bf16_matrix, DType::I8); }, {"in_proj.weight", "non-finite", "at index 7"});
 }
 
 TEST(IssueCases, NonFiniteLogitsStopScoringGenerationAndPerplexity) {
