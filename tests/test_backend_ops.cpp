@@ -18,6 +18,7 @@
 #include "ops/backend.h"
 #include "ops/cpu/backward.h"
 #include "ops/cpu/ops.h"
+#include "ops/cpu/optimizer.h"
 
 namespace mamba {
 namespace {
@@ -117,7 +118,7 @@ class BackendOps : public ::testing::TestWithParam<std::tuple<Target, DType>> {
   // Whether the backend takes this op with activations in the dtype under test; prints why not.
   bool runs(OpQuery q) {
     q.dtype = dtype_;
-    if (q.op == Op::Matmul || q.op == Op::Embedding) q.weight = dtype_;
+    if (q.op == Op::Matmul || q.op == Op::Embedding || q.op == Op::MatmulBwd || q.op == Op::Xent) q.weight = dtype_;
     const std::string why = b_->unsupported(q);
     if (!why.empty()) std::printf("  not run on %s: %s\n", b_->describe().c_str(), why.c_str());
     return why.empty();
@@ -445,6 +446,178 @@ TEST_P(BackendOps, Conv1dBackward) {
   EXPECT_LE(rel_err(d_dw.read(), dw), tol);
   EXPECT_LE(rel_err(d_db.read(), db), tol);
   EXPECT_LE(rel_err(d_dtail.read(), dtail), tol);
+}
+
+// The backward ops the model's training needs beyond the scan and the conv, the fused head + loss and the
+// optimizer step, against the CPU's kernels, with parameter gradients starting from non-zero values (they
+// accumulate) and activation gradients from garbage where the contract writes them.
+TEST_P(BackendOps, EmbeddingBackward) {
+  if (!runs({Op::EmbeddingBwd})) GTEST_SKIP();
+  for (int64_t M : {int64_t{1}, int64_t{13}, int64_t{700}}) {
+    Rng rng(M + 21);
+    const int V = 37, C = 300;  // more than one block of columns
+    auto dout = randn(M * C, rng), dtable = randn(int64_t{V} * C, rng);
+    round_to(dout, dtype_);
+    std::vector<int32_t> ids(M);
+    for (int64_t m = 0; m < M; m++) ids[m] = static_cast<int32_t>(rng.below(m % 3 ? V : 3));  // many repeats
+    ids[0] = V - 1;
+    Array d_dout(*b_, dout, dtype_), d_dtable(*b_, dtable, DType::F32);
+    Buffer d_ids(*b_, sizeof(int32_t) * M);
+    b_->upload(d_ids.data(), ids.data(), sizeof(int32_t) * M);
+    const EmbeddingBwdParams p{dtype_, d_dtable.f32(), d_dout.data(), d_ids.as<int32_t>(), M, C};
+    Buffer ws(*b_, std::max<size_t>(1, b_->embedding_bwd_workspace(p)));
+    b_->embedding_bwd(p, ws.data());
+    std::vector<float> want = dtable;
+    cpu::embedding_backward(want.data(), dout.data(), ids.data(), M, C);
+    EXPECT_EQ(d_dtable.read(), want) << "M " << M;  // the same additions in the same order: exact
+  }
+}
+
+TEST_P(BackendOps, RmsNormBackward) {
+  if (!runs({Op::RmsNormBwd})) GTEST_SKIP();
+  for (int64_t M : {int64_t{9}, int64_t{300}}) {
+    for (int C : {1, 24, 768, 1037}) {
+      Rng rng(M * 7 + C);
+      auto dout = randn(M * C, rng), residual = randn(M * C, rng, 3.0), weight = randn(C, rng),
+           dresid = randn(M * C, rng), dweight = randn(C, rng);
+      round_to(dout, dtype_);
+      Array d_dout(*b_, dout, dtype_), d_res(*b_, residual, DType::F32), d_w(*b_, weight, DType::F32),
+          d_dresid(*b_, dresid, DType::F32), d_dw(*b_, dweight, DType::F32);
+      const RmsNormBwdParams p{dtype_, d_dresid.f32(), d_dw.f32(), d_dout.data(), d_res.f32(), d_w.f32(), M, C, 1e-5f};
+      Buffer ws(*b_, std::max<size_t>(1, b_->rmsnorm_bwd_workspace(p)));
+      b_->rmsnorm_bwd(p, ws.data());
+      std::vector<float> want_dr = dresid, want_dw = dweight;
+      cpu::residual_rmsnorm_backward(want_dr.data(), want_dw.data(), dout.data(), residual.data(), weight.data(), M, C,
+                                     1e-5f);
+      // fp32 arithmetic from the same rounded inputs in every dtype: only the order of the sums differs.
+      EXPECT_LE(rel_err(d_dresid.read(), want_dr), 2e-5) << "M " << M << " C " << C;
+      EXPECT_LE(rel_err(d_dw.read(), want_dw), 2e-5) << "M " << M << " C " << C;
+    }
+  }
+}
+
+struct MatmulBwdShape {
+  int64_t M;
+  int K, N;
+  int pad_in, pad_out;
+  bool bias, accumulate, dinp;
+};
+
+TEST_P(BackendOps, MatmulBackward) {
+  if (!runs({Op::MatmulBwd})) GTEST_SKIP();
+  const MatmulBwdShape shapes[] = {{1, 24, 37, 0, 0, false, false, true},  {5, 33, 70, 3, 5, true, false, true},
+                                   {64, 48, 130, 0, 7, false, true, true}, {130, 70, 17, 9, 0, true, true, true},
+                                   {37, 16, 40, 0, 0, true, false, false}, {3, 1, 1, 0, 0, false, false, true}};
+  for (const MatmulBwdShape& s : shapes) {
+    Rng rng(s.M * 1000 + s.K + s.N + 7);
+    const int64_t ldi = s.K + s.pad_in, ldo = s.N + s.pad_out;
+    auto inp = randn(s.M * ldi, rng), dout = randn(s.M * ldo, rng), w = randn(int64_t{s.N} * s.K, rng, 1.0 / std::sqrt(s.K)),
+         dinp = randn(s.M * ldi, rng), dw = randn(int64_t{s.N} * s.K, rng), db = randn(s.N, rng);
+    for (auto* v : {&inp, &dout, &w, &dinp}) round_to(*v, dtype_);
+    Array d_inp(*b_, inp, dtype_), d_dout(*b_, dout, dtype_), d_w(*b_, w, dtype_), d_dinp(*b_, dinp, dtype_),
+        d_dw(*b_, dw, DType::F32), d_db(*b_, db, DType::F32);
+    MatmulBwdParams p;
+    p.dtype = dtype_;
+    p.dinp = s.dinp ? d_dinp.data() : nullptr, p.lddi = ldi, p.accumulate = s.accumulate;
+    p.dweight = d_dw.f32(), p.dbias = s.bias ? d_db.f32() : nullptr;
+    p.dout = d_dout.data(), p.ldo = ldo, p.inp = d_inp.data(), p.ldi = ldi;
+    p.weight = WeightView{d_w.data(), dtype_};
+    p.M = s.M, p.K = s.K, p.N = s.N;
+    b_->matmul_bwd(p);
+    std::vector<float> want_dinp = dinp, want_dw = dw, want_db = db;
+    if (s.dinp && !s.accumulate) {
+      for (int64_t m = 0; m < s.M; m++) std::fill_n(want_dinp.begin() + m * ldi, s.K, 0.0f);  // written, not added to
+    }
+    cpu::matmul_backward(s.dinp ? want_dinp.data() : nullptr, ldi, want_dw.data(), s.bias ? want_db.data() : nullptr,
+                         dout.data(), ldo, inp.data(), ldi, w.data(), s.M, s.K, s.N);
+    const std::string where = std::to_string(s.M) + " × " + std::to_string(s.K) + " · " + std::to_string(s.N);
+    EXPECT_LE(rel_err(d_dinp.read(), want_dinp), 2 * tolerance(dtype_)) << where;  // the padding left as it was
+    EXPECT_LE(rel_err(d_dw.read(), want_dw), 2e-5) << where;  // fp32 sums of products of the same rounded values
+    EXPECT_LE(rel_err(d_db.read(), want_db), 2e-5) << where;
+  }
+}
+
+struct XentShape {
+  int64_t M;
+  int C, V;
+  int ignored;  // every k-th target is ignore_index (0: none; 1: all)
+  bool head_grad;
+};
+
+TEST_P(BackendOps, LmHeadCrossEntropy) {
+  if (!runs({Op::Xent})) GTEST_SKIP();
+  std::vector<XentShape> shapes = {{1, 16, 5, 0, true}, {37, 24, 300, 3, true}, {19, 70, 1000, 1, true},
+                                   {300, 8, 257, 0, false}};
+  // More rows than one chunk of logits holds (2^26 logits) on a GPU; the CPU's chunks are 256 rows.
+  if (!b_->host_memory()) shapes.push_back({1400, 16, 50280, 5, true});
+  for (const XentShape& s : shapes) {
+    Rng rng(s.M + s.V);
+    auto hidden = randn(s.M * s.C, rng), w = randn(int64_t{s.V} * s.C, rng, 2.0 / std::sqrt(s.C)),
+         dw = randn(int64_t{s.V} * s.C, rng);
+    round_to(hidden, dtype_);
+    round_to(w, dtype_);
+    std::vector<int32_t> targets(s.M);
+    for (int64_t m = 0; m < s.M; m++) {
+      targets[m] = s.ignored && m % s.ignored == 0 ? -100 : static_cast<int32_t>(rng.below(s.V));
+    }
+    Array d_hidden(*b_, hidden, dtype_), d_w(*b_, w, dtype_), d_dw(*b_, dw, DType::F32),
+        d_dhidden(*b_, std::vector<float>(s.M * s.C, 7.0f), dtype_), d_loss(*b_, {7.0f}, DType::F32);
+    Buffer d_targets(*b_, sizeof(int32_t) * s.M);
+    b_->upload(d_targets.data(), targets.data(), sizeof(int32_t) * s.M);
+    XentParams p;
+    p.dtype = dtype_, p.loss = d_loss.f32(), p.dhidden = d_dhidden.data(), p.dweight = s.head_grad ? d_dw.f32() : nullptr;
+    p.hidden = d_hidden.data(), p.weight = WeightView{d_w.data(), dtype_}, p.targets = d_targets.as<int32_t>();
+    p.M = s.M, p.C = s.C, p.V = s.V;
+    Buffer ws(*b_, std::max<size_t>(1, b_->xent_workspace(p)));
+    b_->xent(p, ws.data());
+    std::vector<float> want_dh(s.M * s.C), want_dw = dw, scratch(256 * static_cast<size_t>(s.V));
+    const float want_loss = cpu::lm_head_cross_entropy(want_dh.data(), want_dw.data(), hidden.data(), w.data(),
+                                                       targets.data(), s.M, s.C, s.V, -100, scratch.data(), 256);
+    if (!s.head_grad) want_dw = dw;
+    const std::string where = "M " + std::to_string(s.M) + " V " + std::to_string(s.V);
+    EXPECT_LE(std::abs(d_loss.read()[0] - want_loss), 1e-5 * std::max(1.0f, std::abs(want_loss))) << where;
+    EXPECT_LE(rel_err(d_dhidden.read(), want_dh), 2 * tolerance(dtype_)) << where;
+    EXPECT_LE(rel_err(d_dw.read(), want_dw), dtype_ == DType::F32 ? 2e-5 : 2e-2) << where;
+  }
+}
+
+TEST_P(BackendOps, AdamWWithClipping) {
+  if (dtype_ != DType::F32) GTEST_SKIP() << "the optimizer's buffers are fp32 whatever the activations' dtype";
+  if (!runs({Op::AdamW})) GTEST_SKIP();
+  const std::vector<AdamWRange> ranges = {{0, 1000, true}, {1000, 70001, false}, {71001, 3, true}, {71004, 200000, true}};
+  const int64_t n = 271004;
+  struct Case {
+    float grad_scale;
+    double max_norm;
+    int64_t step;
+  };
+  for (const Case& k : {Case{1.0f, 0.0, 1}, Case{0.5f, 1.0, 3}, Case{0.25f, 1e3, 7}}) {
+    Rng rng(k.step);
+    auto params = randn(n, rng), grads = randn(n, rng, 0.01), m = randn(n, rng, 0.01), v = randn(n, rng, 1e-4);
+    for (float& x : v) x = std::abs(x);
+    Array d_p(*b_, params, DType::F32), d_g(*b_, grads, DType::F32), d_m(*b_, m, DType::F32), d_v(*b_, v, DType::F32);
+    Buffer d_norm(*b_, sizeof(double));
+    AdamWParams p;
+    p.params = d_p.f32(), p.grads = d_g.f32(), p.m = d_m.f32(), p.v = d_v.f32(), p.n = n;
+    p.ranges = ranges.data(), p.n_ranges = static_cast<int>(ranges.size());
+    p.norm = d_norm.as<double>(), p.grad_scale = k.grad_scale, p.max_norm = k.max_norm, p.step = k.step;
+    p.lr = 3e-3, p.weight_decay = 0.1;
+    Buffer ws(*b_, std::max<size_t>(1, b_->adamw_workspace(p)));
+    b_->adamw(p, ws.data());
+    double norm = 0;
+    b_->download(&norm, d_norm.data(), sizeof(double));
+    AdamWParams q = p;
+    double want_norm = 0;
+    q.params = params.data(), q.grads = grads.data(), q.m = m.data(), q.v = v.data(), q.norm = &want_norm;
+    cpu::adamw(q);
+    const std::string where = "scale " + std::to_string(k.grad_scale) + " clip " + std::to_string(k.max_norm);
+    EXPECT_LE(std::abs(norm - want_norm), 1e-12 * want_norm) << where;  // double sums in another order
+    // The same fp32 formulas; contractions into FMA may differ by an ulp per operation.
+    EXPECT_LE(rel_err(d_g.read(), grads), 1e-6) << where;
+    EXPECT_LE(rel_err(d_m.read(), m), 1e-6) << where;
+    EXPECT_LE(rel_err(d_v.read(), v), 1e-6) << where;
+    EXPECT_LE(rel_err(d_p.read(), params), 1e-6) << where;
+  }
 }
 
 TEST_P(BackendOps, Argmax) {

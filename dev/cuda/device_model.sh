@@ -4,10 +4,12 @@
 # inference benchmarks beside the official model's (../shared/official, copied to .official) in the same run.
 #   here, once:   dev/cuda/device_prefix.sh
 #                 mkdir -p .official && cp -r ../shared/official/. .official/ && echo /.official/ >> .git/info/exclude
-#   the call:     carry [".device", ".official"], command: OUT=$OUT bash dev/cuda/device_model.sh [tests] [sanitize] [suite] [bench] [official] [profile]
+#   the call:     carry [".device", ".official"], command: OUT=$OUT bash dev/cuda/device_model.sh [tests] [sanitize] [suite] [bench] [official] [profile] [train]
 # (tests: the GPU's test programs; sanitize: compute-sanitizer memcheck and racecheck on them; suite: the
-# whole ctest suite as CI runs it; bench, official: the figures; profile: ncu over decode steps)
-# Logs go to $OUT: build.txt, tests.txt, sanitizer.txt, bench.jsonl, official.jsonl.
+# whole ctest suite as CI runs it; bench, official: the figures; profile: ncu over decode steps; train: the
+# training tests, compute-sanitizer on training ops, the training benchmark beside the official one)
+# Logs go to $OUT: build.txt, tests.txt, sanitizer.txt, bench.jsonl, official.jsonl, train_tests.txt,
+# train_sanitizer.txt, train_bench.jsonl.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 steps=${*:-tests sanitize bench official}
@@ -83,3 +85,29 @@ if [[ " $steps " == *" profile "* ]]; then
   echo "profile: $(( $(date +%s) - t0 )) s"
 fi
 
+if [[ " $steps " == *" train "* ]]; then
+  t0=$(date +%s)
+  # The training ops against the CPU, then the model's gradients, trajectories, resume and checkpoints.
+  {
+    cd_run timeout 300 $B/test_backend_ops --gtest_filter='*Backward*:*CrossEntropy*:*AdamW*'
+    cd_run timeout 500 $B/test_gpu_train
+  } > "$OUT/train_tests.txt" 2>&1
+  grep -E "^\[  (PASSED|FAILED)|FAILED  \]" "$OUT/train_tests.txt"
+  SAN='AllBackends/BackendOps.*Backward*cuda*:AllBackends/BackendOps.*CrossEntropy*cuda*:AllBackends/BackendOps.AdamW*cuda*'
+  for tool in memcheck racecheck; do
+    timeout 300 compute-sanitizer --tool $tool $B/test_backend_ops --gtest_filter="$SAN" 2>&1 | tail -5
+    timeout 300 compute-sanitizer --tool $tool $B/test_gpu_train --gtest_filter='GpuTraining.TrainingFixture*' 2>&1 | tail -5
+  done > "$OUT/train_sanitizer.txt"
+  grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/train_sanitizer.txt"
+  # The shapes; fp32 (the exact mode; bf16 mixed precision is refused until it is built). Peak
+  # rates of an H200 for the utilization: 67 TFLOP/s fp32, 989 bf16 dense.
+  {
+    for shape in "130m 8" "370m 8" "1.4b 4"; do set -- $shape
+      $B/mambacpp bench-train --preset $1 --batch $2 --seq-len 2048 --steps 10 --warmup 2 --device cuda --dtype fp32 --peak-tflops 67
+      $B/mambacpp bench-train --preset $1 --batch $2 --seq-len 2048 --steps 10 --warmup 2 --device cuda --dtype bf16 --peak-tflops 989
+    done
+    [ -d .official ] && python3 .official/build.py >/dev/null 2>&1 && python3 .official/bench.py train
+  } > "$OUT/train_bench.jsonl" 2>&1
+  cat "$OUT/train_bench.jsonl"
+  echo "train: $(( $(date +%s) - t0 )) s"
+fi

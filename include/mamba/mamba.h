@@ -430,7 +430,7 @@ struct QuantizeSummary {
 // folder loads as any other; `mambacpp quantize`.
 QuantizeSummary quantize_model(const std::filesystem::path& dir, const std::filesystem::path& out);
 
-// ---- training (CPU, fp32) ----
+// ---- training (fp32, on the CPU or a GPU) ----
 
 struct TrainOptions {
   // Data, one of three: text files or folders (byte-level: bytes and an end-of-document token),
@@ -447,6 +447,9 @@ struct TrainOptions {
   // stopped), as must the shape and the kind of data.
   std::filesystem::path resume;
   std::filesystem::path init_from;  // fine-tune this model folder instead of a new model
+  // Where parameters, gradients and AdamW's moments live and the steps run: "cpu", "cuda" or "cuda:N".
+  // Checkpoints are the same files on every device: a run may resume on another.
+  std::string device = "cpu";
   // A new model's shape (InitOptions' fields; the vocabulary comes from the data).
   std::string preset;
   int d_model = 0, n_layer = 0, d_state = 16, d_conv = 4, expand = 2, dt_rank = 0;
@@ -520,6 +523,7 @@ class Training {
   int64_t val_tokens() const;
   int64_t val_documents() const;
   int64_t activation_bytes() const;
+  std::string describe() const;  // the backend it runs on, in one line
   bool fixed_batch() const;  // trains on one fixed batch, whose own loss is the validation loss
   // Whether validation runs on training windows, for want of validation data (too few documents for the
   // split, or a validation stream shorter than seq_len + 1 tokens); log.jsonl marks those evaluations.

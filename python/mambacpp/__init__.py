@@ -51,7 +51,7 @@ _TRAIN_OPTIONS = (
     "val_every", "init_from", "resume", "preset", "d_model", "n_layer", "d_state", "d_conv", "expand", "dt_rank",
     "batch", "seq_len", "accum", "steps", "warmup", "lr", "lr_min", "schedule", "weight_decay", "clip", "beta1",
     "beta2", "adam_eps", "seed", "sequential", "scan_chunk", "eval_every", "eval_batches", "save_every", "keep",
-    "fixed_batch", "dump_grads",
+    "fixed_batch", "dump_grads", "device",
 )
 
 
@@ -67,7 +67,7 @@ def _paths(value, name):
 
 
 def train(data=None, out=None, *, tokens=None, on_step=None, **options):
-    """Trains a Mamba language model on the CPU (fp32) and returns a TrainSummary.
+    """Trains a Mamba language model (fp32, on the CPU or with device="cuda" a GPU); returns a TrainSummary.
 
     data: text files or folders (byte-level: bytes and an end-of-document token), or tokens: token files
     (MAMBATOK header), or fixed_batch: an integer .npy (B, L + 1) of rows trained on at every step. out:
@@ -97,7 +97,7 @@ def train(data=None, out=None, *, tokens=None, on_step=None, **options):
             setattr(o, key, value)
         except TypeError:
             raise TypeError(f"train(): {key}={value!r} has the wrong type") from None
-    o.given = [key for key in options if key not in ("init_from", "resume", "fixed_batch", "dump_grads")]
+    o.given = [key for key in options if key not in ("init_from", "resume", "fixed_batch", "dump_grads", "device")]
     if on_step is not None and not callable(on_step):
         raise TypeError("on_step: expected a callable taking a TrainStep")
     return _core._train(o, on_step)

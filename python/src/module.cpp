@@ -777,6 +777,7 @@ PYBIND11_MODULE(_core, mod) {
       .def_readwrite("out", &TrainOptions::out)
       .def_readwrite("resume", &TrainOptions::resume)
       .def_readwrite("init_from", &TrainOptions::init_from)
+      .def_readwrite("device", &TrainOptions::device)
       .def_readwrite("preset", &TrainOptions::preset)
       .def_readwrite("d_model", &TrainOptions::d_model)
       .def_readwrite("n_layer", &TrainOptions::n_layer)

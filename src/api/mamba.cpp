@@ -992,6 +992,7 @@ Training::Training(const TrainOptions& o) : impl_(std::make_unique<Impl>()) {
   };
   const bool shape_given = !o.preset.empty() || o.d_model || o.n_layer;
   mamba::TrainOptions t = trainer_options(o);
+  Backend& backend = Backend::get(Device::parse(o.device));
 
   if (!o.resume.empty()) {
     const std::string where = "train " + name("resume");
@@ -1038,7 +1039,7 @@ Training::Training(const TrainOptions& o) : impl_(std::make_unique<Impl>()) {
       changes[key] = given[key];
     }
     impl_->data = load_data(saved_config.eos_token_id, split);
-    impl_->trainer.emplace(Trainer::resume(o.resume, *impl_->data, changes, o.out));
+    impl_->trainer.emplace(Trainer::resume(o.resume, *impl_->data, changes, o.out, backend));
     for (const auto& [key, change] : impl_->trainer->resume_changes().items()) {
       impl_->changes.push_back(OptionChange{key, json_brief(change[0]), json_brief(change[1])});
     }
@@ -1078,10 +1079,13 @@ Training::Training(const TrainOptions& o) : impl_(std::make_unique<Impl>()) {
     t.fixed_batch = fixed;
     t.val_every = fixed ? -1 : o.val_every;
     t.validate("train");
-    // Checked before the parameters are built: a shape that cannot fit is refused with the figure.
-    mamba::check_memory(Trainer::bytes_needed(c, t), "train: " + std::to_string(c.parameter_count()) +
-                                                         " parameters on batches of " + std::to_string(t.batch) +
-                                                         " × " + std::to_string(t.seq_len) + " tokens");
+    // Checked before the parameters are built: a shape that cannot fit is refused with the figure (a
+    // GPU's allocations say themselves what they lack).
+    if (backend.host_memory()) {
+      mamba::check_memory(Trainer::bytes_needed(c, t), "train: " + std::to_string(c.parameter_count()) +
+                                                           " parameters on batches of " + std::to_string(t.batch) +
+                                                           " × " + std::to_string(t.seq_len) + " tokens");
+    }
     std::vector<float> params;
     if (base) {
       params = base->params_f32();
@@ -1090,7 +1094,7 @@ Training::Training(const TrainOptions& o) : impl_(std::make_unique<Impl>()) {
       params.assign(static_cast<size_t>(param_layout_size(param_specs(c))), 0.0f);
       init_params(params.data(), c, param_specs(c), o.seed);
     }
-    impl_->trainer.emplace(c, std::move(params), data, t, o.out);
+    impl_->trainer.emplace(c, std::move(params), data, t, o.out, backend);
   }
   if (!o.dump_grads.empty()) impl_->trainer->dump_gradients_to(o.dump_grads);
   impl_->config = public_config(impl_->trainer->config());
@@ -1113,6 +1117,7 @@ int64_t Training::train_documents() const { return impl_->data->train.documents;
 int64_t Training::val_tokens() const { return static_cast<int64_t>(impl_->data->val.tokens.size()); }
 int64_t Training::val_documents() const { return impl_->data->val.documents; }
 int64_t Training::activation_bytes() const { return impl_->trainer->activation_bytes(); }
+std::string Training::describe() const { return impl_->trainer->backend().describe(); }
 bool Training::fixed_batch() const { return impl_->trainer->options().fixed_batch; }
 bool Training::validates_on_training_data() const { return impl_->trainer->validates_on_training_data(); }
 

@@ -18,6 +18,7 @@ void add_info(CLI::App& app);
 void add_init(CLI::App& app);
 void add_score(CLI::App& app);
 void add_bench(CLI::App& app);
+void add_bench_train(CLI::App& app);
 void add_quantize(CLI::App& app);
 void add_train(CLI::App& app);
 void add_generate(CLI::App& app);

@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   mamba::cli::add_init(app);
   mamba::cli::add_score(app);
   mamba::cli::add_bench(app);
+  mamba::cli::add_bench_train(app);
   mamba::cli::add_quantize(app);
   mamba::cli::add_train(app);
   mamba::cli::add_generate(app);

@@ -116,9 +116,9 @@ void add_tasks(CLI::App& app) {
   cmd->require_subcommand(1);
 
   // ---- tasks train ----
-  auto* train = cmd->add_subcommand("train", "Train a small Mamba on a synthetic task (CPU, fp32)");
+  auto* train = cmd->add_subcommand("train", "Train a small Mamba on a synthetic task (fp32, on the CPU or a GPU)");
   struct TrainFlags {
-    std::string task, out, ssm = "selective", init_from;
+    std::string task, out, ssm = "selective", init_from, device = "cpu";
     int64_t length = 256;
     int n_data = 16, d_model = 64, n_layer = 2;
     int64_t save_every = 0;
@@ -133,6 +133,8 @@ void add_tasks(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   train->add_option("--ssm", t.ssm, "SSM: selective (S6) or lti (the Table 1 ablation)")->capture_default_str()
       ->check(CLI::IsMember({"selective", "lti"}));
+  train->add_option("--device", t.device, "Where to train: cpu, cuda or cuda:N (fp32; the held-out evaluations run on the CPU)")
+      ->capture_default_str();
   train->add_option("--init-from", t.init_from, "Continue from this task model (e.g. trained at a shorter length)");
   train->add_option("--d-model", t.d_model, "Model width")->capture_default_str()->check(CLI::PositiveNumber);
   train->add_option("--n-layer", t.n_layer, "Layers")->capture_default_str()->check(CLI::PositiveNumber);
@@ -160,6 +162,7 @@ void add_tasks(CLI::App& app) {
       throw Error("tasks train: --save-every " + std::to_string(t.save_every) + " must be a multiple of --eval-every " +
                   std::to_string(t.opt.eval_every) + " (models are saved at the held-out evaluations)");
     }
+    Backend& backend = Backend::get(Device::parse(t.device));
     TaskSpec spec;
     spec.kind = parse_task(t.task);
     spec.length = t.length;
@@ -212,7 +215,7 @@ void add_tasks(CLI::App& app) {
         now.steps = step, now.seconds = secs, now.loss = loss, now.accuracy = acc;
         save(std::filesystem::path(t.out) / ("step-" + std::to_string(step)), params, now);
       }
-    }, &stop_on_signals());
+    }, &stop_on_signals(), backend);
     if (r.interrupted) std::fprintf(stderr, "interrupted at step %lld; saving\n", static_cast<long long>(r.steps));
     save(t.out, std::move(params), r);
     std::fprintf(stderr, "done: %lld steps in %.1f s; held-out accuracy %.2f%% at length %lld; saved %s\n",

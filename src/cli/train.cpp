@@ -35,10 +35,10 @@ std::string flag_of(const std::string& field) {
 }  // namespace
 
 void add_train(CLI::App& app) {
-  auto* cmd = app.add_subcommand("train", "Train a model on text, token files or a checkpoint's data (CPU, fp32)");
+  auto* cmd = app.add_subcommand("train", "Train a model on text, token files or a checkpoint's data (fp32, on the CPU or a GPU)");
   struct Options {
     ShapeFlags shape;
-    std::string init_from, out, resume, fixed_batch, dump_grads, progress = "auto";
+    std::string init_from, out, resume, fixed_batch, dump_grads, progress = "auto", device = "cpu";
     std::vector<std::string> data, tokens;
     int val_every = 20;
     api::TrainOptions train;
@@ -64,6 +64,10 @@ void add_train(CLI::App& app) {
                   "Continue exactly from a run folder or checkpoint; of the options given with it, the schedule, "
                   "optimizer, evaluation and checkpoint ones are applied, the others must equal the run's")
       ->excludes(init_from);
+  cmd->add_option("--device", o.device,
+                  "Where to train: cpu, cuda or cuda:N (fp32 on either; checkpoints are the same files, so a run "
+                  "may resume on another device)")
+      ->capture_default_str();
   cmd->add_option("--dump-grads", o.dump_grads,
                   "Write the first step's gradients (mean over micro-batches, before clipping) to this .safetensors");
   api::TrainOptions& t = o.train;
@@ -109,6 +113,7 @@ void add_train(CLI::App& app) {
     run.resume = o.resume;
     run.init_from = o.init_from;
     run.dump_grads = o.dump_grads;
+    run.device = o.device;
     run.option_name = flag_of;
     for (const auto& [option, field] : option_flags) {
       if (option->count() > 0) run.given.push_back(field);
@@ -144,10 +149,11 @@ void add_train(CLI::App& app) {
       const api::ModelConfig& c = training.config();
       std::fprintf(stderr,
                    "model: %lld parameters (d_model %d, %d layers); data: %lld training tokens in %lld documents, "
-                   "%lld validation tokens; activations %.1f MiB\n",
+                   "%lld validation tokens; activations %.1f MiB; on %s\n",
                    static_cast<long long>(c.parameters), c.d_model, c.n_layer,
                    static_cast<long long>(training.train_tokens()), static_cast<long long>(training.train_documents()),
-                   static_cast<long long>(training.val_tokens()), training.activation_bytes() / 1048576.0);
+                   static_cast<long long>(training.val_tokens()), training.activation_bytes() / 1048576.0,
+                   training.describe().c_str());
     }
     const bool on_train = training.validates_on_training_data();
     if (training.fixed_batch()) {

@@ -87,8 +87,12 @@ Backprop::Backprop(const Config& config, int B, int L, int scan_chunk, Backend& 
   conv_bwd.dout_stride = Di;
   XentParams xent;
   xent.M = M, xent.C = static_cast<int>(d), xent.V = c.vocab_size;
+  const EmbeddingBwdParams embedding_bwd{DType::F32, nullptr, nullptr, nullptr, M, static_cast<int>(d)};
+  const RmsNormBwdParams rmsnorm_bwd{DType::F32, nullptr, nullptr, nullptr, nullptr, nullptr, M, static_cast<int>(d)};
   const size_t workspace = std::max({mixer_workspace(backend, c, DType::F32, B, L), backend.scan_bwd_workspace(scan_bwd),
-                                     backend.conv1d_bwd_workspace(conv_bwd), backend.xent_workspace(xent)});
+                                     backend.conv1d_bwd_workspace(conv_bwd), backend.xent_workspace(xent),
+                                     backend.embedding_bwd_workspace(embedding_bwd),
+                                     backend.rmsnorm_bwd_workspace(rmsnorm_bwd)});
 
   const int64_t scratch = padded(M * d) * 3 + padded(M * 2 * Di) + padded(M * Di) * 3 + padded(M * xw) +
                           padded(Di * N) * 2 + padded(int64_t{B} * (config.d_conv - 1) * Di) + padded(1) +
@@ -115,6 +119,14 @@ Backprop::Backprop(const Config& config, int B, int L, int scan_chunk, Backend& 
 
 double Backprop::step(const float* params, float* grads, const int32_t* inputs, const int32_t* targets,
                       int ignore_index) {
+  forward_backward(params, grads, inputs, targets, ignore_index, loss_);
+  float loss = 0;
+  backend_.download(&loss, loss_, sizeof(float));
+  return loss;
+}
+
+void Backprop::forward_backward(const float* params, float* grads, const int32_t* inputs, const int32_t* targets,
+                                int ignore_index, float* loss) {
   const Config& c = config_;
   const int d = c.d_model, Di = c.d_inner(), N = c.d_state, R = c.dt_rank, K = c.d_conv, V = c.vocab_size;
   const int xw = R + 2 * N;
@@ -165,16 +177,14 @@ double Backprop::step(const float* params, float* grads, const int32_t* inputs, 
 
   // ---- loss, and the backward in exact reverse order ----
   XentParams xent;
-  xent.loss = loss_, xent.dhidden = dnormed_, xent.dweight = grads ? mut(g_.lm_head.f32()) : nullptr;
+  xent.loss = loss, xent.dhidden = dnormed_, xent.dweight = grads ? mut(g_.lm_head.f32()) : nullptr;
   xent.hidden = normed_f_, xent.weight = w.lm_head, xent.targets = targets;
   xent.M = M, xent.C = d, xent.V = V, xent.ignore_index = ignore_index;
   b.xent(xent, workspace_);
-  float loss = 0;
-  b.download(&loss, loss_, sizeof(float));
-  if (!grads) return loss;
+  if (!grads) return;
 
   zero(dresid_, M * d);
-  b.rmsnorm_bwd({DType::F32, dresid_, mut(g_.norm_f), dnormed_, residual_f_, w.norm_f, M, d, c.norm_eps});
+  b.rmsnorm_bwd({DType::F32, dresid_, mut(g_.norm_f), dnormed_, residual_f_, w.norm_f, M, d, c.norm_eps}, workspace_);
   for (int l = c.n_layer - 1; l >= 0; l--) {
     const LayerWeights& lw = w.layers[l];
     const LayerWeights& gw = g_.layers[l];
@@ -219,10 +229,9 @@ double Backprop::step(const float* params, float* grads, const int32_t* inputs, 
     // in_proj, then the norm (which updates the residual gradient in place)
     b.matmul_bwd({DType::F32, dnormed_, d, false, mut(gw.in_proj_w.f32()), mut(gw.in_proj_b), dxz_, 2 * Di, s.normed,
                   d, lw.in_proj_w, M, d, 2 * Di});
-    b.rmsnorm_bwd({DType::F32, dresid_, mut(gw.norm), dnormed_, s.residual, lw.norm, M, d, c.norm_eps});
+    b.rmsnorm_bwd({DType::F32, dresid_, mut(gw.norm), dnormed_, s.residual, lw.norm, M, d, c.norm_eps}, workspace_);
   }
-  b.embedding_bwd({DType::F32, mut(g_.embedding.f32()), dresid_, inputs, M, d});
-  return loss;
+  b.embedding_bwd({DType::F32, mut(g_.embedding.f32()), dresid_, inputs, M, d}, workspace_);
 }
 
 }  // namespace mamba

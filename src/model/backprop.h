@@ -26,6 +26,10 @@ class Backprop {
   // once the buffers exist.
   double step(const float* params, float* grads, const int32_t* inputs, const int32_t* targets,
               int ignore_index = -100);
+  // The same work without waiting for it: the mean loss is written to `loss`, one float on the backend's
+  // device, and nothing is brought back (the trainer reads a step's losses and norm in one download).
+  void forward_backward(const float* params, float* grads, const int32_t* inputs, const int32_t* targets,
+                        int ignore_index, float* loss);
 
   // Bytes a Backprop of these sizes allocates, its own buffers and the scan backward's per-call ones,
   // computed without overflow for any sizes (core/limits.h saturates them): checked before building one.

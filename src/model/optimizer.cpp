@@ -3,49 +3,54 @@
 #include <cmath>
 #include <numbers>
 
+#include "core/error.h"
+#include "ops/cpu/optimizer.h"
+
 namespace mamba {
 
-AdamW::AdamW(const std::vector<ParamSpec>& specs, int64_t size, AdamWOptions options)
-    : options_(options), m_(static_cast<size_t>(size), 0.0f), v_(static_cast<size_t>(size), 0.0f) {
+AdamW::AdamW(const std::vector<ParamSpec>& specs, int64_t size, AdamWOptions options, Backend& backend)
+    : options_(options), backend_(backend), size_(size) {
   for (const ParamSpec& s : specs) ranges_.push_back({s.offset, s.numel, s.weight_decay});
-}
-
-void AdamW::update(float* params, const float* grads, double lr) {
-  t_++;
-  const double b1 = options_.beta1, b2 = options_.beta2;
-  const double bias1 = 1.0 - std::pow(b1, static_cast<double>(t_));
-  const double bias2_sqrt = std::sqrt(1.0 - std::pow(b2, static_cast<double>(t_)));
-  const float step_size = static_cast<float>(lr / bias1);
-  for (const Range& r : ranges_) {
-    const float decay = r.decay ? static_cast<float>(1.0 - lr * options_.weight_decay) : 1.0f;
-    float* p = params + r.offset;
-    const float* g = grads + r.offset;
-    float* m = m_.data() + r.offset;
-    float* v = v_.data() + r.offset;
-#pragma omp parallel for simd schedule(static) if (r.numel > 65536)
-    for (int64_t i = 0; i < r.numel; i++) {
-      p[i] *= decay;
-      m[i] = static_cast<float>(b1) * m[i] + static_cast<float>(1 - b1) * g[i];
-      v[i] = static_cast<float>(b2) * v[i] + static_cast<float>(1 - b2) * g[i] * g[i];
-      const float denom = std::sqrt(v[i]) / static_cast<float>(bias2_sqrt) + static_cast<float>(options_.eps);
-      p[i] -= step_size * m[i] / denom;
-    }
+  const size_t bytes = sizeof(float) * static_cast<size_t>(size);
+  m_ = Buffer(backend, bytes);
+  v_ = Buffer(backend, bytes);
+  if (bytes) {
+    backend.fill_zero(m_.data(), bytes);
+    backend.fill_zero(v_.data(), bytes);
   }
+  AdamWParams p = params(nullptr, nullptr, options.lr);
+  if (const size_t ws = backend.adamw_workspace(p)) workspace_ = Buffer(backend, ws);
 }
 
-double global_grad_norm(const float* grads, int64_t n) {
-  double sum = 0;
-  for (int64_t i = 0; i < n; i++) sum += static_cast<double>(grads[i]) * grads[i];
-  return std::sqrt(sum);
+AdamWParams AdamW::params(float* p, float* g, double lr) const {
+  AdamWParams a;
+  a.params = p, a.grads = g, a.m = m(), a.v = v(), a.n = size_;
+  a.ranges = ranges_.data(), a.n_ranges = static_cast<int>(ranges_.size());
+  a.step = t_;
+  a.lr = lr, a.beta1 = options_.beta1, a.beta2 = options_.beta2, a.eps = options_.eps;
+  a.weight_decay = options_.weight_decay;
+  return a;
 }
+
+void AdamW::step(float* params_in, float* grads, double lr, double max_norm, float grad_scale, double* norm) {
+  t_++;
+  AdamWParams a = params(params_in, grads, lr);
+  a.norm = norm, a.max_norm = max_norm, a.grad_scale = grad_scale;
+  backend_.adamw(a, workspace_.data());
+}
+
+void AdamW::update(float* params_in, const float* grads, double lr) {
+  if (!backend_.host_memory()) fail("AdamW::update takes host memory: use step() on ", backend_.describe());
+  t_++;
+  cpu::adamw_update(params(params_in, const_cast<float*>(grads), lr));  // reads grads only
+}
+
+double global_grad_norm(const float* grads, int64_t n) { return cpu::grad_norm(grads, n); }
 
 double clip_grad_norm(float* grads, int64_t n, double max_norm) {
-  const double norm = global_grad_norm(grads, n);
+  const double norm = cpu::grad_norm(grads, n);
   const double factor = max_norm / (norm + 1e-6);
-  if (max_norm > 0 && factor < 1.0) {
-    const float f = static_cast<float>(factor);
-    for (int64_t i = 0; i < n; i++) grads[i] *= f;
-  }
+  if (max_norm > 0 && factor < 1.0) cpu::scale(grads, n, static_cast<float>(factor));
   return norm;
 }
 

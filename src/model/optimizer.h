@@ -1,5 +1,6 @@
 // AdamW with torch.optim.AdamW's semantics, global-norm gradient clipping, and the learning-rate
-// schedule (linear warmup, then cosine decay to a floor, or constant).
+// schedule (linear warmup, then cosine decay to a floor, or constant). The update itself is the backend's
+// op (ops/adamw.h): the moments live on the backend's device beside the parameters.
 #pragma once
 
 #include <cstdint>
@@ -7,6 +8,7 @@
 #include <vector>
 
 #include "model/weights.h"
+#include "ops/backend.h"
 
 namespace mamba {
 
@@ -19,32 +21,41 @@ struct AdamWOptions {
 
 class AdamW {
  public:
-  AdamW(const std::vector<ParamSpec>& specs, int64_t size, AdamWOptions options);
+  // Moments for `size` parameters laid out by `specs`, zero, on `backend`.
+  AdamW(const std::vector<ParamSpec>& specs, int64_t size, AdamWOptions options, Backend& backend = Backend::cpu());
 
-  // One update of params from grads at learning rate lr (torch.optim.AdamW, amsgrad off):
+  // One optimizer step on the backend (ops/adamw.h): grads (device memory) scaled by grad_scale, the global
+  // norm written to *norm (device memory), clipped to max_norm (> 0), then params updated at learning rate
+  // lr unless the norm is not finite. Queued: nothing waits for the device.
+  void step(float* params, float* grads, double lr, double max_norm, float grad_scale, double* norm);
+
+  // One update of params from grads (host memory, the CPU backend only) at learning rate lr:
   //   p ← p − lr·λ·p (decay group only);  m ← β1 m + (1 − β1) g;  v ← β2 v + (1 − β2) g²;
   //   p ← p − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε).
   void update(float* params, const float* grads, double lr);
 
   int64_t steps() const { return t_; }
-  std::vector<float>& m() { return m_; }
-  std::vector<float>& v() { return v_; }
   void set_steps(int64_t t) { t_ = t; }
+  int64_t size() const { return size_; }
+  // The moments (size floats each) on the backend's device.
+  float* m() const { return m_.as<float>(); }
+  float* v() const { return v_.as<float>(); }
+  Backend& backend() const { return backend_; }
 
  private:
-  struct Range {
-    int64_t offset, numel;
-    bool decay;
-  };
-  std::vector<Range> ranges_;
+  AdamWParams params(float* p, float* g, double lr) const;
+
+  std::vector<AdamWRange> ranges_;
   AdamWOptions options_;
-  std::vector<float> m_, v_;
+  Backend& backend_;
+  int64_t size_;
+  Buffer m_, v_, workspace_;
   int64_t t_ = 0;
 };
 
-// √(Σ g²) over the whole buffer, in double, in a fixed order.
+// √(Σ g²) over the whole buffer (host memory), in double, in a fixed order.
 double global_grad_norm(const float* grads, int64_t n);
-// Scales grads so that their global norm is at most max_norm (torch.nn.utils.clip_grad_norm_:
+// Scales grads (host memory) so that their global norm is at most max_norm (torch.nn.utils.clip_grad_norm_:
 // factor max_norm / (norm + 1e-6) when below 1). Returns the norm before clipping.
 double clip_grad_norm(float* grads, int64_t n, double max_norm);
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "core/error.h"
@@ -204,7 +205,7 @@ TaskScore evaluate_task(const Model& model, const TaskSpec& spec, const std::vec
 TaskTrainResult train_task(const Config& config, std::vector<float>& params, const TaskSpec& spec,
                            const TaskTrainOptions& o,
                            const std::function<void(int64_t, double, double, double)>& on_eval,
-                           const std::atomic<bool>* stop) {
+                           const std::atomic<bool>* stop, Backend& backend) {
   spec.validate();
   if (config.vocab_size < spec.vocab) fail("task: the model's vocabulary is smaller than the task's ", spec.vocab);
   const auto specs = param_specs(config);
@@ -216,10 +217,18 @@ TaskTrainResult train_task(const Config& config, std::vector<float>& params, con
   bytes = sat_add(bytes, Backprop::bytes_needed(config, o.batch, T, 256));
   bytes = sat_add(bytes, forward_bytes(config, 64, std::min<int64_t>(4096, T), 64 * spec.answers(), 64 * 4096));
   check_memory(bytes, "task training of batch " + std::to_string(o.batch) + " × " + std::to_string(T) + " tokens");
-  Backprop backprop(config, o.batch, T);
-  AdamW adam(specs, static_cast<int64_t>(params.size()), AdamWOptions{o.lr, 0.9, 0.95, o.adam_eps, o.weight_decay});
+  Backprop backprop(config, o.batch, T, 256, backend);
+  AdamW adam(specs, static_cast<int64_t>(params.size()), AdamWOptions{o.lr, 0.9, 0.95, o.adam_eps, o.weight_decay},
+             backend);
   Schedule schedule{"cosine", o.lr, o.lr_floor(), o.warmup, o.steps};
-  std::vector<float> grads(params.size());
+  // Parameters and gradients on the backend's device; after each step its loss (a float) and the
+  // gradients' norm (a double) come back in one download.
+  const size_t param_bytes = sizeof(float) * params.size();
+  Buffer d_params(backend, param_bytes), d_grads(backend, param_bytes), d_stats(backend, sizeof(double) + sizeof(float));
+  backend.upload(d_params.data(), params.data(), param_bytes);
+  auto* d_norm = d_stats.as<double>();
+  auto* d_loss = reinterpret_cast<float*>(d_norm + 1);
+  auto fetch_params = [&] { backend.download(params.data(), d_params.data(), param_bytes); };
   std::vector<int32_t> inputs(static_cast<size_t>(o.batch) * T), targets(inputs.size());
   Rng rng(o.seed);
   const auto held_out = test_set(spec, o.eval_sequences, o.seed + 1);
@@ -230,22 +239,30 @@ TaskTrainResult train_task(const Config& config, std::vector<float>& params, con
   double smoothed = -1;
   while (r.steps < o.steps) {
     make_batch(spec, rng, o.batch, inputs.data(), targets.data());
-    std::fill(grads.begin(), grads.end(), 0.0f);
-    const double loss = backprop.step(params.data(), grads.data(), inputs.data(), targets.data(), kTaskIgnore);
-    const double norm = clip_grad_norm(grads.data(), static_cast<int64_t>(grads.size()), o.clip);
+    backend.fill_zero(d_grads.data(), param_bytes);
+    backprop.forward_backward(d_params.as<float>(), d_grads.as<float>(), inputs.data(), targets.data(), kTaskIgnore,
+                              d_loss);
+    adam.step(d_params.as<float>(), d_grads.as<float>(), schedule.at(r.steps), o.clip, 1.0f, d_norm);
+    unsigned char stats[sizeof(double) + sizeof(float)];
+    backend.download(stats, d_stats.data(), sizeof(stats));
+    double norm;
+    float loss;
+    std::memcpy(&norm, stats, sizeof(double));
+    std::memcpy(&loss, stats + sizeof(double), sizeof(float));
     if (!std::isfinite(loss) || !std::isfinite(norm)) fail("task training diverged at step ", r.steps + 1);
-    adam.update(params.data(), grads.data(), schedule.at(r.steps));
     r.steps++;
     smoothed = smoothed < 0 ? loss : 0.95 * smoothed + 0.05 * loss;
     r.loss = smoothed;
     r.interrupted = stop && stop->load();
     if ((o.eval_every > 0 && r.steps % o.eval_every == 0) || r.steps == o.steps || r.interrupted) {
+      fetch_params();
       Model model = Model::from_params(config, params);
       r.accuracy = evaluate_task(model, spec, held_out, 64, 4096).accuracy();
       if (on_eval) on_eval(r.steps, smoothed, r.accuracy, seconds());
       if (r.accuracy >= o.stop_accuracy || r.interrupted) break;
     }
   }
+  fetch_params();
   r.seconds = seconds();
   return r;
 }

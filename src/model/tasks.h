@@ -22,6 +22,7 @@
 #include "core/rng.h"
 #include "model/config.h"
 #include "model/model.h"
+#include "ops/backend.h"
 
 namespace mamba {
 
@@ -111,13 +112,14 @@ struct TaskTrainResult {
   double loss = 0, accuracy = 0, seconds = 0;
 };
 
-// Trains `params` (laid out by param_specs(config)) in place. `on_eval(step, loss, accuracy, seconds)`
-// is called after each evaluation, for progress and logs. Training stops early, after an evaluation,
-// once `stop` (if given) is set.
+// Trains `params` (laid out by param_specs(config)) in place, on `backend` (parameters, gradients and
+// moments on its device; `params` is brought up to date before each evaluation and at the end).
+// `on_eval(step, loss, accuracy, seconds)` is called after each evaluation, for progress and logs.
+// Training stops early, after an evaluation, once `stop` (if given) is set.
 TaskTrainResult train_task(const Config& config, std::vector<float>& params, const TaskSpec& spec,
                            const TaskTrainOptions& options,
                            const std::function<void(int64_t, double, double, double)>& on_eval = {},
-                           const std::atomic<bool>* stop = nullptr);
+                           const std::atomic<bool>* stop = nullptr, Backend& backend = Backend::cpu());
 
 // The paper's model for these tasks: 2 layers, d_model 64, vocabulary 16, other fields default.
 Config task_config(int d_model = 64, int n_layer = 2, SsmMode mode = SsmMode::Selective);

@@ -172,7 +172,7 @@ int64_t Trainer::bytes_needed(const Config& config, const TrainOptions& o) {
   return sat_add(bytes, sat_mul(sat_mul(o.batch, o.seq_len), 8));
 }
 
-TrainOptions Trainer::checked_options(const Config& config, TrainOptions o, const Dataset& data) {
+TrainOptions Trainer::checked_options(const Config& config, TrainOptions o, const Dataset& data, bool host_memory) {
   config.validate("train: the model");
   o.validate("train: options");
   if (o.fixed_batch != (data.train.rows > 0)) {
@@ -186,30 +186,38 @@ TrainOptions Trainer::checked_options(const Config& config, TrainOptions o, cons
   if (data.max_token >= config.vocab_size) {
     fail("the data has token id ", data.max_token, " but the model's vocabulary has ", config.vocab_size, " entries");
   }
-  check_memory(bytes_needed(config, o), "training " + std::to_string(config.parameter_count()) + " parameters on " +
-                                            std::to_string(o.batch) + " × " + std::to_string(o.seq_len) + " tokens");
+  // On a GPU the buffers are the device's, whose allocations fail with the sizes asked for and free.
+  if (host_memory) {
+    check_memory(bytes_needed(config, o), "training " + std::to_string(config.parameter_count()) + " parameters on " +
+                                              std::to_string(o.batch) + " × " + std::to_string(o.seq_len) + " tokens");
+  }
   if (o.lr_min < 0) o.lr_min = o.lr / 10;
   return o;
 }
 
 Trainer::Trainer(const Config& config, std::vector<float> params, const Dataset& data, TrainOptions options,
-                 std::filesystem::path out)
+                 std::filesystem::path out, Backend& backend)
     : config_(config),
-      options_(checked_options(config, options, data)),
+      options_(checked_options(config, options, data, backend.host_memory())),
       specs_(param_specs(config)),
-      params_(std::move(params)),
-      grads_(params_.size(), 0.0f),
+      backend_(backend),
+      size_(static_cast<int64_t>(params.size())),
       data_(data),
       out_(std::move(out)),
-      backprop_(config, options_.batch, options_.seq_len, options_.scan_chunk),
-      adam_(specs_, static_cast<int64_t>(params_.size()),
-            AdamWOptions{options_.lr, options_.beta1, options_.beta2, options_.adam_eps, options_.weight_decay}),
+      backprop_(config, options_.batch, options_.seq_len, options_.scan_chunk, backend),
+      adam_(specs_, size_, AdamWOptions{options_.lr, options_.beta1, options_.beta2, options_.adam_eps, options_.weight_decay},
+            backend),
       sampler_(data.train, options_.batch, options_.seq_len, options_.sequential, options_.seed),
       inputs_(static_cast<size_t>(options_.batch) * options_.seq_len),
       targets_(inputs_.size()) {
-  if (static_cast<int64_t>(params_.size()) != param_layout_size(specs_)) {
-    fail("train: the parameter buffer has ", params_.size(), " floats, the model needs ", param_layout_size(specs_));
+  if (size_ != param_layout_size(specs_)) {
+    fail("train: the parameter buffer has ", size_, " floats, the model needs ", param_layout_size(specs_));
   }
+  const size_t bytes = sizeof(float) * static_cast<size_t>(size_);
+  params_ = Buffer(backend, bytes);
+  grads_ = Buffer(backend, bytes);
+  stats_ = Buffer(backend, sizeof(double) + sizeof(float) * static_cast<size_t>(options_.accum));
+  backend.upload(params_.data(), params.data(), bytes);
   // evaluate() needs one window of seq_len + 1 validation tokens; without them it uses training data.
   val_on_train_ = data.train.rows > 0 || data.val.tokens.size() <= static_cast<size_t>(options_.seq_len);
   schedule_ = Schedule{options_.schedule, options_.lr, options_.lr_min, options_.warmup, options_.steps};
@@ -222,7 +230,7 @@ TrainerProgress Trainer::read_progress(const std::filesystem::path& dir) {
 }
 
 Trainer Trainer::resume(const std::filesystem::path& checkpoint, const Dataset& data, const nlohmann::json& changes,
-                        std::filesystem::path out) {
+                        std::filesystem::path out, Backend& backend) {
   const std::filesystem::path dir = find_checkpoint(checkpoint);
   const std::string where = (dir / "trainer.json").string();
   const TrainerProgress progress = read_progress(dir);
@@ -243,22 +251,26 @@ Trainer Trainer::resume(const std::filesystem::path& checkpoint, const Dataset& 
   Model model = Model::load(dir);
   if (model.file_dtype() != DType::F32) fail(dir.string(), ": a training checkpoint must be F32");
   std::vector<float> params = model.params_f32();
-  Trainer t(model.config(), std::move(params), data, merged, out.empty() ? dir.parent_path().parent_path() : out);
+  Trainer t(model.config(), std::move(params), data, merged, out.empty() ? dir.parent_path().parent_path() : out,
+            backend);
 
   const std::filesystem::path opt_path = dir / "optimizer.safetensors";
   SafeTensorsReader opt = SafeTensorsReader::open_file(opt_path);
+  std::vector<float> moment(static_cast<size_t>(t.size_));
   for (const char* name : {"m", "v"}) {
     const TensorView* v = opt.find(name);
-    std::vector<float>& to = std::string(name) == "m" ? t.adam_.m() : t.adam_.v();
-    if (!v || v->dtype != DType::F32 || v->numel() != static_cast<int64_t>(to.size())) {
+    if (!v || v->dtype != DType::F32 || v->numel() != t.size_) {
       fail(opt_path.string(), ": tensor ", name, " is missing or has the wrong size");
     }
-    convert_to_f32(to.data(), v->data, DType::F32, to.size());
-    check_finite(to.data(), static_cast<int64_t>(to.size()), opt_path.string() + ": tensor " + name);
-  }
-  // v is a running mean of squares: a negative entry would make √v NaN at the first update.
-  for (size_t i = 0; i < t.adam_.v().size(); i++) {
-    if (t.adam_.v()[i] < 0) fail(opt_path.string(), ": tensor v holds a negative value at index ", i);
+    convert_to_f32(moment.data(), v->data, DType::F32, moment.size());
+    check_finite(moment.data(), t.size_, opt_path.string() + ": tensor " + name);
+    // v is a running mean of squares: a negative entry would make √v NaN at the first update.
+    if (std::string(name) == "v") {
+      for (size_t i = 0; i < moment.size(); i++) {
+        if (moment[i] < 0) fail(opt_path.string(), ": tensor v holds a negative value at index ", i);
+      }
+    }
+    backend.upload(std::string(name) == "m" ? t.adam_.m() : t.adam_.v(), moment.data(), sizeof(float) * moment.size());
   }
   t.step_ = progress.step;
   t.adam_.set_steps(progress.adam_steps);
@@ -298,23 +310,38 @@ void Trainer::log(const nlohmann::json& line) {
   std::ofstream(out_ / "log.jsonl", std::ios::app) << line.dump() << "\n";
 }
 
+std::vector<float> Trainer::params() const {
+  std::vector<float> host(static_cast<size_t>(size_));
+  backend_.download(host.data(), params_.data(), sizeof(float) * host.size());
+  return host;
+}
+
 void Trainer::train_step(double* loss, double* grad_norm, double lr) {
-  std::fill(grads_.begin(), grads_.end(), 0.0f);
-  double total = 0;
+  float* params = params_.as<float>();
+  float* grads = grads_.as<float>();
+  auto* norm = stats_.as<double>();
+  auto* losses = reinterpret_cast<float*>(norm + 1);  // (accum)
+  backend_.fill_zero(grads, grads_.bytes());
   for (int a = 0; a < options_.accum; a++) {
     sampler_.next(inputs_.data(), targets_.data());
-    total += backprop_.step(params_.data(), grads_.data(), inputs_.data(), targets_.data(), options_.ignore_index);
+    backprop_.forward_backward(params, grads, inputs_.data(), targets_.data(), options_.ignore_index, losses + a);
   }
-  if (options_.accum > 1) {  // the mean of the micro-batches' gradients
-    const float f = 1.0f / static_cast<float>(options_.accum);
-    for (float& g : grads_) g *= f;
-  }
-  *loss = total / options_.accum;
+  // The mean of the micro-batches' gradients: AdamW's op scales them first.
+  const float grad_scale = options_.accum > 1 ? 1.0f / static_cast<float>(options_.accum) : 1.0f;
   if (!dump_grads_.empty()) {
+    std::vector<float> host(static_cast<size_t>(size_));
+    backend_.download(host.data(), grads, sizeof(float) * host.size());
+    if (grad_scale != 1.0f) {
+      for (float& g : host) g *= grad_scale;
+    }
+    std::vector<float> step_losses(static_cast<size_t>(options_.accum));
+    backend_.download(step_losses.data(), losses, sizeof(float) * step_losses.size());
+    double total = 0;
+    for (float l : step_losses) total += l;
     std::vector<TensorToWrite> tensors;
-    for (const ParamSpec& spec : specs_) tensors.push_back({spec.name, spec.shape, grads_.data() + spec.offset});
+    for (const ParamSpec& spec : specs_) tensors.push_back({spec.name, spec.shape, host.data() + spec.offset});
     char loss_text[32];
-    std::snprintf(loss_text, sizeof(loss_text), "%.17g", *loss);
+    std::snprintf(loss_text, sizeof(loss_text), "%.17g", total / options_.accum);
     write_safetensors(dump_grads_, tensors,
                       {{"format", "mambacpp-gradients"},
                        {"step", std::to_string(step_)},
@@ -322,15 +349,24 @@ void Trainer::train_step(double* loss, double* grad_norm, double lr) {
                        {"content", "d(mean loss)/d(parameter), the mean over the micro-batches, before clipping"}});
     dump_grads_.clear();
   }
-  *grad_norm = options_.clip > 0 ? clip_grad_norm(grads_.data(), static_cast<int64_t>(grads_.size()), options_.clip)
-                                 : global_grad_norm(grads_.data(), static_cast<int64_t>(grads_.size()));
-  if (std::isfinite(*loss) && std::isfinite(*grad_norm)) adam_.update(params_.data(), grads_.data(), lr);
+  adam_.step(params, grads, lr, options_.clip, grad_scale, norm);
+  // The step's one wait for the device: its losses and gradient norm, for the log.
+  std::vector<unsigned char> stats(stats_.bytes());
+  backend_.download(stats.data(), stats_.data(), stats.size());
+  double total = 0;
+  for (int a = 0; a < options_.accum; a++) {
+    float l;
+    std::memcpy(&l, stats.data() + sizeof(double) + sizeof(float) * a, sizeof(float));
+    total += l;
+  }
+  *loss = total / options_.accum;
+  std::memcpy(grad_norm, stats.data(), sizeof(double));
 }
 
 double Trainer::evaluate() {
   if (data_.train.rows > 0) {  // a fixed batch: its own loss
     sampler_.next(inputs_.data(), targets_.data());
-    return backprop_.step(params_.data(), nullptr, inputs_.data(), targets_.data(), options_.ignore_index);
+    return backprop_.step(params_.as<float>(), nullptr, inputs_.data(), targets_.data(), options_.ignore_index);
   }
   const TokenStream& stream = val_on_train_ ? data_.train : data_.val;
   const int64_t n = static_cast<int64_t>(stream.tokens.size());
@@ -347,7 +383,7 @@ double Trainer::evaluate() {
       std::memcpy(inputs_.data() + int64_t{b} * L, stream.tokens.data() + start, sizeof(int32_t) * L);
       std::memcpy(targets_.data() + int64_t{b} * L, stream.tokens.data() + start + 1, sizeof(int32_t) * L);
     }
-    total += backprop_.step(params_.data(), nullptr, inputs_.data(), targets_.data(), options_.ignore_index);
+    total += backprop_.step(params_.as<float>(), nullptr, inputs_.data(), targets_.data(), options_.ignore_index);
   }
   return total / static_cast<double>(options_.eval_batches);
 }
@@ -361,11 +397,12 @@ void Trainer::save_checkpoint() {
   tmp_name.append(".tmp");
   const auto tmp = dir / tmp_name;
   std::filesystem::remove_all(tmp);
-  Model model = Model::from_params(config_, params_);
+  Model model = Model::from_params(config_, params());
   model.save(tmp, DType::F32);
-  write_safetensors(tmp / "optimizer.safetensors",
-                    {{"m", {static_cast<int64_t>(adam_.m().size())}, adam_.m().data()},
-                     {"v", {static_cast<int64_t>(adam_.v().size())}, adam_.v().data()}});
+  std::vector<float> m(static_cast<size_t>(size_)), v(m.size());
+  backend_.download(m.data(), adam_.m(), sizeof(float) * m.size());
+  backend_.download(v.data(), adam_.v(), sizeof(float) * v.size());
+  write_safetensors(tmp / "optimizer.safetensors", {{"m", {size_}, m.data()}, {"v", {size_}, v.data()}});
   nlohmann::json state = {{"step", step_},
                           {"adam_steps", adam_.steps()},
                           {"sampler_rng", sampler_.rng_state()},

@@ -73,14 +73,16 @@ struct TrainResult {
 class Trainer {
  public:
   // A new run in `out` from the given parameters.
+  // Parameters, gradients and AdamW's moments live on `backend`'s device; checkpoints are the same files
+  // on every backend.
   Trainer(const Config& config, std::vector<float> params, const Dataset& data, TrainOptions options,
-          std::filesystem::path out);
+          std::filesystem::path out, Backend& backend = Backend::cpu());
   // Continues the run whose checkpoint is `checkpoint` (a step folder, or a run folder: its latest).
   // `changes` holds new values of resumable options ({"lr": 2e-3, "steps": 5000}, TrainOptions' keys);
   // any other key is an Error, as is a finished run (step ≥ steps) or data that does not match how the
   // run read its data. What changed is written to log.jsonl and kept in resume_changes().
   static Trainer resume(const std::filesystem::path& checkpoint, const Dataset& data,
-                        const nlohmann::json& changes, std::filesystem::path out);
+                        const nlohmann::json& changes, std::filesystem::path out, Backend& backend = Backend::cpu());
   // A checkpoint's trainer.json, parsed and checked.
   static TrainerProgress read_progress(const std::filesystem::path& checkpoint_dir);
   // Bytes a run of this model and these options allocates: parameters, gradients, AdamW's m and v, the
@@ -94,7 +96,8 @@ class Trainer {
   void save_checkpoint();
 
   const Config& config() const { return config_; }
-  const std::vector<float>& params() const { return params_; }
+  std::vector<float> params() const;  // brought back from the device
+  Backend& backend() const { return backend_; }
   int64_t step() const { return step_; }
   const TrainOptions& options() const { return options_; }
   int64_t activation_bytes() const { return backprop_.activation_bytes(); }
@@ -123,14 +126,21 @@ class Trainer {
   void log(const nlohmann::json& line);
   void train_step(double* loss, double* grad_norm, double lr);
 
-  // Checks the config, the options and the data against each other and the memory the run needs;
-  // returns the options with their defaults resolved. Runs before any member is allocated.
-  static TrainOptions checked_options(const Config& config, TrainOptions options, const Dataset& data);
+  // Checks the config, the options and the data against each other and, when the backend's memory is the
+  // host's, the memory the run needs; returns the options with their defaults resolved. Runs before any
+  // member is allocated.
+  static TrainOptions checked_options(const Config& config, TrainOptions options, const Dataset& data,
+                                      bool host_memory);
 
   Config config_;
   TrainOptions options_;  // first: every size below comes from it, checked
   std::vector<ParamSpec> specs_;
-  std::vector<float> params_, grads_;
+  Backend& backend_;
+  int64_t size_;         // parameters (floats in each of the buffers below)
+  Buffer params_, grads_;  // (size) on the device
+  // On the device, what a step brings back in one download: the gradients' global norm (a double), then
+  // the loss of each micro-batch (accum floats).
+  Buffer stats_;
   const Dataset& data_;
   std::filesystem::path out_;
   Backprop backprop_;

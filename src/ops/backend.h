@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "core/dtype.h"
+#include "ops/adamw.h"
 #include "ops/conv1d.h"
 #include "ops/embedding.h"
 #include "ops/matmul.h"
@@ -40,7 +41,7 @@ struct Device {
 // What `Backend::unsupported` is asked about: one op with its types and the sizes that decide support.
 enum class Op {
   Embedding, RmsNorm, Matmul, Conv1d, Scan, Argmax,                // inference
-  EmbeddingBwd, RmsNormBwd, MatmulBwd, Conv1dBwd, ScanBwd, Xent, SsmA,  // training
+  EmbeddingBwd, RmsNormBwd, MatmulBwd, Conv1dBwd, ScanBwd, Xent, SsmA, AdamW,  // training
 };
 struct OpQuery {
   Op op = Op::Matmul;
@@ -95,8 +96,10 @@ class Backend {
   virtual void argmax(int32_t* ids, const float* x, int64_t M, int N) = 0;
 
   // ---- training: the backward ops (activation gradients written, parameter gradients accumulated) ----
-  virtual void embedding_bwd(const EmbeddingBwdParams& p) = 0;
-  virtual void rmsnorm_bwd(const RmsNormBwdParams& p) = 0;
+  virtual size_t embedding_bwd_workspace(const EmbeddingBwdParams& p) const = 0;
+  virtual void embedding_bwd(const EmbeddingBwdParams& p, void* workspace) = 0;
+  virtual size_t rmsnorm_bwd_workspace(const RmsNormBwdParams& p) const = 0;
+  virtual void rmsnorm_bwd(const RmsNormBwdParams& p, void* workspace) = 0;
   virtual void matmul_bwd(const MatmulBwdParams& p) = 0;
   virtual size_t conv1d_bwd_workspace(const Conv1dBwdParams& p) const = 0;
   virtual void conv1d_bwd(const Conv1dBwdParams& p, void* workspace) = 0;
@@ -108,6 +111,15 @@ class Backend {
   // A = −exp(A_log) and dA_log += dA ⊙ A, over n fp32 values.
   virtual void ssm_A(float* A, const float* A_log, int64_t n) = 0;
   virtual void ssm_dA_log(float* dA_log, const float* dA, const float* A, int64_t n) = 0;
+  // The optimizer step (ops/adamw.h, Op::AdamW): scale, global norm, clipping and AdamW, on the device.
+  virtual size_t adamw_workspace(const AdamWParams& p) const = 0;
+  virtual void adamw(const AdamWParams& p, void* workspace) = 0;
+
+  // ---- memory accounting ----
+  // The most bytes this backend's allocate() has held at once since the last reset_peak(), or -1 where
+  // it does not count them (the CPU: its peak resident memory says more).
+  virtual int64_t peak_allocated() const { return -1; }
+  virtual void reset_peak() {}
 
   // ---- recorded work (CUDA graphs) ----
   // Between begin_capture() and end_capture() the queued ops are recorded, not run; replay() runs the

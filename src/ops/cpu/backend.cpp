@@ -15,6 +15,7 @@
 #include "ops/cpu/backward.h"
 #include "ops/cpu/matmul.h"
 #include "ops/cpu/ops.h"
+#include "ops/cpu/optimizer.h"
 #include "ops/cpu/simd.h"
 
 namespace mamba::cpu {
@@ -117,10 +118,12 @@ class CpuBackend final : public Backend {
 
   // The backward: the kernels of backward.h accumulate into every output, so the outputs this contract
   // writes are zeroed first (as the training loop did before calling them: the results are the same bits).
-  void embedding_bwd(const EmbeddingBwdParams& p) override {
+  size_t embedding_bwd_workspace(const EmbeddingBwdParams&) const override { return 0; }
+  void embedding_bwd(const EmbeddingBwdParams& p, void*) override {
     embedding_backward(p.dtable, static_cast<const float*>(p.dout), p.tokens, p.M, p.C);
   }
-  void rmsnorm_bwd(const RmsNormBwdParams& p) override {
+  size_t rmsnorm_bwd_workspace(const RmsNormBwdParams&) const override { return 0; }
+  void rmsnorm_bwd(const RmsNormBwdParams& p, void*) override {
     residual_rmsnorm_backward(p.dresidual, p.dweight, static_cast<const float*>(p.dout), p.residual, p.weight, p.M, p.C,
                               p.eps);
   }
@@ -193,6 +196,8 @@ class CpuBackend final : public Backend {
   void ssm_dA_log(float* dA_log, const float* dA, const float* A, int64_t n) override {
     for (int64_t i = 0; i < n; i++) dA_log[i] += dA[i] * A[i];
   }
+  size_t adamw_workspace(const AdamWParams&) const override { return 0; }
+  void adamw(const AdamWParams& p, void*) override { cpu::adamw(p); }
 
  private:
   static int64_t xent_rows(const XentParams& p) { return std::max<int64_t>(1, std::min<int64_t>(p.M, 256)); }

@@ -3,7 +3,10 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 
 #include "core/error.h"
 #include "ops/cuda/check.h"
@@ -16,8 +19,6 @@ namespace mamba::cuda {
 namespace {
 
 constexpr size_t kCublasWorkspace = 32u << 20;  // cuBLAS's own scratch, fixed so that graphs can record it
-constexpr const char* kNoTraining =
-    "training on CUDA is not built yet: the embedding, RMSNorm, matmul and loss backward run on the CPU only";
 
 std::string mib(size_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
 
@@ -66,11 +67,20 @@ class CudaBackend final : public Backend {
       cudaMemGetInfo(&free, &total);
       fail("out of GPU memory on cuda:", index_, ": ", mib(bytes), " asked for, ", mib(free), " free of ", mib(total));
     }
+    std::lock_guard<std::mutex> lock(mutex_);
+    sizes_[p] = bytes;
+    current_ += static_cast<int64_t>(bytes);
+    peak_ = std::max(peak_, current_);
     return p;
   }
   void release(void* ptr) noexcept override {
     cudaSetDevice(index_);
     cudaFree(ptr);
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (auto it = sizes_.find(ptr); it != sizes_.end()) {
+      current_ -= static_cast<int64_t>(it->second);
+      sizes_.erase(it);
+    }
   }
   void upload(void* dst, const void* src, size_t bytes) override {
     use();
@@ -99,18 +109,19 @@ class CudaBackend final : public Backend {
     if (q.dtype != DType::F32 && q.dtype != DType::BF16 && q.dtype != DType::F16) {
       return "CUDA activations are F32, BF16 or F16";
     }
-    if ((q.op == Op::Matmul || q.op == Op::Embedding) && q.weight != q.dtype) {
+    if ((q.op == Op::Matmul || q.op == Op::Embedding || q.op == Op::MatmulBwd || q.op == Op::Xent) &&
+        q.weight != q.dtype) {
       return "on CUDA the weights take the activations' type (" + std::string(dtype_name(q.dtype)) + "), not " +
              std::string(dtype_name(q.weight));
+    }
+    if (q.op == Op::Xent && q.dtype == DType::F16) {
+      return "the loss's gradients (about 1/(rows·V) each) underflow fp16 without loss scaling, which is not built";
     }
     if (q.op == Op::Scan && q.bc_per_channel) {
       return "the LTI form of the scan (\"ssm_mode\": \"lti\") runs on the CPU only";
     }
     if (q.op == Op::Scan && (q.dstate < 1 || q.dstate > 256)) {
       return "the CUDA scan holds 1 to 256 states per channel, not " + std::to_string(q.dstate);
-    }
-    if (q.op == Op::EmbeddingBwd || q.op == Op::RmsNormBwd || q.op == Op::MatmulBwd || q.op == Op::Xent) {
-      return kNoTraining;
     }
     if (q.op == Op::ScanBwd && q.dstate > 64) return "the CUDA scan's backward holds at most 64 states per channel";
     if ((q.op == Op::Conv1d || q.op == Op::Conv1dBwd) && (q.width < 1 || q.width > kMaxConvWidth)) {
@@ -170,12 +181,26 @@ class CudaBackend final : public Backend {
     argmax_fwd(ids, x, M, N, stream_);
   }
 
-  // The backward: the scan's and the conv's kernels are here; the rest of training on the GPU is not yet.
-  void embedding_bwd(const EmbeddingBwdParams&) override { fail(kNoTraining); }
-  void rmsnorm_bwd(const RmsNormBwdParams&) override { fail(kNoTraining); }
-  void matmul_bwd(const MatmulBwdParams&) override { fail(kNoTraining); }
-  size_t xent_workspace(const XentParams&) const override { return 0; }
-  void xent(const XentParams&, void*) override { fail(kNoTraining); }
+  // The backward, the loss and the optimizer.
+  size_t embedding_bwd_workspace(const EmbeddingBwdParams& p) const override { return cuda::embedding_bwd_workspace(p); }
+  void embedding_bwd(const EmbeddingBwdParams& p, void* workspace) override {
+    use();
+    cuda::embedding_bwd(p, workspace, stream_);
+  }
+  size_t rmsnorm_bwd_workspace(const RmsNormBwdParams& p) const override { return cuda::rmsnorm_bwd_workspace(p); }
+  void rmsnorm_bwd(const RmsNormBwdParams& p, void* workspace) override {
+    use();
+    cuda::rmsnorm_bwd(p, workspace, stream_);
+  }
+  void matmul_bwd(const MatmulBwdParams& p) override {
+    use();
+    cuda::matmul_bwd(cublas_, p, stream_);
+  }
+  size_t xent_workspace(const XentParams& p) const override { return cuda::xent_workspace(p); }
+  void xent(const XentParams& p, void* workspace) override {
+    use();
+    cuda::xent(cublas_, p, workspace, stream_);
+  }
   size_t conv1d_bwd_workspace(const Conv1dBwdParams& p) const override { return conv1d_silu_bwd_workspace(p); }
   void conv1d_bwd(const Conv1dBwdParams& p, void* workspace) override {
     use();
@@ -193,6 +218,21 @@ class CudaBackend final : public Backend {
   void ssm_dA_log(float* dA_log, const float* dA, const float* A, int64_t n) override {
     use();
     ssm_dA_log_bwd(dA_log, dA, A, n, stream_);
+  }
+
+  size_t adamw_workspace(const AdamWParams& p) const override { return cuda::adamw_workspace(p); }
+  void adamw(const AdamWParams& p, void* workspace) override {
+    use();
+    cuda::adamw(p, workspace, stream_);
+  }
+
+  int64_t peak_allocated() const override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return peak_;
+  }
+  void reset_peak() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    peak_ = current_;
   }
 
   bool can_capture() const override { return true; }
@@ -236,6 +276,10 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   void* cublas_workspace_ = nullptr;
+  // What allocate() holds, for peak_allocated() (cuBLAS's workspace, allocated apart, not counted).
+  mutable std::mutex mutex_;
+  std::unordered_map<void*, size_t> sizes_;
+  int64_t current_ = 0, peak_ = 0;
 };
 
 }  // namespace

@@ -2,6 +2,11 @@
 // cuBLAS's column-major terms, outᵀ (N, M) = W_cm(K, N)ᵀ · inp_cm(K, M), with W read as a K × N
 // column-major matrix (leading dimension K) and inp as K × M (leading dimension ldi). The bias, when
 // given, is added by a kernel of its own.
+//
+// The backward is two more GEMMs in the same terms: dinp (K × M) = W (K × N) · dout (N × M), with
+// β = 1 when the contract accumulates, and dweight (K × N) += inp (K × M) · doutᵀ (M × N), fp32 output
+// from inputs of any dtype, β = 1. The bias's gradient is a column sum over the rows, one thread per
+// column, in row order (deterministic).
 #include <climits>
 #include <string>
 
@@ -31,7 +36,57 @@ __global__ void add_bias_kernel(T* out, int64_t ldo, const float* bias, int64_t 
   out[m * ldo + n] = from_float<T>(to_float(out[m * ldo + n]) + bias[n]);
 }
 
+template <typename T>
+__global__ void bias_grad_kernel(float* dbias, const T* dout, int64_t ldo, int64_t M, int N) {
+  const int n = blockIdx.x * blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  float sum = 0.0f;
+  for (int64_t m = 0; m < M; m++) sum += to_float(dout[m * ldo + n]);
+  dbias[n] += sum;
+}
+
+void gemm(cublasHandle_t handle, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void* A,
+          DType a_type, int64_t lda, const void* B, DType b_type, int64_t ldb, float beta, void* C, DType c_type,
+          int64_t ldc, const char* what) {
+  const float alpha = 1.0f;
+  const cublasStatus_t status =
+      cublasGemmEx(handle, ta, tb, m, n, k, &alpha, A, cuda_type(a_type), static_cast<int>(lda), B, cuda_type(b_type),
+                   static_cast<int>(ldb), &beta, C, cuda_type(c_type), static_cast<int>(ldc), CUBLAS_COMPUTE_32F,
+                   CUBLAS_GEMM_DEFAULT);
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    throw std::runtime_error(std::string("cublasGemmEx, ") + what + " (" + std::to_string(m) + " × " +
+                             std::to_string(n) + " × " + std::to_string(k) + "): " + cublasGetStatusString(status));
+  }
+}
+
 }  // namespace
+
+void gemm_ex(cublasHandle_t handle, bool trans_a, bool trans_b, int m, int n, int k, const void* A, DType a_type,
+             int64_t lda, const void* B, DType b_type, int64_t ldb, float beta, void* C, DType c_type, int64_t ldc,
+             const char* what) {
+  gemm(handle, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, A, a_type, lda, B,
+       b_type, ldb, beta, C, c_type, ldc, what);
+}
+
+void matmul_bwd(cublasHandle_t handle, const MatmulBwdParams& p, cudaStream_t stream) {
+  if (p.M <= 0 || p.N <= 0 || p.K <= 0) return;
+  if (p.M > INT_MAX || !p.dout || !p.inp || !p.weight.data || !p.dweight || p.weight.dtype != p.dtype) {
+    throw std::invalid_argument("matmul_bwd: bad arguments (the weight must be in the activations' dtype)");
+  }
+  const int M = static_cast<int>(p.M);
+  if (p.dinp) {
+    gemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, p.K, M, p.N, p.weight.data, p.dtype, p.K, p.dout, p.dtype, p.ldo,
+         p.accumulate ? 1.0f : 0.0f, p.dinp, p.dtype, p.lddi, "matmul backward, dinp");
+  }
+  gemm(handle, CUBLAS_OP_N, CUBLAS_OP_T, p.K, p.N, M, p.inp, p.dtype, p.ldi, p.dout, p.dtype, p.ldo, 1.0f, p.dweight,
+       DType::F32, p.K, "matmul backward, dweight");
+  if (!p.dbias) return;
+  with_dtype(p.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    bias_grad_kernel<<<(p.N + 255) / 256, 256, 0, stream>>>(p.dbias, static_cast<const T*>(p.dout), p.ldo, p.M, p.N);
+  });
+  MAMBA_CUDA_CHECK_LAUNCH();
+}
 
 void matmul_fwd(cublasHandle_t handle, const MatmulParams& p, cudaStream_t stream) {
   if (p.M <= 0 || p.N <= 0) return;

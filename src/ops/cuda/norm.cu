@@ -1,5 +1,12 @@
 // Residual add + RMSNorm (ops/norm.h): one block per row. The residual stream is fp32 whatever the
 // activations' type (residual_in_fp32); the row's sum of squares is reduced in the block.
+//
+// The backward runs kNormBwdBlocks blocks over the rows (block k takes rows k, k + kNormBwdBlocks, ...),
+// each thread holding its columns of a row in registers; the weight's gradient is summed per block in
+// row order into a partial (kNormBwdBlocks, C), then the partials are added in block order by a second
+// kernel: no atomics, and the same bits on every GPU (the block count is fixed, not the SM count's).
+#include <string>
+
 #include "ops/cuda/check.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/ops.h"
@@ -42,7 +49,91 @@ __global__ void __launch_bounds__(kNormThreads) rmsnorm_kernel(RmsNormParams p) 
   for (int c = threadIdx.x; c < p.C; c += kNormThreads) out[c] = from_float<T>(r[c] * rstd * p.weight[c]);
 }
 
+constexpr int kNormBwdBlocks = 256;
+constexpr int kNormBwdCols = 16;  // columns per thread: C ≤ 16 · 256 = 4096
+
+// Sums two values over the block; every thread gets both sums.
+__device__ __forceinline__ void block_sum2(float& a, float& b) {
+  __shared__ float partial[2][kNormThreads / 32];
+  a = warp_sum(a);
+  b = warp_sum(b);
+  if (threadIdx.x % 32 == 0) partial[0][threadIdx.x / 32] = a, partial[1][threadIdx.x / 32] = b;
+  __syncthreads();
+  a = 0.0f, b = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kNormThreads / 32; w++) a += partial[0][w], b += partial[1][w];
+  __syncthreads();  // partial is reused by the next row
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kNormThreads) rmsnorm_bwd_kernel(RmsNormBwdParams p, float* partial_dweight) {
+  const int C = p.C;
+  float acc[kNormBwdCols] = {};
+  for (int64_t m = blockIdx.x; m < p.M; m += kNormBwdBlocks) {
+    const float* r = p.residual + m * C;
+    const T* g = static_cast<const T*>(p.dout) + m * C;
+    float rv[kNormBwdCols], gv[kNormBwdCols];
+    float sum_sq = 0.0f, dot = 0.0f;  // Σ r², Σ g·w·r
+#pragma unroll
+    for (int j = 0; j < kNormBwdCols; j++) {
+      const int c = threadIdx.x + j * kNormThreads;
+      rv[j] = c < C ? r[c] : 0.0f;
+      gv[j] = c < C ? to_float(g[c]) : 0.0f;
+      sum_sq += rv[j] * rv[j];
+      dot += c < C ? gv[j] * p.weight[c] * rv[j] : 0.0f;
+    }
+    block_sum2(sum_sq, dot);
+    const float rstd = rsqrtf(sum_sq / static_cast<float>(C) + p.eps);
+    const float mean = dot * rstd / static_cast<float>(C);  // mean(g ⊙ w ⊙ r̂)
+    float* dr = p.dresidual + m * C;
+#pragma unroll
+    for (int j = 0; j < kNormBwdCols; j++) {
+      const int c = threadIdx.x + j * kNormThreads;
+      if (c >= C) continue;
+      const float rhat = rv[j] * rstd;
+      acc[j] += gv[j] * rhat;
+      dr[c] += rstd * (gv[j] * p.weight[c] - rhat * mean);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kNormBwdCols; j++) {
+    const int c = threadIdx.x + j * kNormThreads;
+    if (c < C) partial_dweight[static_cast<int64_t>(blockIdx.x) * C + c] = acc[j];
+  }
+}
+
+// dweight[c] += Σ_k partial[k][c], k in order.
+__global__ void sum_partials_kernel(float* dweight, const float* partial, int blocks, int C) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float sum = 0.0f;
+  for (int k = 0; k < blocks; k++) sum += partial[static_cast<int64_t>(k) * C + c];
+  dweight[c] += sum;
+}
+
 }  // namespace
+
+size_t rmsnorm_bwd_workspace(const RmsNormBwdParams& p) {
+  return sizeof(float) * static_cast<size_t>(kNormBwdBlocks) * static_cast<size_t>(p.C > 0 ? p.C : 0);
+}
+
+void rmsnorm_bwd(const RmsNormBwdParams& p, void* workspace, cudaStream_t stream) {
+  if (p.M <= 0) return;
+  if (p.C <= 0 || !p.dresidual || !p.dweight || !p.dout || !p.residual || !p.weight || !workspace) {
+    throw std::invalid_argument("rmsnorm_bwd: bad arguments");
+  }
+  if (p.C > kNormBwdCols * kNormThreads) {
+    throw std::invalid_argument("rmsnorm_bwd: C = " + std::to_string(p.C) + " is above the kernel's " +
+                                std::to_string(kNormBwdCols * kNormThreads));
+  }
+  auto* partial = static_cast<float*>(workspace);
+  with_dtype(p.dtype, [&](auto zero) {
+    rmsnorm_bwd_kernel<decltype(zero)><<<kNormBwdBlocks, kNormThreads, 0, stream>>>(p, partial);
+  });
+  MAMBA_CUDA_CHECK_LAUNCH();
+  sum_partials_kernel<<<(p.C + 255) / 256, 256, 0, stream>>>(p.dweight, partial, kNormBwdBlocks, p.C);
+  MAMBA_CUDA_CHECK_LAUNCH();
+}
 
 void rmsnorm_fwd(const RmsNormParams& p, cudaStream_t stream) {
   if (p.M <= 0) return;

@@ -1,14 +1,16 @@
-// CUDA launchers for the model's other ops (embedding, residual + RMSNorm, matmul through cuBLAS, argmax),
-// each through the shared contract of ops/<op>.h. Activations in F32, BF16 or F16; every accumulation in
+// CUDA launchers for the model's other ops (embedding, residual + RMSNorm, matmul through cuBLAS, argmax,
+// the fused LM head + loss, AdamW) and their backward, each through the shared contract of ops/<op>.h. Activations in F32, BF16 or F16; every accumulation in
 // fp32. Work is queued on `stream`; every CUDA and cuBLAS call is checked (throws).
 #pragma once
 
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+#include "ops/adamw.h"
 #include "ops/embedding.h"
 #include "ops/matmul.h"
 #include "ops/norm.h"
+#include "ops/xent.h"
 
 namespace mamba::cuda {
 
@@ -29,5 +31,34 @@ void argmax_fwd(int32_t* ids, const float* x, int64_t M, int N, cudaStream_t str
 // A = −exp(A_log) and dA_log += dA ⊙ A over n values (the SSM's parameter and its gradient).
 void ssm_A_fwd(float* A, const float* A_log, int64_t n, cudaStream_t stream);
 void ssm_dA_log_bwd(float* dA_log, const float* dA, const float* A, int64_t n, cudaStream_t stream);
+
+// ---- training: the backward ops, the loss, the optimizer ----
+
+// dtable += dout's rows scattered to their tokens: the rows sorted by token (stable), each run summed in
+// row order into its table row (no atomics; fp32 gives the CPU's bits).
+size_t embedding_bwd_workspace(const EmbeddingBwdParams& p);
+void embedding_bwd(const EmbeddingBwdParams& p, void* workspace, cudaStream_t stream);
+
+// The norm's backward; dweight from per-block partials added in a fixed order. C ≤ 4096.
+size_t rmsnorm_bwd_workspace(const RmsNormBwdParams& p);
+void rmsnorm_bwd(const RmsNormBwdParams& p, void* workspace, cudaStream_t stream);
+
+// The projection's backward: two cublasGemmEx with fp32 compute (dinp written or accumulated, dweight
+// accumulated in fp32), the bias's gradient by a column sum.
+void matmul_bwd(cublasHandle_t handle, const MatmulBwdParams& p, cudaStream_t stream);
+
+// The fused LM head + cross-entropy over chunks of rows (ops/xent.h); the loss stays on the device.
+size_t xent_workspace(const XentParams& p);
+void xent(cublasHandle_t handle, const XentParams& p, void* workspace, cudaStream_t stream);
+
+// Scale, global norm, clipping and AdamW (ops/adamw.h); *p.norm on the device.
+size_t adamw_workspace(const AdamWParams& p);
+void adamw(const AdamWParams& p, void* workspace, cudaStream_t stream);
+
+// C (m × n, ldc) = op(A) · op(B) + beta · C in cuBLAS's column-major terms, fp32 compute (no TF32); a
+// failure throws naming `what` and the sizes.
+void gemm_ex(cublasHandle_t handle, bool trans_a, bool trans_b, int m, int n, int k, const void* A, DType a_type,
+             int64_t lda, const void* B, DType b_type, int64_t ldb, float beta, void* C, DType c_type, int64_t ldc,
+             const char* what);
 
 }  // namespace mamba::cuda
