@@ -3,7 +3,7 @@ JOBS ?= $(shell nproc)
 BUILD ?= build
 CMAKE_FLAGS ?=
 
-.PHONY: all setup build test test-release test-asan test-fuzz demo bench clean format
+.PHONY: all setup build test test-release test-asan test-fuzz demo bench python clean format
 
 all: build
 
@@ -39,6 +39,13 @@ test-fuzz: setup
 	  echo "test-fuzz: clang++ not found: the fuzz targets are skipped"; \
 	fi
 
+# The Python package, installed into .venv (made with Debian's Python, so that it sees Debian's NumPy and
+# PyTorch): then `.venv/bin/python`, or `. .venv/bin/activate` and `python`.
+PYTHON ?= /usr/bin/python3
+python: setup
+	test -x .venv/bin/python || $(PYTHON) -m venv --system-site-packages .venv
+	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) .venv/bin/pip install --no-build-isolation --no-deps .
+
 demo: build
 	scripts/demo.sh $(BUILD)/mambacpp
 
@@ -47,7 +54,7 @@ bench: build
 	$(BUILD)/mambacpp bench cache/models/random-130m
 
 clean:
-	rm -rf build build-test build-asan build-fuzz
+	rm -rf build build-test build-asan build-fuzz .venv
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.h' '*.cu' '*.cuh')

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "mamba/mamba.h"
 #include "model/config.h"
 #include "model/engine.h"
 
@@ -24,6 +25,7 @@ void add_generate(CLI::App& app);
 void add_perplexity(CLI::App& app);
 void add_tokenize(CLI::App& app);
 void add_tasks(CLI::App& app);
+void add_serve(CLI::App& app);
 
 // Token ids separated by commas and/or whitespace, optionally in brackets: "1,2,3", "1 2 3", "[1, 2, 3]".
 // `where` names the source in errors.
@@ -50,6 +52,8 @@ void add_device_flags(CLI::App* cmd, DeviceFlags& flags);
 // file's); for a GPU they stay as the file has them until the engine converts its device copy.
 Model load_model(const std::string& dir, const DeviceFlags& flags);
 EngineOptions engine_options(const DeviceFlags& flags, int64_t max_tokens = 2048);
+// The same flags for the library API (include/mamba/mamba.h), checked with the flags' names in errors.
+api::ModelOptions model_options(const DeviceFlags& flags, int64_t max_tokens = 2048);
 
 // From now on SIGINT and SIGTERM set the returned flag instead of ending the process: long commands
 // check it, save their work and stop cleanly.

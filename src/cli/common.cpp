@@ -79,6 +79,16 @@ EngineOptions engine_options(const DeviceFlags& f, int64_t max_tokens) {
   return o;
 }
 
+api::ModelOptions model_options(const DeviceFlags& f, int64_t max_tokens) {
+  Device::parse(f.device);
+  flag_dtype(f);
+  api::ModelOptions o;
+  o.device = f.device;
+  o.dtype = f.dtype;
+  o.max_tokens = max_tokens;
+  return o;
+}
+
 // Token ids separated by commas and/or whitespace: "1,2,3", "1 2 3", "[1, 2, 3]".
 std::vector<int32_t> parse_ids(const std::string& text, const std::string& where) {
   std::vector<int32_t> ids;

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cstdio>
 #include <sstream>
 #include <iostream>
@@ -8,8 +9,6 @@
 #include "core/error.h"
 #include "core/file.h"
 #include "core/limits.h"
-#include "model/validate.h"
-#include "model/generator.h"
 
 namespace mamba::cli {
 
@@ -51,8 +50,8 @@ void add_generate(CLI::App& app) {
   struct Options {
     std::string dir, prompt, prompt_file, ids, batch_file, save_state, load_state;
     bool interactive = false, ignore_eos = false;
-    SamplerOptions sampling;
-    GenerateOptions gen;
+    api::SamplingOptions sampling;
+    api::GenerationOptions gen;
     DeviceFlags device;
   };
   static Options o;
@@ -93,18 +92,15 @@ void add_generate(CLI::App& app) {
       ->excludes(batch);
   cmd->callback([seed] {
     if (o.sampling.top_p <= 0) fail("--top-p: must be > 0");
-    Model model = load_model(o.dir, o.device);
-    const Config& c = model.config();
-    // With --ids the tokenizer is not needed; a folder without one takes and gives ids everywhere.
-    const TextCodec codec = o.ids.empty() ? TextCodec::for_model(o.dir, c) : TextCodec::ids_only();
-    const bool as_ids = !codec.has_text();
+    api::ModelOptions options = model_options(o.device);
+    options.text = o.ids.empty();  // with --ids the tokenizer is not needed
+    const api::Model model(o.dir, options);
+    // With --ids (or a folder without a tokenizer) ids go in and come out.
+    const bool as_ids = !model.has_text();
     auto encode = [&](const std::string& text, const std::string& where) {
-      return as_ids ? parse_ids(text, where) : codec.encode(text);
+      return as_ids ? parse_ids(text, where) : model.encode(text);
     };
     o.gen.stop_at_eos = !o.ignore_eos;
-    o.gen.eos_token_id = c.eos_token_id;
-    Engine engine(model, engine_options(o.device));
-    Generator gen(engine, codec, o.sampling, o.gen);
 
     bool line_started = false;  // ids mode: a comma goes before every id but the first of a line
     auto print = [&](int, int32_t id, std::string_view text) {
@@ -121,6 +117,7 @@ void add_generate(CLI::App& app) {
     };
 
     int64_t generated = 0;
+    api::GenerationStats stats;
     if (!o.batch_file.empty()) {
       std::istringstream in(read_text_file(o.batch_file));
       std::vector<std::string> prompts;
@@ -133,30 +130,32 @@ void add_generate(CLI::App& app) {
         numbers.push_back(number);
       }
       if (prompts.empty()) fail(o.batch_file, ": no prompts");
-      // Each prompt is a sequence with its own state, logits and sampler tables, and a row in the batch.
-      const int64_t per_sequence = sat_add(sat_mul(state_bytes(c, 1), 2), sat_mul(c.vocab_size, 4 * 4 + 1));
-      check_memory(sat_mul(static_cast<int64_t>(prompts.size()), per_sequence),
-                   o.batch_file + ": " + std::to_string(prompts.size()) + " prompts decoded together");
+      // Each prompt is a sequence with its own state, logits and sampler: the batch is checked against the
+      // memory limit before any prompt is encoded.
+      api::check_memory(model.generation_bytes(static_cast<int64_t>(prompts.size())),
+                        o.batch_file + ": " + std::to_string(prompts.size()) + " prompts decoded together");
+      std::vector<std::vector<int32_t>> prompt_ids;
       for (size_t k = 0; k < prompts.size(); k++) {
-        const int i = gen.add();
-        gen.feed(i, encode(prompts[k], o.batch_file + ":" + std::to_string(numbers[k])));
+        prompt_ids.push_back(encode(prompts[k], o.batch_file + ":" + std::to_string(numbers[k])));
       }
-      gen.run();
-      for (int i = 0; i < gen.size(); i++) {
+      const std::vector<api::Completion> out = model.generate(prompt_ids, o.sampling, o.gen, {}, {}, &stats);
+      for (size_t i = 0; i < out.size(); i++) {
         nlohmann::ordered_json j;  // keys in this order: prompt, text, ids, finish
         if (as_ids) {
-          j["prompt"] = parse_ids(prompts[i], o.batch_file);
+          j["prompt"] = prompt_ids[i];
         } else {
           j["prompt"] = prompts[i];
-          j["text"] = gen.text(i);
+          j["text"] = out[i].text;
         }
-        j["ids"] = gen.output(i);
-        j["finish"] = finish_name(gen.finish(i));
+        j["ids"] = out[i].ids;
+        j["finish"] = api::finish_name(out[i].finish);
         write(dump(j) + "\n");
-        generated += static_cast<int64_t>(gen.output(i).size());
+        generated += static_cast<int64_t>(out[i].ids.size());
       }
     } else {
-      const int seq = o.load_state.empty() ? gen.add() : gen.load(o.load_state, seed->count() == 0);
+      api::Session session = o.load_state.empty()
+                                 ? model.session(o.sampling, o.gen)
+                                 : model.load_session(o.load_state, o.sampling, o.gen, seed->count() == 0);
       std::string text = o.prompt;
       if (!o.prompt_file.empty()) text = read_file(o.prompt_file);
       std::vector<int32_t> tokens;
@@ -165,15 +164,14 @@ void add_generate(CLI::App& app) {
         if (tokens.empty()) fail("--ids: no token ids given");
       } else if (!text.empty()) {
         if (as_ids) fail(o.dir, ": no tokenizer.json and not byte-level: give the prompt as token ids (--ids)");
-        tokens = codec.encode(text);
+        tokens = model.encode(text);
       }
       const bool first_turn = !tokens.empty() || !o.load_state.empty();
       if (!first_turn && !o.interactive) fail("generate: give a prompt (-p, --prompt-file or --ids) or --load-state");
       if (first_turn) {
-        gen.feed(seq, tokens);
+        session.feed(tokens);
         if (!as_ids) write(text);  // the prompt, then its continuation
-        gen.run(print);
-        generated += static_cast<int64_t>(gen.output(seq).size());
+        generated += static_cast<int64_t>(session.generate(print).ids.size());
         end_line();
       }
       if (o.interactive) {
@@ -182,26 +180,26 @@ void add_generate(CLI::App& app) {
           std::fprintf(stderr, "> ");
           if (!read_line(line)) break;
           try {
-            gen.feed(seq, encode(line, "stdin"));
+            session.feed(encode(line, "stdin"));
           } catch (const Error& e) {  // a bad line is reported; the session goes on
             std::fprintf(stderr, "error: %s\n", e.what());
             continue;
           }
-          gen.run(print);
-          generated += static_cast<int64_t>(gen.output(seq).size());
+          generated += static_cast<int64_t>(session.generate(print).ids.size());
           end_line();
         }
         std::fprintf(stderr, "\n");
       }
       if (!o.save_state.empty()) {
-        gen.save(seq, o.save_state);
+        session.save(o.save_state);
         std::fprintf(stderr, "saved the session to %s\n", o.save_state.c_str());
       }
+      stats = session.stats();
     }
     std::fprintf(stderr, "prompt: %lld tokens, %.1f tokens/s; generated: %lld tokens; decode: %.1f tokens/s\n",
-                 static_cast<long long>(gen.prefill_tokens()),
-                 gen.prefill_tokens() / std::max(gen.prefill_seconds(), 1e-9), static_cast<long long>(generated),
-                 gen.decode_tokens() / std::max(gen.decode_seconds(), 1e-9));
+                 static_cast<long long>(stats.prefill_tokens),
+                 stats.prefill_tokens / std::max(stats.prefill_seconds, 1e-9), static_cast<long long>(generated),
+                 stats.decode_tokens / std::max(stats.decode_seconds, 1e-9));
   });
 }
 

@@ -2,9 +2,6 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "core/limits.h"
-#include "model/model.h"
-#include "model/validate.h"
 
 namespace mamba::cli {
 
@@ -24,19 +21,21 @@ void add_init(CLI::App& app) {
   cmd->add_option("--seed", o.seed, "Random seed")->capture_default_str();
   cmd->add_option("--dtype", o.dtype, "Stored dtype")->capture_default_str()->check(CLI::IsMember({"f32", "fp32", "bf16", "f16", "fp16"}));
   cmd->callback([] {
-    Config c = shape_config(o.shape, "init");
-    if (o.shape.preset.empty()) c.vocab_size = o.vocab;
-    c.validate("init");
-    DType dtype;
-    parse_dtype(o.dtype, &dtype);
-    check_memory(parameter_bytes(c), "init: " + std::to_string(c.parameter_count()) + " parameters");
-    std::vector<ParamSpec> specs = param_specs(c);
-    std::vector<float> params(static_cast<size_t>(param_layout_size(specs)), 0.0f);
-    init_params(params.data(), c, specs, o.seed);
-    Model model = Model::from_params(c, std::move(params));
-    model.save(o.out, dtype);
+    shape_config(o.shape, "init");  // the flags checked, errors naming them
+    api::InitOptions init;
+    init.preset = o.shape.preset;
+    init.d_model = o.shape.d_model;
+    init.n_layer = o.shape.n_layer;
+    init.d_state = o.shape.d_state;
+    init.d_conv = o.shape.d_conv;
+    init.expand = o.shape.expand;
+    init.dt_rank = o.shape.dt_rank;
+    init.vocab_size = o.vocab;
+    init.seed = o.seed;
+    init.dtype = o.dtype;
+    const api::ModelConfig c = api::init_model(o.out, init);
     std::printf("wrote %s: %lld parameters, %s, seed %llu\n", o.out.c_str(),
-                static_cast<long long>(c.parameter_count()), o.dtype.c_str(), static_cast<unsigned long long>(o.seed));
+                static_cast<long long>(c.parameters), o.dtype.c_str(), static_cast<unsigned long long>(o.seed));
   });
 }
 

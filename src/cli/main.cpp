@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
   mamba::cli::add_perplexity(app);
   mamba::cli::add_tokenize(app);
   mamba::cli::add_tasks(app);
+  mamba::cli::add_serve(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -7,8 +7,6 @@
 #include "core/file.h"
 #include "core/limits.h"
 #include "core/npy.h"
-#include "model/generator.h"
-#include "model/validate.h"
 
 namespace mamba::cli {
 
@@ -61,23 +59,22 @@ void add_perplexity(CLI::App& app) {
         rows.back().push_back(static_cast<int32_t>(values[i]));
       }
     }
-    Model model = load_model(o.dir, o.device);
-    const Config& c = model.config();
-    check_memory(forward_bytes(c, 1, o.chunk, o.chunk), "perplexity: --chunk " + std::to_string(o.chunk));
+    api::ModelOptions options = model_options(o.device);
+    options.text = rows.empty();  // token ids need no tokenizer
+    const api::Model model(o.dir, options);
+    api::check_memory(model.forward_bytes(1, o.chunk, api::Logits::All), "perplexity: --chunk " + std::to_string(o.chunk));
     if (rows.empty()) {
-      const TextCodec codec = TextCodec::for_model(o.dir, c);
-      if (!codec.has_text()) fail(o.dir, ": no tokenizer.json and not byte-level: cannot read text (give --ids-file)");
-      check_memory(sat_mul(bytes, 4), o.file + ": its tokens");
-      rows.push_back(codec.encode(text));
+      if (!model.has_text()) fail(o.dir, ": no tokenizer.json and not byte-level: cannot read text (give --ids-file)");
+      api::check_memory(sat_mul(bytes, 4), o.file + ": its tokens");
+      rows.push_back(model.encode(text));
     }
     int64_t total = 0;
     for (const auto& row : rows) total += static_cast<int64_t>(row.size());
-    Engine engine(model, engine_options(o.device));
     // The first token of each row is predicted from the end-of-document token, so every token counts.
-    PerplexityResult r;
+    api::Perplexity r;
     for (const auto& row : rows) {
       const int64_t before = r.tokens;
-      const PerplexityResult one = perplexity(engine, row, c.eos_token_id, o.chunk, [&](int64_t done) {
+      const api::Perplexity one = model.perplexity(row, o.chunk, [&](int64_t done) {
         std::fprintf(stderr, "\r%lld / %lld tokens", static_cast<long long>(before + done), static_cast<long long>(total));
       });
       r.nll += one.nll;

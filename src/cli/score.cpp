@@ -3,10 +3,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "core/limits.h"
 #include "core/npy.h"
-#include "model/engine.h"
-#include "model/validate.h"
 
 namespace mamba::cli {
 
@@ -50,19 +47,14 @@ void add_score(CLI::App& app) {
     if (shape.front() > INT32_MAX || shape.back() > INT32_MAX) fail(o.ids_file, ": shape is too large");
     const int B = shape.size() == 2 ? static_cast<int>(shape[0]) : 1;
     const int L = static_cast<int>(shape.back());
-    Model model = load_model(o.dir, o.device);
+    api::ModelOptions options = model_options(o.device);
+    options.text = false;  // ids only: no tokenizer read
+    const api::Model model(o.dir, options);
     const int64_t V = model.config().vocab_size;
-    check_memory(forward_bytes(model.config(), B, L, int64_t{B} * L),
-                 "score: logits of " + std::to_string(B) + " × " + std::to_string(L) + " tokens × " + std::to_string(V));
-    Engine engine(model, engine_options(o.device));
-    State state = engine.new_state(B);
+    api::check_memory(model.forward_bytes(B, L, api::Logits::All),
+                      "score: logits of " + std::to_string(B) + " × " + std::to_string(L) + " tokens × " + std::to_string(V));
     std::vector<float> logits(static_cast<size_t>(int64_t{B} * L * V));
-    engine.forward(tokens.data(), B, L, state, logits.data(), Logits::All);
-    if (const int64_t bad = first_nonfinite(logits.data(), static_cast<int64_t>(logits.size())); bad >= 0) {
-      const int64_t row = bad / V;
-      fail("score: the model's logits are not finite (", logits[bad], " for token id ", bad % V, " at position ", row % L,
-           " of sequence ", row / L, "): its weights overflow; nothing was written");
-    }
+    model.score(tokens.data(), B, L, logits.data());  // fails, naming the position, on logits that are not finite
     shape.push_back(V);
     write_npy(o.out, logits.data(), shape);
     std::fprintf(stderr, "wrote %s: logits of %d × %d tokens × %lld\n", o.out.c_str(), B, L, static_cast<long long>(V));

@@ -6,7 +6,6 @@
 #include "core/error.h"
 #include "core/file.h"
 #include "core/json.h"
-#include "tokenizer/tokenizer.h"
 
 namespace mamba::cli {
 
@@ -16,7 +15,7 @@ void write(const std::string& s) { std::fwrite(s.data(), 1, s.size(), stdout); }
 
 // --jsonl: one JSON value per line in, one per line out. Encoding takes strings and writes arrays of
 // ids; decoding takes arrays and writes strings. Blank lines are skipped.
-void run_jsonl(const Tokenizer& tokenizer, const std::string& file, bool decode) {
+void run_jsonl(const api::Tokenizer& tokenizer, const std::string& file, bool decode) {
   std::istringstream in(read_text_file(file));
   std::string line;
   for (int64_t number = 1; std::getline(in, line); ++number) {
@@ -70,7 +69,7 @@ void add_tokenize(CLI::App& app) {
   cmd->add_flag("-d,--decode", o.decode, "Turn ids into text (printed as it is, without a newline added)");
   cmd->add_option("--sep", o.sep, "What goes between the printed ids")->capture_default_str();
   cmd->callback([text] {
-    const Tokenizer tokenizer = Tokenizer::load(o.tokenizer);
+    const api::Tokenizer tokenizer(o.tokenizer);
     if (!o.jsonl.empty()) {
       run_jsonl(tokenizer, o.jsonl, o.decode);
       return;

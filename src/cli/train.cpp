@@ -2,24 +2,32 @@
 
 #include <atomic>
 #include <cmath>
-#include <optional>
 #include <cstdio>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "core/json.h"
-#include "core/limits.h"
-#include "model/model.h"
-#include "model/trainer.h"
-#include "model/validate.h"
 
 namespace mamba::cli {
 
 namespace {
 
-// "lr_min" → "--lr-min": a TrainOptions key as its flag.
-std::string flag_of(const std::string& key) {
-  std::string flag = "--" + key;
+std::string format_duration(double seconds) {
+  char text[32];
+  const long sec = static_cast<long>(seconds + 0.5);
+  if (sec >= 3600) {
+    std::snprintf(text, sizeof(text), "%ldh%02ldm", sec / 3600, (sec / 60) % 60);
+  } else {
+    std::snprintf(text, sizeof(text), "%ldm%02lds", sec / 60, sec % 60);
+  }
+  return text;
+}
+
+// "lr_min" → "--lr-min": an option's field name as its flag.
+std::string flag_of(const std::string& field) {
+  std::string flag = "--" + field;
   for (char& c : flag) c = c == '_' ? '-' : c;
   return flag;
 }
@@ -33,11 +41,11 @@ void add_train(CLI::App& app) {
     std::string init_from, out, resume, fixed_batch, dump_grads, progress = "auto", device = "cpu";
     std::vector<std::string> data, tokens;
     int val_every = 20;
-    TrainOptions train;
+    api::TrainOptions train;
   };
   static Options o;
-  // The flags that set a TrainOptions field, by its key: on --resume, those the run may change are
-  // applied, the others must equal the checkpoint's.
+  // The flags that set an option, by its field name: the library is told which were given (on --resume,
+  // those the run may change are applied, the others must equal the checkpoint's).
   static std::vector<std::pair<CLI::Option*, std::string>> option_flags;
   o.train.steps = 1000;
   add_shape_flags(cmd, o.shape);
@@ -47,8 +55,10 @@ void add_train(CLI::App& app) {
   cmd->add_option("--fixed-batch", o.fixed_batch,
                   "Train on one fixed batch: an integer .npy (B, L + 1) of independent rows, inputs row[:L], "
                   "targets row[1:], at every step (sets --batch and --seq-len)");
-  auto* val_every = cmd->add_option("--val-every", o.val_every, "Every K-th document goes to validation (0: none)")
-                        ->capture_default_str()->check(CLI::NonNegativeNumber);
+  option_flags.emplace_back(
+      cmd->add_option("--val-every", o.val_every, "Every K-th document goes to validation (0: none)")
+          ->capture_default_str()->check(CLI::NonNegativeNumber),
+      "val_every");
   cmd->add_option("--out", o.out, "Run folder: latest model, log.jsonl, checkpoints/");
   cmd->add_option("--resume", o.resume,
                   "Continue exactly from a run folder or checkpoint; of the options given with it, the schedule, "
@@ -60,9 +70,9 @@ void add_train(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--dump-grads", o.dump_grads,
                   "Write the first step's gradients (mean over micro-batches, before clipping) to this .safetensors");
-  TrainOptions& t = o.train;
-  auto flag = [&](CLI::Option* option, const char* key) {
-    option_flags.emplace_back(option, key);
+  api::TrainOptions& t = o.train;
+  auto flag = [&](CLI::Option* option, const char* field) {
+    option_flags.emplace_back(option, field);
     return option;
   };
   flag(cmd->add_option("--seq-len", t.seq_len, "Tokens per sequence"), "seq_len")->capture_default_str()->check(CLI::PositiveNumber);
@@ -92,146 +102,104 @@ void add_train(CLI::App& app) {
   flag(cmd->add_option("--keep", t.keep, "Checkpoints to keep"), "keep")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--progress", o.progress, "Live progress line: auto (on a terminal), on, off")
       ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
-  cmd->callback([val_every] {
-    const int sources = !o.data.empty() + !o.tokens.empty() + !o.fixed_batch.empty();
-    if (sources != 1) fail("train: give one of --data (text), --tokens (token files) or --fixed-batch (a .npy batch)");
-    const bool byte_level = !o.data.empty(), fixed = !o.fixed_batch.empty();
-    std::vector<std::filesystem::path> paths(o.data.begin(), o.data.end());
-    if (!o.tokens.empty()) paths.assign(o.tokens.begin(), o.tokens.end());
+  cmd->callback([] {
+    // The flags checked with their names; the library checks the rest, naming the flags too.
+    api::TrainOptions run = o.train;
+    run.data.assign(o.data.begin(), o.data.end());
+    run.tokens.assign(o.tokens.begin(), o.tokens.end());
+    run.fixed_batch = o.fixed_batch;
+    run.val_every = o.val_every;
+    run.out = o.out;
+    run.resume = o.resume;
+    run.init_from = o.init_from;
+    run.dump_grads = o.dump_grads;
+    run.device = o.device;
+    run.option_name = flag_of;
+    for (const auto& [option, field] : option_flags) {
+      if (option->count() > 0) run.given.push_back(field);
+    }
+    if (o.shape.given()) {
+      shape_config(o.shape, "train");
+      run.preset = o.shape.preset;
+      run.d_model = o.shape.d_model;
+      run.n_layer = o.shape.n_layer;
+      run.d_state = o.shape.d_state;
+      run.d_conv = o.shape.d_conv;
+      run.expand = o.shape.expand;
+      run.dt_rank = o.shape.dt_rank;
+    }
+    if (o.resume.empty()) {
+      if (o.out.empty()) fail("train: give --out DIR (or --resume DIR)");
+      if (o.init_from.empty() && !o.shape.given()) {
+        fail("train: give --preset, or --d-model and --n-layer, or --init-from DIR");
+      }
+    }
     const bool progress = o.progress == "on" || (o.progress == "auto" && ::isatty(STDERR_FILENO));
-    auto load_data = [&](int32_t eos, int split) {
-      if (fixed) return load_fixed_batch(o.fixed_batch);
-      return byte_level ? load_text_dataset(paths, split) : load_token_dataset(paths, eos, split);
-    };
 
-    Backend& backend = Backend::get(Device::parse(o.device));
     const std::atomic<bool>& stop = stop_on_signals();
-    std::optional<Dataset> data;
-    std::optional<Trainer> trainer;
-    if (!o.resume.empty()) {
-      const std::filesystem::path dir = Trainer::find_checkpoint(o.resume);
-      const Config saved_config = load_config(dir);  // says how its data is tokenized
-      const TrainOptions saved = Trainer::read_progress(dir).options;
-      if (o.shape.given()) {
-        const Config want = shape_config(o.shape, "train");
-        if (want.d_model != saved_config.d_model || want.n_layer != saved_config.n_layer ||
-            want.d_state != saved_config.d_state || want.d_conv != saved_config.d_conv ||
-            want.expand != saved_config.expand || want.dt_rank != saved_config.dt_rank) {
-          fail("train --resume: the model comes from the checkpoint (d_model ", saved_config.d_model, ", ",
-               saved_config.n_layer, " layers); its shape cannot change");
-        }
-      }
-      if (saved.fixed_batch != fixed || (!fixed && saved.byte_level != byte_level)) {
-        fail("train --resume: ", dir.string(), " was trained on ",
-             saved.fixed_batch ? "a fixed batch (--fixed-batch)" : saved.byte_level ? "text (--data)" : "token files (--tokens)",
-             "; give its data the same way");
-      }
-      // The validation split decides which documents are trained on: it must be the run's.
-      int split = o.val_every;
-      if (saved.val_every >= 0) {
-        if (val_every->count() > 0 && o.val_every != saved.val_every) {
-          fail("train --resume: --val-every ", o.val_every, " cannot change in a resumed run (its split is every ",
-               saved.val_every, "-th document)");
-        }
-        split = saved.val_every;
-      }
-      const nlohmann::json given = o.train.to_json(), run = saved.to_json();
-      nlohmann::json changes = nlohmann::json::object();
-      for (const auto& [option, key] : option_flags) {
-        if (option->count() == 0 || given[key] == run[key]) continue;
-        if (!TrainOptions::resumable(key)) {
-          fail("train --resume: ", flag_of(key), " ", json_brief(given[key]), " cannot change in a resumed run (it is ",
-               json_brief(run[key]), " there): the batches continue from where the run stopped");
-        }
-        changes[key] = given[key];
-      }
-      data = load_data(saved_config.eos_token_id, split);
-      trainer.emplace(Trainer::resume(o.resume, *data, changes, o.out, backend));
-      std::fprintf(stderr, "resuming at step %lld of %lld\n", static_cast<long long>(trainer->step()),
-                   static_cast<long long>(trainer->options().steps));
-      for (const auto& [key, change] : trainer->resume_changes().items()) {
-        std::fprintf(stderr, "resume: applied %s %s (was %s)\n", flag_of(key).c_str(), json_brief(change[1]).c_str(),
-                     json_brief(change[0]).c_str());
+    api::Training training(run);
+    if (training.resumed()) {
+      std::fprintf(stderr, "resuming at step %lld of %lld\n", static_cast<long long>(training.step()),
+                   static_cast<long long>(training.steps()));
+      for (const api::OptionChange& change : training.changes()) {
+        std::fprintf(stderr, "resume: applied %s %s (was %s)\n", flag_of(change.option).c_str(), change.now.c_str(),
+                     change.was.c_str());
       }
     } else {
-      if (o.out.empty()) fail("train: give --out DIR (or --resume DIR)");
-      Config c;
-      std::optional<Model> base;
-      if (!o.init_from.empty()) {
-        base.emplace(Model::load(o.init_from));
-        c = base->config();
-      } else {
-        if (!o.shape.given()) fail("train: give --preset, or --d-model and --n-layer, or --init-from DIR");
-        c = shape_config(o.shape, "train");
-        if (byte_level) {
-          c.vocab_size = kByteVocab;
-          c.byte_level = true;
-          c.eos_token_id = kByteEndOfDoc;
-        }
-      }
-      data = load_data(c.eos_token_id, o.val_every);
-      if (c.vocab_size == 0) c.vocab_size = data->max_token + 1;  // a new model on token ids: the ids it is given
-      c.validate("train");
-      if (fixed) {
-        const int rows = static_cast<int>(data->train.rows);
-        const int L = static_cast<int>(data->train.tokens.size() / data->train.rows) - 1;
-        for (const auto& [option, key] : option_flags) {
-          const int given = key == "batch" ? o.train.batch : o.train.seq_len, want = key == "batch" ? rows : L;
-          if ((key == "batch" || key == "seq_len") && option->count() > 0 && given != want) {
-            fail("train --fixed-batch: ", o.fixed_batch, " holds ", rows, " rows of ", L, " + 1 tokens; ",
-                 flag_of(key), " ", given, " contradicts it");
-          }
-        }
-        o.train.batch = rows;
-        o.train.seq_len = L;
-      }
-      o.train.byte_level = byte_level;
-      o.train.fixed_batch = fixed;
-      o.train.val_every = fixed ? -1 : o.val_every;
-      if (backend.host_memory()) {  // a GPU's allocations say themselves what they lack
-        check_memory(Trainer::bytes_needed(c, o.train),
-                     "train: " + std::to_string(c.parameter_count()) + " parameters on batches of " +
-                         std::to_string(o.train.batch) + " × " + std::to_string(o.train.seq_len) + " tokens");
-      }
-      std::vector<float> params;
-      if (base) {
-        params = base->params_f32();
-        base.reset();
-      } else {
-        params.assign(static_cast<size_t>(param_layout_size(param_specs(c))), 0.0f);
-        init_params(params.data(), c, param_specs(c), o.train.seed);
-      }
-      trainer.emplace(c, std::move(params), *data, o.train, o.out, backend);
+      const api::ModelConfig& c = training.config();
       std::fprintf(stderr,
-                   "model: %lld parameters (d_model %d, %d layers); data: %zu training tokens in %lld documents, "
-                   "%zu validation tokens; activations %.1f MiB; on %s\n",
-                   static_cast<long long>(c.parameter_count()), c.d_model, c.n_layer, data->train.tokens.size(),
-                   static_cast<long long>(data->train.documents), data->val.tokens.size(),
-                   trainer->activation_bytes() / 1048576.0, backend.describe().c_str());
+                   "model: %lld parameters (d_model %d, %d layers); data: %lld training tokens in %lld documents, "
+                   "%lld validation tokens; activations %.1f MiB; on %s\n",
+                   static_cast<long long>(c.parameters), c.d_model, c.n_layer,
+                   static_cast<long long>(training.train_tokens()), static_cast<long long>(training.train_documents()),
+                   static_cast<long long>(training.val_tokens()), training.activation_bytes() / 1048576.0,
+                   training.describe().c_str());
     }
-    if (fixed) {
-      std::fprintf(stderr, "note: one fixed batch of %lld rows; the validation loss is that batch's loss\n",
-                   static_cast<long long>(data->train.rows));
-    } else if (trainer->validates_on_training_data()) {
+    const bool on_train = training.validates_on_training_data();
+    if (training.fixed_batch()) {
+      std::fprintf(stderr, "note: one fixed batch of %d rows; the validation loss is that batch's loss\n",
+                   training.batch());
+    } else if (on_train) {
       std::fprintf(stderr,
-                   "note: no validation data (%lld documents set aside, %zu tokens, fewer than --seq-len + 1 = %d): "
+                   "note: no validation data (%lld documents set aside, %lld tokens, fewer than --seq-len + 1 = %d): "
                    "validation losses are computed on training windows, marked \"val_data\": \"train\" in log.jsonl\n",
-                   static_cast<long long>(data->val.documents), data->val.tokens.size(), trainer->options().seq_len + 1);
+                   static_cast<long long>(training.val_documents()), static_cast<long long>(training.val_tokens()),
+                   training.seq_len() + 1);
     }
-    if (!o.dump_grads.empty()) trainer->dump_gradients_to(o.dump_grads);
-    trainer->set_progress(progress);
-    TrainResult r = trainer->run(&stop);
-    const auto where = Trainer::latest_checkpoint(trainer->out());
+    const int64_t first = training.step();
+    double smoothed = -1;
+    const api::TrainSummary r = training.run(
+        [&](const api::TrainStep& s) {
+          smoothed = smoothed < 0 ? s.loss : 0.9 * smoothed + 0.1 * s.loss;
+          if (progress) {
+            const double eta = static_cast<double>(s.steps - s.step) * s.elapsed_s / static_cast<double>(s.step - first);
+            const int width = 24, filled = static_cast<int>(width * s.step / s.steps);
+            std::fprintf(stderr, "\r\033[K%6lld/%lld [%s%s] loss %.4f lr %.2e %.0f tok/s ETA %s",
+                         static_cast<long long>(s.step), static_cast<long long>(s.steps),
+                         std::string(static_cast<size_t>(filled), '=').c_str(),
+                         std::string(static_cast<size_t>(width - filled), ' ').c_str(), smoothed, s.lr, s.tokens_per_s,
+                         format_duration(eta).c_str());
+            if (s.evaluated) std::fprintf(stderr, "  val %.4f%s\n", s.val_loss, on_train ? " (on training data)" : "");
+            std::fflush(stderr);
+          } else if (s.evaluated) {
+            std::fprintf(stderr, "step %lld/%lld  loss %.4f  val %.4f (%.3f bits%s)  lr %.2e  %.0f tok/s\n",
+                         static_cast<long long>(s.step), static_cast<long long>(s.steps), s.loss, s.val_loss, s.val_bits,
+                         on_train ? ", on training data" : "", s.lr, s.tokens_per_s);
+          }
+          return true;
+        },
+        &stop);
+    if (progress) std::fprintf(stderr, "\n");
     if (!o.dump_grads.empty()) std::fprintf(stderr, "wrote the gradients of the first step to %s\n", o.dump_grads.c_str());
     if (r.interrupted) {
       std::fprintf(stderr, "interrupted at step %lld: checkpoint saved in %s; continue with --resume\n",
-                   static_cast<long long>(r.steps), where.c_str());
+                   static_cast<long long>(r.steps), r.checkpoint.c_str());
       return;
     }
     std::fprintf(stderr, "done: %lld steps in %.1f s, %.0f tokens/s; loss %.4f, validation %.4f (%.4f bits per %s)\n",
                  static_cast<long long>(r.steps), r.seconds, r.tokens_per_s, r.loss, r.val_loss,
-                 r.val_loss / std::log(2.0), trainer->options().byte_level ? "byte" : "token");
-    std::fprintf(stderr, "saved: %s\n", where.c_str());
+                 r.val_loss / std::log(2.0), r.byte_level ? "byte" : "token");
+    std::fprintf(stderr, "saved: %s\n", r.checkpoint.c_str());
   });
 }
 

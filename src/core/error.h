@@ -1,17 +1,14 @@
-// Errors: every failure the user can cause (bad files, bad flags, bad ids) is a mamba::Error whose
-// message names the file, the field or tensor, and what was expected. The CLI prints it and exits 1.
+// Errors: every failure the user can cause (bad files, bad flags, bad ids) is a mamba::Error (the public
+// type of include/mamba/error.h) whose message names the file, the field or tensor, and what was
+// expected. The CLI prints it and exits 1; the Python package raises it as mambacpp.Error.
 #pragma once
 
 #include <sstream>
-#include <stdexcept>
 #include <string>
 
-namespace mamba {
+#include "mamba/error.h"
 
-class Error : public std::runtime_error {
- public:
-  explicit Error(const std::string& what) : std::runtime_error(what) {}
-};
+namespace mamba {
 
 // Concatenates the arguments with operator<< and throws them as an Error.
 template <typename... Args>

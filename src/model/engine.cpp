@@ -148,6 +148,7 @@ void Engine::forward(const int32_t* tokens, int B, int L, State& state, float* l
     return;
   }
   for (int t0 = 0; t0 < L; t0 += chunk) {
+    if (t0 > 0 && interrupt_) interrupt_();
     const int Lc = std::min(chunk, L - t0);
     for (int b = 0; b < B; b++) {
       std::memcpy(chunk_tokens_.data() + int64_t{b} * Lc, tokens + int64_t{b} * L + t0, sizeof(int32_t) * Lc);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -44,6 +45,11 @@ class Engine {
   // One token for each of B sequences, and the id of each one's largest logit (greedy decoding), found
   // on the device: only B ids come back.
   void step_greedy(const int32_t* tokens, int B, State& state, int32_t* next);
+
+  // Called between the passes of a forward() longer than one pass (never within step()): it may throw
+  // to abandon the call, the state then holding the tokens of the passes done. Frontends use it for
+  // cancellation (Ctrl-C in Python). Empty: none.
+  void set_interrupt(std::function<void()> check) { interrupt_ = std::move(check); }
 
   // A zero state for B sequences on this engine's device.
   State new_state(int batch) const { return State(model_.config(), batch, backend_); }
@@ -105,6 +111,7 @@ class Engine {
   };
   bool graphs_enabled_;
   std::vector<DecodeGraph> graphs_;
+  std::function<void()> interrupt_;
 };
 
 }  // namespace mamba

@@ -95,16 +95,38 @@ const char* finish_name(Finish finish) {
 
 // ---- Generator ----
 
+namespace {
+
+void check_options(const SamplerOptions& sampling, const GenerateOptions& options, const TextCodec& codec) {
+  sampling.validate();
+  if (options.max_new_tokens < 0) fail("tokens to generate: ", options.max_new_tokens, " must be ≥ 0");
+  if (options.max_prompt_tokens < 1) fail("prompt limit: ", options.max_prompt_tokens, " must be ≥ 1");
+  for (const std::string& s : options.stop) {
+    if (s.empty()) fail("stop strings must not be empty");
+  }
+  if (!options.stop.empty() && !codec.has_text()) fail("stop strings need text: this model has no tokenizer");
+}
+
+}  // namespace
+
 Generator::Generator(Engine& engine, const TextCodec& codec, SamplerOptions sampling, GenerateOptions options)
     : engine_(engine), codec_(codec), sampling_(sampling), options_(std::move(options)),
       vocab_(engine.model().config().vocab_size) {
-  sampling_.validate();
-  if (options_.max_new_tokens < 0) fail("tokens to generate: ", options_.max_new_tokens, " must be ≥ 0");
-  if (options_.max_prompt_tokens < 1) fail("prompt limit: ", options_.max_prompt_tokens, " must be ≥ 1");
-  for (const std::string& s : options_.stop) {
-    if (s.empty()) fail("stop strings must not be empty");
+  check_options(sampling_, options_, codec_);
+}
+
+void Generator::set_options(SamplerOptions sampling, GenerateOptions options) {
+  if (running()) fail("generation options cannot change during a run");
+  check_options(sampling, options, codec_);
+  sampling_ = sampling;
+  options_ = std::move(options);
+  for (size_t i = 0; i < seqs_.size(); i++) {
+    SamplerOptions o = sampling_;
+    o.seed += i;
+    Sampler fresh(o, vocab_);
+    fresh.observe(seqs_[i].sampler.seen());
+    seqs_[i].sampler = std::move(fresh);
   }
-  if (!options_.stop.empty() && !codec_.has_text()) fail("stop strings need text: this model has no tokenizer");
 }
 
 int Generator::add() {
@@ -194,15 +216,37 @@ void Generator::flush(int i, const Callback& on_token) {
   if (on_token) on_token(i, -1, rest);
 }
 
-void Generator::run(const Callback& on_token) {
-  for (int i = 0; i < size(); i++) {
-    Sequence& s = seqs_[i];
-    s.output.clear();
-    s.text.clear();
-    s.held.clear();
-    s.finish = Finish::None;
-    if (!s.has_logits) feed(i, {});
-  }
+std::span<const float> Generator::begin(int i) {
+  Sequence& s = seqs_.at(i);
+  s.output.clear();
+  s.text.clear();
+  s.finish = Finish::None;
+  if (!s.has_logits) feed(i, {});
+  return s.logits;
+}
+
+Generator::Taken Generator::take(int i, const float* logits, const Callback& on_token) {
+  const int32_t id = seqs_[i].sampler.sample(logits);
+  return Taken{id, accept(i, id, on_token)};
+}
+
+void Generator::finished(int i, State row, int32_t id) {
+  Sequence& s = seqs_[i];
+  s.state = std::move(row);
+  s.pending = id;
+  s.has_logits = false;
+}
+
+void Generator::stopped(int i, State row, const float* logits) {
+  Sequence& s = seqs_[i];
+  s.state = std::move(row);
+  std::copy(logits, logits + vocab_, s.logits.begin());
+  s.has_logits = true;
+}
+
+void Generator::start() {
+  for (int i = 0; i < size(); i++) begin(i);
+  active_.clear();
   if (options_.max_new_tokens == 0) return;
 
   // Gather every sequence into one batch; rows leave it as their sequences finish.
@@ -216,37 +260,44 @@ void Generator::run(const Callback& on_token) {
     std::copy(seqs_[b].logits.begin(), seqs_[b].logits.end(), logits_.begin() + int64_t{b} * vocab_);
     active_[b] = b;
   }
-  std::vector<int> keep;
+}
+
+bool Generator::step(const Callback& on_token) {
+  if (active_.empty()) return false;
   auto start = std::chrono::steady_clock::now();
-  while (!active_.empty()) {
-    const int n = static_cast<int>(active_.size());
-    keep.clear();
-    for (int slot = 0; slot < n; slot++) {
-      const int i = active_[slot];
-      Sequence& s = seqs_[i];
-      const int32_t id = s.sampler.sample(logits_.data() + int64_t{slot} * vocab_);
-      tokens_[slot] = id;
-      if (accept(i, id, on_token)) {
-        s.state = work_.sequence(slot);
-        s.pending = id;
-        s.has_logits = false;
-      } else {
-        keep.push_back(slot);
-      }
+  const int n = static_cast<int>(active_.size());
+  keep_.clear();
+  for (int slot = 0; slot < n; slot++) {
+    const int i = active_[slot];
+    const Taken t = take(i, logits_.data() + int64_t{slot} * vocab_, on_token);
+    tokens_[slot] = t.id;
+    if (t.done) {
+      finished(i, work_.sequence(slot), t.id);
+    } else {
+      keep_.push_back(slot);
     }
-    if (static_cast<int>(keep.size()) < n) {
-      work_.keep_rows(keep);
-      for (size_t j = 0; j < keep.size(); j++) {
-        tokens_[j] = tokens_[keep[j]];
-        active_[j] = active_[keep[j]];
-      }
-      active_.resize(keep.size());
+  }
+  if (static_cast<int>(keep_.size()) < n) {
+    work_.keep_rows(keep_);
+    for (size_t j = 0; j < keep_.size(); j++) {
+      tokens_[j] = tokens_[keep_[j]];
+      active_[j] = active_[keep_[j]];
     }
-    if (active_.empty()) break;
+    active_.resize(keep_.size());
+  }
+  if (!active_.empty()) {
     engine_.step(tokens_.data(), static_cast<int>(active_.size()), work_, logits_.data());
     decode_tokens_ += static_cast<int64_t>(active_.size());
   }
   decode_seconds_ += seconds_since(start);
+  return !active_.empty();
+}
+
+void Generator::stop() {
+  for (size_t slot = 0; slot < active_.size(); slot++) {
+    stopped(active_[slot], work_.sequence(static_cast<int>(slot)), logits_.data() + static_cast<int64_t>(slot) * vocab_);
+  }
+  active_.clear();
 }
 
 void Generator::save(int i, const std::filesystem::path& path) const {

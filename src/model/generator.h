@@ -93,13 +93,55 @@ class Generator {
   using Callback = std::function<void(int seq, int32_t id, std::string_view text)>;
   // Generates up to max_new_tokens for every sequence, batched, until all have finished. A sequence
   // with neither fed tokens nor a pending token is an error.
-  void run(const Callback& on_token = {});
+  void run(const Callback& on_token = {}) {
+    start();
+    while (step(on_token)) {
+    }
+  }
+  // run() in pieces, for callers that do other work between tokens (a streaming iterator, a cancel
+  // check): start() gathers the sequences into one batch; each step() takes one token for every
+  // unfinished sequence and runs them through the model together, and is false once all have finished.
+  // stop() ends a run between steps: each unfinished sequence keeps the tokens it reported, its state
+  // has consumed them all and its next-token logits are kept, so a later feed() or run() goes on from
+  // there (text held back for a possible stop string stays held for that run).
+  void start();
+  bool step(const Callback& on_token = {});
+  void stop();
+  bool running() const { return !active_.empty(); }
+
+  // One sequence's run in pieces, for a decode batch that mixes the sequences of several generators
+  // and holds their states and logits while they run (api::Batch: continuous batching in a server);
+  // start(), step() and stop() are made of the same pieces. begin(i) starts sequence i's run (its
+  // pending token fed first) and returns its next-token logits. take(i, logits) samples the next token
+  // from `logits` (V), as step() would, and reports it: `done` when the run ends with it. The batch
+  // then gives the sequence its state (batch 1) back: finished(i, row, id) after the token that ended
+  // the run (it waits to be fed, as after run()), stopped(i, row, logits) when it leaves between steps
+  // (as stop() leaves it).
+  std::span<const float> begin(int i);
+  struct Taken {
+    int32_t id = -1;
+    bool done = false;
+  };
+  Taken take(int i, const float* logits, const Callback& on_token = {});
+  void finished(int i, State row, int32_t id);
+  void stopped(int i, State row, const float* logits);
+
+  // New options for the runs from now on (between runs): each sampler restarts from the new seed
+  // (sequence i from seed + i) and keeps the ids it has seen; states, pending tokens and logits stay.
+  void set_options(SamplerOptions sampling, GenerateOptions options);
+  const SamplerOptions& sampling() const { return sampling_; }
+  const GenerateOptions& options() const { return options_; }
 
   // What the last run produced for sequence i.
   const std::vector<int32_t>& output(int i) const { return seqs_[i].output; }
   const std::string& text(int i) const { return seqs_[i].text; }
   Finish finish(int i) const { return seqs_[i].finish; }
   const State& state(int i) const { return seqs_[i].state; }
+  // Sequence i's next-token logits (vocab) when it has them (after a feed, or a run ended by stop());
+  // empty when its last token is still pending.
+  std::span<const float> logits(int i) const {
+    return seqs_[i].has_logits ? std::span<const float>(seqs_[i].logits) : std::span<const float>();
+  }
 
   // Sequence i as a file: State's tensors ("conv", "ssm", as State::save writes them) and, in the
   // metadata, the pending token, the sampler's Rng state and the ids seen (for the repetition
@@ -141,6 +183,7 @@ class Generator {
   std::vector<float> logits_;    // (B_active, V)
   std::vector<int32_t> tokens_;  // (B_active)
   std::vector<int> active_;
+  std::vector<int> keep_;      // slots of active_ still running after a step
   int64_t prefill_tokens_ = 0, decode_tokens_ = 0;
   double prefill_seconds_ = 0, decode_seconds_ = 0;
 };

@@ -31,17 +31,6 @@ void write_text_atomic(const std::filesystem::path& path, const std::string& tex
   write_file_atomic(path, [&](std::FILE* f) { write_bytes(f, text.data(), text.size(), path); });
 }
 
-std::string format_duration(double seconds) {
-  char text[32];
-  const long s = static_cast<long>(seconds + 0.5);
-  if (s >= 3600) {
-    std::snprintf(text, sizeof(text), "%ldh%02ldm", s / 3600, (s / 60) % 60);
-  } else {
-    std::snprintf(text, sizeof(text), "%ldm%02lds", s / 60, s % 60);
-  }
-  return text;
-}
-
 // Fields of trainer.json, each checked for its JSON type; ranges are validate()'s.
 const nlohmann::json& field(const nlohmann::json& j, const char* key, const std::string& where) {
   auto it = j.find(key);
@@ -446,7 +435,7 @@ TrainResult Trainer::run(const std::atomic<bool>* stop, int64_t stop_at) {
   const int64_t tokens_per_step = int64_t{options_.batch} * options_.seq_len * options_.accum;
   const auto start = Clock::now();
   const int64_t first = step_;
-  double loss = 0, grad_norm = 0, smoothed = -1;
+  double loss = 0, grad_norm = 0;
   auto elapsed = [&] { return std::chrono::duration<double>(Clock::now() - start).count(); };
   while (step_ < options_.steps) {
     if ((stop && stop->load()) || step_ == stop_at) {
@@ -462,7 +451,6 @@ TrainResult Trainer::run(const std::atomic<bool>* stop, int64_t stop_at) {
            last.empty() ? std::string("none") : last.string());
     }
     step_++;
-    smoothed = smoothed < 0 ? loss : 0.9 * smoothed + 0.1 * loss;
     const double secs = elapsed();
     const double tps = static_cast<double>((step_ - first) * tokens_per_step) / std::max(secs, 1e-9);
     nlohmann::json line = {{"step", step_}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
@@ -475,24 +463,9 @@ TrainResult Trainer::run(const std::atomic<bool>* stop, int64_t stop_at) {
       if (val_on_train_) line["val_data"] = "train";  // no validation data: the loss of training windows
     }
     log(line);
-    if (options_.progress) {
-      const double eta = static_cast<double>(options_.steps - step_) * secs / static_cast<double>(step_ - first);
-      const int width = 24, filled = static_cast<int>(width * step_ / options_.steps);
-      std::fprintf(stderr, "\r\033[K%6lld/%lld [%s%s] loss %.4f lr %.2e %.0f tok/s ETA %s",
-                   static_cast<long long>(step_), static_cast<long long>(options_.steps),
-                   std::string(static_cast<size_t>(filled), '=').c_str(),
-                   std::string(static_cast<size_t>(width - filled), ' ').c_str(), smoothed, lr, tps,
-                   format_duration(eta).c_str());
-      if (eval_now) std::fprintf(stderr, "  val %.4f%s\n", last_val_, val_on_train_ ? " (on training data)" : "");
-      std::fflush(stderr);
-    } else if (eval_now) {
-      std::fprintf(stderr, "step %lld/%lld  loss %.4f  val %.4f (%.3f bits%s)  lr %.2e  %.0f tok/s\n",
-                   static_cast<long long>(step_), static_cast<long long>(options_.steps), loss, last_val_,
-                   last_val_ / std::log(2.0), val_on_train_ ? ", on training data" : "", lr, tps);
-    }
+    if (observer_) observer_(line);
     if (options_.save_every > 0 && step_ % options_.save_every == 0 && step_ < options_.steps) save_checkpoint();
   }
-  if (options_.progress) std::fprintf(stderr, "\n");
   save_checkpoint();
   result.steps = step_;
   result.loss = loss;

@@ -1,5 +1,5 @@
 // The training loop: batches → forward/backward → clip → AdamW, with validation, a JSON-lines log,
-// a progress line, and checkpoints that resume exactly.
+// an observer of every step (progress is the caller's to show), and checkpoints that resume exactly.
 //
 // A run folder holds the latest model (config.json + model.safetensors, loadable by every command),
 // log.jsonl, and checkpoints/step-NNNNNNNN/ folders (model, optimizer state, trainer.json with the
@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -30,7 +31,6 @@ struct TrainOptions {
   int scan_chunk = 256;
   int64_t eval_every = 100, eval_batches = 8, save_every = 0, keep = 3;
   int ignore_index = -100;
-  bool progress = false;  // a live progress line on stderr
   bool byte_level = true; // validation reported in bits per byte
   // How the data was split and drawn, saved so that a resumed run reads it the same way: every
   // val_every-th document is validation (-1: not recorded, by checkpoints older than this field);
@@ -103,7 +103,11 @@ class Trainer {
   int64_t activation_bytes() const { return backprop_.activation_bytes(); }
 
   const std::filesystem::path& out() const { return out_; }
-  void set_progress(bool on) { options_.progress = on; }
+  // Called with each step's log.jsonl line ({"step", "loss", "lr", "grad_norm", "tokens_per_s",
+  // "elapsed_s"}, and "val_loss" with "val_bits_per_byte" or "val_bits_per_token" when it validated,
+  // "val_data": "train" when that was on training data). It may throw to end the run at once, without a
+  // save.
+  void set_observer(std::function<void(const nlohmann::json& line)> observer) { observer_ = std::move(observer); }
   // {"lr": [old, new], ...}: the options resume() changed.
   const nlohmann::json& resume_changes() const { return resume_changes_; }
   // Whether validation runs on training windows, for want of validation data (too few documents for
@@ -146,6 +150,7 @@ class Trainer {
   std::vector<int32_t> inputs_, targets_;
   int64_t step_ = 0;
   double last_val_ = -1;
+  std::function<void(const nlohmann::json&)> observer_;
   bool val_on_train_ = false;
   std::filesystem::path dump_grads_;
   nlohmann::json resume_changes_ = nlohmann::json::object();

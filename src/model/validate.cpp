@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
 
 #include "core/error.h"
 #include "core/limits.h"
@@ -66,27 +69,52 @@ void check_finite(const float* data, int64_t n, const std::string& what) {
 
 void check_finite(const WeightView& w, int64_t rows, int64_t cols, const std::string& what) {
   const int64_t n = rows * cols;
-  if (w.dtype == DType::F32) return check_finite(static_cast<const float*>(w.data), n, what);
+  // A file's tensor may start at any byte (after an int8 tensor of odd length): values are read through
+  // memcpy, into an aligned block for fp32, never through a misaligned pointer.
+  const auto* bytes = static_cast<const char*>(w.data);
+  if (w.dtype == DType::F32) {
+    if (reinterpret_cast<uintptr_t>(bytes) % alignof(float) == 0) {
+      return check_finite(static_cast<const float*>(w.data), n, what);
+    }
+    constexpr int64_t kBlock = 4096;
+    std::vector<float> block(static_cast<size_t>(std::min(n, kBlock)));
+    for (int64_t start = 0; start < n; start += kBlock) {
+      const int64_t count = std::min(kBlock, n - start);
+      std::memcpy(block.data(), bytes + start * 4, static_cast<size_t>(count) * 4);
+      if (const int64_t i = first_nonfinite(block.data(), count); i >= 0) {
+        fail(what, " holds a non-finite value (", block[i], ") at index ", start + i, " of ", n);
+      }
+    }
+    return;
+  }
   // 16-bit floats: Inf and NaN are the values whose exponent bits are all ones.
-  auto first_bad = [](const uint16_t* h, int64_t count, uint16_t exponent) {
+  auto first_bad = [](const void* h, int64_t count, uint16_t exponent) {
+    const auto* p = static_cast<const char*>(h);
     for (int64_t i = 0; i < count; i++) {
-      if ((h[i] & exponent) == exponent) return i;
+      uint16_t v;
+      std::memcpy(&v, p + 2 * i, 2);
+      if ((v & exponent) == exponent) return i;
     }
     return int64_t{-1};
+  };
+  auto value_at = [](const void* h, int64_t i) {
+    uint16_t v;
+    std::memcpy(&v, static_cast<const char*>(h) + 2 * i, 2);
+    return v;
   };
   if (w.dtype == DType::I8) {
     const int64_t blocks = rows * q8_blocks(cols), i = first_bad(w.scales, blocks, 0x7c00);
     if (i >= 0) {
-      fail(what, " has a non-finite scale (", f16_to_f32(w.scales[i]), ") for row ", i / q8_blocks(cols), ", values ",
-           i % q8_blocks(cols) * kQ8Block, " on");
+      fail(what, " has a non-finite scale (", f16_to_f32(value_at(w.scales, i)), ") for row ", i / q8_blocks(cols),
+           ", values ", i % q8_blocks(cols) * kQ8Block, " on");
     }
     return;
   }
-  const auto* h = static_cast<const uint16_t*>(w.data);
   const bool bf16 = w.dtype == DType::BF16;
-  const int64_t i = first_bad(h, n, bf16 ? 0x7f80 : 0x7c00);
+  const int64_t i = first_bad(w.data, n, bf16 ? 0x7f80 : 0x7c00);
   if (i >= 0) {
-    fail(what, " holds a non-finite value (", bf16 ? bf16_to_f32(h[i]) : f16_to_f32(h[i]), ") at index ", i, " of ", n);
+    const uint16_t v = value_at(w.data, i);
+    fail(what, " holds a non-finite value (", bf16 ? bf16_to_f32(v) : f16_to_f32(v), ") at index ", i, " of ", n);
   }
 }
 
