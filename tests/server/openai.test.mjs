@@ -27,6 +27,11 @@ const cli = process.env.MAMBA_CLI ?? path.join(root, 'build/mambacpp');
 const model = path.join(root, 'tests/fixtures/bytes-tiny');
 const neox = path.join(root, '../shared/data/gpt-neox-20b/tokenizer.json');
 const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'mambacpp-serve-'));
+// Built with AddressSanitizer (`mambacpp --version` says so), the server's resident memory is the
+// sanitizer allocator's (freed blocks held in quarantine, per-thread caches, larger stack frames) and
+// grows with the requests whatever the code does: there, leaks are LeakSanitizer's to find, at the exit
+// of each server (stop() must return 0).
+const sanitized = execFileSync(cli, ['--version']).toString().includes('asan');
 after(() => fs.rmSync(scratch, { recursive: true, force: true }));
 
 // ---- a server per group of tests ----
@@ -262,7 +267,9 @@ test('32 clients at once: each gets what it gets alone, none is lost, memory sta
   assert.match(m.text, /mambacpp_requests_total\{outcome="finished"\} 128/);
   // The first round grows what the batch needs (activations for 8 rows, threads' stacks); after it,
   // nothing is kept per request.
-  assert.ok(sizes[2] - sizes[0] < 4 << 20, `RSS after the rounds: ${sizes.map((b) => (b / 2 ** 20).toFixed(1)).join(', ')} MiB`);
+  if (!sanitized) {
+    assert.ok(sizes[2] - sizes[0] < 4 << 20, `RSS after the rounds: ${sizes.map((b) => (b / 2 ** 20).toFixed(1)).join(', ')} MiB`);
+  }
   assert.equal(await s.stop(), 0);
 });
 
