@@ -4,10 +4,13 @@
 #include <thread>
 
 #include "cli/commands.h"
+#if MAMBA_HAVE_SERVER
 #include "server/server.h"
+#endif
 
 namespace mamba::cli {
 
+#if MAMBA_HAVE_SERVER
 void add_serve(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "serve",
@@ -68,5 +71,14 @@ void add_serve(CLI::App& app) {
     std::fprintf(stderr, "mambacpp serve: stopped\n");
   });
 }
+
+#else
+// Built without cpp-httplib (CMake says so when it configures): the command is there to say why.
+void add_serve(CLI::App& app) {
+  auto* cmd = app.add_subcommand("serve", "The HTTP server (not in this build: it needs libcpp-httplib-dev)");
+  cmd->allow_extras();
+  cmd->callback([] { fail("serve: this mambacpp was built without the HTTP server (cpp-httplib was not found)"); });
+}
+#endif
 
 }  // namespace mamba::cli
