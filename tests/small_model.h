@@ -1,14 +1,50 @@
-// Small random models with awkward sizes, built in memory, shared by the model and generation tests.
+// Small random models with awkward sizes, built in memory, and a small text corpus, shared by the model,
+// generation and training tests.
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "core/rng.h"
+#include "model/data.h"
 #include "model/model.h"
 
 namespace mamba::test {
+
+// The official initialisation of a model of config c, as flat fp32 parameters.
+inline std::vector<float> initial_params(const Config& c, uint64_t seed) {
+  auto specs = param_specs(c);
+  std::vector<float> params(static_cast<size_t>(param_layout_size(specs)));
+  init_params(params.data(), c, specs, seed);
+  return params;
+}
+
+// A byte-level model of 2 layers with these widths.
+inline Config byte_config(int d_model, int d_state, int dt_rank) {
+  Config c;
+  c.d_model = d_model;
+  c.n_layer = 2;
+  c.vocab_size = kByteVocab;
+  c.d_state = d_state;
+  c.dt_rank = dt_rank;
+  c.byte_level = true;
+  c.eos_token_id = kByteEndOfDoc;
+  return c;
+}
+
+// Six short documents of `sentences` numbered sentences each in dir/text, every third held out.
+inline Dataset text_dataset(const std::filesystem::path& dir, int sentences) {
+  std::filesystem::create_directories(dir / "text");
+  for (int d = 0; d < 6; d++) {
+    std::ofstream out(dir / "text" / ("doc" + std::to_string(d) + ".txt"));
+    for (int i = 0; i < sentences; i++) out << "the state of the union is strong " << d << " " << i << ". ";
+  }
+  return load_text_dataset({dir / "text"}, 3);
+}
 
 struct SmallModelOptions {
   int vocab = 37;
@@ -32,8 +68,7 @@ inline Model small_model(uint64_t seed, const SmallModelOptions& o = {}) {
   c.byte_level = o.byte_level;
   c.eos_token_id = o.byte_level ? 256 : 0;
   auto specs = param_specs(c);
-  std::vector<float> params(static_cast<size_t>(param_layout_size(specs)));
-  init_params(params.data(), c, specs, seed);
+  std::vector<float> params = initial_params(c, seed);
   Rng rng(seed + 1);
   for (const ParamSpec& s : specs) {
     for (int64_t i = 0; i < s.numel; i++) params[s.offset + i] += static_cast<float>(o.perturb * rng.normal());

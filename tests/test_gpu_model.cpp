@@ -22,23 +22,8 @@ using test::random_tokens;
 using test::relative_error;
 using test::small_model;
 
-const Device kGpu{Device::Kind::Cuda, 0};
-
-bool have_gpu(std::string* why) {
-  try {
-    Backend::get(kGpu);
-    return true;
-  } catch (const Error& e) {
-    *why = e.what();
-    return false;
-  }
-}
-
-#define REQUIRE_GPU()                     \
-  do {                                    \
-    std::string why;                      \
-    if (!have_gpu(&why)) GTEST_SKIP() << why; \
-  } while (0)
+using test::have_gpu;
+using test::kGpu;
 
 // The bound on bf16 and fp16 logits against the fp32 oracle: max |Δlogit| / max |logit|. Activations
 // rounded to 8 (bf16) or 11 (fp16) bits at every layer's boundaries, over two small layers.

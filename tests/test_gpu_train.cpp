@@ -23,23 +23,8 @@ using test::fixtures_dir;
 using test::random_tokens;
 using test::relative_error;
 
-const Device kGpu{Device::Kind::Cuda, 0};
-
-bool have_gpu(std::string* why) {
-  try {
-    Backend::get(kGpu);
-    return true;
-  } catch (const Error& e) {
-    *why = e.what();
-    return false;
-  }
-}
-
-#define REQUIRE_GPU()                         \
-  do {                                        \
-    std::string why;                          \
-    if (!have_gpu(&why)) GTEST_SKIP() << why; \
-  } while (0)
+using test::have_gpu;
+using test::kGpu;
 
 // The gradients of one batch from zero, on a backend; params and the result in host memory.
 std::vector<float> gradients(const Config& c, const std::vector<float>& params, const std::vector<int32_t>& ids,
@@ -102,33 +87,9 @@ TEST(GpuTraining, TrainingFixtureGradientsEqualTheCpus) {
   expect_gradients_close(model, read_ids(dir / "ids.npy"), read_ids(dir / "targets.npy"), 2, 23, 1e-5);
 }
 
-Dataset text_dataset(const test::TempDir& tmp) {
-  std::filesystem::create_directories(tmp / "text");
-  for (int d = 0; d < 6; d++) {
-    std::ofstream out(tmp / "text" / ("doc" + std::to_string(d) + ".txt"));
-    for (int i = 0; i < 60; i++) out << "the state of the union is strong " << d << " " << i << ". ";
-  }
-  return load_text_dataset({tmp / "text"}, 3);
-}
-
-Config byte_config() {
-  Config c;
-  c.d_model = 32;
-  c.n_layer = 2;
-  c.vocab_size = kByteVocab;
-  c.d_state = 16;
-  c.dt_rank = 2;
-  c.byte_level = true;
-  c.eos_token_id = kByteEndOfDoc;
-  return c;
-}
-
-std::vector<float> init(const Config& c, uint64_t seed) {
-  auto specs = param_specs(c);
-  std::vector<float> params(static_cast<size_t>(param_layout_size(specs)));
-  init_params(params.data(), c, specs, seed);
-  return params;
-}
+// The model and corpus of these tests (tests/small_model.h).
+Config byte_config() { return test::byte_config(32, 16, 2); }
+Dataset text_dataset(const test::TempDir& tmp) { return test::text_dataset(tmp.path(), 60); }
 
 TrainOptions options(int64_t steps) {
   TrainOptions o;
@@ -167,8 +128,8 @@ TEST(GpuTraining, TenStepTrajectoryEqualsTheCpus) {
   test::TempDir tmp;
   Dataset data = text_dataset(tmp);
   Config c = byte_config();
-  Trainer(c, init(c, 5), data, options(10), tmp / "cpu").run();
-  Trainer(c, init(c, 5), data, options(10), tmp / "gpu", Backend::get(kGpu)).run();
+  Trainer(c, test::initial_params(c, 5), data, options(10), tmp / "cpu").run();
+  Trainer(c, test::initial_params(c, 5), data, options(10), tmp / "gpu", Backend::get(kGpu)).run();
   const auto a = log_lines(tmp / "cpu" / "log.jsonl"), b = log_lines(tmp / "gpu" / "log.jsonl");
   ASSERT_EQ(a.size(), 10u);
   ASSERT_EQ(b.size(), 10u);
@@ -186,9 +147,9 @@ TEST(GpuTraining, ResumeIsBitwiseIdentical) {
   Dataset data = text_dataset(tmp);
   Config c = byte_config();
   Backend& gpu = Backend::get(kGpu);
-  Trainer(c, init(c, 6), data, options(8), tmp / "whole", gpu).run();
+  Trainer(c, test::initial_params(c, 6), data, options(8), tmp / "whole", gpu).run();
   {
-    Trainer part(c, init(c, 6), data, options(8), tmp / "split", gpu);
+    Trainer part(c, test::initial_params(c, 6), data, options(8), tmp / "split", gpu);
     EXPECT_TRUE(part.run(nullptr, 5).interrupted);
   }
   Trainer resumed = Trainer::resume(tmp / "split", data, nlohmann::json::object(), tmp / "split", gpu);
@@ -211,9 +172,9 @@ TEST(GpuTraining, CheckpointsMoveBetweenGpuAndCpu) {
   Dataset data = text_dataset(tmp);
   Config c = byte_config();
   Backend& gpu = Backend::get(kGpu);
-  Trainer(c, init(c, 7), data, options(9), tmp / "cpu").run();
+  Trainer(c, test::initial_params(c, 7), data, options(9), tmp / "cpu").run();
   {
-    Trainer first(c, init(c, 7), data, options(9), tmp / "mixed", gpu);
+    Trainer first(c, test::initial_params(c, 7), data, options(9), tmp / "mixed", gpu);
     EXPECT_TRUE(first.run(nullptr, 3).interrupted);
   }
   {
@@ -246,7 +207,7 @@ TEST(GpuTraining, OverfitsOneBatch) {
   TrainOptions o;
   o.batch = B, o.seq_len = L, o.steps = 300, o.warmup = 0, o.lr = 1e-2, o.schedule = "constant";
   o.weight_decay = 0, o.eval_every = 0, o.fixed_batch = true;
-  Trainer t(c, init(c, 1), data, o, tmp / "run", Backend::get(kGpu));
+  Trainer t(c, test::initial_params(c, 1), data, o, tmp / "run", Backend::get(kGpu));
   const TrainResult r = t.run();
   EXPECT_LT(r.loss, 0.05);
 }

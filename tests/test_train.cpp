@@ -15,6 +15,7 @@
 #include "model/optimizer.h"
 #include "model/trainer.h"
 #include "grad_check.h"
+#include "small_model.h"
 #include "test_util.h"
 
 namespace mamba {
@@ -110,33 +111,9 @@ TEST(TrainGradients, WholeModelAgainstFiniteDifferences) {
   test::expect_model_gradient_matches_finite_differences(c);
 }
 
-Dataset tiny_text_dataset(const test::TempDir& tmp) {
-  std::filesystem::create_directories(tmp / "text");
-  for (int d = 0; d < 6; d++) {
-    std::ofstream out(tmp / "text" / ("doc" + std::to_string(d) + ".txt"));
-    for (int i = 0; i < 40; i++) out << "the state of the union is strong " << d << " " << i << ". ";
-  }
-  return load_text_dataset({tmp / "text"}, 3);
-}
-
-Config tiny_byte_config() {
-  Config c;
-  c.d_model = 16;
-  c.n_layer = 2;
-  c.vocab_size = kByteVocab;
-  c.d_state = 4;
-  c.dt_rank = 1;
-  c.byte_level = true;
-  c.eos_token_id = kByteEndOfDoc;
-  return c;
-}
-
-std::vector<float> init(const Config& c, uint64_t seed) {
-  auto specs = param_specs(c);
-  std::vector<float> params(static_cast<size_t>(param_layout_size(specs)));
-  init_params(params.data(), c, specs, seed);
-  return params;
-}
+// The model and corpus of these tests (tests/small_model.h).
+Config tiny_byte_config() { return test::byte_config(16, 4, 1); }
+Dataset tiny_text_dataset(const test::TempDir& tmp) { return test::text_dataset(tmp.path(), 40); }
 
 TrainOptions tiny_options(int64_t steps) {
   TrainOptions o;
@@ -163,7 +140,7 @@ std::vector<double> losses(const std::filesystem::path& log) {
 
 TEST(Training, OverfitsOneBatch) {
   Config c = tiny_byte_config();
-  auto params = init(c, 1);
+  auto params = test::initial_params(c, 1);
   Backprop bp(c, 2, 16);
   AdamW adam(param_specs(c), static_cast<int64_t>(params.size()), AdamWOptions{1e-2, 0.9, 0.95, 1e-8, 0.0});
   std::vector<int32_t> ids(32), targets(32);
@@ -187,12 +164,12 @@ TEST(Training, ResumeIsBitwiseIdentical) {
   Dataset data = tiny_text_dataset(tmp);
   Config c = tiny_byte_config();
   {
-    Trainer whole(c, init(c, 4), data, tiny_options(8), tmp / "whole");
+    Trainer whole(c, test::initial_params(c, 4), data, tiny_options(8), tmp / "whole");
     whole.run();
   }
   {
     // Stopped after 5 of 8 steps, as SIGINT would: the trainer saves a checkpoint and returns.
-    Trainer part(c, init(c, 4), data, tiny_options(8), tmp / "split");
+    Trainer part(c, test::initial_params(c, 4), data, tiny_options(8), tmp / "split");
     EXPECT_TRUE(part.run(nullptr, 5).interrupted);
   }
   Trainer resumed = Trainer::resume(tmp / "split", data, nlohmann::json::object(), tmp / "split");
@@ -210,7 +187,7 @@ TEST(Training, InterruptedSaveLeavesThePreviousCheckpoint) {
   test::TempDir tmp;
   Dataset data = tiny_text_dataset(tmp);
   Config c = tiny_byte_config();
-  Trainer t(c, init(c, 6), data, tiny_options(3), tmp / "run");
+  Trainer t(c, test::initial_params(c, 6), data, tiny_options(3), tmp / "run");
   t.run();
   const auto good = Trainer::latest_checkpoint(tmp / "run");
   ASSERT_FALSE(good.empty());
@@ -227,7 +204,7 @@ TEST(Training, CorruptedCheckpointIsAClearError) {
   test::TempDir tmp;
   Dataset data = tiny_text_dataset(tmp);
   Config c = tiny_byte_config();
-  Trainer t(c, init(c, 7), data, tiny_options(2), tmp / "run");
+  Trainer t(c, test::initial_params(c, 7), data, tiny_options(2), tmp / "run");
   t.run();
   const auto dir = Trainer::latest_checkpoint(tmp / "run");
   std::filesystem::resize_file(dir / "optimizer.safetensors", 100);
@@ -248,7 +225,7 @@ TEST(Training, KeepsTheLastKCheckpoints) {
   TrainOptions o = tiny_options(6);
   o.save_every = 1;
   o.keep = 2;
-  Trainer t(c, init(c, 8), data, o, tmp / "run");
+  Trainer t(c, test::initial_params(c, 8), data, o, tmp / "run");
   t.run();
   int count = 0;
   for (const auto& e : std::filesystem::directory_iterator(tmp / "run" / "checkpoints")) count += e.is_directory();
@@ -260,10 +237,10 @@ TEST(Training, NonFiniteLossStopsWithoutSaving) {
   test::TempDir tmp;
   Dataset data = tiny_text_dataset(tmp);
   Config c = tiny_byte_config();
-  Trainer good(c, init(c, 9), data, tiny_options(2), tmp / "run");
+  Trainer good(c, test::initial_params(c, 9), data, tiny_options(2), tmp / "run");
   good.run();
   const auto last = Trainer::latest_checkpoint(tmp / "run");
-  auto params = init(c, 9);
+  auto params = test::initial_params(c, 9);
   params[param_specs(c)[1].offset] = std::numeric_limits<float>::quiet_NaN();  // a poisoned weight
   TrainOptions o = tiny_options(4);
   Trainer bad(c, params, data, o, tmp / "run");
@@ -279,7 +256,7 @@ TEST(Training, NonFiniteLossStopsWithoutSaving) {
 
 TEST(Training, AccumulatedMicroBatchesEqualOneBatch) {
   Config c = tiny_byte_config();
-  auto params = init(c, 10);
+  auto params = test::initial_params(c, 10);
   Rng rng(4);
   std::vector<int32_t> ids(2 * 16), targets(2 * 16);
   for (auto& t : ids) t = static_cast<int32_t>(rng.below(256));

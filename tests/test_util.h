@@ -13,9 +13,30 @@
 
 #include <unistd.h>
 
+#include "core/error.h"
+#include "ops/backend.h"
 #include "ops/scan.h"
 
 namespace mamba::test {
+
+// The first GPU, for the tests that skip without one (REQUIRE_GPU: the reason is the backend's error).
+inline const Device kGpu{Device::Kind::Cuda, 0};
+
+inline bool have_gpu(std::string* why) {
+  try {
+    Backend::get(kGpu);
+    return true;
+  } catch (const Error& e) {
+    *why = e.what();
+    return false;
+  }
+}
+
+#define REQUIRE_GPU()                                         \
+  do {                                                        \
+    std::string why_no_gpu;                                   \
+    if (!::mamba::test::have_gpu(&why_no_gpu)) GTEST_SKIP() << why_no_gpu; \
+  } while (0)
 
 inline std::filesystem::path source_dir() { return MAMBA_SOURCE_DIR; }
 inline std::filesystem::path fixtures_dir() { return source_dir() / "tests" / "fixtures"; }

@@ -106,9 +106,6 @@ auto cuda_call(const char* what, F&& f) {
 }  // namespace
 
 int scan_state_chunk(Device device) {
-#ifdef MAMBA_HAVE_CUDA
-  if (device == Device::Cuda) return cuda::kStateChunk;
-#endif
   return device == Device::Cuda ? kCudaStateChunk : kCpuStateChunk;
 }
 

@@ -37,6 +37,17 @@ struct ShapeFlags {
   std::string preset;
   int d_model = 0, n_layer = 0, d_state = 16, d_conv = 4, expand = 2, dt_rank = 0;
   bool given() const { return !preset.empty() || d_model || n_layer; }
+  // Into the library API's options of the same names (api::InitOptions, api::TrainOptions).
+  template <class Options>
+  void copy_to(Options& to) const {
+    to.preset = preset;
+    to.d_model = d_model;
+    to.n_layer = n_layer;
+    to.d_state = d_state;
+    to.d_conv = d_conv;
+    to.expand = expand;
+    to.dt_rank = dt_rank;
+  }
 };
 void add_shape_flags(CLI::App* cmd, ShapeFlags& flags);
 // The Config they describe (vocabulary and the rest at Config's defaults); fails naming `command` when

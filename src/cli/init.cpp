@@ -23,13 +23,7 @@ void add_init(CLI::App& app) {
   cmd->callback([] {
     shape_config(o.shape, "init");  // the flags checked, errors naming them
     api::InitOptions init;
-    init.preset = o.shape.preset;
-    init.d_model = o.shape.d_model;
-    init.n_layer = o.shape.n_layer;
-    init.d_state = o.shape.d_state;
-    init.d_conv = o.shape.d_conv;
-    init.expand = o.shape.expand;
-    init.dt_rank = o.shape.dt_rank;
+    o.shape.copy_to(init);
     init.vocab_size = o.vocab;
     init.seed = o.seed;
     init.dtype = o.dtype;

@@ -120,13 +120,7 @@ void add_train(CLI::App& app) {
     }
     if (o.shape.given()) {
       shape_config(o.shape, "train");
-      run.preset = o.shape.preset;
-      run.d_model = o.shape.d_model;
-      run.n_layer = o.shape.n_layer;
-      run.d_state = o.shape.d_state;
-      run.d_conv = o.shape.d_conv;
-      run.expand = o.shape.expand;
-      run.dt_rank = o.shape.dt_rank;
+      o.shape.copy_to(run);
     }
     if (o.resume.empty()) {
       if (o.out.empty()) fail("train: give --out DIR (or --resume DIR)");

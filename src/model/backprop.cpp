@@ -38,9 +38,8 @@ int64_t Backprop::bytes_needed(const Config& c, int64_t B, int64_t L, int64_t sc
 
 Backprop::Backprop(const Config& config, int B, int L, int scan_chunk, Backend& backend)
     // A chunk longer than the sequence is one chunk; clamped, its recomputation buffers fit the sequence.
-    // The CUDA scan keeps its states at its own fixed interval (ops/scan.h), whatever was asked.
     : config_(config), specs_(param_specs(config)), backend_(backend), B_(B), L_(L),
-      chunk_(backend.device().kind == Device::Kind::Cuda ? kCudaStateChunk : std::clamp(scan_chunk, 1, std::max(1, L))) {
+      chunk_(backend.scan_state_chunk(std::clamp(scan_chunk, 1, std::max(1, L)))) {
   const Config& c = config;
   const bool lti = c.ssm_mode == SsmMode::Lti;
   const OpQuery ops[] = {{Op::Embedding}, {Op::RmsNorm}, {Op::Matmul}, {Op::Conv1d, DType::F32, DType::F32, false, 0, c.d_conv},

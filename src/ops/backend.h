@@ -90,6 +90,9 @@ class Backend {
   virtual size_t conv1d_workspace(const Conv1dParams& p) const = 0;
   virtual void conv1d(const Conv1dParams& p, void* workspace) = 0;
   virtual size_t scan_workspace(const ScanParams& p) const = 0;
+  // The interval at which this backend's scan keeps chunk states (ScanParams::state_chunk), given the one
+  // a caller would like: the CPU takes any; the CUDA scan keeps its own (kCudaStateChunk).
+  virtual int scan_state_chunk(int wanted) const { return wanted; }
   virtual void scan(const ScanParams& p, void* workspace) = 0;
   // ids (M) = the index of each row's largest value in x (M, N) fp32 (the first on ties): greedy decoding
   // without moving the logits off the device.

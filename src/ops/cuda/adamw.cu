@@ -62,16 +62,9 @@ __global__ void __launch_bounds__(kThreads) norm_partials_kernel(double* partial
     }
     sum += static_cast<double>(x) * x;
   }
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
   __shared__ double warps[kThreads / 32];
-  if (threadIdx.x % 32 == 0) warps[threadIdx.x / 32] = sum;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double total = 0.0;
-    for (int w = 0; w < kThreads / 32; w++) total += warps[w];
-    partial[blockIdx.x] = total;
-  }
+  sum = block_reduce<kThreads>(sum, [](double a, double b) { return a + b; }, warps);
+  if (threadIdx.x == 0) partial[blockIdx.x] = sum;
 }
 
 __global__ void __launch_bounds__(kThreads) norm_reduce_kernel(double* norm, ClipState* state, const double* partial,

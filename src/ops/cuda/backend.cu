@@ -164,6 +164,7 @@ class CudaBackend final : public Backend {
     conv1d_silu_fwd(q, stream_);
   }
 
+  int scan_state_chunk(int) const override { return kCudaStateChunk; }
   size_t scan_workspace(const ScanParams& p) const override {
     return decode_scan(p) ? 0 : selective_scan_fwd_workspace(p);
   }

@@ -149,4 +149,20 @@ __device__ __forceinline__ float softplus(float x) {
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + __expf(-x)); }
 __device__ __forceinline__ float silu(float x) { return x * sigmoid(x); }
 
+// op over a block of kThreads values, in a fixed order (the warps' shuffles, then the warps in turn), so
+// the result is the same bits on every run; every thread gets it. `shared` holds kThreads / 32 values and
+// may be reused after the call. Every thread of the block must call it.
+template <int kThreads, typename T, typename F>
+__device__ __forceinline__ T block_reduce(T v, F op, T* shared) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = v;
+  __syncthreads();
+  v = shared[0];
+#pragma unroll
+  for (int w = 1; w < kThreads / 32; w++) v = op(v, shared[w]);
+  __syncthreads();
+  return v;
+}
+
 }  // namespace mamba::cuda

@@ -31,33 +31,13 @@ int64_t chunk_rows(const XentParams& p) {
   return std::max<int64_t>(1, std::min<int64_t>(p.M, kChunkLogits / std::max(1, p.V)));
 }
 
-template <typename F>
-__device__ __forceinline__ float block_reduce(float v, F op, float* shared) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = v;
-  __syncthreads();
-  v = shared[0];
-#pragma unroll
-  for (int w = 1; w < kThreads / 32; w++) v = op(v, shared[w]);
-  __syncthreads();  // shared is reused by the next reduction
-  return v;
-}
-
 // count = the targets that are not ignore_index, by one block (integers: any order gives the same count).
 __global__ void __launch_bounds__(kThreads) count_kernel(int* count, const int32_t* targets, int64_t M, int ignore) {
   int n = 0;
   for (int64_t m = threadIdx.x; m < M; m += kThreads) n += targets[m] != ignore;
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) n += __shfl_xor_sync(0xffffffffu, n, offset);
   __shared__ int partial[kThreads / 32];
-  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = n;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int total = 0;
-    for (int w = 0; w < kThreads / 32; w++) total += partial[w];
-    *count = total;
-  }
+  n = block_reduce<kThreads>(n, [](int a, int b) { return a + b; }, partial);
+  if (threadIdx.x == 0) *count = n;
 }
 
 // One row of logits z (V) fp32 → dlogits in T (in place when T is float); its loss (double) to row_loss.
@@ -77,7 +57,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   float mx = -FLT_MAX;
   for (int v = threadIdx.x; v < V; v += kThreads) mx = fmaxf(mx, z[v]);
-  mx = block_reduce(mx, [](float a, float b) { return fmaxf(a, b); }, shared);
+  mx = block_reduce<kThreads>(mx, [](float a, float b) { return fmaxf(a, b); }, shared);
   const float shifted_target = z[target] - mx;
   __syncthreads();  // every thread has read z[target] before its owner overwrites it
   float others = 0.0f;
@@ -86,7 +66,7 @@ __global__ void __launch_bounds__(kThreads)
     z[v] = e;  // read back below by the same thread only
     others += v == target ? 0.0f : e;
   }
-  others = block_reduce(others, [](float a, float b) { return a + b; }, shared);
+  others = block_reduce<kThreads>(others, [](float a, float b) { return a + b; }, shared);
   const float sum = others + __expf(shifted_target);  // the target's own term, as its thread computed it
   const float inv = (1.0f / static_cast<float>(*count)) / sum;
   for (int v = threadIdx.x; v < V; v += kThreads) dz[v] = from_float<T>(v == target ? -others * inv : z[v] * inv);
