@@ -468,6 +468,17 @@ struct TrainOptions {
   // .safetensors file, with the parameters' names, for comparisons with other implementations.
   std::filesystem::path dump_grads;
 
+  // Data parallel (docs/training.md): a process started as one rank of a job (by mpirun, or with RANK,
+  // WORLD_SIZE and LOCAL_RANK set) joins it; false trains alone whatever the environment says. `batch` is
+  // then the global batch (each rank computes batch / ranks of its rows) and `device` "cuda" means the GPU
+  // of the rank's LOCAL_RANK. A collective or a step that takes longer than dist_timeout_s stops the job
+  // (a rank died or hangs); without MPI, the GPUs' ranks meet through the file `rendezvous`; the gradients
+  // are summed in buckets of about bucket_mb MiB while the backward runs.
+  bool distributed = true;
+  double dist_timeout_s = 600;
+  std::filesystem::path rendezvous;
+  double bucket_mb = 25;
+
   // The options the caller set, by field name ("lr", "batch", ...): what a resumed run changes or
   // checks (see `resume`), and, with a fixed batch, batch and seq_len that must match its shape.
   std::vector<std::string> given;
@@ -523,7 +534,9 @@ class Training {
   int64_t val_tokens() const;
   int64_t val_documents() const;
   int64_t activation_bytes() const;
-  std::string describe() const;  // the backend it runs on, in one line
+  std::string describe() const;  // the backend it runs on, in one line (and the data-parallel job's transport)
+  int rank() const;        // in the data-parallel job (0 alone); only rank 0 writes the log and checkpoints
+  int world_size() const;  // ranks in the job (1 alone)
   bool fixed_batch() const;  // trains on one fixed batch, whose own loss is the validation loss
   // Whether validation runs on training windows, for want of validation data (too few documents for the
   // split, or a validation stream shorter than seq_len + 1 tokens); log.jsonl marks those evaluations.

@@ -16,6 +16,7 @@
 #include "core/json.h"
 #include "core/limits.h"
 #include "core/runtime.h"
+#include "dist/comm.h"
 #include "model/config.h"
 #include "model/data.h"
 #include "model/engine.h"
@@ -935,6 +936,7 @@ QuantizeSummary quantize_model(const std::filesystem::path& dir, const std::file
 
 struct Training::Impl {
   std::optional<Dataset> data;     // before the trainer, which refers to it
+  std::unique_ptr<Communicator> comm;  // likewise; null alone
   std::optional<Trainer> trainer;
   ModelConfig config;
   bool resumed = false;
@@ -992,7 +994,17 @@ Training::Training(const TrainOptions& o) : impl_(std::make_unique<Impl>()) {
   };
   const bool shape_given = !o.preset.empty() || o.d_model || o.n_layer;
   mamba::TrainOptions t = trainer_options(o);
-  Backend& backend = Backend::get(Device::parse(o.device));
+  // A rank of a data-parallel job: "cuda" is the GPU of its local rank; the job is joined before any
+  // data is read, so that every rank fails alike on bad options.
+  const LaunchInfo launch = o.distributed ? detect_launch() : LaunchInfo{};
+  const std::string device = !launch.launcher.empty() && o.device == "cuda" ? "cuda:" + std::to_string(launch.local_rank)
+                                                                               : o.device;
+  Backend& backend = Backend::get(Device::parse(device));
+  if (!(o.bucket_mb > 0 && o.bucket_mb < 1e6)) fail("train: ", name("bucket_mb"), " ", o.bucket_mb, " must lie in (0, 1e6)");
+  const int64_t bucket_bytes = static_cast<int64_t>(o.bucket_mb * 1048576.0);
+  impl_->comm = connect(backend, launch, DistOptions{o.dist_timeout_s, o.rendezvous, bucket_bytes});
+  Communicator* comm = impl_->comm.get();
+  const int world = comm ? comm->size() : 1;
 
   if (!o.resume.empty()) {
     const std::string where = "train " + name("resume");
@@ -1039,7 +1051,7 @@ Training::Training(const TrainOptions& o) : impl_(std::make_unique<Impl>()) {
       changes[key] = given[key];
     }
     impl_->data = load_data(saved_config.eos_token_id, split);
-    impl_->trainer.emplace(Trainer::resume(o.resume, *impl_->data, changes, o.out, backend));
+    impl_->trainer.emplace(Trainer::resume(o.resume, *impl_->data, changes, o.out, backend, comm, bucket_bytes));
     for (const auto& [key, change] : impl_->trainer->resume_changes().items()) {
       impl_->changes.push_back(OptionChange{key, json_brief(change[0]), json_brief(change[1])});
     }
@@ -1082,7 +1094,7 @@ Training::Training(const TrainOptions& o) : impl_(std::make_unique<Impl>()) {
     // Checked before the parameters are built: a shape that cannot fit is refused with the figure (a
     // GPU's allocations say themselves what they lack).
     if (backend.host_memory()) {
-      mamba::check_memory(Trainer::bytes_needed(c, t), "train: " + std::to_string(c.parameter_count()) +
+      mamba::check_memory(Trainer::bytes_needed(c, t, world), "train: " + std::to_string(c.parameter_count()) +
                                                            " parameters on batches of " + std::to_string(t.batch) +
                                                            " × " + std::to_string(t.seq_len) + " tokens");
     }
@@ -1094,7 +1106,7 @@ Training::Training(const TrainOptions& o) : impl_(std::make_unique<Impl>()) {
       params.assign(static_cast<size_t>(param_layout_size(param_specs(c))), 0.0f);
       init_params(params.data(), c, param_specs(c), o.seed);
     }
-    impl_->trainer.emplace(c, std::move(params), data, t, o.out, backend);
+    impl_->trainer.emplace(c, std::move(params), data, t, o.out, backend, comm, bucket_bytes);
   }
   if (!o.dump_grads.empty()) impl_->trainer->dump_gradients_to(o.dump_grads);
   impl_->config = public_config(impl_->trainer->config());
@@ -1117,7 +1129,12 @@ int64_t Training::train_documents() const { return impl_->data->train.documents;
 int64_t Training::val_tokens() const { return static_cast<int64_t>(impl_->data->val.tokens.size()); }
 int64_t Training::val_documents() const { return impl_->data->val.documents; }
 int64_t Training::activation_bytes() const { return impl_->trainer->activation_bytes(); }
-std::string Training::describe() const { return impl_->trainer->backend().describe(); }
+std::string Training::describe() const {
+  const std::string device = impl_->trainer->backend().describe();
+  return impl_->comm ? device + "; data parallel: " + impl_->comm->describe() : device;
+}
+int Training::rank() const { return impl_->trainer->rank(); }
+int Training::world_size() const { return impl_->trainer->world(); }
 bool Training::fixed_batch() const { return impl_->trainer->options().fixed_batch; }
 bool Training::validates_on_training_data() const { return impl_->trainer->validates_on_training_data(); }
 

@@ -9,6 +9,24 @@
 #include "core/error.h"
 #include "core/limits.h"
 #include "core/runtime.h"
+#include "dist/comm.h"
+
+namespace {
+
+// An error's one line; in a data-parallel job (several ranks), named by rank, and the whole job stopped:
+// the other ranks would otherwise wait for this one until their watchdogs fire.
+int report_error(const std::string& message) {
+  if (mamba::launched_as_several()) {
+    const mamba::LaunchInfo launch = mamba::detect_launch();
+    std::fprintf(stderr, "error: rank %d: %s\n", launch.rank, message.c_str());
+    std::fflush(stderr);
+    mamba::abort_job(1);
+  }
+  std::fprintf(stderr, "error: %s\n", message.c_str());
+  return 1;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   mamba::relaunch_with_passive_wait(argv);  // before libgomp reads its settings (core/runtime.h says why)
@@ -43,17 +61,14 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const mamba::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
+    return report_error(e.what());
   } catch (const std::bad_alloc&) {
     // The memory checks (core/limits.h) refuse the work whose size comes from input before it starts;
     // this is what remains: the machine ran short while working.
-    std::fprintf(stderr, "error: out of memory (%s available now); --max-memory sets a limit under which work is refused before it starts\n",
-                 mamba::format_bytes(mamba::memory_limit()).c_str());
-    return 1;
+    return report_error("out of memory (" + mamba::format_bytes(mamba::memory_limit()) +
+                        " available now); --max-memory sets a limit under which work is refused before it starts");
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
+    return report_error(e.what());
   }
   return 0;
 }

@@ -38,7 +38,8 @@ void add_train(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "Train a model on text, token files or a checkpoint's data (fp32, on the CPU or a GPU)");
   struct Options {
     ShapeFlags shape;
-    std::string init_from, out, resume, fixed_batch, dump_grads, progress = "auto", device = "cpu";
+    std::string init_from, out, resume, fixed_batch, dump_grads, progress = "auto", device = "cpu", distributed = "auto",
+        rendezvous;
     std::vector<std::string> data, tokens;
     int val_every = 20;
     api::TrainOptions train;
@@ -70,6 +71,17 @@ void add_train(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--dump-grads", o.dump_grads,
                   "Write the first step's gradients (mean over micro-batches, before clipping) to this .safetensors");
+  cmd->add_option("--distributed", o.distributed,
+                  "auto: join the data-parallel job this process was started in (mpirun -np N, or RANK / WORLD_SIZE / "
+                  "LOCAL_RANK set; --batch is then the global batch); off: train alone")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "off"}));
+  cmd->add_option("--dist-timeout", o.train.dist_timeout_s,
+                  "Seconds after which a step or collective that has not finished stops the job (a rank died or hangs)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--rendezvous", o.rendezvous,
+                  "GPU ranks started without MPI meet through this file (new for each job, on a filesystem all reach)");
+  cmd->add_option("--bucket-mb", o.train.bucket_mb, "Data parallel: MiB of gradients per all-reduce bucket")
+      ->capture_default_str()->check(CLI::PositiveNumber);
   api::TrainOptions& t = o.train;
   auto flag = [&](CLI::Option* option, const char* field) {
     option_flags.emplace_back(option, field);
@@ -114,6 +126,8 @@ void add_train(CLI::App& app) {
     run.init_from = o.init_from;
     run.dump_grads = o.dump_grads;
     run.device = o.device;
+    run.distributed = o.distributed == "auto";
+    run.rendezvous = o.rendezvous;
     run.option_name = flag_of;
     for (const auto& [option, field] : option_flags) {
       if (option->count() > 0) run.given.push_back(field);
@@ -128,37 +142,37 @@ void add_train(CLI::App& app) {
         fail("train: give --preset, or --d-model and --n-layer, or --init-from DIR");
       }
     }
-    const bool progress = o.progress == "on" || (o.progress == "auto" && ::isatty(STDERR_FILENO));
-
     const std::atomic<bool>& stop = stop_on_signals();
     api::Training training(run);
+    // In a data-parallel job rank 0 alone reports (and writes the log and the checkpoints).
+    const bool quiet = training.rank() != 0;
+    const bool progress = !quiet && (o.progress == "on" || (o.progress == "auto" && ::isatty(STDERR_FILENO)));
+    auto say = [quiet](const char* format, auto... args) {
+      if (!quiet) std::fprintf(stderr, format, args...);
+    };
     if (training.resumed()) {
-      std::fprintf(stderr, "resuming at step %lld of %lld\n", static_cast<long long>(training.step()),
-                   static_cast<long long>(training.steps()));
+      say("resuming at step %lld of %lld\n", static_cast<long long>(training.step()),
+          static_cast<long long>(training.steps()));
       for (const api::OptionChange& change : training.changes()) {
-        std::fprintf(stderr, "resume: applied %s %s (was %s)\n", flag_of(change.option).c_str(), change.now.c_str(),
-                     change.was.c_str());
+        say("resume: applied %s %s (was %s)\n", flag_of(change.option).c_str(), change.now.c_str(),
+            change.was.c_str());
       }
     } else {
       const api::ModelConfig& c = training.config();
-      std::fprintf(stderr,
-                   "model: %lld parameters (d_model %d, %d layers); data: %lld training tokens in %lld documents, "
-                   "%lld validation tokens; activations %.1f MiB; on %s\n",
-                   static_cast<long long>(c.parameters), c.d_model, c.n_layer,
-                   static_cast<long long>(training.train_tokens()), static_cast<long long>(training.train_documents()),
-                   static_cast<long long>(training.val_tokens()), training.activation_bytes() / 1048576.0,
-                   training.describe().c_str());
+      say("model: %lld parameters (d_model %d, %d layers); data: %lld training tokens in %lld documents, "
+          "%lld validation tokens; activations %.1f MiB; on %s\n",
+          static_cast<long long>(c.parameters), c.d_model, c.n_layer, static_cast<long long>(training.train_tokens()),
+          static_cast<long long>(training.train_documents()), static_cast<long long>(training.val_tokens()),
+          training.activation_bytes() / 1048576.0, training.describe().c_str());
     }
     const bool on_train = training.validates_on_training_data();
     if (training.fixed_batch()) {
-      std::fprintf(stderr, "note: one fixed batch of %d rows; the validation loss is that batch's loss\n",
-                   training.batch());
+      say("note: one fixed batch of %d rows; the validation loss is that batch's loss\n", training.batch());
     } else if (on_train) {
-      std::fprintf(stderr,
-                   "note: no validation data (%lld documents set aside, %lld tokens, fewer than --seq-len + 1 = %d): "
-                   "validation losses are computed on training windows, marked \"val_data\": \"train\" in log.jsonl\n",
-                   static_cast<long long>(training.val_documents()), static_cast<long long>(training.val_tokens()),
-                   training.seq_len() + 1);
+      say("note: no validation data (%lld documents set aside, %lld tokens, fewer than --seq-len + 1 = %d): "
+          "validation losses are computed on training windows, marked \"val_data\": \"train\" in log.jsonl\n",
+          static_cast<long long>(training.val_documents()), static_cast<long long>(training.val_tokens()),
+          training.seq_len() + 1);
     }
     const int64_t first = training.step();
     double smoothed = -1;
@@ -168,32 +182,32 @@ void add_train(CLI::App& app) {
           if (progress) {
             const double eta = static_cast<double>(s.steps - s.step) * s.elapsed_s / static_cast<double>(s.step - first);
             const int width = 24, filled = static_cast<int>(width * s.step / s.steps);
-            std::fprintf(stderr, "\r\033[K%6lld/%lld [%s%s] loss %.4f lr %.2e %.0f tok/s ETA %s",
-                         static_cast<long long>(s.step), static_cast<long long>(s.steps),
-                         std::string(static_cast<size_t>(filled), '=').c_str(),
-                         std::string(static_cast<size_t>(width - filled), ' ').c_str(), smoothed, s.lr, s.tokens_per_s,
-                         format_duration(eta).c_str());
-            if (s.evaluated) std::fprintf(stderr, "  val %.4f%s\n", s.val_loss, on_train ? " (on training data)" : "");
+            say("\r\033[K%6lld/%lld [%s%s] loss %.4f lr %.2e %.0f tok/s ETA %s",
+                static_cast<long long>(s.step), static_cast<long long>(s.steps),
+                std::string(static_cast<size_t>(filled), '=').c_str(),
+                std::string(static_cast<size_t>(width - filled), ' ').c_str(), smoothed, s.lr, s.tokens_per_s,
+                format_duration(eta).c_str());
+            if (s.evaluated) say("  val %.4f%s\n", s.val_loss, on_train ? " (on training data)" : "");
             std::fflush(stderr);
           } else if (s.evaluated) {
-            std::fprintf(stderr, "step %lld/%lld  loss %.4f  val %.4f (%.3f bits%s)  lr %.2e  %.0f tok/s\n",
-                         static_cast<long long>(s.step), static_cast<long long>(s.steps), s.loss, s.val_loss, s.val_bits,
-                         on_train ? ", on training data" : "", s.lr, s.tokens_per_s);
+            say("step %lld/%lld  loss %.4f  val %.4f (%.3f bits%s)  lr %.2e  %.0f tok/s\n",
+                static_cast<long long>(s.step), static_cast<long long>(s.steps), s.loss, s.val_loss, s.val_bits,
+                on_train ? ", on training data" : "", s.lr, s.tokens_per_s);
           }
           return true;
         },
         &stop);
-    if (progress) std::fprintf(stderr, "\n");
-    if (!o.dump_grads.empty()) std::fprintf(stderr, "wrote the gradients of the first step to %s\n", o.dump_grads.c_str());
+    if (progress) say("%s", "\n");
+    if (!o.dump_grads.empty()) say("wrote the gradients of the first step to %s\n", o.dump_grads.c_str());
     if (r.interrupted) {
-      std::fprintf(stderr, "interrupted at step %lld: checkpoint saved in %s; continue with --resume\n",
-                   static_cast<long long>(r.steps), r.checkpoint.c_str());
+      say("interrupted at step %lld: checkpoint saved in %s; continue with --resume\n",
+          static_cast<long long>(r.steps), r.checkpoint.c_str());
       return;
     }
-    std::fprintf(stderr, "done: %lld steps in %.1f s, %.0f tokens/s; loss %.4f, validation %.4f (%.4f bits per %s)\n",
-                 static_cast<long long>(r.steps), r.seconds, r.tokens_per_s, r.loss, r.val_loss,
-                 r.val_loss / std::log(2.0), r.byte_level ? "byte" : "token");
-    std::fprintf(stderr, "saved: %s\n", r.checkpoint.c_str());
+    say("done: %lld steps in %.1f s, %.0f tokens/s; loss %.4f, validation %.4f (%.4f bits per %s)\n",
+        static_cast<long long>(r.steps), r.seconds, r.tokens_per_s, r.loss, r.val_loss,
+        r.val_loss / std::log(2.0), r.byte_level ? "byte" : "token");
+    say("saved: %s\n", r.checkpoint.c_str());
   });
 }
 

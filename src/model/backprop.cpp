@@ -118,15 +118,15 @@ Backprop::Backprop(const Config& config, int B, int L, int scan_chunk, Backend& 
 }
 
 double Backprop::step(const float* params, float* grads, const int32_t* inputs, const int32_t* targets,
-                      int ignore_index) {
-  forward_backward(params, grads, inputs, targets, ignore_index, loss_);
+                      int ignore_index, int64_t divisor) {
+  forward_backward(params, grads, inputs, targets, ignore_index, loss_, divisor);
   float loss = 0;
   backend_.download(&loss, loss_, sizeof(float));
   return loss;
 }
 
 void Backprop::forward_backward(const float* params, float* grads, const int32_t* inputs, const int32_t* targets,
-                                int ignore_index, float* loss) {
+                                int ignore_index, float* loss, int64_t divisor) {
   const Config& c = config_;
   const int d = c.d_model, Di = c.d_inner(), N = c.d_state, R = c.dt_rank, K = c.d_conv, V = c.vocab_size;
   const int xw = R + 2 * N;
@@ -179,7 +179,7 @@ void Backprop::forward_backward(const float* params, float* grads, const int32_t
   XentParams xent;
   xent.loss = loss, xent.dhidden = dnormed_, xent.dweight = grads ? mut(g_.lm_head.f32()) : nullptr;
   xent.hidden = normed_f_, xent.weight = w.lm_head, xent.targets = targets;
-  xent.M = M, xent.C = d, xent.V = V, xent.ignore_index = ignore_index;
+  xent.M = M, xent.C = d, xent.V = V, xent.ignore_index = ignore_index, xent.divisor = divisor;
   b.xent(xent, workspace_);
   if (!grads) return;
 
@@ -230,8 +230,10 @@ void Backprop::forward_backward(const float* params, float* grads, const int32_t
     b.matmul_bwd({DType::F32, dnormed_, d, false, mut(gw.in_proj_w.f32()), mut(gw.in_proj_b), dxz_, 2 * Di, s.normed,
                   d, lw.in_proj_w, M, d, 2 * Di});
     b.rmsnorm_bwd({DType::F32, dresid_, mut(gw.norm), dnormed_, s.residual, lw.norm, M, d, c.norm_eps}, workspace_);
+    if (on_grads_ready_) on_grads_ready_(l);
   }
   b.embedding_bwd({DType::F32, mut(g_.embedding.f32()), dresid_, inputs, M, d}, workspace_);
+  if (on_grads_ready_) on_grads_ready_(-1);
 }
 
 }  // namespace mamba

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "model/config.h"
@@ -24,12 +25,20 @@ class Backprop {
   // params (and grads) are fp32 on the backend's device, laid out by param_specs. With `grads`, also runs
   // the backward and ADDS d(loss)/d(params). Every sequence starts from the zero state. Allocates nothing
   // once the buffers exist.
+  // divisor > 0: the loss and gradients are divided by it instead of this batch's count of targets
+  // (a data-parallel shard of a larger batch: ops/xent.h).
   double step(const float* params, float* grads, const int32_t* inputs, const int32_t* targets,
-              int ignore_index = -100);
+              int ignore_index = -100, int64_t divisor = 0);
   // The same work without waiting for it: the mean loss is written to `loss`, one float on the backend's
   // device, and nothing is brought back (the trainer reads a step's losses and norm in one download).
   void forward_backward(const float* params, float* grads, const int32_t* inputs, const int32_t* targets,
-                        int ignore_index, float* loss);
+                        int ignore_index, float* loss, int64_t divisor = 0);
+
+  // Called during the backward as parameter gradients become final: with layer l once layer l's backward
+  // has been queued (its parameters' gradients, and those of every later layer, are complete once the
+  // queued work runs), then with −1 after the embedding's (all of them). Data-parallel training starts
+  // reducing a layer's gradients there, while the earlier layers still compute. Empty: none.
+  void set_on_grads_ready(std::function<void(int layer)> callback) { on_grads_ready_ = std::move(callback); }
 
   // Bytes a Backprop of these sizes allocates, its own buffers and the scan backward's per-call ones,
   // computed without overflow for any sizes (core/limits.h saturates them): checked before building one.
@@ -80,6 +89,7 @@ class Backprop {
   const float* bound_params_ = nullptr;
   const float* bound_grads_ = nullptr;
   Weights w_, g_;
+  std::function<void(int layer)> on_grads_ready_;
 };
 
 }  // namespace mamba

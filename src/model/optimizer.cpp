@@ -1,5 +1,6 @@
 #include "model/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
@@ -8,10 +9,15 @@
 
 namespace mamba {
 
-AdamW::AdamW(const std::vector<ParamSpec>& specs, int64_t size, AdamWOptions options, Backend& backend)
-    : options_(options), backend_(backend), size_(size) {
+AdamW::AdamW(const std::vector<ParamSpec>& specs, int64_t size, AdamWOptions options, Backend& backend,
+             int64_t shard_begin, int64_t shard_end)
+    : options_(options),
+      backend_(backend),
+      size_(size),
+      shard_begin_(std::clamp<int64_t>(shard_begin, 0, size)),
+      shard_end_(shard_end < 0 ? size : std::clamp<int64_t>(shard_end, shard_begin_, size)) {
   for (const ParamSpec& s : specs) ranges_.push_back({s.offset, s.numel, s.weight_decay});
-  const size_t bytes = sizeof(float) * static_cast<size_t>(size);
+  const size_t bytes = sizeof(float) * static_cast<size_t>(shard_end_ - shard_begin_);
   m_ = Buffer(backend, bytes);
   v_ = Buffer(backend, bytes);
   if (bytes) {
@@ -25,6 +31,7 @@ AdamW::AdamW(const std::vector<ParamSpec>& specs, int64_t size, AdamWOptions opt
 AdamWParams AdamW::params(float* p, float* g, double lr) const {
   AdamWParams a;
   a.params = p, a.grads = g, a.m = m(), a.v = v(), a.n = size_;
+  a.shard_begin = shard_begin_, a.shard_end = shard_end_;
   a.ranges = ranges_.data(), a.n_ranges = static_cast<int>(ranges_.size());
   a.step = t_;
   a.lr = lr, a.beta1 = options_.beta1, a.beta2 = options_.beta2, a.eps = options_.eps;

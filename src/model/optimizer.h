@@ -21,8 +21,10 @@ struct AdamWOptions {
 
 class AdamW {
  public:
-  // Moments for `size` parameters laid out by `specs`, zero, on `backend`.
-  AdamW(const std::vector<ParamSpec>& specs, int64_t size, AdamWOptions options, Backend& backend = Backend::cpu());
+  // Moments for `size` parameters laid out by `specs`, zero, on `backend`; or for the shard [shard_begin,
+  // shard_end) of them alone (ZeRO-1: a data-parallel rank updates its slice; ops/adamw.h).
+  AdamW(const std::vector<ParamSpec>& specs, int64_t size, AdamWOptions options, Backend& backend = Backend::cpu(),
+        int64_t shard_begin = 0, int64_t shard_end = -1);
 
   // One optimizer step on the backend (ops/adamw.h): grads (device memory) scaled by grad_scale, the global
   // norm written to *norm (device memory), clipped to max_norm (> 0), then params updated at learning rate
@@ -37,7 +39,10 @@ class AdamW {
   int64_t steps() const { return t_; }
   void set_steps(int64_t t) { t_ = t; }
   int64_t size() const { return size_; }
-  // The moments (size floats each) on the backend's device.
+  // The shard this optimizer updates, [shard_begin, shard_begin + shard_size); the moments hold it alone.
+  int64_t shard_begin() const { return shard_begin_; }
+  int64_t shard_size() const { return shard_end_ - shard_begin_; }
+  // The moments (shard_size floats each) on the backend's device.
   float* m() const { return m_.as<float>(); }
   float* v() const { return v_.as<float>(); }
   Backend& backend() const { return backend_; }
@@ -48,7 +53,7 @@ class AdamW {
   std::vector<AdamWRange> ranges_;
   AdamWOptions options_;
   Backend& backend_;
-  int64_t size_;
+  int64_t size_, shard_begin_, shard_end_;
   Buffer m_, v_, workspace_;
   int64_t t_ = 0;
 };

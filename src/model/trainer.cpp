@@ -165,16 +165,24 @@ TrainerProgress TrainerProgress::from_json(const nlohmann::json& j, const std::s
   return p;
 }
 
-int64_t Trainer::bytes_needed(const Config& config, const TrainOptions& o) {
-  // Parameters, gradients, m and v: four copies of the flat layout; the batch's inputs and targets.
-  int64_t bytes = sat_mul(parameter_bytes(config), 4);
-  bytes = sat_add(bytes, Backprop::bytes_needed(config, o.batch, o.seq_len, o.scan_chunk));
+int64_t Trainer::bytes_needed(const Config& config, const TrainOptions& o, int world) {
+  // Parameters and gradients: two copies of the flat layout; m and v: this rank's slice of it; the global
+  // batch's inputs and targets (every rank draws it whole).
+  world = std::max(world, 1);
+  const int64_t params = parameter_bytes(config);
+  int64_t bytes = sat_add(sat_mul(params, 2), sat_mul(params / world + 64, 2));
+  bytes = sat_add(bytes, Backprop::bytes_needed(config, o.batch / world, o.seq_len, o.scan_chunk));
   return sat_add(bytes, sat_mul(sat_mul(o.batch, o.seq_len), 8));
 }
 
-TrainOptions Trainer::checked_options(const Config& config, TrainOptions o, const Dataset& data, bool host_memory) {
+TrainOptions Trainer::checked_options(const Config& config, TrainOptions o, const Dataset& data, bool host_memory,
+                                      int world) {
   config.validate("train: the model");
   o.validate("train: options");
+  if (o.batch % world != 0) {
+    fail("train: data parallel over ", world, " ranks: the batch of ", o.batch,
+         " sequences (the global batch, as one process would draw it) must be a multiple of ", world);
+  }
   if (o.fixed_batch != (data.train.rows > 0)) {
     fail(o.fixed_batch ? "the run trains on a fixed batch (--fixed-batch) but the data given is a stream"
                        : "the data given is a fixed batch but the run trains on a stream (--data or --tokens)");
@@ -188,25 +196,29 @@ TrainOptions Trainer::checked_options(const Config& config, TrainOptions o, cons
   }
   // On a GPU the buffers are the device's, whose allocations fail with the sizes asked for and free.
   if (host_memory) {
-    check_memory(bytes_needed(config, o), "training " + std::to_string(config.parameter_count()) + " parameters on " +
-                                              std::to_string(o.batch) + " × " + std::to_string(o.seq_len) + " tokens");
+    check_memory(bytes_needed(config, o, world), "training " + std::to_string(config.parameter_count()) +
+                                                     " parameters on " + std::to_string(o.batch / world) + " × " +
+                                                     std::to_string(o.seq_len) + " tokens");
   }
   if (o.lr_min < 0) o.lr_min = o.lr / 10;
   return o;
 }
 
 Trainer::Trainer(const Config& config, std::vector<float> params, const Dataset& data, TrainOptions options,
-                 std::filesystem::path out, Backend& backend)
+                 std::filesystem::path out, Backend& backend, Communicator* comm, int64_t bucket_bytes)
     : config_(config),
-      options_(checked_options(config, options, data, backend.host_memory())),
+      comm_(comm),
+      options_(checked_options(config, options, data, backend.host_memory(), comm ? comm->size() : 1)),
       specs_(param_specs(config)),
       backend_(backend),
       size_(static_cast<int64_t>(params.size())),
+      shard_((size_ + world() - 1) / world()),
+      bucket_floats_(std::max<int64_t>(1, bucket_bytes / static_cast<int64_t>(sizeof(float)))),
       data_(data),
       out_(std::move(out)),
-      backprop_(config, options_.batch, options_.seq_len, options_.scan_chunk, backend),
+      backprop_(config, options_.batch / world(), options_.seq_len, options_.scan_chunk, backend),
       adam_(specs_, size_, AdamWOptions{options_.lr, options_.beta1, options_.beta2, options_.adam_eps, options_.weight_decay},
-            backend),
+            backend, comm ? rank() * shard_ : 0, comm ? std::min(size_, (rank() + 1) * shard_) : -1),
       sampler_(data.train, options_.batch, options_.seq_len, options_.sequential, options_.seed),
       inputs_(static_cast<size_t>(options_.batch) * options_.seq_len),
       targets_(inputs_.size()) {
@@ -214,8 +226,19 @@ Trainer::Trainer(const Config& config, std::vector<float> params, const Dataset&
     fail("train: the parameter buffer has ", size_, " floats, the model needs ", param_layout_size(specs_));
   }
   const size_t bytes = sizeof(float) * static_cast<size_t>(size_);
-  params_ = Buffer(backend, bytes);
+  // The parameters padded to world × shard floats: the all-gather moves equal slices.
+  params_ = Buffer(backend, sizeof(float) * static_cast<size_t>(world() * shard_));
   grads_ = Buffer(backend, bytes);
+  if (params_.bytes() > bytes) backend.fill_zero(params_.data(), params_.bytes());
+  for (const ParamSpec& s : specs_) {
+    if (s.name.rfind("backbone.layers.", 0) == 0 && s.name.size() > 12 &&
+        s.name.compare(s.name.size() - 12, 12, ".norm.weight") == 0) {
+      layer_start_.push_back(s.offset);  // a layer's first parameter
+    } else if (s.name == "backbone.norm_f.weight") {
+      layer_start_.push_back(s.offset);
+    }
+  }
+  if (static_cast<int>(layer_start_.size()) != config_.n_layer + 1) fail("train: unexpected parameter layout");
   stats_ = Buffer(backend, sizeof(double) + sizeof(float) * static_cast<size_t>(options_.accum));
   backend.upload(params_.data(), params.data(), bytes);
   // evaluate() needs one window of seq_len + 1 validation tokens; without them it uses training data.
@@ -230,7 +253,7 @@ TrainerProgress Trainer::read_progress(const std::filesystem::path& dir) {
 }
 
 Trainer Trainer::resume(const std::filesystem::path& checkpoint, const Dataset& data, const nlohmann::json& changes,
-                        std::filesystem::path out, Backend& backend) {
+                        std::filesystem::path out, Backend& backend, Communicator* comm, int64_t bucket_bytes) {
   const std::filesystem::path dir = find_checkpoint(checkpoint);
   const std::string where = (dir / "trainer.json").string();
   const TrainerProgress progress = read_progress(dir);
@@ -252,7 +275,7 @@ Trainer Trainer::resume(const std::filesystem::path& checkpoint, const Dataset& 
   if (model.file_dtype() != DType::F32) fail(dir.string(), ": a training checkpoint must be F32");
   std::vector<float> params = model.params_f32();
   Trainer t(model.config(), std::move(params), data, merged, out.empty() ? dir.parent_path().parent_path() : out,
-            backend);
+            backend, comm, bucket_bytes);
 
   const std::filesystem::path opt_path = dir / "optimizer.safetensors";
   SafeTensorsReader opt = SafeTensorsReader::open_file(opt_path);
@@ -270,7 +293,9 @@ Trainer Trainer::resume(const std::filesystem::path& checkpoint, const Dataset& 
         if (moment[i] < 0) fail(opt_path.string(), ": tensor v holds a negative value at index ", i);
       }
     }
-    backend.upload(std::string(name) == "m" ? t.adam_.m() : t.adam_.v(), moment.data(), sizeof(float) * moment.size());
+    // This rank's slice (all of it for one process): any number of ranks resumes from the same file.
+    backend.upload(std::string(name) == "m" ? t.adam_.m() : t.adam_.v(), moment.data() + t.adam_.shard_begin(),
+                   sizeof(float) * static_cast<size_t>(t.adam_.shard_size()));
   }
   t.step_ = progress.step;
   t.adam_.set_steps(progress.adam_steps);
@@ -307,7 +332,59 @@ std::filesystem::path Trainer::latest_checkpoint(const std::filesystem::path& ru
 }
 
 void Trainer::log(const nlohmann::json& line) {
+  if (rank() != 0) return;
   std::ofstream(out_ / "log.jsonl", std::ios::app) << line.dump() << "\n";
+}
+
+int64_t Trainer::global_count() const {
+  if (!comm_) return 0;
+  int64_t count = 0;
+  for (int32_t t : targets_) count += t != options_.ignore_index;
+  return count;
+}
+
+void Trainer::shard_forward_backward(float* grads, float* loss) {
+  const int64_t offset = int64_t{rank()} * (options_.batch / world()) * options_.seq_len;
+  backprop_.forward_backward(params_.as<float>(), grads, inputs_.data() + offset, targets_.data() + offset,
+                             options_.ignore_index, loss, global_count());
+}
+
+double Trainer::shard_loss() {
+  const int64_t offset = int64_t{rank()} * (options_.batch / world()) * options_.seq_len;
+  double loss = backprop_.step(params_.as<float>(), nullptr, inputs_.data() + offset, targets_.data() + offset,
+                               options_.ignore_index, global_count());
+  if (comm_) comm_->all_reduce_host(&loss, 1);
+  return loss;
+}
+
+bool Trainer::any(bool flag) {
+  if (!comm_) return flag;
+  double v = flag ? 1.0 : 0.0;
+  comm_->all_reduce_host(&v, 1);
+  return v > 0;
+}
+
+void Trainer::launch_bucket(int64_t lo, int64_t hi) {
+  if (hi > lo) comm_->all_reduce_sum(grads_.as<float>() + lo, hi - lo);
+}
+
+// Layer l's backward is queued: the gradients from layer l's first parameter to the end of the layout are
+// final (the later layers', the final norm's and an untied head's), but for the embedding's, which its own
+// backward completes last (and, tied to the head, the loss fed it first). Contiguous ranges, from the end.
+void Trainer::on_grads_ready(int layer) {
+  if (pending_hi_ < 0) pending_hi_ = size_;
+  if (layer >= 0) {
+    pending_lo_ = layer_start_[static_cast<size_t>(layer)];
+    if (pending_hi_ - pending_lo_ >= bucket_floats_) {
+      launch_bucket(pending_lo_, pending_hi_);
+      pending_hi_ = pending_lo_;
+    } else {
+      comm_->progress();
+    }
+    return;
+  }
+  launch_bucket(0, pending_hi_);  // the layers still pending and the embedding
+  pending_lo_ = pending_hi_ = -1;
 }
 
 std::vector<float> Trainer::params() const {
@@ -324,41 +401,58 @@ void Trainer::train_step(double* loss, double* grad_norm, double lr) {
   backend_.fill_zero(grads, grads_.bytes());
   for (int a = 0; a < options_.accum; a++) {
     sampler_.next(inputs_.data(), targets_.data());
-    backprop_.forward_backward(params, grads, inputs_.data(), targets_.data(), options_.ignore_index, losses + a);
+    // Data parallel: the gradients go to the ranks' sum during the last micro-batch's backward.
+    if (comm_) {
+      if (a + 1 < options_.accum) {
+        backprop_.set_on_grads_ready({});
+      } else {
+        backprop_.set_on_grads_ready([this](int layer) { on_grads_ready(layer); });
+      }
+    }
+    shard_forward_backward(grads, losses + a);
   }
+  if (comm_) comm_->wait();
   // The mean of the micro-batches' gradients: AdamW's op scales them first.
   const float grad_scale = options_.accum > 1 ? 1.0f / static_cast<float>(options_.accum) : 1.0f;
-  if (!dump_grads_.empty()) {
-    std::vector<float> host(static_cast<size_t>(size_));
-    backend_.download(host.data(), grads, sizeof(float) * host.size());
-    if (grad_scale != 1.0f) {
-      for (float& g : host) g *= grad_scale;
-    }
+  if (!dump_grads_.empty()) {  // every rank takes part in the loss's sum; rank 0 writes
     std::vector<float> step_losses(static_cast<size_t>(options_.accum));
     backend_.download(step_losses.data(), losses, sizeof(float) * step_losses.size());
     double total = 0;
     for (float l : step_losses) total += l;
-    std::vector<TensorToWrite> tensors;
-    for (const ParamSpec& spec : specs_) tensors.push_back({spec.name, spec.shape, host.data() + spec.offset});
-    char loss_text[32];
-    std::snprintf(loss_text, sizeof(loss_text), "%.17g", total / options_.accum);
-    write_safetensors(dump_grads_, tensors,
-                      {{"format", "mambacpp-gradients"},
-                       {"step", std::to_string(step_)},
-                       {"loss", loss_text},
-                       {"content", "d(mean loss)/d(parameter), the mean over the micro-batches, before clipping"}});
+    if (comm_) comm_->all_reduce_host(&total, 1);
+    if (rank() == 0) {
+      std::vector<float> host(static_cast<size_t>(size_));
+      backend_.download(host.data(), grads, sizeof(float) * host.size());
+      if (grad_scale != 1.0f) {
+        for (float& g : host) g *= grad_scale;
+      }
+      std::vector<TensorToWrite> tensors;
+      for (const ParamSpec& spec : specs_) tensors.push_back({spec.name, spec.shape, host.data() + spec.offset});
+      char loss_text[32];
+      std::snprintf(loss_text, sizeof(loss_text), "%.17g", total / options_.accum);
+      write_safetensors(dump_grads_, tensors,
+                        {{"format", "mambacpp-gradients"},
+                         {"step", std::to_string(step_)},
+                         {"loss", loss_text},
+                         {"content", "d(mean loss)/d(parameter), the mean over the micro-batches, before clipping"}});
+    }
     dump_grads_.clear();
   }
   adam_.step(params, grads, lr, options_.clip, grad_scale, norm);
+  if (comm_) comm_->all_gather(params, shard_);  // every rank's updated slice to every rank
   // The step's one wait for the device: its losses and gradient norm, for the log.
   std::vector<unsigned char> stats(stats_.bytes());
   backend_.download(stats.data(), stats_.data(), stats.size());
-  double total = 0;
+  std::vector<double> step_losses(static_cast<size_t>(options_.accum));
   for (int a = 0; a < options_.accum; a++) {
     float l;
     std::memcpy(&l, stats.data() + sizeof(double) + sizeof(float) * a, sizeof(float));
-    total += l;
+    step_losses[static_cast<size_t>(a)] = l;
   }
+  // Each rank's is its shard's part of the global mean: their sum is the step's loss.
+  if (comm_) comm_->all_reduce_host(step_losses.data(), options_.accum);
+  double total = 0;
+  for (double l : step_losses) total += l;
   *loss = total / options_.accum;
   std::memcpy(grad_norm, stats.data(), sizeof(double));
 }
@@ -366,7 +460,7 @@ void Trainer::train_step(double* loss, double* grad_norm, double lr) {
 double Trainer::evaluate() {
   if (data_.train.rows > 0) {  // a fixed batch: its own loss
     sampler_.next(inputs_.data(), targets_.data());
-    return backprop_.step(params_.as<float>(), nullptr, inputs_.data(), targets_.data(), options_.ignore_index);
+    return shard_loss();
   }
   const TokenStream& stream = val_on_train_ ? data_.train : data_.val;
   const int64_t n = static_cast<int64_t>(stream.tokens.size());
@@ -383,12 +477,33 @@ double Trainer::evaluate() {
       std::memcpy(inputs_.data() + int64_t{b} * L, stream.tokens.data() + start, sizeof(int32_t) * L);
       std::memcpy(targets_.data() + int64_t{b} * L, stream.tokens.data() + start + 1, sizeof(int32_t) * L);
     }
-    total += backprop_.step(params_.as<float>(), nullptr, inputs_.data(), targets_.data(), options_.ignore_index);
+    total += shard_loss();
   }
   return total / static_cast<double>(options_.eval_batches);
 }
 
 void Trainer::save_checkpoint() {
+  // The moments' slices gathered (every rank takes part), then rank 0 alone writes.
+  std::vector<float> m(static_cast<size_t>(size_)), v(m.size());
+  if (!comm_) {
+    backend_.download(m.data(), adam_.m(), sizeof(float) * m.size());
+    backend_.download(v.data(), adam_.v(), sizeof(float) * v.size());
+  } else {
+    Buffer full(backend_, sizeof(float) * static_cast<size_t>(world() * shard_));
+    for (auto [host, slice] : {std::pair{&m, adam_.m()}, std::pair{&v, adam_.v()}}) {
+      backend_.fill_zero(full.data(), full.bytes());
+      if (adam_.shard_size() > 0) {
+        backend_.copy(full.as<float>() + adam_.shard_begin(), slice, sizeof(float) * static_cast<size_t>(adam_.shard_size()));
+      }
+      comm_->all_gather(full.as<float>(), shard_);
+      if (rank() == 0) backend_.download(host->data(), full.data(), sizeof(float) * host->size());
+    }
+  }
+  if (rank() != 0) {
+    double done = 0;
+    comm_->all_reduce_host(&done, 1);  // waits for rank 0's files
+    return;
+  }
   const auto dir = out_ / "checkpoints";
   std::filesystem::create_directories(dir);
   const auto final_dir = dir / step_name(step_);
@@ -399,9 +514,6 @@ void Trainer::save_checkpoint() {
   std::filesystem::remove_all(tmp);
   Model model = Model::from_params(config_, params());
   model.save(tmp, DType::F32);
-  std::vector<float> m(static_cast<size_t>(size_)), v(m.size());
-  backend_.download(m.data(), adam_.m(), sizeof(float) * m.size());
-  backend_.download(v.data(), adam_.v(), sizeof(float) * v.size());
   write_safetensors(tmp / "optimizer.safetensors", {{"m", {size_}, m.data()}, {"v", {size_}, v.data()}});
   nlohmann::json state = {{"step", step_},
                           {"adam_steps", adam_.steps()},
@@ -425,6 +537,10 @@ void Trainer::save_checkpoint() {
   for (size_t i = 0; options_.keep > 0 && i + static_cast<size_t>(options_.keep) < all.size(); i++) {
     std::filesystem::remove_all(all[i]);
   }
+  if (comm_) {
+    double done = 0;
+    comm_->all_reduce_host(&done, 1);
+  }
 }
 
 TrainResult Trainer::run(const std::atomic<bool>* stop, int64_t stop_at) {
@@ -438,10 +554,13 @@ TrainResult Trainer::run(const std::atomic<bool>* stop, int64_t stop_at) {
   double loss = 0, grad_norm = 0;
   auto elapsed = [&] { return std::chrono::duration<double>(Clock::now() - start).count(); };
   while (step_ < options_.steps) {
-    if ((stop && stop->load()) || step_ == stop_at) {
+    // Data parallel: every rank stops at the same step when any is asked to (a signal reaches some only).
+    if (any((stop && stop->load()) || step_ == stop_at)) {
       result.interrupted = true;
       break;
     }
+    // A step (with its validation and checkpoint) that never ends means another rank died or hangs.
+    Watchdog::Scope watch(comm_ ? comm_->watchdog() : nullptr, "training step " + std::to_string(step_ + 1));
     const double lr = schedule_.at(step_);
     train_step(&loss, &grad_norm, lr);
     if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "dist/comm.h"
 #include "model/backprop.h"
 #include "model/data.h"
 #include "model/optimizer.h"
@@ -70,24 +71,34 @@ struct TrainResult {
   bool interrupted = false;
 };
 
+// Data parallel (with a Communicator, dist/comm.h): every rank draws the same global batches (options.batch
+// sequences, as one process would) and computes its shard of batch / size rows, each loss divided by the
+// global batch's count of targets; the gradients are summed over the ranks in buckets started during the
+// backward (Backprop::set_on_grads_ready); every rank computes the same norm and clip, updates its slice of
+// the parameters with its slice of AdamW's moments (ZeRO-1), and the slices are gathered. Only rank 0
+// writes log.jsonl and checkpoints (the moments gathered first); any number of ranks resumes from them.
 class Trainer {
  public:
   // A new run in `out` from the given parameters.
   // Parameters, gradients and AdamW's moments live on `backend`'s device; checkpoints are the same files
-  // on every backend.
+  // on every backend. `comm`: this process's data-parallel job (null: one process); it must outlive the
+  // trainer.
   Trainer(const Config& config, std::vector<float> params, const Dataset& data, TrainOptions options,
-          std::filesystem::path out, Backend& backend = Backend::cpu());
+          std::filesystem::path out, Backend& backend = Backend::cpu(), Communicator* comm = nullptr,
+          int64_t bucket_bytes = 25 << 20);
   // Continues the run whose checkpoint is `checkpoint` (a step folder, or a run folder: its latest).
   // `changes` holds new values of resumable options ({"lr": 2e-3, "steps": 5000}, TrainOptions' keys);
   // any other key is an Error, as is a finished run (step ≥ steps) or data that does not match how the
   // run read its data. What changed is written to log.jsonl and kept in resume_changes().
   static Trainer resume(const std::filesystem::path& checkpoint, const Dataset& data,
-                        const nlohmann::json& changes, std::filesystem::path out, Backend& backend = Backend::cpu());
+                        const nlohmann::json& changes, std::filesystem::path out, Backend& backend = Backend::cpu(),
+                        Communicator* comm = nullptr, int64_t bucket_bytes = 25 << 20);
   // A checkpoint's trainer.json, parsed and checked.
   static TrainerProgress read_progress(const std::filesystem::path& checkpoint_dir);
   // Bytes a run of this model and these options allocates: parameters, gradients, AdamW's m and v, the
-  // Backprop's buffers and the batch (not the data, which is loaded before).
-  static int64_t bytes_needed(const Config& config, const TrainOptions& options);
+  // Backprop's buffers and the batch (not the data, which is loaded before); for one of `world` ranks, which
+  // holds batch / world rows and 1 / world of the moments.
+  static int64_t bytes_needed(const Config& config, const TrainOptions& options, int world = 1);
 
   // Trains until options.steps, or until *stop becomes true or the step count reaches stop_at (then
   // saves a checkpoint and returns, as after SIGINT).
@@ -103,6 +114,8 @@ class Trainer {
   int64_t activation_bytes() const { return backprop_.activation_bytes(); }
 
   const std::filesystem::path& out() const { return out_; }
+  int rank() const { return comm_ ? comm_->rank() : 0; }
+  int world() const { return comm_ ? comm_->size() : 1; }
   // Called with each step's log.jsonl line ({"step", "loss", "lr", "grad_norm", "tokens_per_s",
   // "elapsed_s"}, and "val_loss" with "val_bits_per_byte" or "val_bits_per_token" when it validated,
   // "val_data": "train" when that was on training data). It may throw to end the run at once, without a
@@ -125,19 +138,35 @@ class Trainer {
  private:
   void log(const nlohmann::json& line);
   void train_step(double* loss, double* grad_norm, double lr);
+  // This rank's loss over its rows of the global batch in inputs_ / targets_ (the whole of it without a
+  // communicator): forward only, or forward and backward adding into grads_.
+  void shard_forward_backward(float* grads, float* loss);
+  double shard_loss();
+  // The divisor of a shard's loss: the global batch's count of targets (0 without a communicator).
+  int64_t global_count() const;
+  // Buckets of gradients handed to the communicator as the backward makes them final.
+  void on_grads_ready(int layer);
+  void launch_bucket(int64_t lo, int64_t hi);
+  // Whether any rank asks to stop (each one's signal handler or observer), so that all stop at one step.
+  bool any(bool flag);
 
   // Checks the config, the options and the data against each other and, when the backend's memory is the
   // host's, the memory the run needs; returns the options with their defaults resolved. Runs before any
   // member is allocated.
   static TrainOptions checked_options(const Config& config, TrainOptions options, const Dataset& data,
-                                      bool host_memory);
+                                      bool host_memory, int world);
 
   Config config_;
+  Communicator* comm_;
   TrainOptions options_;  // first: every size below comes from it, checked
   std::vector<ParamSpec> specs_;
   Backend& backend_;
   int64_t size_;         // parameters (floats in each of the buffers below)
-  Buffer params_, grads_;  // (size) on the device
+  // Data parallel: each rank's slice of the parameters (the last ones may be shorter), and the bucket size.
+  int64_t shard_, bucket_floats_;
+  std::vector<int64_t> layer_start_;  // (n_layer + 1) offsets: layer l's parameters, then norm_f's
+  int64_t pending_lo_ = -1, pending_hi_ = -1;  // gradients final but not yet handed to the communicator
+  Buffer params_, grads_;  // (world · shard ≥ size) and (size) on the device
   // On the device, what a step brings back in one download: the gradients' global norm (a double), then
   // the loss of each micro-batch (accum floats).
   Buffer stats_;
@@ -147,7 +176,7 @@ class Trainer {
   AdamW adam_;
   Schedule schedule_;
   BatchSampler sampler_;
-  std::vector<int32_t> inputs_, targets_;
+  std::vector<int32_t> inputs_, targets_;  // the global batch (batch × seq_len); this rank's rows are a slice
   int64_t step_ = 0;
   double last_val_ = -1;
   std::function<void(const nlohmann::json&)> observer_;

@@ -9,6 +9,9 @@
 //   p ← p − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε).
 // The gradients are left scaled and clipped. The norm is reduced in a fixed order on every backend (no
 // atomics), so a step is bitwise reproducible on one device; the order differs between backends.
+// A shard (ZeRO-1, data-parallel training): the norm and the clipping cover all n gradients, but only the
+// elements [shard_begin, shard_end) are updated, with moments that hold just those elements (m[0] is
+// element shard_begin's); the caller then gathers the other ranks' slices of the parameters.
 #pragma once
 
 #include <cstdint>
@@ -24,9 +27,10 @@ struct AdamWRange {
 struct AdamWParams {
   float* params = nullptr;  // (n) fp32, updated in place
   float* grads = nullptr;   // (n) fp32, scaled and clipped in place
-  float* m = nullptr;       // (n) fp32 first moments
-  float* v = nullptr;       // (n) fp32 second moments
+  float* m = nullptr;       // (shard_end − shard_begin) fp32 first moments
+  float* v = nullptr;       // (shard_end − shard_begin) fp32 second moments
   int64_t n = 0;
+  int64_t shard_begin = 0, shard_end = -1;  // the elements updated; shard_end < 0: n (all of them)
   const AdamWRange* ranges = nullptr;  // HOST memory: disjoint ranges covering [0, n)
   int n_ranges = 0;
   double* norm = nullptr;  // (1) on the device: the global norm after the scale, before clipping

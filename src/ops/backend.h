@@ -68,6 +68,9 @@ class Backend {
   // True when device pointers are host pointers (the CPU): the model's weights and the caller's buffers
   // are then used in place, with no copies.
   virtual bool host_memory() const = 0;
+  // The queue every op of this backend runs on, for libraries that queue beside it (NCCL): a cudaStream_t
+  // on CUDA; null on the CPU, where ops run as they are called.
+  virtual void* native_stream() const { return nullptr; }
 
   // ---- memory ----
   // Fails (Error) naming the bytes asked for and the device's free memory.

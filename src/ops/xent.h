@@ -1,6 +1,9 @@
 // The LM head fused with the cross-entropy loss, one contract for every backend (training):
-//   logits = hidden · weightᵀ,  loss = mean over the targets ≠ ignore_index of logsumexp(logits) − logit[target],
+//   logits = hidden · weightᵀ,  loss = Σ over the targets ≠ ignore_index of (logsumexp(logits) − logit[target]) / count,
 //   dlogits = (softmax(logits) − onehot(target)) / count,
+// where count is the number of targets ≠ ignore_index in this call, or `divisor` when given (data-parallel
+// training: each rank holds a shard of a global batch and divides by the global batch's count, so that the
+// ranks' losses and gradients sum to the global mean's).
 //   dhidden (M, C) = dlogits · weight   (WRITTEN: it starts the backward pass),
 //   dweight (V, C) += dlogitsᵀ · hidden (fp32, a parameter: accumulates).
 // The (M, V) logits never exist at once: the rows go through a workspace of a few rows of V. The softmax
@@ -25,6 +28,7 @@ struct XentParams {
   int64_t M = 0;
   int C = 0, V = 0;
   int ignore_index = -100;
+  int64_t divisor = 0;  // > 0: divide by this instead of this call's count (at most 2^31 − 1)
 };
 
 }  // namespace mamba

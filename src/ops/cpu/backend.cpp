@@ -188,7 +188,8 @@ class CpuBackend final : public Backend {
     auto* scratch = static_cast<float*>(workspace);
     float* dweight = p.dweight ? p.dweight : scratch + xent_rows(p) * p.V;
     *p.loss = lm_head_cross_entropy(static_cast<float*>(p.dhidden), dweight, static_cast<const float*>(p.hidden),
-                                    p.weight.f32(), p.targets, p.M, p.C, p.V, p.ignore_index, scratch, xent_rows(p));
+                                    p.weight.f32(), p.targets, p.M, p.C, p.V, p.ignore_index, scratch, xent_rows(p),
+                                    p.divisor);
   }
   void ssm_A(float* A, const float* A_log, int64_t n) override {
     for (int64_t i = 0; i < n; i++) A[i] = -std::exp(A_log[i]);

@@ -88,8 +88,10 @@ __global__ void __launch_bounds__(kThreads) norm_reduce_kernel(double* norm, Cli
   }
 }
 
+// m and v hold the shard [shard_begin, shard_end) alone; elements outside it are clipped, not updated.
 __global__ void __launch_bounds__(kThreads) adamw_kernel(float* params, float* grads, float* m, float* v,
-                                                         const Chunk* chunks, const ClipState* state, AdamScalars s) {
+                                                         const Chunk* chunks, const ClipState* state, AdamScalars s,
+                                                         int64_t shard_begin, int64_t shard_end) {
   const Chunk c = chunks[blockIdx.x];
   const float factor = state->factor;
   const bool update = state->finite;
@@ -101,12 +103,13 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(float* params, float* g
       g = __fmul_rn(g, factor);
       grads[k] = g;
     }
-    if (!update) continue;
+    if (!update || k < shard_begin || k >= shard_end) continue;
+    const int64_t j = k - shard_begin;
     const float w = params[k] * decay;
-    const float mk = s.b1 * m[k] + s.one_minus_b1 * g;
-    const float vk = s.b2 * v[k] + s.one_minus_b2 * g * g;
-    m[k] = mk;
-    v[k] = vk;
+    const float mk = s.b1 * m[j] + s.one_minus_b1 * g;
+    const float vk = s.b2 * v[j] + s.one_minus_b2 * g * g;
+    m[j] = mk;
+    v[j] = vk;
     const float denom = __fdiv_rn(__fsqrt_rn(vk), s.bias2_sqrt) + s.eps;
     params[k] = w - __fdiv_rn(s.step_size * mk, denom);
   }
@@ -120,7 +123,9 @@ size_t adamw_workspace(const AdamWParams& p) {
 }
 
 void adamw(const AdamWParams& p, void* workspace, cudaStream_t stream) {
-  if (!p.params || !p.grads || !p.m || !p.v || !p.norm || (p.n_ranges > 0 && !p.ranges) || p.step < 1) {
+  const bool empty_shard = p.shard_end >= 0 && p.shard_end <= p.shard_begin;  // its moments may be null
+  if (!p.params || !p.grads || (!empty_shard && (!p.m || !p.v)) || !p.norm || (p.n_ranges > 0 && !p.ranges) ||
+      p.step < 1 || p.shard_begin < 0 || (p.shard_end >= 0 && p.shard_end > p.n)) {
     throw std::invalid_argument("adamw: bad arguments");
   }
   const std::vector<Chunk> chunks = chunks_of(p);
@@ -151,7 +156,8 @@ void adamw(const AdamWParams& p, void* workspace, cudaStream_t stream) {
   MAMBA_CUDA_CHECK_LAUNCH();
   norm_reduce_kernel<<<1, kThreads, 0, stream>>>(p.norm, state, partial, n, p.max_norm);
   MAMBA_CUDA_CHECK_LAUNCH();
-  adamw_kernel<<<n, kThreads, 0, stream>>>(p.params, p.grads, p.m, p.v, table, state, s);
+  adamw_kernel<<<n, kThreads, 0, stream>>>(p.params, p.grads, p.m, p.v, table, state, s, p.shard_begin,
+                                           p.shard_end < 0 ? p.n : p.shard_end);
   MAMBA_CUDA_CHECK_LAUNCH();
 }
 

@@ -57,6 +57,7 @@ class CudaBackend final : public Backend {
   Device device() const override { return Device{Device::Kind::Cuda, index_}; }
   std::string describe() const override { return "cuda:" + std::to_string(index_) + " (" + name_ + ", cuBLAS)"; }
   bool host_memory() const override { return false; }
+  void* native_stream() const override { return stream_; }
 
   void* allocate(size_t bytes) override {
     use();

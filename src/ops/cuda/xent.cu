@@ -31,13 +31,15 @@ int64_t chunk_rows(const XentParams& p) {
   return std::max<int64_t>(1, std::min<int64_t>(p.M, kChunkLogits / std::max(1, p.V)));
 }
 
-// count = the targets that are not ignore_index, by one block (integers: any order gives the same count).
-__global__ void __launch_bounds__(kThreads) count_kernel(int* count, const int32_t* targets, int64_t M, int ignore) {
+// count = the targets that are not ignore_index, by one block (integers: any order gives the same count);
+// the caller's divisor instead when given and some target counts (XentParams::divisor).
+__global__ void __launch_bounds__(kThreads) count_kernel(int* count, const int32_t* targets, int64_t M, int ignore,
+                                                         int divisor) {
   int n = 0;
   for (int64_t m = threadIdx.x; m < M; m += kThreads) n += targets[m] != ignore;
   __shared__ int partial[kThreads / 32];
   n = block_reduce<kThreads>(n, [](int a, int b) { return a + b; }, partial);
-  if (threadIdx.x == 0) *count = n;
+  if (threadIdx.x == 0) *count = divisor > 0 && n > 0 ? divisor : n;
 }
 
 // One row of logits z (V) fp32 → dlogits in T (in place when T is float); its loss (double) to row_loss.
@@ -127,13 +129,13 @@ void xent(cublasHandle_t handle, const XentParams& p, void* workspace, cudaStrea
     return;
   }
   if (p.M > INT_MAX || p.C <= 0 || p.V <= 0 || !p.loss || !p.hidden || !p.weight.data || !p.targets || !workspace ||
-      p.weight.dtype != p.dtype) {
+      p.weight.dtype != p.dtype || p.divisor < 0 || p.divisor > INT_MAX) {
     throw std::invalid_argument("xent: bad arguments (the head's weight must be in the activations' dtype)");
   }
   const XentSpace s = xent_space(p, workspace);
   const int64_t R = chunk_rows(p);
   const size_t e = dtype_size(p.dtype);
-  count_kernel<<<1, kThreads, 0, stream>>>(s.count, p.targets, p.M, p.ignore_index);
+  count_kernel<<<1, kThreads, 0, stream>>>(s.count, p.targets, p.M, p.ignore_index, static_cast<int>(p.divisor));
   MAMBA_CUDA_CHECK_LAUNCH();
   for (int64_t m0 = 0; m0 < p.M; m0 += R) {
     const int rows = static_cast<int>(std::min(R, p.M - m0));
