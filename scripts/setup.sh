@@ -9,6 +9,8 @@ if [[ "${MAMBA_SETUP_PYTHON:-0}" == 1 ]]; then pkgs+=(python3-torch python3-nump
 # The HTTP server: cpp-httplib; its tests run OpenAI's client for Node (Debian's nodejs and npm, unless
 # a Node.js is already installed).
 pkgs+=(libcpp-httplib-dev)
+# Data-parallel training on CPUs (mpirun -np N mambacpp train ...): OpenMPI.
+pkgs+=(libopenmpi-dev openmpi-bin)
 command -v node >/dev/null || pkgs+=(nodejs npm)
 missing=()
 for p in "${pkgs[@]}"; do
