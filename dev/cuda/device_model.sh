@@ -4,12 +4,13 @@
 # inference benchmarks beside the official model's (../shared/official, copied to .official) in the same run.
 #   here, once:   dev/cuda/device_prefix.sh
 #                 mkdir -p .official && cp -r ../shared/official/. .official/ && echo /.official/ >> .git/info/exclude
-#   the call:     carry [".device", ".official"], command: OUT=$OUT bash dev/cuda/device_model.sh [tests] [sanitize] [suite] [bench] [official] [profile] [train] [showit] [dist]
+#   the call:     carry [".device", ".official"], command: OUT=$OUT bash dev/cuda/device_model.sh [tests] [sanitize] [suite] [bench] [official] [profile] [train] [showit] [dist] [torch]
 # (tests: the GPU's test programs; sanitize: compute-sanitizer memcheck and racecheck on them; suite: the
 # whole ctest suite as CI runs it; bench, official: the figures; profile: ncu over decode steps; train: the
 # training tests, the training benchmark beside the official one (with sanitize: compute-sanitizer on the
 # training ops); showit: the main job at the 130m shape on the GPU and selective copying at length 4096; dist: data
-# parallel through NCCL with a world of one against the plain run)
+# parallel through NCCL with a world of one against the plain run; torch: the PyTorch drop-in's tests and
+# benchmark beside mamba_ssm)
 # Logs go to $OUT: build.txt, tests.txt, sanitizer.txt, bench.jsonl, official.jsonl, train_tests.txt,
 # train_sanitizer.txt, train_bench.jsonl, profile.txt, ncu.tar.xz, showit.txt, sotu-130m-log.jsonl.
 set -uo pipefail
@@ -27,7 +28,9 @@ fi
   nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv
   nvcc --version | tail -1
   cmake -S . -B /tmp/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=/tmp/prefix \
-    -DPKG_CONFIG_EXECUTABLE=/tmp/prefix/bin/pkgconf -DCMAKE_CUDA_ARCHITECTURES=90 -DMAMBA_CUDA=ON
+    -DPKG_CONFIG_EXECUTABLE=/tmp/prefix/bin/pkgconf -DCMAKE_CUDA_ARCHITECTURES=90 -DMAMBA_CUDA=ON \
+    -DPython_EXECUTABLE="$(command -v python3)" \
+    -DMAMBA_PYBIND11_INCLUDE="$(python3 -c 'import torch.utils.cpp_extension as e; print(e.include_paths()[0])' 2>/dev/null)"
   cmake --build /tmp/build -j "$(nproc)" -- -k 0  # a target that fails (another compiler there) stops nothing else
 } > "$OUT/build.txt" 2>&1
 echo "build: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$OUT/build.txt"
@@ -163,4 +166,19 @@ PY
   } > "$OUT/dist.txt" 2>&1
   cat "$OUT/dist.txt"
   echo "dist: $(( $(date +%s) - t0 )) s"
+fi
+
+# The PyTorch drop-in (mambacpp.torch.selective_scan_fn) on the GPU: its tests against the CPU path and
+# mamba_ssm (the official modules from .official), then both side by side (bench/torch_scan_bench.py).
+if [[ " $steps " == *" torch "* ]]; then
+  t0=$(date +%s)
+  [ -d /tmp/mbuild/ss ] || python3 .official/build.py ss >/dev/null 2>&1
+  export PYTHONPATH=$B/python:/tmp/mbuild/ss:$PWD/.official/src/mamba
+  {
+    ls $B/python/mambacpp/ || grep -E "Python package" "$OUT/build.txt"
+    timeout 300 python3 -m pytest -q -p no:cacheprovider python/tests/test_torch.py 2>&1 | tail -15
+    timeout 300 python3 bench/torch_scan_bench.py
+  } > "$OUT/torch.txt" 2>&1
+  cat "$OUT/torch.txt"
+  echo "torch: $(( $(date +%s) - t0 )) s"
 fi

@@ -51,7 +51,7 @@ _TRAIN_OPTIONS = (
     "val_every", "init_from", "resume", "preset", "d_model", "n_layer", "d_state", "d_conv", "expand", "dt_rank",
     "batch", "seq_len", "accum", "steps", "warmup", "lr", "lr_min", "schedule", "weight_decay", "clip", "beta1",
     "beta2", "adam_eps", "seed", "sequential", "scan_chunk", "eval_every", "eval_batches", "save_every", "keep",
-    "fixed_batch", "dump_grads", "device",
+    "fixed_batch", "dump_grads", "device", "distributed", "dist_timeout_s", "rendezvous", "bucket_mb",
 )
 
 
@@ -77,7 +77,9 @@ def train(data=None, out=None, *, tokens=None, on_step=None, **options):
     are applied and the others must equal the run's. init_from="folder" fine-tunes a model. Other
     options, as `mambacpp train`'s flags: batch, seq_len, accum, steps, warmup, lr, lr_min, schedule,
     weight_decay, clip, beta1, beta2, adam_eps, seed, sequential, scan_chunk, eval_every, eval_batches,
-    save_every, keep, val_every, dump_grads (the first step's gradients to a .safetensors file).
+    save_every, keep, val_every, dump_grads (the first step's gradients to a .safetensors file). Data
+    parallel (docs/training.md): a script started by `mpirun -np N python3 ...` joins the job (batch is
+    then the global batch; distributed=False trains alone), with dist_timeout_s, rendezvous, bucket_mb.
 
     on_step(TrainStep) is called after every step (step, loss, lr, grad_norm, tokens_per_s, and
     val_loss / val_bits when it validated); returning False stops the run. Ctrl-C or an exception in
@@ -91,7 +93,7 @@ def train(data=None, out=None, *, tokens=None, on_step=None, **options):
     for key, value in options.items():
         if key not in _TRAIN_OPTIONS:
             raise TypeError(f"train() got an unexpected keyword argument '{key}'")
-        if key in ("init_from", "resume", "fixed_batch", "dump_grads"):
+        if key in ("init_from", "resume", "fixed_batch", "dump_grads", "rendezvous"):
             value = _os.fspath(value)
         try:
             setattr(o, key, value)

@@ -804,7 +804,11 @@ PYBIND11_MODULE(_core, mod) {
       .def_readwrite("eval_every", &TrainOptions::eval_every)
       .def_readwrite("eval_batches", &TrainOptions::eval_batches)
       .def_readwrite("save_every", &TrainOptions::save_every)
-      .def_readwrite("keep", &TrainOptions::keep);
+      .def_readwrite("keep", &TrainOptions::keep)
+      .def_readwrite("distributed", &TrainOptions::distributed)
+      .def_readwrite("dist_timeout_s", &TrainOptions::dist_timeout_s)
+      .def_readwrite("rendezvous", &TrainOptions::rendezvous)
+      .def_readwrite("bucket_mb", &TrainOptions::bucket_mb);
 
   // ---- the scan kernels, by raw pointer (mambacpp.torch checks every tensor first) ----
   mod.def("_scan_state_chunk", [](bool cuda) {
