@@ -620,6 +620,97 @@ TEST_P(BackendOps, AdamWWithClipping) {
   }
 }
 
+// Data parallel: two shards of a batch, each divided by the whole batch's count of targets, add up to the
+// whole batch's loss and head gradient, and each shard's dhidden is the whole's rows.
+TEST_P(BackendOps, LmHeadCrossEntropyOfShards) {
+  if (dtype_ != DType::F32) GTEST_SKIP() << "the divisor is the same for every dtype";
+  if (!runs({Op::Xent})) GTEST_SKIP();
+  const int64_t M = 64;
+  const int C = 24, V = 300;
+  Rng rng(11);
+  auto hidden = randn(M * C, rng), w = randn(int64_t{V} * C, rng, 2.0 / std::sqrt(C));
+  std::vector<int32_t> targets(M);
+  for (int64_t m = 0; m < M; m++) targets[m] = m % 5 == 0 ? -100 : static_cast<int32_t>(rng.below(V));
+  int64_t count = 0;
+  for (int32_t t : targets) count += t != -100;
+  std::vector<float> want_dh(M * C), want_dw(int64_t{V} * C, 0.0f), scratch(256 * static_cast<size_t>(V));
+  const float want_loss = cpu::lm_head_cross_entropy(want_dh.data(), want_dw.data(), hidden.data(), w.data(),
+                                                     targets.data(), M, C, V, -100, scratch.data(), 256);
+  Array d_w(*b_, w, DType::F32), d_dw(*b_, std::vector<float>(want_dw.size(), 0.0f), DType::F32);
+  double loss = 0;
+  std::vector<float> dh;
+  for (int64_t half : {0, 1}) {
+    const int64_t rows = M / 2, first = half * rows;
+    Array d_hidden(*b_, std::vector<float>(hidden.begin() + first * C, hidden.begin() + (first + rows) * C), DType::F32);
+    Array d_dhidden(*b_, std::vector<float>(rows * C, 7.0f), DType::F32), d_loss(*b_, {7.0f}, DType::F32);
+    Buffer d_targets(*b_, sizeof(int32_t) * rows);
+    b_->upload(d_targets.data(), targets.data() + first, sizeof(int32_t) * rows);
+    XentParams p;
+    p.dtype = DType::F32, p.loss = d_loss.f32(), p.dhidden = d_dhidden.data(), p.dweight = d_dw.f32();
+    p.hidden = d_hidden.data(), p.weight = WeightView{d_w.data(), DType::F32}, p.targets = d_targets.as<int32_t>();
+    p.M = rows, p.C = C, p.V = V, p.divisor = count;
+    Buffer ws(*b_, std::max<size_t>(1, b_->xent_workspace(p)));
+    b_->xent(p, ws.data());
+    loss += d_loss.read()[0];
+    const auto part = d_dhidden.read();
+    dh.insert(dh.end(), part.begin(), part.end());
+  }
+  EXPECT_LE(std::abs(loss - want_loss), 1e-5 * std::abs(want_loss));
+  EXPECT_LE(rel_err(dh, want_dh), 1e-5);
+  EXPECT_LE(rel_err(d_dw.read(), want_dw), 2e-5);
+}
+
+// ZeRO-1: a rank updates the elements [begin, end) alone, with moments for those alone, after the norm and
+// the clipping of all the gradients; the updated elements equal the whole update's, the others stay.
+TEST_P(BackendOps, AdamWOnAShard) {
+  if (dtype_ != DType::F32) GTEST_SKIP() << "the optimizer's buffers are fp32 whatever the activations' dtype";
+  if (!runs({Op::AdamW})) GTEST_SKIP();
+  const std::vector<AdamWRange> ranges = {{0, 1000, true}, {1000, 70001, false}, {71001, 3, true}, {71004, 200000, true}};
+  const int64_t n = 271004;
+  Rng rng(9);
+  auto params = randn(n, rng), grads = randn(n, rng, 0.01), m = randn(n, rng, 0.01), v = randn(n, rng, 1e-4);
+  for (float& x : v) x = std::abs(x);
+  AdamWParams whole;
+  double want_norm = 0;
+  auto want_p = params, want_g = grads, want_m = m, want_v = v;
+  whole.params = want_p.data(), whole.grads = want_g.data(), whole.m = want_m.data(), whole.v = want_v.data();
+  whole.n = n, whole.ranges = ranges.data(), whole.n_ranges = static_cast<int>(ranges.size());
+  whole.norm = &want_norm, whole.grad_scale = 0.5f, whole.max_norm = 1.0, whole.step = 4, whole.lr = 3e-3;
+  whole.weight_decay = 0.1;
+  cpu::adamw(whole);
+  // Shards that cut ranges, one of a single range's inside, the last one, and an empty one.
+  for (const auto& [begin, end] : std::vector<std::pair<int64_t, int64_t>>{{500, 71002}, {2000, 3000}, {200000, n}, {7, 7}}) {
+    std::vector<float> sm(m.begin() + begin, m.begin() + end), sv(v.begin() + begin, v.begin() + end);
+    Array d_p(*b_, params, DType::F32), d_g(*b_, grads, DType::F32);
+    Array d_m(*b_, sm.empty() ? std::vector<float>{0.0f} : sm, DType::F32);
+    Array d_v(*b_, sv.empty() ? std::vector<float>{0.0f} : sv, DType::F32);
+    Buffer d_norm(*b_, sizeof(double));
+    AdamWParams p = whole;
+    p.params = d_p.f32(), p.grads = d_g.f32(), p.m = d_m.f32(), p.v = d_v.f32(), p.norm = d_norm.as<double>();
+    p.shard_begin = begin, p.shard_end = end;
+    Buffer ws(*b_, std::max<size_t>(1, b_->adamw_workspace(p)));
+    b_->adamw(p, ws.data());
+    double norm = 0;
+    b_->download(&norm, d_norm.data(), sizeof(double));
+    const std::string where = "shard [" + std::to_string(begin) + ", " + std::to_string(end) + ")";
+    EXPECT_LE(std::abs(norm - want_norm), 1e-12 * want_norm) << where;
+    EXPECT_LE(rel_err(d_g.read(), want_g), 1e-6) << where;  // every gradient scaled and clipped
+    const auto got = d_p.read();
+    std::vector<float> want = params;  // outside the shard: untouched
+    std::copy(want_p.begin() + begin, want_p.begin() + end, want.begin() + begin);
+    EXPECT_LE(rel_err(got, want), 1e-6) << where;
+    if (end > begin) {
+      EXPECT_LE(rel_err(d_m.read(), std::vector<float>(want_m.begin() + begin, want_m.begin() + end)), 1e-6) << where;
+      EXPECT_LE(rel_err(d_v.read(), std::vector<float>(want_v.begin() + begin, want_v.begin() + end)), 1e-6) << where;
+    }
+    for (int64_t i : {int64_t{0}, begin - 1, end, n - 1}) {
+      if (i >= 0 && i < n && (i < begin || i >= end)) {
+        EXPECT_EQ(got[static_cast<size_t>(i)], params[static_cast<size_t>(i)]) << where << " at " << i;
+      }
+    }
+  }
+}
+
 TEST_P(BackendOps, Argmax) {
   if (dtype_ != DType::F32) GTEST_SKIP() << "argmax reads fp32 logits whatever the activations' dtype";
   Rng rng(5);

@@ -344,13 +344,13 @@ int64_t Trainer::global_count() const {
 }
 
 void Trainer::shard_forward_backward(float* grads, float* loss) {
-  const int64_t offset = int64_t{rank()} * (options_.batch / world()) * options_.seq_len;
+  const int64_t offset = shard_offset();
   backprop_.forward_backward(params_.as<float>(), grads, inputs_.data() + offset, targets_.data() + offset,
                              options_.ignore_index, loss, global_count());
 }
 
 double Trainer::shard_loss() {
-  const int64_t offset = int64_t{rank()} * (options_.batch / world()) * options_.seq_len;
+  const int64_t offset = shard_offset();
   double loss = backprop_.step(params_.as<float>(), nullptr, inputs_.data() + offset, targets_.data() + offset,
                                options_.ignore_index, global_count());
   if (comm_) comm_->all_reduce_host(&loss, 1);

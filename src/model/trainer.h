@@ -144,6 +144,8 @@ class Trainer {
   double shard_loss();
   // The divisor of a shard's loss: the global batch's count of targets (0 without a communicator).
   int64_t global_count() const;
+  // Where this rank's rows start in inputs_ and targets_.
+  int64_t shard_offset() const { return int64_t{rank()} * (options_.batch / world()) * options_.seq_len; }
   // Buckets of gradients handed to the communicator as the backward makes them final.
   void on_grads_ready(int layer);
   void launch_bucket(int64_t lo, int64_t hi);
