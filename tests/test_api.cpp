@@ -299,8 +299,9 @@ TEST(Api, SetOptionsReseedsAndKeepsTheState) {
   EXPECT_THROW(copy.set_options(sampling(0, 0), bad), Error);
 }
 
-TEST(Api, TrainingReportsThroughItsCallbackAndStopsWithACheckpoint) {
-  test::TempDir tmp;
+// Four documents of 600 repeated bytes in tmp/texts, and a run in tmp/run of a 1-layer, 16-wide model on
+// batches of 2 × 16 bytes.
+api::TrainOptions tiny_training(const test::TempDir& tmp) {
   std::filesystem::create_directories(tmp / "texts");
   for (int d = 0; d < 4; d++) {
     std::ofstream(tmp / "texts" / ("d" + std::to_string(d) + ".txt")) << std::string(600, static_cast<char>('a' + d));
@@ -312,6 +313,12 @@ TEST(Api, TrainingReportsThroughItsCallbackAndStopsWithACheckpoint) {
   o.n_layer = 1;
   o.batch = 2;
   o.seq_len = 16;
+  return o;
+}
+
+TEST(Api, TrainingReportsThroughItsCallbackAndStopsWithACheckpoint) {
+  test::TempDir tmp;
+  api::TrainOptions o = tiny_training(tmp);
   o.steps = 5;
   o.eval_every = 2;
   o.eval_batches = 1;
@@ -344,17 +351,7 @@ TEST(Api, TrainingReportsThroughItsCallbackAndStopsWithACheckpoint) {
 // is refused before anything is built.
 TEST(Api, ResumeChangesWhatItMayAndRefusesTheRest) {
   test::TempDir tmp;
-  std::filesystem::create_directories(tmp / "texts");
-  for (int d = 0; d < 4; d++) {
-    std::ofstream(tmp / "texts" / ("d" + std::to_string(d) + ".txt")) << std::string(600, static_cast<char>('a' + d));
-  }
-  api::TrainOptions o;
-  o.data = {tmp / "texts"};
-  o.out = tmp / "run";
-  o.d_model = 16;
-  o.n_layer = 1;
-  o.batch = 2;
-  o.seq_len = 16;
+  api::TrainOptions o = tiny_training(tmp);
   o.steps = 2;
   o.eval_batches = 1;
   api::Training(o).run();

@@ -372,19 +372,20 @@ void Trainer::launch_bucket(int64_t lo, int64_t hi) {
 // final (the later layers', the final norm's and an untied head's), but for the embedding's, which its own
 // backward completes last (and, tied to the head, the loss fed it first). Contiguous ranges, from the end.
 void Trainer::on_grads_ready(int layer) {
+  if (!reduce_in_backward_) return;
   if (pending_hi_ < 0) pending_hi_ = size_;
   if (layer >= 0) {
-    pending_lo_ = layer_start_[static_cast<size_t>(layer)];
-    if (pending_hi_ - pending_lo_ >= bucket_floats_) {
-      launch_bucket(pending_lo_, pending_hi_);
-      pending_hi_ = pending_lo_;
+    const int64_t lo = layer_start_[static_cast<size_t>(layer)];
+    if (pending_hi_ - lo >= bucket_floats_) {
+      launch_bucket(lo, pending_hi_);
+      pending_hi_ = lo;
     } else {
       comm_->progress();
     }
     return;
   }
   launch_bucket(0, pending_hi_);  // the layers still pending and the embedding
-  pending_lo_ = pending_hi_ = -1;
+  pending_hi_ = -1;
 }
 
 std::vector<float> Trainer::params() const {
@@ -402,13 +403,7 @@ void Trainer::train_step(double* loss, double* grad_norm, double lr) {
   for (int a = 0; a < options_.accum; a++) {
     sampler_.next(inputs_.data(), targets_.data());
     // Data parallel: the gradients go to the ranks' sum during the last micro-batch's backward.
-    if (comm_) {
-      if (a + 1 < options_.accum) {
-        backprop_.set_on_grads_ready({});
-      } else {
-        backprop_.set_on_grads_ready([this](int layer) { on_grads_ready(layer); });
-      }
-    }
+    reduce_in_backward_ = a + 1 == options_.accum;
     shard_forward_backward(grads, losses + a);
   }
   if (comm_) comm_->wait();
@@ -549,6 +544,8 @@ TrainResult Trainer::run(const std::atomic<bool>* stop, int64_t stop_at) {
     fail(out_.string(), ": the run has finished (step ", step_, " of ", options_.steps, "); nothing to train");
   }
   const int64_t tokens_per_step = int64_t{options_.batch} * options_.seq_len * options_.accum;
+  // Bound here, not at construction: a Trainer moves (resume() returns one), and the hook holds `this`.
+  if (comm_) backprop_.set_on_grads_ready([this](int layer) { on_grads_ready(layer); });
   const auto start = Clock::now();
   const int64_t first = step_;
   double loss = 0, grad_norm = 0;

@@ -167,7 +167,10 @@ class Trainer {
   // Data parallel: each rank's slice of the parameters (the last ones may be shorter), and the bucket size.
   int64_t shard_, bucket_floats_;
   std::vector<int64_t> layer_start_;  // (n_layer + 1) offsets: layer l's parameters, then norm_f's
-  int64_t pending_lo_ = -1, pending_hi_ = -1;  // gradients final but not yet handed to the communicator
+  // This step's gradients from pending_hi_ to the end are handed to the communicator (-1: none yet); the
+  // final ones below it wait for a bucket's worth.
+  int64_t pending_hi_ = -1;
+  bool reduce_in_backward_ = false;  // this micro-batch is the step's last: its backward starts the buckets
   Buffer params_, grads_;  // (world · shard ≥ size) and (size) on the device
   // On the device, what a step brings back in one download: the gradients' global norm (a double), then
   // the loss of each micro-batch (accum floats).
