@@ -20,6 +20,8 @@
 #include <hwy/highway.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -87,32 +89,133 @@ HWY_INLINE void dot_rows(const T* HWY_RESTRICT w, int K, const float* HWY_RESTRI
   }
 }
 
-// The same for an int8 row: each block of kQ8Block values is summed unscaled, then added times its
-// scale (one multiply per block instead of one per value). `scales` holds this row's, as fp32.
-template <int R>
-HWY_INLINE void dot_rows_q8(const int8_t* HWY_RESTRICT w, const float* HWY_RESTRICT scales, int K,
-                            const float* HWY_RESTRICT x, int64_t ldx, float* sums) {
+// Activation rows for the int8 weights: each block of kQ8Block values rounded to int16 with an fp32
+// scale (the block's largest magnitude / 32767, so the rounding error is at most 2^-16 of it), zero
+// beyond K up to whole blocks. Then a block of the dot product is exact integer arithmetic (products of
+// int8 and int16 summed in int32: at most 32 · 127 · 32767 < 2^31), scaled once. Widening int8 weights
+// to fp32 took three instructions per vector of weights; this takes one per two vectors' worth.
+struct Q16Rows {
+  const int16_t* q = nullptr;  // (rows, ldq)
+  const float* scale = nullptr;  // (rows, blocks); NaN where the block holds a NaN or an infinity
+  int64_t ldq = 0, blocks = 0;
+};
+
+
+// Quantizes rows [0, M) of x (M, K; row stride ldx) into q (M, ldq) and scale (M, blocks).
+HWY_INLINE void quantize_q16(const float* HWY_RESTRICT x, int64_t ldx, int64_t M, int K, int16_t* HWY_RESTRICT q,
+                             float* HWY_RESTRICT scale, int64_t ldq, int64_t blocks) {
   const DF df;
+  const hn::Rebind<int16_t, DF> d16;
   const int N = static_cast<int>(hn::Lanes(df));  // divides kQ8Block on every target
-  VF acc[R];
-  for (int r = 0; r < R; r++) acc[r] = hn::Zero(df);
-  int k = 0;
-  for (; k + kQ8Block <= K; k += kQ8Block) {
-    VF block[R];
-    for (int r = 0; r < R; r++) block[r] = hn::Zero(df);
-    for (int j = 0; j < kQ8Block; j += N) {
-      const VF wv = load_w(df, w + k + j);
-      for (int r = 0; r < R; r++) block[r] = hn::MulAdd(wv, hn::LoadU(df, x + r * ldx + k + j), block[r]);
+  for (int64_t m = 0; m < M; m++) {
+    const float* xr = x + m * ldx;
+    int16_t* qr = q + m * ldq;
+    for (int64_t b = 0; b < blocks; b++) {
+      const int k0 = static_cast<int>(b * kQ8Block), len = std::min(kQ8Block, K - k0);
+      float peak = 0.0f, poison = 0.0f;  // poison: Σ x·0, NaN iff a value is NaN or infinite
+      int k = 0;
+      if (len == kQ8Block) {
+        VF vmax = hn::Zero(df), vpoison = hn::Zero(df);
+        for (; k < kQ8Block; k += N) {
+          const VF v = hn::LoadU(df, xr + k0 + k);
+          vmax = hn::Max(vmax, hn::Abs(v));
+          vpoison = hn::MulAdd(v, hn::Zero(df), vpoison);
+        }
+        peak = hn::GetLane(hn::MaxOfLanes(df, vmax));
+        poison = hn::GetLane(hn::SumOfLanes(df, vpoison));
+      }
+      for (; k < len; k++) {
+        peak = std::max(peak, std::abs(xr[k0 + k]));
+        poison += xr[k0 + k] * 0.0f;
+      }
+      int16_t* qb = qr + k0;
+      if (poison != 0.0f || !(peak >= std::numeric_limits<float>::min())) {
+        // Non-finite: the block's products become NaN through the scale. Zero or subnormal (flushed to
+        // zero by the kernels' FTZ/DAZ mode anyway): contributes nothing.
+        scale[m * blocks + b] = poison != 0.0f ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+        std::fill(qb, qb + kQ8Block, int16_t{0});
+        continue;
+      }
+      scale[m * blocks + b] = peak / 32767.0f;
+      const float inv = 32767.0f / peak;
+      k = 0;
+      if (len == kQ8Block) {
+        for (; k < kQ8Block; k += N) {
+          const VF v = hn::Mul(hn::LoadU(df, xr + k0 + k), hn::Set(df, inv));
+          hn::StoreU(hn::DemoteTo(d16, hn::NearestInt(v)), d16, qb + k);
+        }
+      }
+      for (; k < len; k++) qb[k] = static_cast<int16_t>(std::lrint(xr[k0 + k] * inv));
+      for (; k < kQ8Block; k++) qb[k] = 0;
     }
-    const VF scale = hn::Set(df, scales[k / kQ8Block]);
-    for (int r = 0; r < R; r++) acc[r] = hn::MulAdd(block[r], scale, acc[r]);
-  }
-  for (int r = 0; r < R; r++) sums[r] = hn::GetLane(hn::SumOfLanes(df, acc[r]));
-  for (; k < K; k++) {
-    const float wk = scales[k / kQ8Block] * static_cast<float>(w[k]);
-    for (int r = 0; r < R; r++) sums[r] += wk * x[r * ldx + k];
   }
 }
+
+// sums[r] = Σ_k dequantized w[k] · x_r[k] for R activation rows quantized as Q16Rows, the int8 weight
+// row (`scales`: its block scales as fp32) read once. Two accumulators per row so that the one FMA per
+// block does not chain the blocks.
+#if HWY_TARGET == HWY_SCALAR
+// One lane: no pairs of int16 to multiply-add; the same integer sums, written out.
+template <int R>
+HWY_INLINE void dot_rows_q8(const int8_t* HWY_RESTRICT w, const float* HWY_RESTRICT scales, int K, const Q16Rows& x,
+                            int64_t col_block, float* sums) {
+  for (int r = 0; r < R; r++) sums[r] = 0.0f;
+  for (int b = 0; b * kQ8Block < K; b++) {
+    for (int r = 0; r < R; r++) {
+      int32_t isum = 0;
+      for (int k = b * kQ8Block; k < std::min(K, (b + 1) * kQ8Block); k++) isum += int32_t{w[k]} * x.q[r * x.ldq + k];
+      sums[r] += scales[b] * x.scale[r * x.blocks + col_block + b] * static_cast<float>(isum);
+    }
+  }
+}
+#else
+template <int R>
+HWY_INLINE void dot_rows_q8(const int8_t* HWY_RESTRICT w, const float* HWY_RESTRICT scales, int K, const Q16Rows& x,
+                            int64_t col_block, float* sums) {
+  const DF df;
+  const hn::Repartition<int16_t, DF> d16;  // twice the lanes of df
+  const hn::Repartition<int32_t, DF> d32;
+  const hn::Rebind<int8_t, decltype(d16)> d8;
+  const int N16 = static_cast<int>(hn::Lanes(d16));  // divides kQ8Block on every target
+  VF acc[R][2];
+  for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = hn::Zero(df);
+  const int whole = K / kQ8Block;
+  // Block b's first `len` values (a multiple of the int16 vector) into accumulator `slot`.
+  auto block = [&](int b, int len, int slot) HWY_ATTR {
+    const int k = b * kQ8Block;
+    hn::Vec<decltype(d32)> isum[R], isum1[R];
+    for (int r = 0; r < R; r++) isum[r] = isum1[r] = hn::Zero(d32);
+    for (int j = 0; j < len; j += N16) {
+      const auto wv = hn::PromoteTo(d16, hn::LoadU(d8, w + k + j));
+      for (int r = 0; r < R; r++) {
+        isum[r] = hn::ReorderWidenMulAccumulate(d32, wv, hn::LoadU(d16, x.q + r * x.ldq + k + j), isum[r], isum1[r]);
+      }
+    }
+    for (int r = 0; r < R; r++) {
+      const float s = scales[b] * x.scale[r * x.blocks + col_block + b];
+      acc[r][slot] = hn::MulAdd(hn::ConvertTo(df, hn::RearrangeToOddPlusEven(isum[r], isum1[r])), hn::Set(df, s),
+                                acc[r][slot]);
+    }
+  };
+  int b = 0;
+  for (; b + 2 <= whole; b += 2) {
+    block(b, kQ8Block, 0);
+    block(b + 1, kQ8Block, 1);
+  }
+  if (b < whole) block(b++, kQ8Block, 0);
+  // The last, partial block: its whole vectors (dt_proj's rows are 48 long), then one value at a time.
+  const int rest = K - b * kQ8Block, vectors = rest / N16 * N16;
+  if (vectors > 0) block(b, vectors, 1);
+  for (int r = 0; r < R; r++) sums[r] = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc[r][0], acc[r][1])));
+  if (vectors < rest) {
+    for (int r = 0; r < R; r++) {
+      int32_t isum = 0;
+      for (int k = b * kQ8Block + vectors; k < K; k++) isum += int32_t{w[k]} * x.q[r * x.ldq + k];
+      sums[r] += scales[b] * x.scale[r * x.blocks + col_block + b] * static_cast<float>(isum);
+    }
+  }
+}
+#endif  // HWY_TARGET == HWY_SCALAR
 
 // n F16 scales as fp32.
 HWY_INLINE void widen_scales(float* HWY_RESTRICT out, const uint16_t* HWY_RESTRICT in, int64_t n) {
@@ -126,7 +229,7 @@ HWY_INLINE void widen_scales(float* HWY_RESTRICT out, const uint16_t* HWY_RESTRI
 
 // One weight row against `rows` (≤ 4) activation rows.
 template <class T>
-HWY_INLINE void dot_group(const T* w, const float*, int K, const float* x, int64_t ldx, int rows, float* sums) {
+HWY_INLINE void dot_group(const T* w, int K, const float* x, int64_t ldx, int rows, float* sums) {
   switch (rows) {
     case 1: dot_rows<1, 4>(w, K, x, ldx, sums); break;
     case 2: dot_rows<2, 4>(w, K, x, ldx, sums); break;
@@ -134,13 +237,13 @@ HWY_INLINE void dot_group(const T* w, const float*, int K, const float* x, int64
     default: dot_rows<4, 2>(w, K, x, ldx, sums); break;
   }
 }
-HWY_INLINE void dot_group(const int8_t* w, const float* scales, int K, const float* x, int64_t ldx, int rows,
-                          float* sums) {
+HWY_INLINE void dot_group_q8(const int8_t* w, const float* scales, int K, const Q16Rows& x, int64_t col_block,
+                             int rows, float* sums) {
   switch (rows) {
-    case 1: dot_rows_q8<1>(w, scales, K, x, ldx, sums); break;
-    case 2: dot_rows_q8<2>(w, scales, K, x, ldx, sums); break;
-    case 3: dot_rows_q8<3>(w, scales, K, x, ldx, sums); break;
-    default: dot_rows_q8<4>(w, scales, K, x, ldx, sums); break;
+    case 1: dot_rows_q8<1>(w, scales, K, x, col_block, sums); break;
+    case 2: dot_rows_q8<2>(w, scales, K, x, col_block, sums); break;
+    case 3: dot_rows_q8<3>(w, scales, K, x, col_block, sums); break;
+    default: dot_rows_q8<4>(w, scales, K, x, col_block, sums); break;
   }
 }
 
@@ -154,6 +257,17 @@ void matmul_rows_typed(const MatmulParams& p) {
   auto* out = static_cast<float*>(p.out);
   const int K = p.K;
   const int64_t blocks = q8_blocks(K);
+  // int8 weights: the activations quantized once, by the calling thread, for every weight row.
+  thread_local std::vector<int16_t> xq;
+  thread_local std::vector<float> xscale;
+  const int64_t ldq = blocks * kQ8Block;
+  if constexpr (std::is_same_v<T, int8_t>) {
+    xq.resize(static_cast<size_t>(p.M * ldq));
+    xscale.resize(static_cast<size_t>(p.M * blocks));
+    quantize_q16(inp, p.ldi, p.M, K, xq.data(), xscale.data(), ldq, blocks);
+  }
+  const int16_t* q = xq.data();
+  const float* qscale = xscale.data();
 #pragma omp parallel for schedule(static) if (int64_t{p.N} * K > 65536)
   for (int n = 0; n < p.N; n++) {
     const T* w = weight + int64_t{n} * K;
@@ -169,7 +283,12 @@ void matmul_rows_typed(const MatmulParams& p) {
       for (int64_t m0 = 0; m0 < p.M; m0 += kRowGroup) {
         const int rows = static_cast<int>(std::min<int64_t>(kRowGroup, p.M - m0));
         float part[kRowGroup];
-        dot_group(w + k0, scales, len, inp + m0 * p.ldi + k0, p.ldi, rows, part);
+        if constexpr (std::is_same_v<T, int8_t>) {
+          const Q16Rows group{q + m0 * ldq + k0, qscale + m0 * blocks, ldq, blocks};
+          dot_group_q8(w + k0, scales, len, group, k0 / kQ8Block, rows, part);
+        } else {
+          dot_group(w + k0, len, inp + m0 * p.ldi + k0, p.ldi, rows, part);
+        }
         for (int r = 0; r < rows; r++) sums[m0 + r] += part[r];
       }
     }
