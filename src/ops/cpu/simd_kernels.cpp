@@ -20,6 +20,7 @@
 #include <hwy/highway.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <cstring>
@@ -86,6 +87,84 @@ HWY_INLINE void dot_rows(const T* HWY_RESTRICT w, int K, const float* HWY_RESTRI
   for (; k < K; k++) {
     const float wk = widen(w[k]);
     for (int r = 0; r < R; r++) sums[r] += wk * x[r * ldx + k];
+  }
+}
+
+// BF16 weights two vectors' worth at a time: 2N of them loaded as N 32-bit lanes, whose low halves
+// (the even elements) shifted up and high halves (the odd elements) masked are their fp32 values. One
+// shift or mask per N weights, where widening lane by lane takes a shuffle and a shift; the activations
+// are stored even elements first in each chunk of 2N (permute_pairs) to meet them.
+template <int R, int U>
+HWY_INLINE void dot_rows_bf16(const hwy::bfloat16_t* HWY_RESTRICT w, int K, const float* HWY_RESTRICT x, int64_t ldx,
+                              float* sums) {
+  static_assert(std::endian::native == std::endian::little, "the even element is the low half of a 32-bit lane");
+  const DF df;
+  const hn::RebindToUnsigned<DF> du;
+  const int N = static_cast<int>(hn::Lanes(df));
+  const auto high = hn::Set(du, 0xFFFF0000u);
+  VF even[R][U], odd[R][U];
+  for (int r = 0; r < R; r++) {
+    for (int u = 0; u < U; u++) even[r][u] = odd[r][u] = hn::Zero(df);
+  }
+  int k = 0;
+  for (; k + 2 * U * N <= K; k += 2 * U * N) {
+    VF we[U], wo[U];
+    for (int u = 0; u < U; u++) {
+      const auto v = hn::LoadU(du, reinterpret_cast<const uint32_t*>(w + k + 2 * u * N));
+      we[u] = hn::BitCast(df, hn::ShiftLeft<16>(v));
+      wo[u] = hn::BitCast(df, hn::And(v, high));
+    }
+    for (int r = 0; r < R; r++) {
+      for (int u = 0; u < U; u++) {
+        const float* xr = x + r * ldx + k + 2 * u * N;
+        even[r][u] = hn::MulAdd(we[u], hn::LoadU(df, xr), even[r][u]);
+        odd[r][u] = hn::MulAdd(wo[u], hn::LoadU(df, xr + N), odd[r][u]);
+      }
+    }
+  }
+  for (; k + 2 * N <= K; k += 2 * N) {
+    const auto v = hn::LoadU(du, reinterpret_cast<const uint32_t*>(w + k));
+    const VF we = hn::BitCast(df, hn::ShiftLeft<16>(v)), wo = hn::BitCast(df, hn::And(v, high));
+    for (int r = 0; r < R; r++) {
+      even[r][0] = hn::MulAdd(we, hn::LoadU(df, x + r * ldx + k), even[r][0]);
+      odd[r][0] = hn::MulAdd(wo, hn::LoadU(df, x + r * ldx + k + N), odd[r][0]);
+    }
+  }
+  for (int r = 0; r < R; r++) {
+    VF sum = hn::Add(even[r][0], odd[r][0]);
+    for (int u = 1; u < U; u++) sum = hn::Add(sum, hn::Add(even[r][u], odd[r][u]));
+    sums[r] = hn::GetLane(hn::SumOfLanes(df, sum));
+  }
+  for (; k < K; k++) {  // the tail past the last whole chunk is in its natural order
+    const float wk = widen(w[k]);
+    for (int r = 0; r < R; r++) sums[r] += wk * x[r * ldx + k];
+  }
+}
+
+// Rows [0, M) of x (M, K; row stride ldx) into out (M, K), each whole chunk of 2·Lanes values as its
+// even elements, then its odd ones; the rest as it is.
+HWY_INLINE void permute_pairs(const float* HWY_RESTRICT x, int64_t ldx, int64_t M, int K, float* HWY_RESTRICT out) {
+  const int N = static_cast<int>(hn::Lanes(DF()));
+  for (int64_t m = 0; m < M; m++) {
+    const float* xr = x + m * ldx;
+    float* o = out + m * K;
+    int k = 0;
+    for (; k + 2 * N <= K; k += 2 * N) {
+      for (int i = 0; i < N; i++) {
+        o[k + i] = xr[k + 2 * i];
+        o[k + N + i] = xr[k + 2 * i + 1];
+      }
+    }
+    for (; k < K; k++) o[k] = xr[k];
+  }
+}
+
+HWY_INLINE void dot_group_bf16(const hwy::bfloat16_t* w, int K, const float* x, int64_t ldx, int rows, float* sums) {
+  switch (rows) {
+    case 1: dot_rows_bf16<1, 2>(w, K, x, ldx, sums); break;
+    case 2: dot_rows_bf16<2, 2>(w, K, x, ldx, sums); break;
+    case 3: dot_rows_bf16<3, 1>(w, K, x, ldx, sums); break;
+    default: dot_rows_bf16<4, 1>(w, K, x, ldx, sums); break;
   }
 }
 
@@ -266,8 +345,15 @@ void matmul_rows_typed(const MatmulParams& p) {
     xscale.resize(static_cast<size_t>(p.M * blocks));
     quantize_q16(inp, p.ldi, p.M, K, xq.data(), xscale.data(), ldq, blocks);
   }
+  // BF16 weights: the activations permuted once to meet the weights' even and odd halves.
+  thread_local std::vector<float> xpairs;
+  if constexpr (std::is_same_v<T, hwy::bfloat16_t>) {
+    xpairs.resize(static_cast<size_t>(p.M * K));
+    permute_pairs(inp, p.ldi, p.M, K, xpairs.data());
+  }
   const int16_t* q = xq.data();
   const float* qscale = xscale.data();
+  const float* pairs = xpairs.data();
 #pragma omp parallel for schedule(static) if (int64_t{p.N} * K > 65536)
   for (int n = 0; n < p.N; n++) {
     const T* w = weight + int64_t{n} * K;
@@ -286,6 +372,8 @@ void matmul_rows_typed(const MatmulParams& p) {
         if constexpr (std::is_same_v<T, int8_t>) {
           const Q16Rows group{q + m0 * ldq + k0, qscale + m0 * blocks, ldq, blocks};
           dot_group_q8(w + k0, scales, len, group, k0 / kQ8Block, rows, part);
+        } else if constexpr (std::is_same_v<T, hwy::bfloat16_t>) {
+          dot_group_bf16(w + k0, len, pairs + m0 * K + k0, K, rows, part);
         } else {
           dot_group(w + k0, len, inp + m0 * p.ldi + k0, p.ldi, rows, part);
         }
