@@ -5,7 +5,7 @@
 // beside `mambacpp bench`'s step is what the rest of a step (scan, conv, norms, threads) costs. Prints
 // one JSON line per weight type: ms per pass, GB/s of weights read, the mean ms of each kind of matrix.
 //
-//   cpu_gemv [--threads N] [--rows M] [--repeats R] [--layers 24]
+//   cpu_gemv [--threads N] [--rows M] [--repeats R] [--layers 24] [--dtype F32|BF16|F16|I8]
 #include <omp.h>
 
 #include <algorithm>
@@ -56,8 +56,11 @@ Matrix make(DType dtype, int N, int K, Rng& rng) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  relaunch_with_passive_wait(argv);  // as mambacpp runs: idle threads sleep
   int threads = 2, rows = 1, repeats = 20, layers = 24;
+  std::string only;  // one weight type's name (F32, BF16, F16, I8), or all
   for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--dtype")) only = argv[i + 1];
     if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--rows")) rows = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--repeats")) repeats = std::atoi(argv[i + 1]);
@@ -76,6 +79,7 @@ int main(int argc, char** argv) {
   for (float& v : x) v = static_cast<float>(rng.normal());
 
   for (DType dtype : {DType::F32, DType::BF16, DType::F16, DType::I8}) {
+    if (!only.empty() && only != dtype_name(dtype)) continue;
     std::vector<Matrix> mats;
     std::vector<Shape> order;
     int64_t bytes = 0;

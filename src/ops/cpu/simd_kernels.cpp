@@ -326,6 +326,7 @@ HWY_INLINE void dot_group_q8(const int8_t* w, const float* scales, int K, const 
   }
 }
 
+constexpr int64_t kParallelBytes = 1 << 20;  // see matmul_rows_typed
 constexpr int kRowGroup = 4;         // activation rows per pass over a weight row (it stays in L1)
 constexpr int kScalePiece = 1024;    // an int8 row's scales widened at a time: 32768 values
 
@@ -354,7 +355,11 @@ void matmul_rows_typed(const MatmulParams& p) {
   const int16_t* q = xq.data();
   const float* qscale = xscale.data();
   const float* pairs = xpairs.data();
-#pragma omp parallel for schedule(static) if (int64_t{p.N} * K > 65536)
+  // Threads only where the work outweighs waking them: a sleeping worker (OMP_WAIT_POLICY=PASSIVE, as
+  // mambacpp runs) takes ~20 µs to wake, as long as one core reads ~300 KB. So x_proj and dt_proj of a
+  // decode step (0.1–0.5 MB) run on the calling thread, in_proj, out_proj and the head on all.
+  const int64_t work = int64_t{p.N} * K * static_cast<int64_t>(sizeof(T)) + 2 * p.M * p.N * int64_t{K};
+#pragma omp parallel for schedule(static) if (work > kParallelBytes)
   for (int n = 0; n < p.N; n++) {
     const T* w = weight + int64_t{n} * K;
     const float bias = p.bias ? p.bias[n] : 0.0f;
