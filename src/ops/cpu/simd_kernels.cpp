@@ -90,6 +90,39 @@ HWY_INLINE void dot_rows(const T* HWY_RESTRICT w, int K, const float* HWY_RESTRI
   }
 }
 
+// W weight rows against R activation rows: W·R accumulators, and each activation vector loaded once
+// per step for W FMAs. With 5 to 16 activation rows (batched decode) they no longer fit in L1 beside the
+// weight row, and the one-weight-row kernel, which loads an activation vector for every FMA, waited on
+// L2 (the 16-row GEMV ran at 30% of the FMA rate). sums[i·R + r] for weight row i, activation row r.
+template <int W, int R, class T>
+HWY_INLINE void dot_tile(const T* HWY_RESTRICT w, int64_t ldw, int K, const float* HWY_RESTRICT x, int64_t ldx,
+                         float* sums) {
+  const DF df;
+  const int N = static_cast<int>(hn::Lanes(df));
+  VF acc[W][R];
+  for (int i = 0; i < W; i++) {
+    for (int r = 0; r < R; r++) acc[i][r] = hn::Zero(df);
+  }
+  int k = 0;
+  for (; k + N <= K; k += N) {
+    VF wv[W];
+    for (int i = 0; i < W; i++) wv[i] = load_w(df, w + i * ldw + k);
+    for (int r = 0; r < R; r++) {
+      const VF xv = hn::LoadU(df, x + r * ldx + k);
+      for (int i = 0; i < W; i++) acc[i][r] = hn::MulAdd(wv[i], xv, acc[i][r]);
+    }
+  }
+  for (int i = 0; i < W; i++) {
+    for (int r = 0; r < R; r++) sums[i * R + r] = hn::GetLane(hn::SumOfLanes(df, acc[i][r]));
+  }
+  for (; k < K; k++) {
+    for (int i = 0; i < W; i++) {
+      const float wk = widen(w[i * ldw + k]);
+      for (int r = 0; r < R; r++) sums[i * R + r] += wk * x[r * ldx + k];
+    }
+  }
+}
+
 // BF16 weights two vectors' worth at a time: 2N of them loaded as N 32-bit lanes, whose low halves
 // (the even elements) shifted up and high halves (the odd elements) masked are their fp32 values. One
 // shift or mask per N weights, where widening lane by lane takes a shuffle and a shift; the activations
@@ -327,6 +360,8 @@ HWY_INLINE void dot_group_q8(const int8_t* w, const float* scales, int K, const 
 }
 
 constexpr int64_t kParallelBytes = 1 << 20;  // see matmul_rows_typed
+constexpr int kTileRows = 3;         // weight rows per dot_tile: 12 accumulators, 3 weights, 1 activation
+constexpr int64_t kTileMinRows = 8;  // activation rows from which tiles pay (at 5 the one-row kernel won)
 constexpr int kRowGroup = 4;         // activation rows per pass over a weight row (it stays in L1)
 constexpr int kScalePiece = 1024;    // an int8 row's scales widened at a time: 32768 values
 
@@ -355,10 +390,41 @@ void matmul_rows_typed(const MatmulParams& p) {
   const int16_t* q = xq.data();
   const float* qscale = xscale.data();
   const float* pairs = xpairs.data();
+  const int64_t work = int64_t{p.N} * K * static_cast<int64_t>(sizeof(T)) + 2 * p.M * p.N * int64_t{K};
+  if constexpr (!std::is_same_v<T, int8_t>) {
+    if (p.M >= kTileMinRows) {  // batched decode: kTileRows weight rows at a time (dot_tile says why)
+      const int tiles = (p.N + kTileRows - 1) / kTileRows;
+#pragma omp parallel for schedule(static) if (work > kParallelBytes)
+      for (int t = 0; t < tiles; t++) {
+        const int n0 = t * kTileRows, rows_w = std::min(kTileRows, p.N - n0);
+        float sums[kTileRows][kGemvMaxRows];
+        for (int64_t m0 = 0; m0 < p.M; m0 += kRowGroup) {
+          const int rows = static_cast<int>(std::min<int64_t>(kRowGroup, p.M - m0));
+          const float* x = inp + m0 * p.ldi;
+          float part[kTileRows * kRowGroup];
+          if (rows_w == kTileRows && rows == kRowGroup) {
+            dot_tile<kTileRows, kRowGroup>(weight + int64_t{n0} * K, K, K, x, p.ldi, part);
+            for (int i = 0; i < kTileRows; i++) {
+              for (int r = 0; r < kRowGroup; r++) sums[i][m0 + r] = part[i * kRowGroup + r];
+            }
+          } else {
+            for (int i = 0; i < rows_w; i++) {
+              dot_group(weight + int64_t{n0 + i} * K, K, x, p.ldi, rows, part);
+              for (int r = 0; r < rows; r++) sums[i][m0 + r] = part[r];
+            }
+          }
+        }
+        for (int i = 0; i < rows_w; i++) {
+          const float bias = p.bias ? p.bias[n0 + i] : 0.0f;
+          for (int64_t m = 0; m < p.M; m++) out[m * p.ldo + n0 + i] = sums[i][m] + bias;
+        }
+      }
+      return;
+    }
+  }
   // Threads only where the work outweighs waking them: a sleeping worker (OMP_WAIT_POLICY=PASSIVE, as
   // mambacpp runs) takes ~20 µs to wake, as long as one core reads ~300 KB. So x_proj and dt_proj of a
   // decode step (0.1–0.5 MB) run on the calling thread, in_proj, out_proj and the head on all.
-  const int64_t work = int64_t{p.N} * K * static_cast<int64_t>(sizeof(T)) + 2 * p.M * p.N * int64_t{K};
 #pragma omp parallel for schedule(static) if (work > kParallelBytes)
   for (int n = 0; n < p.N; n++) {
     const T* w = weight + int64_t{n} * K;
