@@ -135,7 +135,8 @@ void add_tasks(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   train->add_option("--ssm", t.ssm, "SSM: selective (S6) or lti (the Table 1 ablation)")->capture_default_str()
       ->check(CLI::IsMember({"selective", "lti"}));
-  train->add_option("--device", t.device, "Where to train: cpu, cuda or cuda:N (the held-out evaluations run on the CPU)")
+  train->add_option("--device", t.device,
+                    "Where to train: cpu, cuda or cuda:N (the held-out evaluations run on the CPU)")
       ->capture_default_str();
   train->add_option("--dtype", t.dtype,
                     "Precision: fp32, or bf16 / fp16 mixed precision (fp16 with dynamic loss scaling); default bf16 "

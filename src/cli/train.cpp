@@ -35,8 +35,9 @@ std::string flag_of(const std::string& field) {
 }  // namespace
 
 void add_train(CLI::App& app) {
-  auto* cmd = app.add_subcommand(
-      "train", "Train a model on text, token files or a checkpoint's data (fp32 or mixed precision, on the CPU or a GPU)");
+  auto* cmd = app.add_subcommand("train",
+                                 "Train a model on text, token files or a checkpoint's data (fp32 or mixed precision, "
+                                 "on the CPU or a GPU)");
   struct Options {
     ShapeFlags shape;
     std::string init_from, out, resume, fixed_batch, dump_grads, progress = "auto", device = "cpu", distributed = "auto",

@@ -34,7 +34,10 @@ class Views {
   int64_t used_ = 0;
 };
 
-inline void* offset(void* p, int64_t n, DType dtype) { return static_cast<char*>(p) + n * static_cast<int64_t>(dtype_size(dtype)); }
+// p + n elements of `dtype`.
+inline void* offset(void* p, int64_t n, DType dtype) {
+  return static_cast<char*>(p) + n * static_cast<int64_t>(dtype_size(dtype));
+}
 
 }  // namespace
 
@@ -76,7 +79,8 @@ int64_t Backprop::bytes_needed(const Config& c, int64_t B, int64_t L, int64_t sc
   bytes = sat_add(bytes, kAlign * (16 * int64_t{c.n_layer} + 64));  // the views' alignment
   const int64_t threads = omp_get_max_threads();
   bytes = sat_add(bytes, sat_mul(threads, sat_mul(M, 8 * N)));
-  bytes = sat_add(bytes, sat_mul(threads, sat_mul(4, sat_add(sat_mul(chunk + 1, N * 16), chunk * N * 16 + chunk * 32))));
+  const int64_t per_thread = sat_add(sat_mul(chunk + 1, N * 16), chunk * N * 16 + chunk * 32);  // floats
+  bytes = sat_add(bytes, sat_mul(threads, sat_mul(4, per_thread)));
   return bytes;
 }
 
@@ -90,19 +94,15 @@ Backprop::Backprop(const Config& config, int B, int L, int scan_chunk, Backend& 
     fail("training computes in F32, BF16 or F16, not ", dtype_name(t));
   }
   const bool lti = c.ssm_mode == SsmMode::Lti, low = t != DType::F32;
-  // The embedding's backward reads the fp32 residual stream's gradient.
-  const OpQuery ops[] = {{Op::Embedding, t, t}, {Op::RmsNorm, t}, {Op::Matmul, t, t}, {Op::Conv1d, t, t, false, 0, c.d_conv},
-                         {Op::Scan, t, t, lti, c.d_state, 0}, {Op::EmbeddingBwd, DType::F32}, {Op::RmsNormBwd, t},
-                         {Op::MatmulBwd, t, t}, {Op::Conv1dBwd, t, t, false, 0, c.d_conv},
-                         {Op::ScanBwd, t, t, lti, c.d_state, 0}, {Op::Xent, t, t}, {Op::SsmA}};
+  // The embedding's backward reads the fp32 residual stream's gradient; Convert makes the matrices' copies.
+  const OpQuery ops[] = {
+      {Op::Embedding, t, t}, {Op::RmsNorm, t}, {Op::Matmul, t, t}, {Op::Conv1d, t, t, false, 0, c.d_conv},
+      {Op::Scan, t, t, lti, c.d_state, 0}, {Op::EmbeddingBwd, DType::F32}, {Op::RmsNormBwd, t},
+      {Op::MatmulBwd, t, t}, {Op::Conv1dBwd, t, t, false, 0, c.d_conv}, {Op::ScanBwd, t, t, lti, c.d_state, 0},
+      {Op::Xent, t, t}, {Op::SsmA}, {Op::Convert, t}};
   for (const OpQuery& q : ops) {
     if (std::string why = backend.unsupported(q); !why.empty()) {
-      fail("training on ", backend.describe(), low ? std::string(" in ") + std::string(dtype_name(t)) : "", ": ", why);
-    }
-  }
-  if (low) {
-    if (std::string why = backend.unsupported({Op::Convert, t, DType::F32}); !why.empty()) {
-      fail("training on ", backend.describe(), " in ", dtype_name(t), ": ", why);
+      fail("training on ", backend.describe(), low ? " in " + std::string(dtype_name(t)) : std::string(), ": ", why);
     }
   }
   const int64_t M = int64_t{B} * L, d = config.d_model, Di = config.d_inner(), N = config.d_state;
