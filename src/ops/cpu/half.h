@@ -6,8 +6,9 @@
 // fp32 kernel of ops.h or backward.h on them, and rounds its low-precision outputs to nearest even (as the
 // GPU's conversions and torch's .to() do). Parameters, states, the residual stream and parameter gradients
 // are fp32 in every dtype and are used in place. The fp32 copies live in the op's workspace, which the
-// matching *_workspace function sizes (nothing is allocated here): whole arrays for the conv and the scan
-// (they run along the sequence), blocks of kHalfRows rows for the row-wise ops.
+// matching *_workspace function sizes (the copies are never allocated; the fp32 kernels keep their own
+// per-call partials, backward.h): whole arrays for the conv and the scan (they run along the sequence),
+// blocks of kHalfRows rows for the row-wise ops.
 #pragma once
 
 #include <cstddef>
