@@ -168,7 +168,9 @@ TEST_P(BackendOps, ResidualRmsNorm) {
       round_to(inp, dtype_);
       Array d_inp(*b_, inp, dtype_), d_res(*b_, residual, DType::F32), d_w(*b_, weight, DType::F32),
           d_out(*b_, std::vector<float>(M * C), dtype_);
-      b_->rmsnorm({dtype_, d_out.data(), d_res.f32(), d_inp.data(), d_w.f32(), first, M, C, 1e-5f});
+      const RmsNormParams p{dtype_, d_out.data(), d_res.f32(), d_inp.data(), d_w.f32(), first, M, C, 1e-5f};
+      Buffer ws(*b_, std::max<size_t>(1, b_->rmsnorm_workspace(p)));
+      b_->rmsnorm(p, ws.data());
       std::vector<float> want(M * C), want_res = residual;
       cpu::residual_rmsnorm_forward(want.data(), want_res.data(), inp.data(), weight.data(), first, M, C, 1e-5f);
       EXPECT_LE(rel_err(d_out.read(), want), tolerance(dtype_)) << "C " << C << " first " << first;
@@ -206,7 +208,8 @@ TEST_P(BackendOps, Matmul) {
     p.weight = WeightView{d_w.data(), dtype_};
     p.bias = s.bias ? d_bias.f32() : nullptr;
     p.M = s.M, p.K = s.K, p.N = s.N;
-    b_->matmul(p);
+    Buffer ws(*b_, std::max<size_t>(1, b_->matmul_workspace(p)));
+    b_->matmul(p, ws.data());
     std::vector<float> want(s.M * ldo, 0.0f);
     cpu::matmul_forward(want.data(), ldo, inp.data(), ldi, w.data(), s.bias ? bias.data() : nullptr, s.M, s.K, s.N);
     // Products of rounded values summed in fp32: the sum's order is the backend's; only the output's
@@ -523,7 +526,8 @@ TEST_P(BackendOps, MatmulBackward) {
     p.dout = d_dout.data(), p.ldo = ldo, p.inp = d_inp.data(), p.ldi = ldi;
     p.weight = WeightView{d_w.data(), dtype_};
     p.M = s.M, p.K = s.K, p.N = s.N;
-    b_->matmul_bwd(p);
+    Buffer ws(*b_, std::max<size_t>(1, b_->matmul_bwd_workspace(p)));
+    b_->matmul_bwd(p, ws.data());
     std::vector<float> want_dinp = dinp, want_dw = dw, want_db = db;
     if (s.dinp && !s.accumulate) {
       for (int64_t m = 0; m < s.M; m++) std::fill_n(want_dinp.begin() + m * ldi, s.K, 0.0f);  // written, not added to
@@ -542,12 +546,13 @@ struct XentShape {
   int C, V;
   int ignored;  // every k-th target is ignore_index (0: none; 1: all)
   bool head_grad;
+  float scale = 1.0f;  // the gradients' factor: fp16 training's loss scale
 };
 
 TEST_P(BackendOps, LmHeadCrossEntropy) {
   if (!runs({Op::Xent})) GTEST_SKIP();
   std::vector<XentShape> shapes = {{1, 16, 5, 0, true}, {37, 24, 300, 3, true}, {19, 70, 1000, 1, true},
-                                   {300, 8, 257, 0, false}};
+                                   {300, 8, 257, 0, false}, {64, 24, 300, 5, true, 65536.0f}};
   // More rows than one chunk of logits holds (2^26 logits) on a GPU; the CPU's chunks are 256 rows.
   if (!b_->host_memory()) shapes.push_back({1400, 16, 50280, 5, true});
   for (const XentShape& s : shapes) {
@@ -567,12 +572,13 @@ TEST_P(BackendOps, LmHeadCrossEntropy) {
     XentParams p;
     p.dtype = dtype_, p.loss = d_loss.f32(), p.dhidden = d_dhidden.data(), p.dweight = s.head_grad ? d_dw.f32() : nullptr;
     p.hidden = d_hidden.data(), p.weight = WeightView{d_w.data(), dtype_}, p.targets = d_targets.as<int32_t>();
-    p.M = s.M, p.C = s.C, p.V = s.V;
+    p.M = s.M, p.C = s.C, p.V = s.V, p.scale = s.scale;
     Buffer ws(*b_, std::max<size_t>(1, b_->xent_workspace(p)));
     b_->xent(p, ws.data());
     std::vector<float> want_dh(s.M * s.C), want_dw = dw, scratch(256 * static_cast<size_t>(s.V));
     const float want_loss = cpu::lm_head_cross_entropy(want_dh.data(), want_dw.data(), hidden.data(), w.data(),
-                                                       targets.data(), s.M, s.C, s.V, -100, scratch.data(), 256);
+                                                       targets.data(), s.M, s.C, s.V, -100, scratch.data(), 256, 0,
+                                                       s.scale);
     if (!s.head_grad) want_dw = dw;
     const std::string where = "M " + std::to_string(s.M) + " V " + std::to_string(s.V);
     EXPECT_LE(std::abs(d_loss.read()[0] - want_loss), 1e-5 * std::max(1.0f, std::abs(want_loss))) << where;
@@ -731,11 +737,41 @@ TEST_P(BackendOps, Argmax) {
   EXPECT_EQ(ids[3], 17);
 }
 
+// Conversions between the float types, the low-precision copies of mixed-precision training: bitwise the
+// CPU's (core/dtype.h, round to nearest even), with ties, values that overflow fp16 and fp16 subnormals.
+TEST_P(BackendOps, Convert) {
+  if (!runs({Op::Convert})) GTEST_SKIP();
+  Rng rng(17);
+  for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{1037}, int64_t{70001}}) {
+    std::vector<float> x = randn(static_cast<size_t>(n), rng, 3.0);
+    const float special[] = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, 1.0f + 0x1p-11f, 1.0f + 3 * 0x1p-11f, 65520.0f,
+                             -1e6f, 3e-7f, -1e-5f, 1e38f, -0.0f, INFINITY};
+    for (size_t i = 0; i < std::min(x.size(), std::size(special)); i++) x[i] = special[i];
+    for (size_t i = std::size(special); i < x.size(); i += 97) x[i] *= 1e-4f * static_cast<float>(i % 7);
+    Array d_x(*b_, x, DType::F32), d_y(*b_, std::vector<float>(static_cast<size_t>(n)), dtype_),
+        d_back(*b_, std::vector<float>(static_cast<size_t>(n)), DType::F32);
+    b_->convert(d_y.data(), dtype_, d_x.data(), DType::F32, n);
+    b_->convert(d_back.data(), DType::F32, d_y.data(), dtype_, n);
+    std::vector<float> want = x;
+    round_to(want, dtype_);
+    const std::vector<float> got = d_y.read(), back = d_back.read();
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < want.size(); i++) {
+      ASSERT_EQ(std::memcmp(&got[i], &want[i], 4), 0) << "n " << n << " at " << i << ": " << x[i] << " became " << got[i]
+                                                      << ", not " << want[i];
+      ASSERT_EQ(std::memcmp(&back[i], &want[i], 4), 0) << "n " << n << " at " << i;  // widening is exact
+    }
+  }
+}
+
 // What each backend refuses, it refuses by name, before running anything.
 TEST(BackendSeam, UnsupportedSaysWhy) {
   Backend& cpu = Backend::cpu();
   EXPECT_EQ(cpu.unsupported({Op::Matmul, DType::F32, DType::BF16}), "");
-  EXPECT_NE(cpu.unsupported({Op::Matmul, DType::BF16, DType::BF16}), "");
+  EXPECT_EQ(cpu.unsupported({Op::Matmul, DType::BF16, DType::BF16}), "");  // bf16 widened to fp32 (cpu/half.h)
+  EXPECT_NE(cpu.unsupported({Op::Embedding, DType::BF16, DType::I8}), "");
+  EXPECT_NE(cpu.unsupported({Op::MatmulBwd, DType::F32, DType::I8}), "");
+  EXPECT_NE(cpu.unsupported({Op::Convert, DType::I8}), "");
   EXPECT_EQ(cpu.unsupported({Op::Scan, DType::F32, DType::F32, true, 16, 0}), "");  // the CPU has the LTI form
   EXPECT_NE(cpu.unsupported({Op::Scan, DType::F32, DType::F32, false, kMaxState + 1, 0}), "");
   std::string why;

@@ -80,6 +80,37 @@ TEST(GpuModel, HalfPrecisionWithinTheStatedBound) {
   }
 }
 
+// The CPU's bf16 and fp16 (activations widened to fp32 inside each op, ops/cpu/half.h), the reference for the
+// GPU's: within the stated bound of the fp32 oracle, decoding step by step as its full forward does; and
+// with a GPU, the GPU's logits in each precision within that bound of the CPU's. Runs without a GPU.
+TEST(HalfPrecisionReference, CpuWithinTheStatedBoundAndTheGpuNearIt) {
+  Model model = small_model(3);
+  const int B = 3, L = 41, V = model.config().vocab_size;
+  auto tokens = random_tokens(B * L, V, 4);
+  const std::vector<float> oracle = logits_on(model, {}, tokens, B, L);
+  std::string why;
+  const bool gpu = have_gpu(&why);
+  for (DType dtype : {DType::BF16, DType::F16}) {
+    const std::string name(dtype_name(dtype));
+    const std::vector<float> cpu = logits_on(model, {Device{}, dtype}, tokens, B, L);
+    const double err = relative_error(cpu, oracle);
+    std::printf("  the CPU's %s logits vs its fp32: %.2e (bound %.0e)\n", name.c_str(), err, kHalfBound);
+    EXPECT_LE(err, kHalfBound) << name;
+    Engine engine(model, EngineOptions{Device{}, dtype});
+    State state = engine.new_state(B);
+    std::vector<float> stepped(cpu.size()), one(static_cast<size_t>(B) * V);
+    for (int t = 0; t < L; t++) {
+      const int32_t step[3] = {tokens[t], tokens[L + t], tokens[2 * L + t]};
+      engine.step(step, B, state, one.data());
+      for (int b = 0; b < B; b++) std::copy_n(one.data() + int64_t{b} * V, V, stepped.data() + (int64_t{b} * L + t) * V);
+    }
+    EXPECT_LE(relative_error(stepped, cpu), kHalfBound) << name;
+    if (gpu) {
+      EXPECT_LE(relative_error(logits_on(model, {kGpu, dtype}, tokens, B, L), cpu), kHalfBound) << name;
+    }
+  }
+}
+
 // Step by step equals the full forward; with CUDA graphs the steps are bitwise the eager ones.
 TEST(GpuModel, StepsEqualTheFullForwardAndGraphsEqualEager) {
   REQUIRE_GPU();

@@ -179,8 +179,11 @@ TEST(Limits, EstimatesCoverWhatIsAllocated) {
   EXPECT_GE(engine_bytes(c, 3 * 21), engine.activation_bytes());  // chunks of 64 / 3 = 21 tokens
   EXPECT_EQ(state_bytes(c, 3), static_cast<int64_t>(state.conv().size() + state.ssm().size()) * 4);
   for (int L : {1, 17, 300}) {
-    Backprop bp(c, 2, L, 7);
-    EXPECT_GE(Backprop::bytes_needed(c, 2, L, 7), bp.activation_bytes()) << L;
+    for (DType dtype : {DType::F32, DType::BF16, DType::F16}) {  // bf16, fp16: the CPU's staging and the copies
+      Backprop bp(c, 2, L, 7, Backend::cpu(), dtype);
+      EXPECT_GE(Backprop::bytes_needed(c, 2, L, 7, dtype), bp.activation_bytes() + bp.weight_copy_bytes())
+          << L << " " << dtype_name(dtype);
+    }
   }
   EXPECT_EQ(Backprop::bytes_needed(c, int64_t{1} << 40, int64_t{1} << 40, 256), INT64_MAX);
 }

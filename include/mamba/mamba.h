@@ -430,7 +430,7 @@ struct QuantizeSummary {
 // folder loads as any other; `mambacpp quantize`.
 QuantizeSummary quantize_model(const std::filesystem::path& dir, const std::filesystem::path& out);
 
-// ---- training (fp32, on the CPU or a GPU) ----
+// ---- training (fp32 or mixed precision, on the CPU or a GPU) ----
 
 struct TrainOptions {
   // Data, one of three: text files or folders (byte-level: bytes and an end-of-document token),
@@ -450,6 +450,11 @@ struct TrainOptions {
   // Where parameters, gradients and AdamW's moments live and the steps run: "cpu", "cuda" or "cuda:N".
   // Checkpoints are the same files on every device: a run may resume on another.
   std::string device = "cpu";
+  // The precision: "fp32" (exact), "bf16" or "fp16" (mixed precision as PyTorch's autocast: fp32 master
+  // weights and optimizer state, low-precision copies of the matrices and activations; fp16 with dynamic
+  // loss scaling). Empty: bf16 on a GPU, fp32 on the CPU (whose bf16 and fp16 run its fp32 kernels on
+  // widened values: a reference, slower than fp32). A resumed run keeps its own unless this is given.
+  std::string dtype;
   // A new model's shape (InitOptions' fields; the vocabulary comes from the data).
   std::string preset;
   int d_model = 0, n_layer = 0, d_state = 16, d_conv = 4, expand = 2, dt_rank = 0;
@@ -498,6 +503,8 @@ struct TrainStep {
   bool evaluated = false;  // validation ran at this step:
   double val_loss = 0;     // nats per token
   double val_bits = 0;     // bits per byte (byte-level) or per token
+  double loss_scale = 0;   // fp16: the step's loss scale (0 in fp32 and bf16)
+  bool skipped = false;    // fp16: its gradients overflowed, the parameters were left as they were
 };
 
 struct TrainSummary {
@@ -506,6 +513,7 @@ struct TrainSummary {
   bool interrupted = false;           // stopped early: a checkpoint was saved there
   std::filesystem::path checkpoint;   // the latest checkpoint
   bool byte_level = true;
+  int64_t skipped_steps = 0;          // fp16: steps skipped for gradients that overflowed, over the whole run
 };
 
 // Called after every optimizer step; return false to stop (a checkpoint is saved, as on SIGINT). An
@@ -535,6 +543,7 @@ class Training {
   int64_t val_documents() const;
   int64_t activation_bytes() const;
   std::string describe() const;  // the backend it runs on, in one line (and the data-parallel job's transport)
+  std::string dtype() const;     // the precision it trains in: "fp32", "bf16" or "fp16"
   int rank() const;        // in the data-parallel job (0 alone); only rank 0 writes the log and checkpoints
   int world_size() const;  // ranks in the job (1 alone)
   bool fixed_batch() const;  // trains on one fixed batch, whose own loss is the validation loss

@@ -51,7 +51,7 @@ _TRAIN_OPTIONS = (
     "val_every", "init_from", "resume", "preset", "d_model", "n_layer", "d_state", "d_conv", "expand", "dt_rank",
     "batch", "seq_len", "accum", "steps", "warmup", "lr", "lr_min", "schedule", "weight_decay", "clip", "beta1",
     "beta2", "adam_eps", "seed", "sequential", "scan_chunk", "eval_every", "eval_batches", "save_every", "keep",
-    "fixed_batch", "dump_grads", "device", "distributed", "dist_timeout_s", "rendezvous", "bucket_mb",
+    "fixed_batch", "dump_grads", "device", "dtype", "distributed", "dist_timeout_s", "rendezvous", "bucket_mb",
 )
 
 
@@ -67,7 +67,7 @@ def _paths(value, name):
 
 
 def train(data=None, out=None, *, tokens=None, on_step=None, **options):
-    """Trains a Mamba language model (fp32, on the CPU or with device="cuda" a GPU); returns a TrainSummary.
+    """Trains a Mamba language model (on the CPU or with device="cuda" a GPU); returns a TrainSummary.
 
     data: text files or folders (byte-level: bytes and an end-of-document token), or tokens: token files
     (MAMBATOK header), or fixed_batch: an integer .npy (B, L + 1) of rows trained on at every step. out:
@@ -77,7 +77,9 @@ def train(data=None, out=None, *, tokens=None, on_step=None, **options):
     are applied and the others must equal the run's. init_from="folder" fine-tunes a model. Other
     options, as `mambacpp train`'s flags: batch, seq_len, accum, steps, warmup, lr, lr_min, schedule,
     weight_decay, clip, beta1, beta2, adam_eps, seed, sequential, scan_chunk, eval_every, eval_batches,
-    save_every, keep, val_every, dump_grads (the first step's gradients to a .safetensors file). Data
+    save_every, keep, val_every, dump_grads (the first step's gradients to a .safetensors file). dtype:
+    "fp32", or "bf16" / "fp16" mixed precision (fp32 master weights; fp16 with dynamic loss scaling, its
+    skipped steps in TrainStep.skipped); by default bf16 on a GPU and fp32 on the CPU. Data
     parallel (docs/training.md): a script started by `mpirun -np N python3 ...` joins the job (batch is
     then the global batch; distributed=False trains alone), with dist_timeout_s, rendezvous, bucket_mb.
 

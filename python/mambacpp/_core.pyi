@@ -59,6 +59,8 @@ class TrainStep:
     evaluated: bool
     val_loss: float
     val_bits: float
+    loss_scale: float
+    skipped: bool
 
 class TrainSummary:
     steps: int
@@ -67,6 +69,7 @@ class TrainSummary:
     tokens_per_s: float
     seconds: float
     interrupted: bool
+    skipped_steps: int
     checkpoint: str
 
 class Tokenizer:

@@ -319,6 +319,9 @@ PYBIND11_MODULE(_core, mod) {
       .def_readonly("evaluated", &TrainStep::evaluated, "Whether validation ran at this step.")
       .def_readonly("val_loss", &TrainStep::val_loss)
       .def_readonly("val_bits", &TrainStep::val_bits, "Bits per byte (byte-level) or per token.")
+      .def_readonly("loss_scale", &TrainStep::loss_scale, "fp16: the step's loss scale (0 in fp32 and bf16).")
+      .def_readonly("skipped", &TrainStep::skipped,
+                    "fp16: the step's gradients overflowed and it was skipped (the parameters left as they were).")
       .def("__repr__", &repr_step);
 
   py::class_<TrainSummary>(mod, "TrainSummary", "The end of a training run.")
@@ -328,6 +331,7 @@ PYBIND11_MODULE(_core, mod) {
       .def_readonly("tokens_per_s", &TrainSummary::tokens_per_s)
       .def_readonly("seconds", &TrainSummary::seconds)
       .def_readonly("interrupted", &TrainSummary::interrupted)
+      .def_readonly("skipped_steps", &TrainSummary::skipped_steps, "fp16: steps skipped for gradients that overflowed.")
       .def_property_readonly("checkpoint", [](const TrainSummary& s) { return s.checkpoint.string(); })
       .def("__repr__", [](const TrainSummary& s) {
         std::ostringstream o;
@@ -778,6 +782,7 @@ PYBIND11_MODULE(_core, mod) {
       .def_readwrite("resume", &TrainOptions::resume)
       .def_readwrite("init_from", &TrainOptions::init_from)
       .def_readwrite("device", &TrainOptions::device)
+      .def_readwrite("dtype", &TrainOptions::dtype)
       .def_readwrite("preset", &TrainOptions::preset)
       .def_readwrite("d_model", &TrainOptions::d_model)
       .def_readwrite("n_layer", &TrainOptions::n_layer)

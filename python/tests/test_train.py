@@ -70,6 +70,22 @@ def test_bad_options(texts, tmp_path):
         tiny(texts, tmp_path / "r", on_step=3)
 
 
+def test_mixed_precision_and_bad_precisions(texts, tmp_path):
+    seen = []
+    summary = tiny(texts, tmp_path / "run", dtype="fp16", on_step=seen.append)
+    assert summary.steps == 4 and summary.skipped_steps == 0
+    assert [s.loss_scale for s in seen] == [65536.0] * 4 and not any(s.skipped for s in seen)
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step-00000004" / "trainer.json").read_text())
+    assert state["options"]["dtype"] == "fp16"
+    # Resumed in bf16: the checkpoint holds the fp32 masters, and the change is logged.
+    summary = mambacpp.train(data=texts, resume=tmp_path / "run", steps=5, dtype="bf16")
+    assert summary.steps == 5
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [line["changed"]["dtype"] for line in log if "resume" in line] == [["fp16", "bf16"]]
+    with pytest.raises(mambacpp.Error, match='dtype "fp8": the precision must be fp32, bf16'):
+        tiny(texts, tmp_path / "bad", dtype="fp8")
+
+
 def test_resume_applies_the_options_given_and_refuses_the_rest(texts, tmp_path):
     tiny(texts, tmp_path / "run", steps=2)
     with pytest.raises(mambacpp.Error, match="batch 4 cannot change"):

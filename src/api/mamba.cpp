@@ -1000,6 +1000,9 @@ Training::Training(const TrainOptions& o) : impl_(std::make_unique<Impl>()) {
   const std::string device = !launch.launcher.empty() && o.device == "cuda" ? "cuda:" + std::to_string(launch.local_rank)
                                                                                : o.device;
   Backend& backend = Backend::get(Device::parse(device));
+  // Mixed precision by default on a GPU; the CPU's bf16 and fp16 are a reference, not a speed-up.
+  t.dtype = o.dtype.empty() ? (backend.host_memory() ? DType::F32 : DType::BF16)
+                            : parse_precision(o.dtype, "train: " + name("dtype"));
   if (!(o.bucket_mb > 0 && o.bucket_mb < 1e6)) fail("train: ", name("bucket_mb"), " ", o.bucket_mb, " must lie in (0, 1e6)");
   const int64_t bucket_bytes = static_cast<int64_t>(o.bucket_mb * 1048576.0);
   impl_->comm = connect(backend, launch, DistOptions{o.dist_timeout_s, o.rendezvous, bucket_bytes});
@@ -1133,6 +1136,7 @@ std::string Training::describe() const {
   const std::string device = impl_->trainer->backend().describe();
   return impl_->comm ? device + "; data parallel: " + impl_->comm->describe() : device;
 }
+std::string Training::dtype() const { return std::string(precision_name(impl_->trainer->options().dtype)); }
 int Training::rank() const { return impl_->trainer->rank(); }
 int Training::world_size() const { return impl_->trainer->world(); }
 bool Training::fixed_batch() const { return impl_->trainer->options().fixed_batch; }
@@ -1151,6 +1155,8 @@ TrainSummary Training::run(const StepCallback& on_step, const std::atomic_bool* 
     s.grad_norm = line.value("grad_norm", 0.0);
     s.tokens_per_s = line.value("tokens_per_s", 0.0);
     s.elapsed_s = line.value("elapsed_s", 0.0);
+    s.loss_scale = line.value("loss_scale", 0.0);
+    s.skipped = line.value("skipped", false);
     if (line.contains("val_loss")) {
       s.evaluated = true;
       s.val_loss = line["val_loss"].get<double>();
@@ -1185,6 +1191,7 @@ TrainSummary Training::run(const StepCallback& on_step, const std::atomic_bool* 
   out.interrupted = r.interrupted;
   out.checkpoint = Trainer::latest_checkpoint(trainer.out());
   out.byte_level = trainer.options().byte_level;
+  out.skipped_steps = r.skipped_steps;
   return out;
 }
 

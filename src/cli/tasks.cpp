@@ -14,6 +14,7 @@
 #include "core/json.h"
 #include "core/limits.h"
 #include "model/tasks.h"
+#include "model/trainer.h"
 
 namespace mamba::cli {
 
@@ -116,9 +117,10 @@ void add_tasks(CLI::App& app) {
   cmd->require_subcommand(1);
 
   // ---- tasks train ----
-  auto* train = cmd->add_subcommand("train", "Train a small Mamba on a synthetic task (fp32, on the CPU or a GPU)");
+  auto* train = cmd->add_subcommand(
+      "train", "Train a small Mamba on a synthetic task (fp32 or mixed precision, on the CPU or a GPU)");
   struct TrainFlags {
-    std::string task, out, ssm = "selective", init_from, device = "cpu";
+    std::string task, out, ssm = "selective", init_from, device = "cpu", dtype;
     int64_t length = 256;
     int n_data = 16, d_model = 64, n_layer = 2;
     int64_t save_every = 0;
@@ -133,8 +135,13 @@ void add_tasks(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   train->add_option("--ssm", t.ssm, "SSM: selective (S6) or lti (the Table 1 ablation)")->capture_default_str()
       ->check(CLI::IsMember({"selective", "lti"}));
-  train->add_option("--device", t.device, "Where to train: cpu, cuda or cuda:N (fp32; the held-out evaluations run on the CPU)")
+  train->add_option("--device", t.device,
+                    "Where to train: cpu, cuda or cuda:N (the held-out evaluations run on the CPU)")
       ->capture_default_str();
+  train->add_option("--dtype", t.dtype,
+                    "Precision: fp32, or bf16 / fp16 mixed precision (fp16 with dynamic loss scaling); default bf16 "
+                    "on a GPU, fp32 on the CPU")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
   train->add_option("--init-from", t.init_from, "Continue from this task model (e.g. trained at a shorter length)");
   train->add_option("--d-model", t.d_model, "Model width")->capture_default_str()->check(CLI::PositiveNumber);
   train->add_option("--n-layer", t.n_layer, "Layers")->capture_default_str()->check(CLI::PositiveNumber);
@@ -163,6 +170,8 @@ void add_tasks(CLI::App& app) {
                   std::to_string(t.opt.eval_every) + " (models are saved at the held-out evaluations)");
     }
     Backend& backend = Backend::get(Device::parse(t.device));
+    t.opt.dtype = t.dtype.empty() ? (backend.host_memory() ? DType::F32 : DType::BF16)
+                                  : parse_precision(t.dtype, "tasks train --dtype");
     TaskSpec spec;
     spec.kind = parse_task(t.task);
     spec.length = t.length;
@@ -180,9 +189,10 @@ void add_tasks(CLI::App& app) {
       params.assign(static_cast<size_t>(param_layout_size(specs)), 0.0f);
       init_params(params.data(), c, specs, t.opt.seed);
     }
-    std::fprintf(stderr, "%s at length %lld, %s SSM: %lld parameters, batch %d, up to %lld steps\n", task_name(spec.kind),
-                 static_cast<long long>(spec.length), t.ssm.c_str(), static_cast<long long>(c.parameter_count()),
-                 t.opt.batch, static_cast<long long>(t.opt.steps));
+    std::fprintf(stderr, "%s at length %lld, %s SSM: %lld parameters, batch %d, up to %lld steps, %s\n",
+                 task_name(spec.kind), static_cast<long long>(spec.length), t.ssm.c_str(),
+                 static_cast<long long>(c.parameter_count()), t.opt.batch, static_cast<long long>(t.opt.steps),
+                 std::string(precision_name(t.opt.dtype)).c_str());
     std::filesystem::create_directories(t.out);
     std::ofstream log(std::filesystem::path(t.out) / "log.jsonl");
     // The model (from a copy of the parameters, or the parameters themselves once training is over) and
@@ -203,7 +213,8 @@ void add_tasks(CLI::App& app) {
                    {"options",
                     {{"batch", t.opt.batch}, {"max_steps", t.opt.steps}, {"lr", t.opt.lr}, {"lr_min", t.opt.lr_floor()},
                      {"warmup", t.opt.warmup}, {"weight_decay", t.opt.weight_decay}, {"adam_eps", t.opt.adam_eps}, {"clip", t.opt.clip},
-                     {"seed", t.opt.seed}, {"eval_sequences", t.opt.eval_sequences}, {"threads", runtime_threads()}}}};
+                     {"seed", t.opt.seed}, {"eval_sequences", t.opt.eval_sequences}, {"threads", runtime_threads()},
+                     {"dtype", std::string(precision_name(t.opt.dtype))}, {"skipped_steps", r.skipped_steps}}}};
       write_text(dir / "task.json", info.dump(2) + "\n");
     };
     TaskTrainResult r = train_task(c, params, spec, t.opt, [&](int64_t step, double loss, double acc, double secs) {
@@ -217,6 +228,10 @@ void add_tasks(CLI::App& app) {
       }
     }, &stop_on_signals(), backend);
     if (r.interrupted) std::fprintf(stderr, "interrupted at step %lld; saving\n", static_cast<long long>(r.steps));
+    if (r.skipped_steps > 0) {
+      std::fprintf(stderr, "fp16: %lld steps skipped for gradients that overflowed\n",
+                   static_cast<long long>(r.skipped_steps));
+    }
     save(t.out, std::move(params), r);
     std::fprintf(stderr, "done: %lld steps in %.1f s; held-out accuracy %.2f%% at length %lld; saved %s\n",
                  static_cast<long long>(r.steps), r.seconds, 100 * r.accuracy, static_cast<long long>(spec.length),

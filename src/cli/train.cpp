@@ -35,7 +35,9 @@ std::string flag_of(const std::string& field) {
 }  // namespace
 
 void add_train(CLI::App& app) {
-  auto* cmd = app.add_subcommand("train", "Train a model on text, token files or a checkpoint's data (fp32, on the CPU or a GPU)");
+  auto* cmd = app.add_subcommand("train",
+                                 "Train a model on text, token files or a checkpoint's data (fp32 or mixed precision, "
+                                 "on the CPU or a GPU)");
   struct Options {
     ShapeFlags shape;
     std::string init_from, out, resume, fixed_batch, dump_grads, progress = "auto", device = "cpu", distributed = "auto",
@@ -66,8 +68,8 @@ void add_train(CLI::App& app) {
                   "optimizer, evaluation and checkpoint ones are applied, the others must equal the run's")
       ->excludes(init_from);
   cmd->add_option("--device", o.device,
-                  "Where to train: cpu, cuda or cuda:N (fp32 on either; checkpoints are the same files, so a run "
-                  "may resume on another device)")
+                  "Where to train: cpu, cuda or cuda:N (checkpoints are the same files, so a run may resume on "
+                  "another device)")
       ->capture_default_str();
   cmd->add_option("--dump-grads", o.dump_grads,
                   "Write the first step's gradients (mean over micro-batches, before clipping) to this .safetensors");
@@ -87,6 +89,13 @@ void add_train(CLI::App& app) {
     option_flags.emplace_back(option, field);
     return option;
   };
+  flag(cmd->add_option("--dtype", t.dtype,
+                       "Precision: fp32 (exact), bf16 or fp16 (mixed precision: fp32 master weights and optimizer "
+                       "state, bf16/fp16 matrices and activations; fp16 with dynamic loss scaling). Default: bf16 "
+                       "on a GPU, fp32 on the CPU (where bf16 and fp16 run through the fp32 kernels: a reference, "
+                       "slower than fp32). On --resume: the run's own unless given"),
+       "dtype")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
   flag(cmd->add_option("--seq-len", t.seq_len, "Tokens per sequence"), "seq_len")->capture_default_str()->check(CLI::PositiveNumber);
   flag(cmd->add_option("--batch", t.batch, "Sequences per micro-batch"), "batch")->capture_default_str()->check(CLI::PositiveNumber);
   flag(cmd->add_option("--accum", t.accum, "Micro-batches per optimizer step"), "accum")->capture_default_str()->check(CLI::PositiveNumber);
@@ -151,8 +160,8 @@ void add_train(CLI::App& app) {
       if (!quiet) std::fprintf(stderr, format, args...);
     };
     if (training.resumed()) {
-      say("resuming at step %lld of %lld\n", static_cast<long long>(training.step()),
-          static_cast<long long>(training.steps()));
+      say("resuming at step %lld of %lld (%s)\n", static_cast<long long>(training.step()),
+          static_cast<long long>(training.steps()), training.dtype().c_str());
       for (const api::OptionChange& change : training.changes()) {
         say("resume: applied %s %s (was %s)\n", flag_of(change.option).c_str(), change.now.c_str(),
             change.was.c_str());
@@ -160,10 +169,10 @@ void add_train(CLI::App& app) {
     } else {
       const api::ModelConfig& c = training.config();
       say("model: %lld parameters (d_model %d, %d layers); data: %lld training tokens in %lld documents, "
-          "%lld validation tokens; activations %.1f MiB; on %s\n",
+          "%lld validation tokens; activations %.1f MiB; %s on %s\n",
           static_cast<long long>(c.parameters), c.d_model, c.n_layer, static_cast<long long>(training.train_tokens()),
           static_cast<long long>(training.train_documents()), static_cast<long long>(training.val_tokens()),
-          training.activation_bytes() / 1048576.0, training.describe().c_str());
+          training.activation_bytes() / 1048576.0, training.dtype().c_str(), training.describe().c_str());
     }
     const bool on_train = training.validates_on_training_data();
     if (training.fixed_batch()) {
@@ -178,6 +187,10 @@ void add_train(CLI::App& app) {
     double smoothed = -1;
     const api::TrainSummary r = training.run(
         [&](const api::TrainStep& s) {
+          if (s.skipped) {
+            say("%sstep %lld: the fp16 gradients overflowed at loss scale %g: step skipped, the scale halved\n",
+                progress ? "\r\033[K" : "", static_cast<long long>(s.step), s.loss_scale);
+          }
           smoothed = smoothed < 0 ? s.loss : 0.9 * smoothed + 0.1 * s.loss;
           if (progress) {
             const double eta = static_cast<double>(s.steps - s.step) * s.elapsed_s / static_cast<double>(s.step - first);
@@ -207,6 +220,10 @@ void add_train(CLI::App& app) {
     say("done: %lld steps in %.1f s, %.0f tokens/s; loss %.4f, validation %.4f (%.4f bits per %s)\n",
         static_cast<long long>(r.steps), r.seconds, r.tokens_per_s, r.loss, r.val_loss,
         r.val_loss / std::log(2.0), r.byte_level ? "byte" : "token");
+    if (r.skipped_steps > 0) {
+      say("fp16: %lld steps skipped for gradients that overflowed (log.jsonl marks them \"skipped\")\n",
+          static_cast<long long>(r.skipped_steps));
+    }
     say("saved: %s\n", r.checkpoint.c_str());
   });
 }

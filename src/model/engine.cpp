@@ -78,7 +78,14 @@ int64_t Engine::weight_bytes() const {
 
 void Engine::reserve(int B, int L) {
   const Config& c = model_.config();
-  const size_t workspace = mixer_workspace(backend_, c, dtype_, B, L);
+  // The mixer's, the norms' and the head's (its rows: all of them, or one per sequence).
+  RmsNormParams norm{dtype_};
+  norm.M = int64_t{B} * L, norm.C = c.d_model;
+  MatmulParams head;
+  head.out_dtype = DType::F32, head.dtype = dtype_, head.weight = weights_.lm_head;
+  head.M = int64_t{B} * L, head.K = c.d_model, head.N = c.vocab_size;
+  const size_t workspace = std::max({mixer_workspace(backend_, c, dtype_, B, L), backend_.rmsnorm_workspace(norm),
+                                     backend_.matmul_workspace(head)});
   if (int64_t{B} * L <= rows_ && workspace <= workspace_bytes_) return;
   const int64_t rows = std::max(int64_t{B} * L, rows_);
   workspace_bytes_ = std::max(workspace, workspace_bytes_);
@@ -237,12 +244,12 @@ void Engine::run_layers(const int32_t* ids, int B, int Lc, State& state, float* 
   const MixerBuffers buffers{xz_, xc_, xdbl_, delta_, y_, dtype_};
   for (int l = 0; l < c.n_layer; l++) {
     const LayerWeights& lw = w.layers[l];
-    backend_.rmsnorm({dtype_, normed_, residual_, hidden_, lw.norm, l == 0, M, d, c.norm_eps});
+    backend_.rmsnorm({dtype_, normed_, residual_, hidden_, lw.norm, l == 0, M, d, c.norm_eps}, workspace_);
     mixer_forward(backend_, hidden_, buffers, normed_, lw, A_ + l * per_layer_A, c, B, Lc,
                   MixerCarry{state.conv_layer(l), state.ssm_layer(l), state.ssm_layer(l)}, workspace_);
   }
   if (!logits) return;
-  backend_.rmsnorm({dtype_, normed_, residual_, hidden_, w.norm_f, false, M, d, c.norm_eps});
+  backend_.rmsnorm({dtype_, normed_, residual_, hidden_, w.norm_f, false, M, d, c.norm_eps}, workspace_);
   MatmulParams head;
   head.out_dtype = DType::F32;
   head.dtype = dtype_;
@@ -258,11 +265,11 @@ void Engine::run_layers(const int32_t* ids, int B, int Lc, State& state, float* 
                     static_cast<size_t>(row_bytes));
     }
     head.out = logits, head.inp = last_, head.M = B;
-    backend_.matmul(head);
+    backend_.matmul(head, workspace_);
   } else {
     for (int b = 0; b < B; b++) {
       head.out = logits + b * ld_seq, head.inp = offset(normed_, int64_t{b} * Lc * d, dtype_), head.M = Lc;
-      backend_.matmul(head);
+      backend_.matmul(head, workspace_);
     }
   }
 }

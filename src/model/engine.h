@@ -19,8 +19,9 @@ enum class Logits { All, Last, None };
 
 struct EngineOptions {
   Device device;  // the CPU by default
-  // The activations' dtype. The CPU computes in fp32 (its weights stay in the model's type); on the GPU
-  // the weights are converted to this type once, and it defaults to the model's weight dtype.
+  // The activations' dtype. The CPU computes in fp32 by default (its weights stay in the model's type;
+  // bf16 or fp16 activations there go through its fp32 kernels, a reference for the GPU's); on the GPU the
+  // weights are converted to this type once, and it defaults to the model's weight dtype.
   std::optional<DType> dtype;
   int64_t max_tokens = 2048;  // bounds B × chunk length per pass, and with it the activation memory
   // Decode steps recorded once per batch shape and replayed (CUDA graphs), where the backend can.

@@ -78,8 +78,15 @@ size_t mixer_workspace(Backend& backend, const Config& c, DType dtype, int B, in
   lw.D = lw.dt_proj_b = lw.lti_B = lw.lti_C = static_cast<const float*>(any);
   ScanParams scan = mixer_scan_params(buf, lw, static_cast<const float*>(any), c, B, L);
   scan.state_in = scan.state_out = static_cast<float*>(any);
-  return std::max(backend.conv1d_workspace(conv_params(buf, lw, c, B, L, static_cast<float*>(any))),
-                  backend.scan_workspace(scan));
+  const int d = c.d_model, Di = c.d_inner(), R = c.dt_rank, xw = R + 2 * c.d_state;
+  const int64_t M = int64_t{B} * L;
+  const WeightView w{any, dtype};  // the sizes depend on the activations' type, not the weights'
+  return std::max({backend.conv1d_workspace(conv_params(buf, lw, c, B, L, static_cast<float*>(any))),
+                   backend.scan_workspace(scan),
+                   backend.matmul_workspace(matmul_params(any, 2 * Di, any, d, dtype, w, nullptr, M, d, 2 * Di)),
+                   backend.matmul_workspace(matmul_params(any, xw, any, Di, dtype, w, nullptr, M, Di, xw)),
+                   backend.matmul_workspace(matmul_params(any, Di, any, xw, dtype, w, nullptr, M, R, Di)),
+                   backend.matmul_workspace(matmul_params(any, d, any, Di, dtype, w, nullptr, M, Di, d))});
 }
 
 std::string mixer_unsupported(const Backend& backend, const Config& c, DType dtype, DType weight) {
@@ -99,13 +106,13 @@ void mixer_forward(Backend& backend, void* out, const MixerBuffers& buf, const v
   const int d = c.d_model, Di = c.d_inner(), R = c.dt_rank, xw = R + 2 * c.d_state;
   const int64_t M = int64_t{B} * L;
   const DType t = buf.dtype;
-  backend.matmul(matmul_params(buf.xz, 2 * Di, normed, d, t, lw.in_proj_w, lw.in_proj_b, M, d, 2 * Di));
+  backend.matmul(matmul_params(buf.xz, 2 * Di, normed, d, t, lw.in_proj_w, lw.in_proj_b, M, d, 2 * Di), workspace);
   backend.conv1d(conv_params(buf, lw, c, B, L, carry.conv_tail), workspace);
   if (c.ssm_mode == SsmMode::Lti) {
     backend.fill_zero(buf.delta, static_cast<size_t>(Di) * dtype_size(t));  // the one row of delta the LTI scan reads
   } else {
-    backend.matmul(matmul_params(buf.xdbl, xw, buf.xc, Di, t, lw.x_proj_w, nullptr, M, Di, xw));
-    backend.matmul(matmul_params(buf.delta, Di, buf.xdbl, xw, t, lw.dt_proj_w, nullptr, M, R, Di));
+    backend.matmul(matmul_params(buf.xdbl, xw, buf.xc, Di, t, lw.x_proj_w, nullptr, M, Di, xw), workspace);
+    backend.matmul(matmul_params(buf.delta, Di, buf.xdbl, xw, t, lw.dt_proj_w, nullptr, M, R, Di), workspace);
   }
   ScanParams scan = mixer_scan_params(buf, lw, A, c, B, L);
   scan.state_in = carry.ssm_in;
@@ -113,7 +120,7 @@ void mixer_forward(Backend& backend, void* out, const MixerBuffers& buf, const v
   scan.chunk_states = carry.checkpoints;
   scan.state_chunk = carry.chunk;
   backend.scan(scan, workspace);
-  backend.matmul(matmul_params(out, d, buf.y, Di, t, lw.out_proj_w, lw.out_proj_b, M, Di, d));
+  backend.matmul(matmul_params(out, d, buf.y, Di, t, lw.out_proj_w, lw.out_proj_b, M, Di, d), workspace);
 }
 
 }  // namespace mamba

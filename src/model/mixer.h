@@ -38,7 +38,7 @@ struct MixerCarry {
 ScanParams mixer_scan_params(const MixerBuffers& buf, const LayerWeights& lw, const float* A, const Config& c,
                              int B, int L);
 
-// Bytes of workspace mixer_forward needs for B sequences of L tokens (the conv's and the scan's).
+// Bytes of workspace mixer_forward needs for B sequences of L tokens (the largest of its ops').
 size_t mixer_workspace(Backend& backend, const Config& c, DType dtype, int B, int L);
 
 // Why `backend` cannot run this model's mixer with activations of `dtype` (weights of `weight`), or empty.

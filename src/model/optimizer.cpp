@@ -61,6 +61,19 @@ double clip_grad_norm(float* grads, int64_t n, double max_norm) {
   return norm;
 }
 
+bool LossScaler::update(bool finite) {
+  if (!finite) {
+    scale *= 0.5;
+    good_steps = 0;
+    return false;
+  }
+  if (++good_steps == growth_interval) {
+    scale *= 2.0;
+    good_steps = 0;
+  }
+  return true;
+}
+
 double Schedule::at(int64_t s) const {
   if (s < warmup) return lr * static_cast<double>(s + 1) / static_cast<double>(warmup);
   if (kind == "constant") return lr;

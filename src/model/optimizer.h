@@ -64,6 +64,20 @@ double global_grad_norm(const float* grads, int64_t n);
 // factor max_norm / (norm + 1e-6) when below 1). Returns the norm before clipping.
 double clip_grad_norm(float* grads, int64_t n, double max_norm);
 
+// Dynamic loss scaling for fp16 training, as torch.cuda.amp.GradScaler does it with its defaults: the loss's
+// gradients are multiplied by `scale` in the backward, so that the small ones stay above fp16's smallest
+// numbers, and divided by it again in the optimizer step (AdamW's grad_scale). A step whose gradients are
+// not finite (an fp16 overflow) is skipped and the scale halved; after `growth_interval` finite steps in a
+// row the scale doubles. bf16 has fp32's range and needs none.
+struct LossScaler {
+  double scale = 65536.0;  // 2^16
+  int64_t good_steps = 0;  // finite steps since the scale last changed
+  int64_t growth_interval = 2000;
+
+  // After a step whose gradients were (not) finite; true when the step is to be kept.
+  bool update(bool finite);
+};
+
 struct Schedule {
   std::string kind = "cosine";  // "cosine" or "constant"
   double lr = 1e-3, lr_min = 1e-4;

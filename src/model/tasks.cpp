@@ -214,10 +214,11 @@ TaskTrainResult train_task(const Config& config, std::vector<float>& params, con
   // Parameters, gradients, AdamW's m and v, a model copy per evaluation; the Backprop; the held-out
   // evaluation (64 sequences at a time, pieces of 4096 tokens).
   int64_t bytes = sat_mul(parameter_bytes(config), 5);
-  bytes = sat_add(bytes, Backprop::bytes_needed(config, o.batch, T, 256));
+  bytes = sat_add(bytes, Backprop::bytes_needed(config, o.batch, T, 256, o.dtype));
   bytes = sat_add(bytes, forward_bytes(config, 64, std::min<int64_t>(4096, T), 64 * spec.answers(), 64 * 4096));
   check_memory(bytes, "task training of batch " + std::to_string(o.batch) + " × " + std::to_string(T) + " tokens");
-  Backprop backprop(config, o.batch, T, 256, backend);
+  Backprop backprop(config, o.batch, T, 256, backend, o.dtype);
+  LossScaler scaler;  // fp16
   AdamW adam(specs, static_cast<int64_t>(params.size()), AdamWOptions{o.lr, 0.9, 0.95, o.adam_eps, o.weight_decay},
              backend);
   Schedule schedule{"cosine", o.lr, o.lr_floor(), o.warmup, o.steps};
@@ -240,16 +241,24 @@ TaskTrainResult train_task(const Config& config, std::vector<float>& params, con
   while (r.steps < o.steps) {
     make_batch(spec, rng, o.batch, inputs.data(), targets.data());
     backend.fill_zero(d_grads.data(), param_bytes);
+    const float scale = o.dtype == DType::F16 ? static_cast<float>(scaler.scale) : 1.0f;
     backprop.forward_backward(d_params.as<float>(), d_grads.as<float>(), inputs.data(), targets.data(), kTaskIgnore,
-                              d_loss);
-    adam.step(d_params.as<float>(), d_grads.as<float>(), schedule.at(r.steps), o.clip, 1.0f, d_norm);
+                              d_loss, 0, scale);
+    adam.step(d_params.as<float>(), d_grads.as<float>(), schedule.at(r.steps), o.clip, 1.0f / scale, d_norm);
+    backprop.update_weights(d_params.as<float>());
     unsigned char stats[sizeof(double) + sizeof(float)];
     backend.download(stats, d_stats.data(), sizeof(stats));
     double norm;
     float loss;
     std::memcpy(&norm, stats, sizeof(double));
     std::memcpy(&loss, stats + sizeof(double), sizeof(float));
-    if (!std::isfinite(loss) || !std::isfinite(norm)) fail("task training diverged at step ", r.steps + 1);
+    // fp16: gradients that overflowed updated nothing; the step is not counted by AdamW and the scale halves.
+    const bool skipped = o.dtype == DType::F16 && std::isfinite(loss) && !scaler.update(std::isfinite(norm));
+    if (skipped) {
+      adam.set_steps(adam.steps() - 1);
+      r.skipped_steps++;
+    }
+    if (!std::isfinite(loss) || (!skipped && !std::isfinite(norm))) fail("task training diverged at step ", r.steps + 1);
     r.steps++;
     smoothed = smoothed < 0 ? loss : 0.95 * smoothed + 0.05 * loss;
     r.loss = smoothed;

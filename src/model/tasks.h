@@ -93,7 +93,8 @@ TaskScore evaluate_task(const Model& model, const TaskSpec& spec, const std::vec
 // to lr_min (lr_min < 0: constant lr after the warmup), global-norm clipping; every `eval_every` steps
 // the greedy accuracy on `eval_sequences` held-out sequences (seed + 1), stopping early once it reaches
 // `stop_accuracy` (> 1: never). The defaults are the paper's recipe for these tasks (its appendix
-// E.1): batch 8, constant learning rate 1e-3, no weight decay.
+// E.1): batch 8, constant learning rate 1e-3, no weight decay. `dtype`: fp32, or bf16 / fp16 mixed
+// precision as the trainer runs it (fp16 with dynamic loss scaling, its skipped steps counted).
 struct TaskTrainOptions {
   int batch = 8;
   int64_t steps = 10000, warmup = 100;
@@ -103,6 +104,7 @@ struct TaskTrainOptions {
   int64_t eval_every = 100;
   int eval_sequences = 256;
   double stop_accuracy = 2.0;
+  DType dtype = DType::F32;
   double lr_floor() const { return lr_min < 0 ? lr : lr_min; }  // where the cosine ends
 };
 
@@ -110,6 +112,7 @@ struct TaskTrainResult {
   int64_t steps = 0;
   bool interrupted = false;  // *stop was set: ended after the step in progress, with an evaluation
   double loss = 0, accuracy = 0, seconds = 0;
+  int64_t skipped_steps = 0;  // fp16: steps whose gradients overflowed
 };
 
 // Trains `params` (laid out by param_specs(config)) in place, on `backend` (parameters, gradients and

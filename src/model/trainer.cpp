@@ -68,6 +68,24 @@ bool get_flag(const nlohmann::json& j, const char* key, const std::string& where
 
 }  // namespace
 
+std::string_view precision_name(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return "fp32";
+    case DType::BF16: return "bf16";
+    case DType::F16: return "fp16";
+    case DType::I8: break;
+  }
+  return "int8";
+}
+
+DType parse_precision(std::string_view name, const std::string& where) {
+  DType t = DType::F32;
+  if (!parse_dtype(name, &t) || t == DType::I8) {
+    fail(where, " \"", name, "\": the precision must be fp32, bf16 (mixed precision) or fp16 (mixed, with loss scaling)");
+  }
+  return t;
+}
+
 void TrainOptions::validate(const std::string& where) const {
   auto at_least = [&](const char* key, int64_t value, int64_t lo) {
     if (value < lo) fail(where, ": ", key, " ", value, " must be at least ", lo);
@@ -95,6 +113,9 @@ void TrainOptions::validate(const std::string& where) const {
   if (!(beta1 >= 0 && beta1 < 1)) fail(where, ": beta1 ", beta1, " must lie in [0, 1)");
   if (!(beta2 >= 0 && beta2 < 1)) fail(where, ": beta2 ", beta2, " must lie in [0, 1)");
   if (!(adam_eps > 0 && std::isfinite(adam_eps))) fail(where, ": adam_eps ", adam_eps, " must be positive");
+  if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16) {
+    fail(where, ": dtype ", precision_name(dtype), " must be fp32, bf16 or fp16");
+  }
 }
 
 nlohmann::json TrainOptions::to_json() const {
@@ -105,7 +126,8 @@ nlohmann::json TrainOptions::to_json() const {
           {"adam_eps", adam_eps},   {"seed", seed},             {"sequential", sequential},
           {"scan_chunk", scan_chunk}, {"eval_every", eval_every}, {"eval_batches", eval_batches},
           {"save_every", save_every}, {"keep", keep},           {"ignore_index", ignore_index},
-          {"byte_level", byte_level}, {"val_every", val_every}, {"fixed_batch", fixed_batch}};
+          {"byte_level", byte_level}, {"val_every", val_every}, {"fixed_batch", fixed_batch},
+          {"dtype", std::string(precision_name(dtype))}};
 }
 
 TrainOptions TrainOptions::from_json(const nlohmann::json& j, const std::string& where) {
@@ -140,6 +162,11 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& j, const std::string&
   if (j.contains("adam_eps")) o.adam_eps = get_number(j, "adam_eps", where);
   if (j.contains("val_every")) o.val_every = get_int32(j, "val_every", where);
   if (j.contains("fixed_batch")) o.fixed_batch = get_flag(j, "fixed_batch", where);
+  if (j.contains("dtype")) {  // runs older than mixed precision were fp32
+    const nlohmann::json& dtype = j["dtype"];
+    if (!dtype.is_string()) fail(where, ": field \"dtype\" must be a string, got ", json_brief(dtype));
+    o.dtype = parse_precision(dtype.get<std::string>(), where + ": field \"dtype\"");
+  }
   o.validate(where);
   return o;
 }
@@ -147,7 +174,7 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& j, const std::string&
 bool TrainOptions::resumable(const std::string& key) {
   static const char* keys[] = {"steps",     "warmup", "lr",    "lr_min",   "schedule",   "weight_decay",
                                "clip",      "beta1",  "beta2", "adam_eps", "scan_chunk", "eval_every",
-                               "eval_batches", "save_every", "keep"};
+                               "eval_batches", "save_every", "keep", "dtype"};
   return std::find(std::begin(keys), std::end(keys), key) != std::end(keys);
 }
 
@@ -162,6 +189,14 @@ TrainerProgress TrainerProgress::from_json(const nlohmann::json& j, const std::s
   p.sampler_rng = rng.get<uint64_t>();
   p.sampler_cursor = get_integer(j, "sampler_cursor", where, 0);
   if (j.contains("val_loss") && !j["val_loss"].is_null()) p.val_loss = get_number(j, "val_loss", where);
+  if (j.contains("loss_scale")) {
+    p.loss_scale = get_number(j, "loss_scale", where);
+    if (!(p.loss_scale > 0 && std::isfinite(p.loss_scale))) {
+      fail(where, ": field \"loss_scale\" is ", p.loss_scale, "; it must be positive");
+    }
+  }
+  if (j.contains("loss_scale_good_steps")) p.loss_scale_good_steps = get_integer(j, "loss_scale_good_steps", where, 0);
+  if (j.contains("skipped_steps")) p.skipped_steps = get_integer(j, "skipped_steps", where, 0, p.step);
   return p;
 }
 
@@ -171,7 +206,7 @@ int64_t Trainer::bytes_needed(const Config& config, const TrainOptions& o, int w
   world = std::max(world, 1);
   const int64_t params = parameter_bytes(config);
   int64_t bytes = sat_add(sat_mul(params, 2), sat_mul(params / world + 64, 2));
-  bytes = sat_add(bytes, Backprop::bytes_needed(config, o.batch / world, o.seq_len, o.scan_chunk));
+  bytes = sat_add(bytes, Backprop::bytes_needed(config, o.batch / world, o.seq_len, o.scan_chunk, o.dtype));
   return sat_add(bytes, sat_mul(sat_mul(o.batch, o.seq_len), 8));
 }
 
@@ -216,7 +251,7 @@ Trainer::Trainer(const Config& config, std::vector<float> params, const Dataset&
       bucket_floats_(std::max<int64_t>(1, bucket_bytes / static_cast<int64_t>(sizeof(float)))),
       data_(data),
       out_(std::move(out)),
-      backprop_(config, options_.batch / world(), options_.seq_len, options_.scan_chunk, backend),
+      backprop_(config, options_.batch / world(), options_.seq_len, options_.scan_chunk, backend, options_.dtype),
       adam_(specs_, size_, AdamWOptions{options_.lr, options_.beta1, options_.beta2, options_.adam_eps, options_.weight_decay},
             backend, comm ? rank() * shard_ : 0, comm ? std::min(size_, (rank() + 1) * shard_) : -1),
       sampler_(data.train, options_.batch, options_.seq_len, options_.sequential, options_.seed),
@@ -301,6 +336,11 @@ Trainer Trainer::resume(const std::filesystem::path& checkpoint, const Dataset& 
   t.adam_.set_steps(progress.adam_steps);
   t.sampler_.restore(progress.sampler_rng, progress.sampler_cursor);
   t.last_val_ = progress.val_loss;
+  t.skipped_steps_ = progress.skipped_steps;
+  if (progress.options.dtype == DType::F16) {  // the scaler goes on where it was; a run new to fp16 starts it afresh
+    t.scaler_.scale = progress.loss_scale;
+    t.scaler_.good_steps = progress.loss_scale_good_steps;
+  }
   if (t.step_ >= t.options_.steps) {
     fail(dir.string(), ": the run has finished (step ", t.step_, " of ", t.options_.steps,
          "); give a larger total with --steps to train further");
@@ -346,7 +386,7 @@ int64_t Trainer::global_count() const {
 void Trainer::shard_forward_backward(float* grads, float* loss) {
   const int64_t offset = shard_offset();
   backprop_.forward_backward(params_.as<float>(), grads, inputs_.data() + offset, targets_.data() + offset,
-                             options_.ignore_index, loss, global_count());
+                             options_.ignore_index, loss, global_count(), loss_scale());
 }
 
 double Trainer::shard_loss() {
@@ -394,7 +434,7 @@ std::vector<float> Trainer::params() const {
   return host;
 }
 
-void Trainer::train_step(double* loss, double* grad_norm, double lr) {
+void Trainer::train_step(double* loss, double* grad_norm, double lr, bool* skipped) {
   float* params = params_.as<float>();
   float* grads = grads_.as<float>();
   auto* norm = stats_.as<double>();
@@ -407,8 +447,10 @@ void Trainer::train_step(double* loss, double* grad_norm, double lr) {
     shard_forward_backward(grads, losses + a);
   }
   if (comm_) comm_->wait();
-  // The mean of the micro-batches' gradients: AdamW's op scales them first.
-  const float grad_scale = options_.accum > 1 ? 1.0f / static_cast<float>(options_.accum) : 1.0f;
+  // The mean of the micro-batches' gradients, and fp16's loss scale (a power of two) divided out: AdamW's
+  // op scales them first.
+  float grad_scale = options_.accum > 1 ? 1.0f / static_cast<float>(options_.accum) : 1.0f;
+  grad_scale /= loss_scale();
   if (!dump_grads_.empty()) {  // every rank takes part in the loss's sum; rank 0 writes
     std::vector<float> step_losses(static_cast<size_t>(options_.accum));
     backend_.download(step_losses.data(), losses, sizeof(float) * step_losses.size());
@@ -435,6 +477,7 @@ void Trainer::train_step(double* loss, double* grad_norm, double lr) {
   }
   adam_.step(params, grads, lr, options_.clip, grad_scale, norm);
   if (comm_) comm_->all_gather(params, shard_);  // every rank's updated slice to every rank
+  backprop_.update_weights(params);  // bf16, fp16: the matrices' copies from the updated masters
   // The step's one wait for the device: its losses and gradient norm, for the log.
   std::vector<unsigned char> stats(stats_.bytes());
   backend_.download(stats.data(), stats_.data(), stats.size());
@@ -450,6 +493,15 @@ void Trainer::train_step(double* loss, double* grad_norm, double lr) {
   for (double l : step_losses) total += l;
   *loss = total / options_.accum;
   std::memcpy(grad_norm, stats.data(), sizeof(double));
+  // fp16: gradients that overflowed left the parameters and moments as they were (the op updates nothing
+  // on a norm that is not finite); the step is not counted, and the scale goes down. Every rank has the
+  // same norm, so all skip together.
+  *skipped = false;
+  if (options_.dtype == DType::F16 && std::isfinite(*loss) && !scaler_.update(std::isfinite(*grad_norm))) {
+    adam_.set_steps(adam_.steps() - 1);
+    skipped_steps_++;
+    *skipped = true;
+  }
 }
 
 double Trainer::evaluate() {
@@ -515,6 +567,9 @@ void Trainer::save_checkpoint() {
                           {"sampler_rng", sampler_.rng_state()},
                           {"sampler_cursor", sampler_.cursor()},
                           {"val_loss", last_val_},
+                          {"loss_scale", scaler_.scale},
+                          {"loss_scale_good_steps", scaler_.good_steps},
+                          {"skipped_steps", skipped_steps_},
                           {"options", options_.to_json()}};
   write_text_atomic(tmp / "trainer.json", state.dump(2) + "\n");  // written last: marks it complete
   fsync_dir(tmp);
@@ -559,8 +614,10 @@ TrainResult Trainer::run(const std::atomic<bool>* stop, int64_t stop_at) {
     // A step (with its validation and checkpoint) that never ends means another rank died or hangs.
     Watchdog::Scope watch(comm_ ? comm_->watchdog() : nullptr, "training step " + std::to_string(step_ + 1));
     const double lr = schedule_.at(step_);
-    train_step(&loss, &grad_norm, lr);
-    if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
+    const float scale = loss_scale();
+    bool skipped = false;
+    train_step(&loss, &grad_norm, lr, &skipped);
+    if (!std::isfinite(loss) || (!skipped && !std::isfinite(grad_norm))) {
       const auto last = latest_checkpoint(out_);
       fail("the loss became ", loss, " (gradient norm ", grad_norm, ") at step ", step_ + 1,
            "; training stopped without saving. The last good checkpoint is ",
@@ -569,8 +626,10 @@ TrainResult Trainer::run(const std::atomic<bool>* stop, int64_t stop_at) {
     step_++;
     const double secs = elapsed();
     const double tps = static_cast<double>((step_ - first) * tokens_per_step) / std::max(secs, 1e-9);
-    nlohmann::json line = {{"step", step_}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
-                           {"tokens_per_s", tps}, {"elapsed_s", secs}};
+    nlohmann::json line = {{"step", step_}, {"loss", loss}, {"lr", lr}, {"tokens_per_s", tps}, {"elapsed_s", secs}};
+    if (!skipped) line["grad_norm"] = grad_norm;
+    if (options_.dtype == DType::F16) line["loss_scale"] = scale;
+    if (skipped) line["skipped"] = true;
     const bool eval_now = (options_.eval_every > 0 && step_ % options_.eval_every == 0) || step_ == options_.steps;
     if (eval_now) {
       last_val_ = evaluate();
@@ -586,6 +645,7 @@ TrainResult Trainer::run(const std::atomic<bool>* stop, int64_t stop_at) {
   result.steps = step_;
   result.loss = loss;
   result.val_loss = last_val_;
+  result.skipped_steps = skipped_steps_;
   result.seconds = elapsed();
   result.tokens_per_s = static_cast<double>((step_ - first) * tokens_per_step) / std::max(result.seconds, 1e-9);
   return result;

@@ -21,6 +21,12 @@
 
 namespace mamba {
 
+// The precisions a run trains in, by their flag names: "fp32" (exact), "bf16" (mixed precision) and "fp16"
+// (mixed precision with dynamic loss scaling), docs/training.md.
+std::string_view precision_name(DType dtype);
+// F32, BF16 or F16 from "fp32", "bf16" or "fp16" (or "f32", "f16"); fails naming `where` and the value.
+DType parse_precision(std::string_view name, const std::string& where);
+
 struct TrainOptions {
   int batch = 8, seq_len = 256, accum = 1;
   int64_t steps = 1000, warmup = 100;
@@ -38,6 +44,9 @@ struct TrainOptions {
   // fixed_batch: the data is one batch of independent rows, used at every step.
   int val_every = -1;
   bool fixed_batch = false;
+  // The activations' type (Backprop): F32, or BF16 / F16 for mixed precision with fp32 master weights. A
+  // resumed run may change it: checkpoints hold the fp32 masters in every precision.
+  DType dtype = DType::F32;
 
   // Fails naming `where` and the field when a value is out of its range (batch 0, an unknown
   // schedule, β ≥ 1, ...). The sizes' only upper limit is the memory check of the Trainer.
@@ -46,8 +55,8 @@ struct TrainOptions {
   // Every field checked for its JSON type and range (validate); `where` names the file.
   static TrainOptions from_json(const nlohmann::json& j, const std::string& where = "trainer.json");
   // Whether a resumed run may change this field (a to_json key): the schedule's length and shape, the
-  // optimizer's numbers, the intervals of evaluation and checkpoints, the scan's memory trade-off. The
-  // others fix the data stream (batch, seq_len, accum, seed, sequential, val_every, fixed_batch) or
+  // optimizer's numbers, the intervals of evaluation and checkpoints, the scan's memory trade-off, the
+  // precision. The others fix the data stream (batch, seq_len, accum, seed, sequential, val_every, fixed_batch) or
   // what the losses mean (ignore_index, byte_level).
   static bool resumable(const std::string& key);
 };
@@ -59,6 +68,9 @@ struct TrainerProgress {
   uint64_t sampler_rng = 0;
   int64_t sampler_cursor = 0;
   double val_loss = -1;
+  // fp16's loss scaler (LossScaler) and the steps it skipped over the whole run.
+  double loss_scale = 65536.0;
+  int64_t loss_scale_good_steps = 0, skipped_steps = 0;
 
   // Parses and checks trainer.json (types and ranges: a negative step or cursor is an Error naming
   // the field, never a crash later). `where` names the file.
@@ -69,6 +81,7 @@ struct TrainResult {
   int64_t steps = 0;
   double loss = 0, val_loss = -1, tokens_per_s = 0, seconds = 0;
   bool interrupted = false;
+  int64_t skipped_steps = 0;  // fp16: steps whose gradients overflowed, over the whole run
 };
 
 // Data parallel (with a Communicator, dist/comm.h): every rank draws the same global batches (options.batch
@@ -118,8 +131,9 @@ class Trainer {
   int world() const { return comm_ ? comm_->size() : 1; }
   // Called with each step's log.jsonl line ({"step", "loss", "lr", "grad_norm", "tokens_per_s",
   // "elapsed_s"}, and "val_loss" with "val_bits_per_byte" or "val_bits_per_token" when it validated,
-  // "val_data": "train" when that was on training data). It may throw to end the run at once, without a
-  // save.
+  // "val_data": "train" when that was on training data; in fp16 "loss_scale", the scale of the step, and
+  // "skipped": true without "grad_norm" when its gradients overflowed). It may throw to end the run at
+  // once, without a save.
   void set_observer(std::function<void(const nlohmann::json& line)> observer) { observer_ = std::move(observer); }
   // {"lr": [old, new], ...}: the options resume() changed.
   const nlohmann::json& resume_changes() const { return resume_changes_; }
@@ -137,7 +151,11 @@ class Trainer {
 
  private:
   void log(const nlohmann::json& line);
-  void train_step(double* loss, double* grad_norm, double lr);
+  // One optimizer step at learning rate lr: its loss and gradient norm, and whether fp16's loss scaler
+  // skipped it (its gradients overflowed; the parameters are left as they were).
+  void train_step(double* loss, double* grad_norm, double lr, bool* skipped);
+  // The factor of this step's gradients: fp16's loss scale, else 1.
+  float loss_scale() const { return options_.dtype == DType::F16 ? static_cast<float>(scaler_.scale) : 1.0f; }
   // This rank's loss over its rows of the global batch in inputs_ / targets_ (the whole of it without a
   // communicator): forward only, or forward and backward adding into grads_.
   void shard_forward_backward(float* grads, float* loss);
@@ -179,6 +197,8 @@ class Trainer {
   std::filesystem::path out_;
   Backprop backprop_;
   AdamW adam_;
+  LossScaler scaler_;           // fp16 only
+  int64_t skipped_steps_ = 0;   // fp16: steps the scaler skipped, over the whole run
   Schedule schedule_;
   BatchSampler sampler_;
   std::vector<int32_t> inputs_, targets_;  // the global batch (batch × seq_len); this rank's rows are a slice

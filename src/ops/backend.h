@@ -2,6 +2,8 @@
 // through the one contract of ops/<op>.h that every backend shares (the same params struct, layouts and
 // dtypes). The model is written once against this class; the CPU backend (ops/cpu/) is the fp32 oracle
 // for every other (ops/cuda/), and tests/test_backend_ops.cpp runs each op on each backend against it.
+// The CPU also takes bf16 and fp16 activations, by widening them to fp32, running its fp32 kernel and
+// rounding the outputs (ops/cpu/half.h): the reference for the GPU's mixed precision, not a fast path.
 //
 // Memory: pointers in op params are device pointers of the backend that runs the op (host memory for the
 // CPU). Nothing is allocated inside an op: what an op needs beyond its arguments (its workspace) is asked
@@ -42,6 +44,7 @@ struct Device {
 enum class Op {
   Embedding, RmsNorm, Matmul, Conv1d, Scan, Argmax,                // inference
   EmbeddingBwd, RmsNormBwd, MatmulBwd, Conv1dBwd, ScanBwd, Xent, SsmA, AdamW,  // training
+  Convert,  // mixed-precision training: the low-precision copies of the fp32 weights (dtype: the copies')
 };
 struct OpQuery {
   Op op = Op::Matmul;
@@ -88,8 +91,10 @@ class Backend {
   virtual std::string unsupported(const OpQuery& query) const = 0;
 
   virtual void embedding(const EmbeddingParams& p) = 0;
-  virtual void rmsnorm(const RmsNormParams& p) = 0;
-  virtual void matmul(const MatmulParams& p) = 0;
+  virtual size_t rmsnorm_workspace(const RmsNormParams& p) const = 0;
+  virtual void rmsnorm(const RmsNormParams& p, void* workspace) = 0;
+  virtual size_t matmul_workspace(const MatmulParams& p) const = 0;
+  virtual void matmul(const MatmulParams& p, void* workspace) = 0;
   virtual size_t conv1d_workspace(const Conv1dParams& p) const = 0;
   virtual void conv1d(const Conv1dParams& p, void* workspace) = 0;
   virtual size_t scan_workspace(const ScanParams& p) const = 0;
@@ -106,7 +111,8 @@ class Backend {
   virtual void embedding_bwd(const EmbeddingBwdParams& p, void* workspace) = 0;
   virtual size_t rmsnorm_bwd_workspace(const RmsNormBwdParams& p) const = 0;
   virtual void rmsnorm_bwd(const RmsNormBwdParams& p, void* workspace) = 0;
-  virtual void matmul_bwd(const MatmulBwdParams& p) = 0;
+  virtual size_t matmul_bwd_workspace(const MatmulBwdParams& p) const = 0;
+  virtual void matmul_bwd(const MatmulBwdParams& p, void* workspace) = 0;
   virtual size_t conv1d_bwd_workspace(const Conv1dBwdParams& p) const = 0;
   virtual void conv1d_bwd(const Conv1dBwdParams& p, void* workspace) = 0;
   virtual size_t scan_bwd_workspace(const ScanBwdParams& p) const = 0;
@@ -120,6 +126,11 @@ class Backend {
   // The optimizer step (ops/adamw.h, Op::AdamW): scale, global norm, clipping and AdamW, on the device.
   virtual size_t adamw_workspace(const AdamWParams& p) const = 0;
   virtual void adamw(const AdamWParams& p, void* workspace) = 0;
+  // dst (n) in dst_dtype = src (n) in src_dtype, each of F32, BF16 and F16 (Op::Convert), rounded to
+  // nearest even where dst is narrower (as torch's .to() and CUDA's __float2bfloat16_rn): mixed-precision
+  // training makes the low-precision copies of its fp32 weights with it, and converts gradients between
+  // the fp32 residual stream and the low-precision activations.
+  virtual void convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64_t n) = 0;
 
   // ---- memory accounting ----
   // The most bytes this backend's allocate() has held at once since the last reset_peak(), or -1 where

@@ -1,7 +1,6 @@
 // The causal depthwise conv1d + SiLU's contract (the Mamba block's conv, paper §3.4 / Figure 3), one for
 // every backend. Token-major (B, L, D) layouts with a token stride, so x is read in place as the x half
-// of in_proj's output; x and out in `dtype` (F32 on the CPU; F32, BF16 or F16 on CUDA); weights, bias and
-// tails fp32. L = 1 is the decode step.
+// of in_proj's output; x and out in `dtype` (F32, BF16 or F16); weights, bias and tails fp32. L = 1 is the decode step.
 #pragma once
 
 #include <cstdint>

@@ -2,8 +2,8 @@
 // shapes and strides, no model types. Memory order is token-major: element (b, t, i) of a (B, L, X) array
 // sits at ptr[(b * L + t) * stride + i], so u, z and B, C can be column slices of wider projection outputs.
 //
-// u, Δ, z, B, C and y share one dtype (`dtype`: F32 on the CPU; F32, BF16 or F16 on CUDA); A, D, the Δ
-// bias, the states and every accumulation are fp32. Backends refuse what they cannot run before touching
+// u, Δ, z, B, C and y share one dtype (`dtype`: F32, BF16 or F16); A, D, the Δ bias, the states and every
+// accumulation are fp32. Backends refuse what they cannot run before touching
 // any memory (Backend::unsupported names the reason).
 #pragma once
 

@@ -7,7 +7,9 @@
 //   dhidden (M, C) = dlogits · weight   (WRITTEN: it starts the backward pass),
 //   dweight (V, C) += dlogitsᵀ · hidden (fp32, a parameter: accumulates).
 // The (M, V) logits never exist at once: the rows go through a workspace of a few rows of V. The softmax
-// and the loss are fp32 (the loss summed in double), whatever the activations' dtype.
+// and the loss are fp32 (the loss summed in double), whatever the activations' dtype. With `scale` ≠ 1 the
+// gradients (dlogits, hence dhidden and dweight) are multiplied by it and the loss is not: fp16 training's
+// loss scaling, which keeps the small gradients of a large vocabulary above fp16's smallest numbers.
 #pragma once
 
 #include <cstdint>
@@ -29,6 +31,7 @@ struct XentParams {
   int C = 0, V = 0;
   int ignore_index = -100;
   int64_t divisor = 0;  // > 0: divide by this instead of this call's count (at most 2^31 − 1)
+  float scale = 1.0f;   // the gradients' factor (the loss scale)
 };
 
 }  // namespace mamba

@@ -403,7 +403,7 @@ void selective_scan_backward(const ScanGrads& g, const ScanParams& p) {
 
 float lm_head_cross_entropy(float* dhidden, float* dweight, const float* hidden, const float* weight,
                             const int32_t* targets, int64_t M, int C, int V, int ignore_index,
-                            float* logits_scratch, int64_t scratch_rows, int64_t divisor) {
+                            float* logits_scratch, int64_t scratch_rows, int64_t divisor, float grad_scale) {
   int64_t count = 0;
   for (int64_t m = 0; m < M; m++) count += targets[m] != ignore_index;
   if (count == 0) {
@@ -411,7 +411,7 @@ float lm_head_cross_entropy(float* dhidden, float* dweight, const float* hidden,
     return 0.0f;
   }
   if (divisor > 0) count = divisor;
-  const float scale = 1.0f / static_cast<float>(count);
+  const float scale = grad_scale / static_cast<float>(count);
   std::vector<double> row_loss(static_cast<size_t>(scratch_rows));  // summed in row order: deterministic
   double loss = 0.0;
   for (int64_t m0 = 0; m0 < M; m0 += scratch_rows) {

@@ -115,9 +115,6 @@ class CudaBackend final : public Backend {
       return "on CUDA the weights take the activations' type (" + std::string(dtype_name(q.dtype)) + "), not " +
              std::string(dtype_name(q.weight));
     }
-    if (q.op == Op::Xent && q.dtype == DType::F16) {
-      return "the loss's gradients (about 1/(rows·V) each) underflow fp16 without loss scaling, which is not built";
-    }
     if (q.op == Op::Scan && q.bc_per_channel) {
       return "the LTI form of the scan (\"ssm_mode\": \"lti\") runs on the CPU only";
     }
@@ -136,11 +133,13 @@ class CudaBackend final : public Backend {
     use();
     embedding_fwd(p, stream_);
   }
-  void rmsnorm(const RmsNormParams& p) override {
+  size_t rmsnorm_workspace(const RmsNormParams&) const override { return 0; }
+  void rmsnorm(const RmsNormParams& p, void*) override {
     use();
     rmsnorm_fwd(p, stream_);
   }
-  void matmul(const MatmulParams& p) override {
+  size_t matmul_workspace(const MatmulParams&) const override { return 0; }
+  void matmul(const MatmulParams& p, void*) override {
     use();
     matmul_fwd(cublas_, p, stream_);
   }
@@ -194,7 +193,8 @@ class CudaBackend final : public Backend {
     use();
     cuda::rmsnorm_bwd(p, workspace, stream_);
   }
-  void matmul_bwd(const MatmulBwdParams& p) override {
+  size_t matmul_bwd_workspace(const MatmulBwdParams&) const override { return 0; }
+  void matmul_bwd(const MatmulBwdParams& p, void*) override {
     use();
     cuda::matmul_bwd(cublas_, p, stream_);
   }
@@ -226,6 +226,10 @@ class CudaBackend final : public Backend {
   void adamw(const AdamWParams& p, void* workspace) override {
     use();
     cuda::adamw(p, workspace, stream_);
+  }
+  void convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64_t n) override {
+    use();
+    cuda::convert(dst, dst_dtype, src, src_dtype, n, stream_);
   }
 
   int64_t peak_allocated() const override {

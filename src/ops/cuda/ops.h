@@ -28,6 +28,10 @@ void matmul_fwd(cublasHandle_t handle, const MatmulParams& p, cudaStream_t strea
 // ids (M) = argmax of each row of x (M, N) fp32, the first index on ties.
 void argmax_fwd(int32_t* ids, const float* x, int64_t M, int N, cudaStream_t stream);
 
+// dst (n) in dst_dtype = src (n) in src_dtype (F32, BF16, F16), rounded to nearest even: the low-precision
+// copies of mixed-precision training's weights, and its gradients between fp32 and the activations' type.
+void convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64_t n, cudaStream_t stream);
+
 // A = −exp(A_log) and dA_log += dA ⊙ A over n values (the SSM's parameter and its gradient).
 void ssm_A_fwd(float* A, const float* A_log, int64_t n, cudaStream_t stream);
 void ssm_dA_log_bwd(float* dA_log, const float* dA, const float* A, int64_t n, cudaStream_t stream);

@@ -42,11 +42,12 @@ __global__ void __launch_bounds__(kThreads) count_kernel(int* count, const int32
   if (threadIdx.x == 0) *count = divisor > 0 && n > 0 ? divisor : n;
 }
 
-// One row of logits z (V) fp32 → dlogits in T (in place when T is float); its loss (double) to row_loss.
+// One row of logits z (V) fp32 → dlogits in T (in place when T is float), times `scale` (the loss scale);
+// its loss (double, unscaled) to row_loss.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     softmax_xent_kernel(T* dlogits, float* logits, double* row_loss, const int32_t* targets, const int* count, int V,
-                        int ignore) {
+                        int ignore, float scale) {
   __shared__ float shared[kThreads / 32];
   const int64_t r = blockIdx.x;
   float* z = logits + r * V;
@@ -70,7 +71,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   others = block_reduce<kThreads>(others, [](float a, float b) { return a + b; }, shared);
   const float sum = others + __expf(shifted_target);  // the target's own term, as its thread computed it
-  const float inv = (1.0f / static_cast<float>(*count)) / sum;
+  const float inv = (scale / static_cast<float>(*count)) / sum;
   for (int v = threadIdx.x; v < V; v += kThreads) dz[v] = from_float<T>(v == target ? -others * inv : z[v] * inv);
   // loss = logsumexp(z) − z_target = log(sum) − (z_target − max): finite even where p_target underflows
   if (threadIdx.x == 0) row_loss[r] = log(static_cast<double>(sum)) - static_cast<double>(shifted_target);
@@ -146,7 +147,7 @@ void xent(cublasHandle_t handle, const XentParams& p, void* workspace, cudaStrea
     with_dtype(p.dtype, [&](auto zero) {
       using T = decltype(zero);
       softmax_xent_kernel<T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
-          static_cast<T*>(s.dlogits), s.logits, s.row_loss + m0, p.targets + m0, s.count, p.V, p.ignore_index);
+          static_cast<T*>(s.dlogits), s.logits, s.row_loss + m0, p.targets + m0, s.count, p.V, p.ignore_index, p.scale);
     });
     MAMBA_CUDA_CHECK_LAUNCH();
     // dhidden (rows, C) = dlogits · weight;  dweight (V, C) += dlogitsᵀ · hidden
