@@ -12,6 +12,7 @@
 #include "core/rng.h"
 #include "model/data.h"
 #include "model/model.h"
+#include "model/trainer.h"
 
 namespace mamba::test {
 
@@ -81,6 +82,22 @@ inline std::vector<int32_t> random_tokens(int n, int vocab, uint64_t seed) {
   std::vector<int32_t> t(static_cast<size_t>(n));
   for (auto& x : t) x = static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab)));
   return t;
+}
+
+// The tiny model, corpus and options of the training tests (test_train.cpp, test_train_precision.cpp).
+inline Config tiny_byte_config() { return byte_config(16, 4, 1); }
+inline Dataset tiny_text_dataset(const std::filesystem::path& dir) { return text_dataset(dir, 40); }
+inline TrainOptions tiny_options(int64_t steps, DType dtype = DType::F32) {
+  TrainOptions o;
+  o.batch = 2;
+  o.seq_len = 32;
+  o.steps = steps;
+  o.warmup = 2;
+  o.lr = 3e-3;
+  o.eval_every = 3;
+  o.eval_batches = 2;
+  o.dtype = dtype;
+  return o;
 }
 
 }  // namespace mamba::test

@@ -111,21 +111,10 @@ TEST(TrainGradients, WholeModelAgainstFiniteDifferences) {
   test::expect_model_gradient_matches_finite_differences(c);
 }
 
-// The model and corpus of these tests (tests/small_model.h).
-Config tiny_byte_config() { return test::byte_config(16, 4, 1); }
-Dataset tiny_text_dataset(const test::TempDir& tmp) { return test::text_dataset(tmp.path(), 40); }
-
-TrainOptions tiny_options(int64_t steps) {
-  TrainOptions o;
-  o.batch = 2;
-  o.seq_len = 32;
-  o.steps = steps;
-  o.warmup = 2;
-  o.lr = 3e-3;
-  o.eval_every = 3;
-  o.eval_batches = 2;
-  return o;
-}
+// The model, corpus and options of these tests (tests/small_model.h).
+using test::tiny_byte_config;
+using test::tiny_options;
+Dataset tiny_text_dataset(const test::TempDir& tmp) { return test::tiny_text_dataset(tmp.path()); }
 
 std::vector<double> losses(const std::filesystem::path& log) {
   std::vector<double> out;

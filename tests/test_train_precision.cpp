@@ -110,22 +110,10 @@ TEST_P(GoldenSteps, StayWithinTheBoundOfFp32) {
 INSTANTIATE_TEST_SUITE_P(Precisions, GoldenSteps, ::testing::Values(DType::BF16, DType::F16),
                          [](const auto& p) { return std::string(dtype_name(p.param)); });
 
-// The model and corpus of these tests (tests/small_model.h), as in test_train.cpp.
-Config tiny_byte_config() { return test::byte_config(16, 4, 1); }
-Dataset tiny_text_dataset(const test::TempDir& tmp) { return test::text_dataset(tmp.path(), 40); }
-
-TrainOptions tiny_options(int64_t steps, DType dtype) {
-  TrainOptions o;
-  o.batch = 2;
-  o.seq_len = 32;
-  o.steps = steps;
-  o.warmup = 2;
-  o.lr = 3e-3;
-  o.eval_every = 3;
-  o.eval_batches = 2;
-  o.dtype = dtype;
-  return o;
-}
+// The model, corpus and options of these tests (tests/small_model.h).
+using test::tiny_byte_config;
+using test::tiny_options;
+Dataset tiny_text_dataset(const test::TempDir& tmp) { return test::tiny_text_dataset(tmp.path()); }
 
 std::vector<nlohmann::json> log_lines(const std::filesystem::path& log) {
   std::vector<nlohmann::json> out;
