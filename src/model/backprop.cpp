@@ -58,7 +58,7 @@ int64_t Backprop::bytes_needed(const Config& c, int64_t B, int64_t L, int64_t sc
   const int64_t scratch_per_token = 4 * d + e * ((low ? 3 : 2) * d + 5 * Di + xw);
   int64_t bytes = sat_mul(c.n_layer, sat_add(sat_mul(M, saved_per_token), sat_mul(sat_mul(B, chunks), 4 * Di * N)));
   bytes = sat_add(bytes, sat_mul(M, 4 * d + e * d + scratch_per_token));
-  bytes = sat_add(bytes, 4 * (2 * Di * N) + sat_mul(B, 4 * (c.d_conv - 1) * Di) + sat_mul(M, 8));
+  bytes = sat_add(bytes, sat_add(4 * (2 * Di * N), sat_add(sat_mul(B, 4 * (c.d_conv - 1) * Di), sat_mul(M, 8))));
   // The workspace: in fp32 the loss's rows of logits (and the head's gradient of a loss-only call); in
   // bf16 and fp16 on the CPU the fp32 copies its ops make (ops/cpu/half.h), the largest of the loss's, the
   // scan backward's and the projections' backward.
