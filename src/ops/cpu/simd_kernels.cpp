@@ -92,8 +92,9 @@ HWY_INLINE void dot_rows(const T* HWY_RESTRICT w, int K, const float* HWY_RESTRI
 
 // W weight rows against R activation rows: W·R accumulators, and each activation vector loaded once
 // per step for W FMAs. With 5 to 16 activation rows (batched decode) they no longer fit in L1 beside the
-// weight row, and the one-weight-row kernel, which loads an activation vector for every FMA, waited on
-// L2 (the 16-row GEMV ran at 30% of the FMA rate). sums[i·R + r] for weight row i, activation row r.
+// weight row, and a kernel that loads an activation vector for every FMA waits on L2; sharing each
+// activation load among W weight rows cuts that traffic W times. sums[i·R + r] for weight row i,
+// activation row r.
 template <int W, int R, class T>
 HWY_INLINE void dot_tile(const T* HWY_RESTRICT w, int64_t ldw, int K, const float* HWY_RESTRICT x, int64_t ldx,
                          float* sums) {
@@ -204,8 +205,9 @@ HWY_INLINE void dot_group_bf16(const hwy::bfloat16_t* w, int K, const float* x, 
 // Activation rows for the int8 weights: each block of kQ8Block values rounded to int16 with an fp32
 // scale (the block's largest magnitude / 32767, so the rounding error is at most 2^-16 of it), zero
 // beyond K up to whole blocks. Then a block of the dot product is exact integer arithmetic (products of
-// int8 and int16 summed in int32: at most 32 · 127 · 32767 < 2^31), scaled once. Widening int8 weights
-// to fp32 took three instructions per vector of weights; this takes one per two vectors' worth.
+// int8 and int16 summed in int32: at most 32 · 127 · 32767 < 2^31), scaled once: one instruction
+// (pmaddwd) multiplies and pair-sums two vectors' worth, where widening int8 to fp32 needs three per
+// vector, more than a core can issue while it streams its share of the bandwidth.
 struct Q16Rows {
   const int16_t* q = nullptr;  // (rows, ldq)
   const float* scale = nullptr;  // (rows, blocks); NaN where the block holds a NaN or an infinity
