@@ -8,14 +8,14 @@
 # Steps run in the order named. tests: the GPU's test programs (with suite: then the whole ctest suite as CI
 # runs it); sanitize: compute-sanitizer memcheck and racecheck on the ops, memcheck on the models' tests and on
 # training steps; bench, official: the inference figures, ours and the official model's; profile: ncu over
-# decode steps; train: the training tests; trainbench: the training benchmark beside the official one; showit: the main
+# decode steps; trainprofile: ncu over one training step; train: the training tests; trainbench: the training benchmark beside the official one; showit: the main
 # job at the 130m shape on the GPU and selective copying at length 4096; dist: data parallel through NCCL with
 # a world of one against the plain run; torch: the PyTorch drop-in's tests and benchmark beside mamba_ssm.
 # A call whose tree would pass the 64 MiB carry limit carries only the files its steps read, e.g.
 # [".device/prefix.tar.xz", ".official"] for tests/train/bench/official; showit and dist read .device/sotu.tar.xz;
 # torch reads .official/src and the modules that official/train built in /tmp/mbuild on a warm machine.
 # Logs go to $OUT: build.txt, tests.txt, sanitizer.txt, bench.jsonl, official.jsonl, train_tests.txt,
-# train_bench.jsonl, profile.txt, ncu.tar.xz, showit.txt, sotu-130m-log.jsonl, dist.txt, torch.txt.
+# train_bench.jsonl, train_profile.txt, profile.txt, ncu.tar.xz, showit.txt, sotu-130m-log.jsonl, dist.txt, torch.txt.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 steps=${*:-tests sanitize bench official}
@@ -131,6 +131,20 @@ step_trainbench() {
   } > "$OUT/train_bench.jsonl" 2>&1
   cat "$OUT/train_bench.jsonl"
   echo "trainbench: $(( $(date +%s) - t0 )) s"
+}
+
+# Where a training step's time goes: every kernel of one 130m × 8 × 2048 bf16 step (forward, backward,
+# AdamW, the weight copies), summed by kernel; the step's wall time beside it is in train_bench.jsonl.
+step_trainprofile() {
+  t0=$(date +%s)
+  timeout 240 ncu --clock-control none --csv --metrics gpu__time_duration.sum \
+    $B/mambacpp bench-train --preset 130m --batch 8 --seq-len 2048 --steps 1 --warmup 0 --device cuda --dtype bf16 \
+    > "$OUT/ncu-train.csv" 2> "$OUT/ncu-train.err"
+  python3 dev/cuda/profile_summary.py "$OUT/ncu-train.csv" --all > "$OUT/train_profile.txt" 2>&1
+  tail -3 "$OUT/ncu-train.err" >> "$OUT/train_profile.txt"
+  head -30 "$OUT/train_profile.txt"
+  rm -f "$OUT/ncu-train.csv" "$OUT/ncu-train.err"  # at most 8 files come back
+  echo "trainprofile: $(( $(date +%s) - t0 )) s"
 }
 
 # The main job at a size the CPU cannot reach: the 130m shape, byte-level, on the State of the Union
