@@ -31,6 +31,10 @@ void add_serve(CLI::App& app);
 // `where` names the source in errors.
 std::vector<int32_t> parse_ids(const std::string& text, const std::string& where);
 
+// Token ids from a non-empty 1-D (L) or 2-D (B, L) integer .npy file, row-major, each checked to fit an
+// int32 id; `shape` receives the file's shape. Errors name the file.
+std::vector<int32_t> read_ids_npy(const std::string& path, std::vector<int64_t>& shape);
+
 // A model's shape from the command line: --preset NAME, or --d-model and --n-layer with the other
 // dimensions at their defaults. Shared by `init` and `train`.
 struct ShapeFlags {

@@ -5,6 +5,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/npy.h"
 
 namespace mamba::cli {
 
@@ -114,6 +115,27 @@ std::vector<int32_t> parse_ids(const std::string& text, const std::string& where
     }
   }
   flush();
+  return ids;
+}
+
+std::vector<int32_t> read_ids_npy(const std::string& path, std::vector<int64_t>& shape) {
+  NpyArray array = read_npy(path);
+  if (array.shape.empty() || array.shape.size() > 2 || array.numel() == 0) {
+    fail(path, ": token ids must be a non-empty 1-D or 2-D array");
+  }
+  std::vector<int64_t> values;
+  try {
+    values = array.as_i64();
+  } catch (const Error& e) {
+    fail(path, ": ", e.what());
+  }
+  std::vector<int32_t> ids;
+  ids.reserve(values.size());
+  for (int64_t v : values) {
+    if (v < 0 || v > INT32_MAX) fail(path, ": token id ", v, " is out of range");
+    ids.push_back(static_cast<int32_t>(v));
+  }
+  shape = array.shape;
   return ids;
 }
 

@@ -6,7 +6,6 @@
 #include "core/error.h"
 #include "core/file.h"
 #include "core/limits.h"
-#include "core/npy.h"
 
 namespace mamba::cli {
 
@@ -42,22 +41,10 @@ void add_perplexity(CLI::App& app) {
       if (text.empty()) fail(o.file, ": empty");
       bytes = static_cast<int64_t>(text.size());
     } else {
-      NpyArray array = read_npy(o.ids_file);
-      if (array.shape.empty() || array.shape.size() > 2 || array.numel() == 0) {
-        fail(o.ids_file, ": token ids must be a non-empty 1-D or 2-D array");
-      }
-      std::vector<int64_t> values;
-      try {
-        values = array.as_i64();
-      } catch (const Error& e) {
-        fail(o.ids_file, ": ", e.what());
-      }
-      const int64_t L = array.shape.back();
-      for (size_t i = 0; i < values.size(); i++) {
-        if (i % L == 0) rows.emplace_back();
-        if (values[i] < 0 || values[i] > INT32_MAX) fail(o.ids_file, ": token id ", values[i], " is out of range");
-        rows.back().push_back(static_cast<int32_t>(values[i]));
-      }
+      std::vector<int64_t> shape;
+      const std::vector<int32_t> ids = read_ids_npy(o.ids_file, shape);
+      const auto L = static_cast<size_t>(shape.back());
+      for (size_t i = 0; i < ids.size(); i += L) rows.emplace_back(ids.begin() + i, ids.begin() + i + L);
     }
     api::ModelOptions options = model_options(o.device);
     options.text = rows.empty();  // token ids need no tokenizer

@@ -28,21 +28,7 @@ void add_score(CLI::App& app) {
       if (tokens.empty()) fail("--ids: no token ids given");
       shape = {static_cast<int64_t>(tokens.size())};
     } else {
-      NpyArray array = read_npy(o.ids_file);
-      if (array.shape.empty() || array.shape.size() > 2 || array.numel() == 0) {
-        fail(o.ids_file, ": token ids must be a non-empty 1-D or 2-D array");
-      }
-      std::vector<int64_t> values;
-      try {
-        values = array.as_i64();
-      } catch (const Error& e) {
-        fail(o.ids_file, ": ", e.what());
-      }
-      for (int64_t v : values) {
-        if (v < 0 || v > INT32_MAX) fail(o.ids_file, ": token id ", v, " is out of range");
-        tokens.push_back(static_cast<int32_t>(v));
-      }
-      shape = array.shape;
+      tokens = read_ids_npy(o.ids_file, shape);
     }
     if (shape.front() > INT32_MAX || shape.back() > INT32_MAX) fail(o.ids_file, ": shape is too large");
     const int B = shape.size() == 2 ? static_cast<int>(shape[0]) : 1;
