@@ -8,7 +8,8 @@
 # Steps run in the order named. tests: the GPU's test programs (with suite: then the whole ctest suite as CI
 # runs it); sanitize: compute-sanitizer memcheck and racecheck on the ops, memcheck on the models' tests and on
 # training steps; bench, official: the inference figures, ours and the official model's; profile: ncu over
-# decode steps; trainprofile: ncu over one training step; train: the training tests; trainbench: the training benchmark beside the official one; showit: the main
+# decode steps; decode: ours and the official decode only (130m, 1.4b); racecheck: racecheck's full report on
+# the ops; trainprofile: ncu over one training step; train: the training tests; trainbench: the training benchmark beside the official one; showit: the main
 # job at the 130m shape on the GPU and selective copying at length 4096; dist: data parallel through NCCL with
 # a world of one against the plain run; torch: the PyTorch drop-in's tests and benchmark beside mamba_ssm.
 # A call whose tree would pass the 64 MiB carry limit carries only the files its steps read, e.g.
@@ -87,6 +88,37 @@ step_bench() {
     done; done; done
   } > "$OUT/bench.jsonl" 2>&1
   echo "bench: $(( $(date +%s) - t0 )) s"
+}
+
+# Decode only, ours beside the official model's in the same call: 130m and 1.4b at batch 1 and 64 (a quick
+# check of a decode change; bench and official give the whole table).
+step_decode() {
+  t0=$(date +%s)
+  for m in 130m 1.4b; do
+    [ -d /tmp/models/$m ] || $B/mambacpp init --preset $m --out /tmp/models/$m --seed 1 --dtype f16 >/dev/null
+  done
+  {
+    for m in 130m 1.4b; do for b in 1 64; do
+      $B/mambacpp bench /tmp/models/$m --device cuda --dtype fp16 --batch $b --prompt 128 --steps 256 --repeats 3
+    done; done
+    [ -d /tmp/mbuild/ss ] && [ -d /tmp/mbuild/cc ] || python3 .official/build.py >/dev/null 2>&1
+    python3 .official/bench.py gen --models 130m,1.4b
+  } > "$OUT/decode.jsonl" 2>&1
+  grep -E '"decode"|figure' "$OUT/decode.jsonl" | python3 -c '
+import json, sys
+for l in sys.stdin:
+    d = json.loads(l)
+    print(d.get("impl", "mamba.cpp"), d.get("model"), d["batch"], round(d["tokens_per_s"]), "tokens/s")'
+  echo "decode: $(( $(date +%s) - t0 )) s"
+}
+
+# racecheck's full report on the ops (sanitize keeps only its summary).
+step_racecheck() {
+  t0=$(date +%s)
+  timeout 200 compute-sanitizer --tool racecheck --print-limit 30 $B/test_backend_ops \
+    --gtest_filter='AllBackends/BackendOps.*cuda*' > "$OUT/racecheck.txt" 2>&1
+  grep -E "^\[ RUN|Race|hazard|SUMMARY|at .*0x|in .*\.cu" "$OUT/racecheck.txt" | grep -B2 -A6 -E "Race|hazard" | head -60
+  echo "racecheck: $(( $(date +%s) - t0 )) s"
 }
 
 # Where a decode step's time goes: every kernel of 4 steps of the 130m at batch 1 and 64 (graph nodes

@@ -403,7 +403,8 @@ void selective_scan_backward(const ScanGrads& g, const ScanParams& p) {
 
 float lm_head_cross_entropy(float* dhidden, float* dweight, const float* hidden, const float* weight,
                             const int32_t* targets, int64_t M, int C, int V, int ignore_index,
-                            float* logits_scratch, int64_t scratch_rows, int64_t divisor, float grad_scale) {
+                            float* logits_scratch, int64_t scratch_rows, int64_t divisor, float grad_scale,
+                            DType dlogits_dtype) {
   int64_t count = 0;
   for (int64_t m = 0; m < M; m++) count += targets[m] != ignore_index;
   if (count == 0) {
@@ -447,6 +448,11 @@ float lm_head_cross_entropy(float* dhidden, float* dweight, const float* hidden,
       const float inv = scale / sum;
       for (int v = 0; v < V; v++) z[v] *= inv;
       z[target] = -others * inv;
+      if (dlogits_dtype == DType::BF16) {
+        for (int v = 0; v < V; v++) z[v] = bf16_to_f32(f32_to_bf16(z[v]));
+      } else if (dlogits_dtype == DType::F16) {
+        for (int v = 0; v < V; v++) z[v] = f16_to_f32(f32_to_f16(z[v]));
+      }
     }
     for (int r = 0; r < rows; r++) loss += row_loss[r];
     // dhidden (rows, C) = dlogits · weight;  dweight (V, C) += dlogitsᵀ · hidden

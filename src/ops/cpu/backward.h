@@ -106,9 +106,12 @@ void selective_scan_backward(const ScanGrads& grads, const ScanParams& params);
 // exist. Returns the mean loss; with every target ignored it returns 0, writes zeros to dhidden and
 // leaves dweight unchanged. Targets that are not ignore_index must lie in [0, V). divisor > 0 replaces
 // count (ops/xent.h: a data-parallel shard divides by its global batch's count). grad_scale multiplies
-// dlogits (hence dhidden and dweight), not the loss: fp16 training's loss scale.
+// dlogits (hence dhidden and dweight), not the loss: fp16 training's loss scale. dlogits_dtype BF16 or F16
+// rounds dlogits to that type before the two products, as mixed precision does on the GPU (and PyTorch AMP:
+// the head's backward GEMMs take low-precision inputs); F32 keeps them exact.
 float lm_head_cross_entropy(float* dhidden, float* dweight, const float* hidden, const float* weight,
                             const int32_t* targets, int64_t M, int C, int V, int ignore_index,
-                            float* logits_scratch, int64_t scratch_rows, int64_t divisor = 0, float grad_scale = 1.0f);
+                            float* logits_scratch, int64_t scratch_rows, int64_t divisor = 0, float grad_scale = 1.0f,
+                            DType dlogits_dtype = DType::F32);
 
 }  // namespace mamba::cpu

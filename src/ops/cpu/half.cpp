@@ -418,7 +418,7 @@ void xent(const XentParams& p, void* workspace) {
   }
   const float* weight = weight_f32(p.weight, a.weight, p.V, p.C);
   *p.loss = lm_head_cross_entropy(dhidden, p.dweight ? p.dweight : a.dweight, hidden, weight, p.targets, p.M, p.C,
-                                  p.V, p.ignore_index, a.logits, xent_rows(p), p.divisor, p.scale);
+                                  p.V, p.ignore_index, a.logits, xent_rows(p), p.divisor, p.scale, p.dtype);
   if (p.dtype != DType::F32) narrow(p.dhidden, p.dtype, p.C, dhidden, p.C, p.M, p.C);
 }
 

@@ -157,24 +157,37 @@ __global__ void conv1d_step_kernel(T* out, float* tail, const T* x, int64_t x_st
   out[b * dim + d] = from_float<T>(silu(acc));
 }
 
+// One token of the scan: G lanes per channel (b, d), a power of two ≤ 32 near N, lane j taking the states
+// n ≡ j (mod G), so that a warp reads and writes its channels' states (contiguous, N floats each) in whole
+// lines; C·h summed across the group by shuffles. (One thread per channel looping over N read a line per
+// thread per n: 26 µs a layer at batch 64 for 12.6 MB of state, 7× its bandwidth time on an H100.)
 template <typename T>
-__global__ void scan_step_kernel(ScanParams p, float* state) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // (b, d)
-  if (i >= static_cast<int64_t>(p.batch) * p.dim) return;
-  const int64_t b = i / p.dim;
-  const int d = static_cast<int>(i % p.dim), N = p.dstate;
-  const float u = to_float(static_cast<const T*>(p.u)[b * p.u_stride + d]);
-  float dt = to_float(static_cast<const T*>(p.delta)[b * p.delta_stride + d]) + (p.delta_bias ? p.delta_bias[d] : 0.0f);
-  if (p.delta_softplus) dt = softplus(dt);
-  const T* Bm = static_cast<const T*>(p.Bm) + b * p.B_stride;
-  const T* Cm = static_cast<const T*>(p.Cm) + b * p.C_stride;
-  float* h = state + i * N;
-  float acc = 0.0f;
-  for (int n = 0; n < N; n++) {
-    const float hn = __expf(dt * p.A[static_cast<int64_t>(d) * N + n]) * h[n] + dt * to_float(Bm[n]) * u;
-    h[n] = hn;
-    acc += to_float(Cm[n]) * hn;
+__global__ void scan_step_kernel(ScanParams p, float* state, int G) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t i = t / G;  // (b, d)
+  const int lane = static_cast<int>(t % G);
+  const bool valid = i < static_cast<int64_t>(p.batch) * p.dim;  // the others take part in the shuffles only
+  const int N = p.dstate;
+  float acc = 0.0f, u = 0.0f;
+  int64_t b = 0;
+  int d = 0;
+  if (valid) {
+    b = i / p.dim;
+    d = static_cast<int>(i % p.dim);
+    u = to_float(static_cast<const T*>(p.u)[b * p.u_stride + d]);
+    float dt = to_float(static_cast<const T*>(p.delta)[b * p.delta_stride + d]) + (p.delta_bias ? p.delta_bias[d] : 0.0f);
+    if (p.delta_softplus) dt = softplus(dt);
+    const T* Bm = static_cast<const T*>(p.Bm) + b * p.B_stride;
+    const T* Cm = static_cast<const T*>(p.Cm) + b * p.C_stride;
+    float* h = state + i * N;
+    for (int n = lane; n < N; n += G) {
+      const float hn = __expf(dt * p.A[static_cast<int64_t>(d) * N + n]) * h[n] + dt * to_float(Bm[n]) * u;
+      h[n] = hn;
+      acc += to_float(Cm[n]) * hn;
+    }
   }
+  for (int offset = G / 2; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+  if (!valid || lane != 0) return;
   float y = acc + (p.D ? p.D[d] * u : 0.0f);
   if (p.z) y *= silu(to_float(static_cast<const T*>(p.z)[b * p.z_stride + d]));
   static_cast<T*>(p.y)[b * p.y_stride + d] = from_float<T>(y);
@@ -308,12 +321,15 @@ void selective_scan_step(const ScanParams& p, float* state, cudaStream_t stream)
   if (p.dtype != DType::F32 && p.dtype != DType::BF16 && p.dtype != DType::F16) {
     throw std::invalid_argument("selective_scan_step: dtype must be f32, bf16 or f16");
   }
-  const int64_t n = static_cast<int64_t>(p.batch) * p.dim;
-  if (n == 0) return;
+  const int64_t channels = static_cast<int64_t>(p.batch) * p.dim;
+  if (channels == 0) return;
+  int G = 1;
+  while (G < p.dstate && G < 32) G *= 2;
+  const unsigned blocks = blocks_for(channels * G, 128);  // 128 threads: whole warps, so the groups never straddle one
   switch (p.dtype) {
-    case DType::F32: scan_step_kernel<float><<<blocks_for(n, 128), 128, 0, stream>>>(p, state); break;
-    case DType::BF16: scan_step_kernel<__nv_bfloat16><<<blocks_for(n, 128), 128, 0, stream>>>(p, state); break;
-    case DType::F16: scan_step_kernel<__half><<<blocks_for(n, 128), 128, 0, stream>>>(p, state); break;
+    case DType::F32: scan_step_kernel<float><<<blocks, 128, 0, stream>>>(p, state, G); break;
+    case DType::BF16: scan_step_kernel<__nv_bfloat16><<<blocks, 128, 0, stream>>>(p, state, G); break;
+    case DType::F16: scan_step_kernel<__half><<<blocks, 128, 0, stream>>>(p, state, G); break;
   }
   MAMBA_CUDA_CHECK_LAUNCH();
 }
