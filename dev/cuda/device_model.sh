@@ -232,7 +232,7 @@ step_torch() {
   export PYTHONPATH=$B/python:/tmp/mbuild/ss:$PWD/.official/src/mamba
   {
     ls $B/python/mambacpp/ || grep -E "Python package" "$OUT/build.txt"
-    timeout 300 python3 -m pytest -q -p no:cacheprovider python/tests/test_torch.py 2>&1 | tail -15
+    timeout 300 python3 -X faulthandler -m pytest -v -p no:cacheprovider python/tests/test_torch.py 2>&1 | tail -80
     timeout 300 python3 bench/torch_scan_bench.py
   } > "$OUT/torch.txt" 2>&1
   cat "$OUT/torch.txt"
