@@ -15,6 +15,7 @@
 # A call whose tree would pass the 64 MiB carry limit carries only the files its steps read, e.g.
 # [".device/prefix.tar.xz", ".official"] for tests/train/bench/official; showit and dist read .device/sotu.tar.xz;
 # torch reads .official/src and the modules that official/train built in /tmp/mbuild on a warm machine.
+# BUILD_TARGETS="mambacpp test_gpu_train ..." builds only those (a short call).
 # Logs go to $OUT: build.txt, tests.txt, sanitizer.txt, bench.jsonl, official.jsonl, train_tests.txt,
 # train_bench.jsonl, train_profile.txt, profile.txt, ncu.tar.xz, showit.txt, sotu-130m-log.jsonl, dist.txt, torch.txt.
 set -uo pipefail
@@ -35,7 +36,7 @@ fi
     -DPKG_CONFIG_EXECUTABLE=/tmp/prefix/bin/pkgconf -DCMAKE_CUDA_ARCHITECTURES=90 -DMAMBA_CUDA=ON \
     -DPython_EXECUTABLE="$(command -v python3)" \
     -DMAMBA_PYBIND11_INCLUDE="$(python3 -c 'import torch.utils.cpp_extension as e; print(e.include_paths()[0])' 2>/dev/null)"
-  cmake --build /tmp/build -j "$(nproc)" -- -k 0  # a target that fails (another compiler there) stops nothing else
+  cmake --build /tmp/build -j "$(nproc)" ${BUILD_TARGETS:+--target $BUILD_TARGETS} -- -k 0  # a target that fails (another compiler there) stops nothing else
 } > "$OUT/build.txt" 2>&1
 echo "build: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$OUT/build.txt"
 B=/tmp/build
