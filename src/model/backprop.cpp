@@ -51,11 +51,12 @@ int64_t Backprop::bytes_needed(const Config& c, int64_t B, int64_t L, int64_t sc
   const int64_t chunks = L / chunk + (L % chunk != 0);
   const bool low = dtype != DType::F32;
   const int64_t e = static_cast<int64_t>(dtype_size(dtype));
-  // Per token: saved, the fp32 residual and in `dtype` the norm's output, xz, xc, Δ, y and x_proj's output;
-  // scratch, the fp32 residual gradient and in `dtype` the hidden state, its gradient (bf16, fp16), the
-  // norm's gradient and the mixer's activation gradients.
-  const int64_t saved_per_token = 4 * d + e * (d + 5 * Di + xw);
-  const int64_t scratch_per_token = 4 * d + e * ((low ? 3 : 2) * d + 5 * Di + xw);
+  // Per token: saved per layer, the fp32 residual and in `dtype` the norm's output, xz, y and x_proj's output;
+  // once, the conv's output and Δ (recomputed in the backward); scratch, the fp32 residual gradient and in
+  // `dtype` the hidden state, its gradient (bf16, fp16), the norm's gradient and the mixer's activation
+  // gradients.
+  const int64_t saved_per_token = 4 * d + e * (d + 3 * Di + xw);
+  const int64_t scratch_per_token = 4 * d + e * ((low ? 3 : 2) * d + 7 * Di + xw);
   int64_t bytes = sat_mul(c.n_layer, sat_add(sat_mul(M, saved_per_token), sat_mul(sat_mul(B, chunks), 4 * Di * N)));
   bytes = sat_add(bytes, sat_mul(M, 4 * d + e * d + scratch_per_token));
   bytes = sat_add(bytes, sat_add(4 * (2 * Di * N), sat_add(sat_mul(B, 4 * (c.d_conv - 1) * Di), sat_mul(M, 8))));
@@ -111,14 +112,21 @@ Backprop::Backprop(const Config& config, int B, int L, int scan_chunk, Backend& 
 
   // Saved activations: per layer, then the final residual and norm. Walked twice: to size, then to carve.
   layers_.resize(static_cast<size_t>(config.n_layer));
+  // The conv's output and Δ are not kept per layer: every layer's forward writes them to one pair of
+  // buffers and the backward recomputes them (from xz and from x_proj's output) just before the layer's scan
+  // backward, as the official model does (checkpoint_lvl 1): 2·Di values a token and layer fewer, for a
+  // conv and a (M, R)·(R, Di) product per layer.
   auto carve_saved = [&](Views& v) {
+    void *xc = nullptr, *delta = nullptr;
+    v.take(xc, M * Di, e);
+    v.take(delta, M * Di, e);
     for (LayerSaved& s : layers_) {
       v.take(s.residual, M * d, 4);
       v.take(s.normed, M * d, e);
       v.take(s.xz, M * 2 * Di, e);
-      v.take(s.xc, M * Di, e);
+      s.xc = xc;
       v.take(s.xdbl, M * xw, e);
-      v.take(s.delta, M * Di, e);
+      s.delta = delta;
       v.take(s.y, M * Di, e);
       v.take(s.checkpoints, int64_t{B} * chunks * Di * N, 4);
     }
@@ -304,10 +312,23 @@ void Backprop::forward_backward(const float* params, float* grads, const int32_t
     b.matmul_bwd({t, dy_, Di, false, mut(gw.out_proj_w.f32()), mut(gw.out_proj_b), dhidden, d, s.y, Di, lw.out_proj_w,
                   M, Di, d},
                  ws);
+    // The conv's output and Δ, recomputed: the forward's calls on the forward's inputs, so the same values.
+    const bool lti = c.ssm_mode == SsmMode::Lti;  // B, C are parameters (D, N): their gradients accumulate there
+    zero(tail_, int64_t{B_} * (K - 1) * Di);
+    b.conv1d(Conv1dParams{B_, L_, Di, K, t, s.xc, Di, s.xz, 2 * Di, lw.conv_w, lw.conv_b, tail_, tail_}, ws);
+    if (lti) {
+      b.fill_zero(s.delta, static_cast<size_t>(Di) * dtype_size(t));  // the one row of Δ the LTI scan reads
+    } else {
+      MatmulParams dt;
+      dt.out = s.delta, dt.ldo = Di, dt.out_dtype = t;
+      dt.inp = s.xdbl, dt.ldi = xw, dt.dtype = t;
+      dt.weight = lw.dt_proj_w, dt.bias = nullptr;
+      dt.M = M, dt.K = R, dt.N = Di;
+      b.matmul(dt, ws);
+    }
     // selective scan (recomputing inside each chunk from the saved states)
     zero(dA_, nA);
     b.ssm_A(A_, lw.A_log, nA);
-    const bool lti = c.ssm_mode == SsmMode::Lti;  // B, C are parameters (D, N): their gradients accumulate there
     ScanBwdParams g;
     g.fwd = mixer_scan_params(buffers(s), lw, A_, c, B_, L_);
     g.fwd.chunk_states = s.checkpoints;

@@ -76,9 +76,9 @@ class Backprop {
     float* residual;     // (M, d) fp32: the residual stream entering this layer's norm
     void* normed;        // (M, d) t
     void* xz;            // (M, 2·Di) t
-    void* xc;            // (M, Di) t: SiLU(conv(x)), the scan's u
+    void* xc;            // (M, Di) t: SiLU(conv(x)), the scan's u; one buffer for every layer, recomputed
     void* xdbl;          // (M, R + 2N) t
-    void* delta;         // (M, Di) t
+    void* delta;         // (M, Di) t, before the bias and softplus; shared and recomputed as xc
     void* y;             // (M, Di) t: gated scan output
     float* checkpoints;  // (B, ⌈L / chunk⌉, Di, N) fp32
   };
