@@ -234,6 +234,12 @@ step_torch() {
   {
     ls $B/python/mambacpp/ || grep -E "Python package" "$OUT/build.txt"
     timeout 300 python3 -X faulthandler -m pytest -v -p no:cacheprovider python/tests/test_torch.py 2>&1 | tail -80
+    # It died with SIGSEGV once (2026-12-05). A suspect: two OpenMP runtimes in one process (torch's bundled
+    # libgomp and the one our module links). Rerun with one OpenMP thread; then list both runtimes.
+    if [ "${PIPESTATUS[0]}" != 0 ]; then
+      OMP_NUM_THREADS=1 timeout 300 python3 -X faulthandler -m pytest -q -p no:cacheprovider python/tests/test_torch.py 2>&1 | tail -5
+      python3 -c 'import torch, mambacpp; print(open("/proc/self/maps").read())' 2>&1 | grep -o "/[^ ]*gomp[^ ]*" | sort -u
+    fi
     timeout 300 python3 bench/torch_scan_bench.py
   } > "$OUT/torch.txt" 2>&1
   cat "$OUT/torch.txt"
