@@ -76,10 +76,8 @@ TEST_P(GpuGradients, EqualTheCpusPerTensor) {
 // bf16 gradients of every golden fixture's model on the GPU against the CPU's bf16, per tensor, as close as
 // the CPU's bf16 is to its fp32 (at least 1e-2 of the tensor's largest): the products' sums run in another
 // order on each device (cuBLAS, OpenBLAS), so their bf16 roundings differ now and then by a unit. Both round
-// dlogits to bf16 before the head's products (the CPU did not at first: then 3 of the 11 fixtures differed
-// by 1.5e-2 to 1.7e-2 on an H100, where rounding or not alone moves the CPU's gradients by 2e-3 to 1.6e-2;
-// with it, 2 of the 11 still differ by 1.3e-2 to 2.9e-2, both small untied models with biases: open, the
-// message says how far each device's bf16 is from fp32).
+// dlogits to bf16 before the head's products. A failure names how far each device's bf16 is from fp32, to
+// tell a less accurate GPU path from a bound too tight for two independent roundings.
 TEST_P(GpuGradients, Bf16EqualTheCpusBf16) {
   REQUIRE_GPU();
   Model model = Model::load(fixtures_dir() / GetParam(), DType::F32);

@@ -312,20 +312,11 @@ void Backprop::forward_backward(const float* params, float* grads, const int32_t
     b.matmul_bwd({t, dy_, Di, false, mut(gw.out_proj_w.f32()), mut(gw.out_proj_b), dhidden, d, s.y, Di, lw.out_proj_w,
                   M, Di, d},
                  ws);
-    // The conv's output and Δ, recomputed: the forward's calls on the forward's inputs, so the same values.
-    const bool lti = c.ssm_mode == SsmMode::Lti;  // B, C are parameters (D, N): their gradients accumulate there
+    // The conv's output and Δ, recomputed by the forward's own calls from a zero tail, as the forward began.
     zero(tail_, int64_t{B_} * (K - 1) * Di);
-    b.conv1d(Conv1dParams{B_, L_, Di, K, t, s.xc, Di, s.xz, 2 * Di, lw.conv_w, lw.conv_b, tail_, tail_}, ws);
-    if (lti) {
-      b.fill_zero(s.delta, static_cast<size_t>(Di) * dtype_size(t));  // the one row of Δ the LTI scan reads
-    } else {
-      MatmulParams dt;
-      dt.out = s.delta, dt.ldo = Di, dt.out_dtype = t;
-      dt.inp = s.xdbl, dt.ldi = xw, dt.dtype = t;
-      dt.weight = lw.dt_proj_w, dt.bias = nullptr;
-      dt.M = M, dt.K = R, dt.N = Di;
-      b.matmul(dt, ws);
-    }
+    mixer_conv(b, buffers(s), lw, c, B_, L_, tail_, ws);
+    mixer_delta(b, buffers(s), lw, c, B_, L_, ws);
+    const bool lti = c.ssm_mode == SsmMode::Lti;  // B, C are parameters (D, N): their gradients accumulate there
     // selective scan (recomputing inside each chunk from the saved states)
     zero(dA_, nA);
     b.ssm_A(A_, lw.A_log, nA);

@@ -101,19 +101,33 @@ std::string mixer_unsupported(const Backend& backend, const Config& c, DType dty
   return {};
 }
 
+void mixer_conv(Backend& backend, const MixerBuffers& buf, const LayerWeights& lw, const Config& c, int B, int L,
+                float* tail, void* workspace) {
+  backend.conv1d(conv_params(buf, lw, c, B, L, tail), workspace);
+}
+
+void mixer_delta(Backend& backend, const MixerBuffers& buf, const LayerWeights& lw, const Config& c, int B, int L,
+                 void* workspace) {
+  const DType t = buf.dtype;
+  if (c.ssm_mode == SsmMode::Lti) {
+    backend.fill_zero(buf.delta, static_cast<size_t>(c.d_inner()) * dtype_size(t));  // the one row of delta the LTI scan reads
+    return;
+  }
+  const int Di = c.d_inner(), R = c.dt_rank, xw = R + 2 * c.d_state;
+  backend.matmul(matmul_params(buf.delta, Di, buf.xdbl, xw, t, lw.dt_proj_w, nullptr, int64_t{B} * L, R, Di), workspace);
+}
+
 void mixer_forward(Backend& backend, void* out, const MixerBuffers& buf, const void* normed, const LayerWeights& lw,
                    const float* A, const Config& c, int B, int L, const MixerCarry& carry, void* workspace) {
   const int d = c.d_model, Di = c.d_inner(), R = c.dt_rank, xw = R + 2 * c.d_state;
   const int64_t M = int64_t{B} * L;
   const DType t = buf.dtype;
   backend.matmul(matmul_params(buf.xz, 2 * Di, normed, d, t, lw.in_proj_w, lw.in_proj_b, M, d, 2 * Di), workspace);
-  backend.conv1d(conv_params(buf, lw, c, B, L, carry.conv_tail), workspace);
-  if (c.ssm_mode == SsmMode::Lti) {
-    backend.fill_zero(buf.delta, static_cast<size_t>(Di) * dtype_size(t));  // the one row of delta the LTI scan reads
-  } else {
+  mixer_conv(backend, buf, lw, c, B, L, carry.conv_tail, workspace);
+  if (c.ssm_mode != SsmMode::Lti) {
     backend.matmul(matmul_params(buf.xdbl, xw, buf.xc, Di, t, lw.x_proj_w, nullptr, M, Di, xw), workspace);
-    backend.matmul(matmul_params(buf.delta, Di, buf.xdbl, xw, t, lw.dt_proj_w, nullptr, M, R, Di), workspace);
   }
+  mixer_delta(backend, buf, lw, c, B, L, workspace);
   ScanParams scan = mixer_scan_params(buf, lw, A, c, B, L);
   scan.state_in = carry.ssm_in;
   scan.state_out = carry.ssm_out;

@@ -44,6 +44,15 @@ size_t mixer_workspace(Backend& backend, const Config& c, DType dtype, int B, in
 // Why `backend` cannot run this model's mixer with activations of `dtype` (weights of `weight`), or empty.
 std::string mixer_unsupported(const Backend& backend, const Config& c, DType dtype, DType weight);
 
+// buf.xc = SiLU(conv(x half of buf.xz)) from the tail (B, d_conv − 1, Di) fp32, which it updates; then buf.delta =
+// dt_proj(buf.xdbl) before its bias (LTI: the one zero row the scan reads). mixer_forward's middle (x_proj runs
+// between the two there), and the backward's recomputation of both from the saved xz and xdbl (model/backprop.h):
+// one function, so the recomputed values are the forward's.
+void mixer_conv(Backend& backend, const MixerBuffers& buf, const LayerWeights& lw, const Config& c, int B, int L,
+                float* tail, void* workspace);
+void mixer_delta(Backend& backend, const MixerBuffers& buf, const LayerWeights& lw, const Config& c, int B, int L,
+                 void* workspace);
+
 // out (M, d) = mixer(normed (M, d)), both in buf.dtype. A = −exp(A_log) of this layer, (Di, N).
 void mixer_forward(Backend& backend, void* out, const MixerBuffers& buf, const void* normed, const LayerWeights& lw,
                    const float* A, const Config& c, int B, int L, const MixerCarry& carry, void* workspace);
