@@ -41,6 +41,10 @@ fi
 echo "build: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$OUT/build.txt"
 B=/tmp/build
 cd_run() { OMP_NUM_THREADS=8 OMP_WAIT_POLICY=PASSIVE "$@"; }
+# Random fp16 models of the released shapes, made once per machine.
+models() { for m in "$@"; do [ -d /tmp/models/$m ] || $B/mambacpp init --preset $m --out /tmp/models/$m --seed 1 --dtype f16 >/dev/null; done; }
+# The official modules in /tmp/mbuild: copied from .official/prebuilt (or built), kept while the machine is warm.
+official_modules() { [ -d /tmp/mbuild/ss ] && [ -d /tmp/mbuild/cc ] || python3 .official/build.py >/dev/null 2>&1; }
 
 step_tests() {
   t0=$(date +%s)
@@ -71,13 +75,13 @@ step_sanitize() {
 step_official() {
   [ -d .official ] || { echo "official: no .official carried"; return; }
   t0=$(date +%s)
-  (python3 .official/build.py && python3 .official/bench.py gen prefill --models 130m,1.4b,2.8b) > "$OUT/official.jsonl" 2>&1
+  (official_modules && python3 .official/bench.py gen prefill --models 130m,1.4b,2.8b) > "$OUT/official.jsonl" 2>&1
   echo "official: $(( $(date +%s) - t0 )) s"
 }
 
 step_bench() {
   t0=$(date +%s)
-  for m in 130m 1.4b 2.8b; do $B/mambacpp init --preset $m --out /tmp/models/$m --seed 1 --dtype f16 >/dev/null; done
+  models 130m 1.4b 2.8b
   {
     # Decode as the official figures: prompt 128, 256 new tokens, greedy, batch 1 and 64, fp16.
     for m in 130m 1.4b 2.8b; do for b in 1 64; do
@@ -95,15 +99,12 @@ step_bench() {
 # check of a decode change; bench and official give the whole table).
 step_decode() {
   t0=$(date +%s)
-  for m in 130m 1.4b; do
-    [ -d /tmp/models/$m ] || $B/mambacpp init --preset $m --out /tmp/models/$m --seed 1 --dtype f16 >/dev/null
-  done
+  models 130m 1.4b
   {
     for m in 130m 1.4b; do for b in 1 64; do
       $B/mambacpp bench /tmp/models/$m --device cuda --dtype fp16 --batch $b --prompt 128 --steps 256 --repeats 3
     done; done
-    [ -d /tmp/mbuild/ss ] && [ -d /tmp/mbuild/cc ] || python3 .official/build.py >/dev/null 2>&1
-    python3 .official/bench.py gen --models 130m,1.4b
+    official_modules && python3 .official/bench.py gen --models 130m,1.4b
   } > "$OUT/decode.jsonl" 2>&1
   grep -E '"decode"|figure' "$OUT/decode.jsonl" | python3 -c '
 import json, sys
@@ -126,7 +127,7 @@ step_racecheck() {
 # profiled one by one), with the clocks left alone; dev/cuda/profile_summary.py sums them by kernel.
 step_profile() {
   t0=$(date +%s)
-  [ -d /tmp/models/130m ] || $B/mambacpp init --preset 130m --out /tmp/models/130m --seed 1 --dtype f16 >/dev/null
+  models 130m
   for b in 1 64; do
     timeout 200 ncu --clock-control none --graph-profiling node --csv --metrics gpu__time_duration.sum \
       $B/mambacpp bench /tmp/models/130m --device cuda --dtype fp16 --batch $b --prompt 16 --steps 4 --repeats 1 \
@@ -159,8 +160,7 @@ step_trainbench() {
       $B/mambacpp bench-train --preset $1 --batch $2 --seq-len 2048 --steps 10 --warmup 2 --device cuda --dtype bf16 --peak-tflops 989
       $B/mambacpp bench-train --preset $1 --batch $2 --seq-len 2048 --steps 10 --warmup 2 --device cuda --dtype fp32 --peak-tflops 67
     done
-    # (the modules that an earlier call's official step built stay in /tmp/mbuild on a warm machine)
-    { [ -d /tmp/mbuild/ss ] && [ -d /tmp/mbuild/cc ] || python3 .official/build.py >/dev/null 2>&1; } && python3 .official/bench.py train
+    official_modules && python3 .official/bench.py train
   } > "$OUT/train_bench.jsonl" 2>&1
   cat "$OUT/train_bench.jsonl"
   echo "trainbench: $(( $(date +%s) - t0 )) s"
@@ -229,7 +229,7 @@ PY
 # mamba_ssm (the official modules from .official), then both side by side (bench/torch_scan_bench.py).
 step_torch() {
   t0=$(date +%s)
-  [ -d /tmp/mbuild/ss ] || python3 .official/build.py ss >/dev/null 2>&1
+  official_modules
   export PYTHONPATH=$B/python:/tmp/mbuild/ss:$PWD/.official/src/mamba
   {
     ls $B/python/mambacpp/ || grep -E "Python package" "$OUT/build.txt"
