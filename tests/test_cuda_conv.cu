@@ -190,9 +190,9 @@ TEST_F(CudaConv, ForwardBackward) {
 
 // Decode: the conv step and the scan step, one token at a time, equal the sequence kernels (in every
 // dtype: the same fp32 arithmetic, so 16-bit outputs differ at most by their rounding).
-void run_decode_case(DType dtype) {
-  SCOPED_TRACE(dtype_label(dtype));
-  const int B = 3, L = 9, D = 70, K = 4, N = 16;
+void run_decode_case(DType dtype, int N) {
+  SCOPED_TRACE(std::string(dtype_label(dtype)) + " N " + std::to_string(N));
+  const int B = 3, L = 9, D = 70, K = 4;
   const size_t es = dtype == DType::F32 ? 4 : 2;
   auto at = [&](const DeviceArray& b, size_t elems) { return static_cast<char*>(b.ptr) + elems * es; };
   std::mt19937 rng(77);
@@ -253,11 +253,15 @@ void run_decode_case(DType dtype) {
   const double ey = rel_err(ystepped, yseq), eh = rel_err(download(dh.ptr, h0.size(), DType::F32), download(hL.ptr, h0.size(), DType::F32));
   EXPECT_LE(ey, dtype == DType::F32 ? 1e-5 : 2e-3);  // 16-bit: an output may round the other way
   EXPECT_LE(eh, 1e-5);
-  std::printf("  decode steps vs sequence (%s): conv %.1e, scan y %.1e, state %.1e\n", dtype_label(dtype), rel_err(stepped, seq), ey, eh);
+  std::printf("  decode steps vs sequence (%s, N %d): conv %.1e, scan y %.1e, state %.1e\n", dtype_label(dtype), N,
+              rel_err(stepped, seq), ey, eh);
 }
 
 TEST_F(CudaConv, DecodeStepsEqualSequence) {
-  for (DType dt : {DType::F32, DType::BF16, DType::F16}) run_decode_case(dt);
+  // N = 16, 32, 64: four states a lane; 3 and 40: one a lane (40 / 4 is no power of two).
+  for (int N : {16, 32, 64, 3, 40}) {
+    for (DType dt : {DType::F32, DType::BF16, DType::F16}) run_decode_case(dt, N);
+  }
 }
 
 }  // namespace

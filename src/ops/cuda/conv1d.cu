@@ -7,6 +7,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -140,50 +141,91 @@ __global__ void conv1d_bwd_reduce_kernel(ConvBwdKernelParams kp) {
   }
 }
 
+// One token of the conv: a thread per channel, blockIdx.y the sequence (no 64-bit division per thread: at
+// batch 64 the index arithmetic cost as much as the loads).
 template <typename T>
 __global__ void conv1d_step_kernel(T* out, float* tail, const T* x, int64_t x_stride, const float* weight,
-                                   const float* bias, int batch, int dim, int K) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // (b, d)
-  if (i >= static_cast<int64_t>(batch) * dim) return;
-  const int64_t b = i / dim;
-  const int d = static_cast<int>(i % dim);
+                                   const float* bias, int dim, int K) {
+  const int d = blockIdx.x * blockDim.x + threadIdx.x;
+  if (d >= dim) return;
+  const int64_t b = blockIdx.y;
   const float xv = to_float(x[b * x_stride + d]);
   float* tl = tail + b * (K - 1) * dim + d;  // (K − 1) rows of the tail, stride dim
+  const float* w = weight + static_cast<int64_t>(d) * K;
   float acc = bias ? bias[d] : 0.0f;
-  for (int k = 0; k < K - 1; k++) acc += weight[static_cast<int64_t>(d) * K + k] * tl[k * dim];
-  acc += weight[static_cast<int64_t>(d) * K + K - 1] * xv;
+  for (int k = 0; k < K - 1; k++) acc += w[k] * tl[k * dim];
+  acc += w[K - 1] * xv;
   for (int k = 0; k + 1 < K - 1; k++) tl[k * dim] = tl[(k + 1) * dim];
   if (K > 1) tl[(K - 2) * dim] = xv;
   out[b * dim + d] = from_float<T>(silu(acc));
 }
 
-// One token of the scan: G lanes per channel (b, d), a power of two ≤ 32 near N, lane j taking the states
-// n ≡ j (mod G), so that a warp's loads and stores of its channels' states (contiguous, N floats each) are
-// whole lines rather than one line per thread; C·h summed across the group by shuffles.
+// One token of the scan: G = 2^log2G lanes per channel (b, d), a power of two ≤ 32 near N, lane j taking the
+// states n ≡ j (mod G), so that a warp's loads and stores of its channels' states (contiguous, N floats each)
+// are whole lines rather than one line per thread; C·h summed across the group by shuffles. blockIdx.y is the
+// sequence and the rest is shifts: 64-bit divisions per thread cost more than the state's loads at batch 64.
 template <typename T>
-__global__ void scan_step_kernel(ScanParams p, float* state, int G) {
-  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t i = t / G;  // (b, d)
-  const int lane = static_cast<int>(t % G);
-  const bool valid = i < static_cast<int64_t>(p.batch) * p.dim;  // the others take part in the shuffles only
+__global__ void scan_step_kernel(ScanParams p, float* state, int log2G) {
+  const int G = 1 << log2G;
+  const int lane = threadIdx.x & (G - 1);
+  const int d = blockIdx.x * (blockDim.x >> log2G) + (threadIdx.x >> log2G);
+  const int64_t b = blockIdx.y;
+  const bool valid = d < p.dim;  // the others take part in the shuffles only
   const int N = p.dstate;
   float acc = 0.0f, u = 0.0f;
-  int64_t b = 0;
-  int d = 0;
   if (valid) {
-    b = i / p.dim;
-    d = static_cast<int>(i % p.dim);
     u = to_float(static_cast<const T*>(p.u)[b * p.u_stride + d]);
     float dt = to_float(static_cast<const T*>(p.delta)[b * p.delta_stride + d]) + (p.delta_bias ? p.delta_bias[d] : 0.0f);
     if (p.delta_softplus) dt = softplus(dt);
     const T* Bm = static_cast<const T*>(p.Bm) + b * p.B_stride;
     const T* Cm = static_cast<const T*>(p.Cm) + b * p.C_stride;
-    float* h = state + i * N;
+    const float* A = p.A + static_cast<int64_t>(d) * N;
+    float* h = state + (b * p.dim + d) * N;
     for (int n = lane; n < N; n += G) {
-      const float hn = __expf(dt * p.A[static_cast<int64_t>(d) * N + n]) * h[n] + dt * to_float(Bm[n]) * u;
+      const float hn = __expf(dt * A[n]) * h[n] + dt * to_float(Bm[n]) * u;
       h[n] = hn;
       acc += to_float(Cm[n]) * hn;
     }
+  }
+  for (int offset = G / 2; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+  if (!valid || lane != 0) return;
+  float y = acc + (p.D ? p.D[d] * u : 0.0f);
+  if (p.z) y *= silu(to_float(static_cast<const T*>(p.z)[b * p.z_stride + d]));
+  static_cast<T*>(p.y)[b * p.y_stride + d] = from_float<T>(y);
+}
+
+// The same step with four consecutive states a lane (N a multiple of 4, N / 4 a power of two ≤ 32: 16, 32,
+// 64, 128): h and A move as float4, a quarter of the threads. With one state a thread the step is bound by
+// the latency of its few loads (at batch 64 the 130m's state is 1.6 M threads, six waves of an H100 each
+// waiting on DRAM); four a thread keep four times the bytes in flight per thread.
+template <typename T>
+__global__ void scan_step4_kernel(ScanParams p, float* state, int log2G) {
+  const int G = 1 << log2G;
+  const int lane = threadIdx.x & (G - 1);
+  const int d = blockIdx.x * (blockDim.x >> log2G) + (threadIdx.x >> log2G);
+  const int64_t b = blockIdx.y;
+  const bool valid = d < p.dim;
+  const int N = p.dstate, n = 4 * lane;
+  float acc = 0.0f, u = 0.0f;
+  if (valid) {
+    float4* h4 = reinterpret_cast<float4*>(state + (b * p.dim + d) * N + n);
+    const float4 a = *reinterpret_cast<const float4*>(p.A + static_cast<int64_t>(d) * N + n);
+    const float4 h = *h4;
+    const T* Bm = static_cast<const T*>(p.Bm) + b * p.B_stride + n;
+    const T* Cm = static_cast<const T*>(p.Cm) + b * p.C_stride + n;
+    const float b0 = to_float(Bm[0]), b1 = to_float(Bm[1]), b2 = to_float(Bm[2]), b3 = to_float(Bm[3]);
+    const float c0 = to_float(Cm[0]), c1 = to_float(Cm[1]), c2 = to_float(Cm[2]), c3 = to_float(Cm[3]);
+    u = to_float(static_cast<const T*>(p.u)[b * p.u_stride + d]);
+    float dt = to_float(static_cast<const T*>(p.delta)[b * p.delta_stride + d]) + (p.delta_bias ? p.delta_bias[d] : 0.0f);
+    if (p.delta_softplus) dt = softplus(dt);
+    const float du = dt * u;
+    float4 o;
+    o.x = __expf(dt * a.x) * h.x + du * b0;
+    o.y = __expf(dt * a.y) * h.y + du * b1;
+    o.z = __expf(dt * a.z) * h.z + du * b2;
+    o.w = __expf(dt * a.w) * h.w + du * b3;
+    *h4 = o;
+    acc = c0 * o.x + c1 * o.y + c2 * o.z + c3 * o.w;
   }
   for (int offset = G / 2; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
   if (!valid || lane != 0) return;
@@ -298,12 +340,13 @@ void conv1d_silu_step(void* out, float* tail, const void* x, int64_t x_stride, c
   if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16) {
     throw std::invalid_argument("conv1d_silu_step: dtype must be f32, bf16 or f16");
   }
-  const int64_t n = static_cast<int64_t>(batch) * dim;
-  if (n == 0) return;
+  if (batch > 65535) throw std::invalid_argument("conv1d_silu_step: batch above 65535");
+  if (batch <= 0 || dim <= 0) return;
+  const dim3 grid(blocks_for(dim, 256), batch);
   auto run = [&](auto zero) {
     using T = decltype(zero);
-    conv1d_step_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(static_cast<T*>(out), tail, static_cast<const T*>(x),
-                                                               x_stride, weight, bias, batch, dim, width);
+    conv1d_step_kernel<<<grid, 256, 0, stream>>>(static_cast<T*>(out), tail, static_cast<const T*>(x), x_stride,
+                                                 weight, bias, dim, width);
   };
   switch (dtype) {
     case DType::F32: run(float{}); break;
@@ -320,15 +363,32 @@ void selective_scan_step(const ScanParams& p, float* state, cudaStream_t stream)
   if (p.dtype != DType::F32 && p.dtype != DType::BF16 && p.dtype != DType::F16) {
     throw std::invalid_argument("selective_scan_step: dtype must be f32, bf16 or f16");
   }
-  const int64_t channels = static_cast<int64_t>(p.batch) * p.dim;
-  if (channels == 0) return;
-  int G = 1;
-  while (G < p.dstate && G < 32) G *= 2;
-  const unsigned blocks = blocks_for(channels * G, 128);  // 128 threads: whole warps, so the groups never straddle one
+  if (p.batch > 65535) throw std::invalid_argument("selective_scan_step: batch above 65535");
+  if (p.batch <= 0 || p.dim <= 0) return;
+  // Four states a lane where N allows and h and A are 16-byte aligned (every allocation is; an offset view
+  // may not be).
+  const int quads = p.dstate / 4;
+  const bool aligned = reinterpret_cast<uintptr_t>(state) % 16 == 0 && reinterpret_cast<uintptr_t>(p.A) % 16 == 0;
+  if (p.dstate % 4 == 0 && quads <= 32 && (quads & (quads - 1)) == 0 && aligned) {
+    int log2G = 0;
+    while ((1 << log2G) < quads) log2G++;
+    const dim3 grid(blocks_for(p.dim, 128 >> log2G), p.batch);
+    switch (p.dtype) {
+      case DType::F32: scan_step4_kernel<float><<<grid, 128, 0, stream>>>(p, state, log2G); break;
+      case DType::BF16: scan_step4_kernel<__nv_bfloat16><<<grid, 128, 0, stream>>>(p, state, log2G); break;
+      case DType::F16: scan_step4_kernel<__half><<<grid, 128, 0, stream>>>(p, state, log2G); break;
+    }
+    MAMBA_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  int log2G = 0;
+  while ((1 << log2G) < p.dstate && log2G < 5) log2G++;
+  // 128 threads: whole warps, so the groups never straddle one.
+  const dim3 grid(blocks_for(p.dim, 128 >> log2G), p.batch);
   switch (p.dtype) {
-    case DType::F32: scan_step_kernel<float><<<blocks, 128, 0, stream>>>(p, state, G); break;
-    case DType::BF16: scan_step_kernel<__nv_bfloat16><<<blocks, 128, 0, stream>>>(p, state, G); break;
-    case DType::F16: scan_step_kernel<__half><<<blocks, 128, 0, stream>>>(p, state, G); break;
+    case DType::F32: scan_step_kernel<float><<<grid, 128, 0, stream>>>(p, state, log2G); break;
+    case DType::BF16: scan_step_kernel<__nv_bfloat16><<<grid, 128, 0, stream>>>(p, state, log2G); break;
+    case DType::F16: scan_step_kernel<__half><<<grid, 128, 0, stream>>>(p, state, log2G); break;
   }
   MAMBA_CUDA_CHECK_LAUNCH();
 }
