@@ -134,6 +134,15 @@ class BackendOps : public ::testing::TestWithParam<std::tuple<Target, DType>> {
     }
     return runs({op});
   }
+  // rel_err, printed for the half dtypes: how far each backend's roundings leave it from the fp32 oracle, to
+  // compare the backends (the bound is a ceiling; a GPU kernel that rounds more than the CPU's shows here).
+  double err(const char* what, const std::vector<float>& got, const std::vector<float>& want) {
+    const double e = rel_err(got, want);
+    if (dtype_ != DType::F32) {
+      std::printf("  error %s %s: %.2e\n", ::testing::UnitTest::GetInstance()->current_test_info()->name(), what, e);
+    }
+    return e;
+  }
   Backend* b_ = nullptr;
   DType dtype_ = DType::F32;
 };
@@ -413,13 +422,13 @@ TEST_P(BackendOps, ScanBackward) {
   cg.dA = dA.data(), cg.dD = dD.data(), cg.ddelta_bias = dbias.data();
   cpu::selective_scan_backward(cg, q);
   const double tol = dtype_ == DType::F32 ? 1e-4 : 5e-2;  // gradients through L steps of a recurrence
-  EXPECT_LE(rel_err(d_du.read(), du), tol);
-  EXPECT_LE(rel_err(d_ddelta.read(), ddelta), tol);
-  EXPECT_LE(rel_err(d_dxz.read(), dxz), tol);      // dz written, the x half left as it was (7)
-  EXPECT_LE(rel_err(d_dxdbl.read(), dxdbl), tol);  // dB, dC written, δ's columns left as they were
-  EXPECT_LE(rel_err(d_dA.read(), dA), tol);
-  EXPECT_LE(rel_err(d_dD.read(), dD), tol);
-  EXPECT_LE(rel_err(d_dbias.read(), dbias), tol);
+  EXPECT_LE(err("du", d_du.read(), du), tol);
+  EXPECT_LE(err("ddelta", d_ddelta.read(), ddelta), tol);
+  EXPECT_LE(err("dxz", d_dxz.read(), dxz), tol);      // dz written, the x half left as it was (7)
+  EXPECT_LE(err("dxdbl", d_dxdbl.read(), dxdbl), tol);  // dB, dC written, δ's columns left as they were
+  EXPECT_LE(err("dA", d_dA.read(), dA), tol);
+  EXPECT_LE(err("dD", d_dD.read(), dD), tol);
+  EXPECT_LE(err("dbias", d_dbias.read(), dbias), tol);
 }
 
 TEST_P(BackendOps, Conv1dBackward) {
@@ -447,10 +456,10 @@ TEST_P(BackendOps, Conv1dBackward) {
   cpu::conv1d_silu_backward(dxz.data(), 2 * D, dtail.data(), dw.data(), db.data(), dout.data(), xz.data(), 2 * D,
                             tail.data(), w.data(), bias.data(), B, L, D, K);
   const double tol = dtype_ == DType::F32 ? 1e-5 : 2e-2;
-  EXPECT_LE(rel_err(d_dxz.read(), dxz), tol);  // dx written, the z half untouched
-  EXPECT_LE(rel_err(d_dw.read(), dw), tol);
-  EXPECT_LE(rel_err(d_db.read(), db), tol);
-  EXPECT_LE(rel_err(d_dtail.read(), dtail), tol);
+  EXPECT_LE(err("dxz", d_dxz.read(), dxz), tol);  // dx written, the z half untouched
+  EXPECT_LE(err("dw", d_dw.read(), dw), tol);
+  EXPECT_LE(err("db", d_db.read(), db), tol);
+  EXPECT_LE(err("dtail", d_dtail.read(), dtail), tol);
 }
 
 // The backward ops the model's training needs beyond the scan and the conv, the fused head + loss and the
@@ -495,8 +504,8 @@ TEST_P(BackendOps, RmsNormBackward) {
       cpu::residual_rmsnorm_backward(want_dr.data(), want_dw.data(), dout.data(), residual.data(), weight.data(), M, C,
                                      1e-5f);
       // fp32 arithmetic from the same rounded inputs in every dtype: only the order of the sums differs.
-      EXPECT_LE(rel_err(d_dresid.read(), want_dr), 2e-5) << "M " << M << " C " << C;
-      EXPECT_LE(rel_err(d_dw.read(), want_dw), 2e-5) << "M " << M << " C " << C;
+      EXPECT_LE(err("dresid", d_dresid.read(), want_dr), 2e-5) << "M " << M << " C " << C;
+      EXPECT_LE(err("dw", d_dw.read(), want_dw), 2e-5) << "M " << M << " C " << C;
     }
   }
 }
@@ -537,9 +546,9 @@ TEST_P(BackendOps, MatmulBackward) {
     cpu::matmul_backward(s.dinp ? want_dinp.data() : nullptr, ldi, want_dw.data(), s.bias ? want_db.data() : nullptr,
                          dout.data(), ldo, inp.data(), ldi, w.data(), s.M, s.K, s.N);
     const std::string where = std::to_string(s.M) + " × " + std::to_string(s.K) + " · " + std::to_string(s.N);
-    EXPECT_LE(rel_err(d_dinp.read(), want_dinp), 2 * tolerance(dtype_)) << where;  // the padding left as it was
-    EXPECT_LE(rel_err(d_dw.read(), want_dw), 2e-5) << where;  // fp32 sums of products of the same rounded values
-    EXPECT_LE(rel_err(d_db.read(), want_db), 2e-5) << where;
+    EXPECT_LE(err("dinp", d_dinp.read(), want_dinp), 2 * tolerance(dtype_)) << where;  // the padding left as it was
+    EXPECT_LE(err("dw", d_dw.read(), want_dw), 2e-5) << where;  // fp32 sums of products of the same rounded values
+    EXPECT_LE(err("db", d_db.read(), want_db), 2e-5) << where;
   }
 }
 
@@ -586,8 +595,8 @@ TEST_P(BackendOps, LmHeadCrossEntropy) {
     if (!s.head_grad) want_dw = dw;
     const std::string where = "M " + std::to_string(s.M) + " V " + std::to_string(s.V);
     EXPECT_LE(std::abs(d_loss.read()[0] - want_loss), 1e-5 * std::max(1.0f, std::abs(want_loss))) << where;
-    EXPECT_LE(rel_err(d_dhidden.read(), want_dh), 2 * tolerance(dtype_)) << where;
-    EXPECT_LE(rel_err(d_dw.read(), want_dw), dtype_ == DType::F32 ? 2e-5 : 2e-2) << where;
+    EXPECT_LE(err("dhidden", d_dhidden.read(), want_dh), 2 * tolerance(dtype_)) << where;
+    EXPECT_LE(err("dw", d_dw.read(), want_dw), dtype_ == DType::F32 ? 2e-5 : 2e-2) << where;
   }
 }
 
