@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 
 #include "core/npy.h"
@@ -31,8 +32,8 @@ using test::kGpu;
 // The gradients of one batch from zero, on a backend, in `dtype`; params and the result in host memory.
 std::vector<float> gradients(const Config& c, const std::vector<float>& params, const std::vector<int32_t>& ids,
                              const std::vector<int32_t>& targets, int B, int L, Backend& backend, double* loss,
-                             DType dtype = DType::F32) {
-  Backprop bp(c, B, L, 256, backend, dtype);
+                             DType dtype = DType::F32, int recompute = 1) {
+  Backprop bp(c, B, L, 256, backend, dtype, recompute);
   const size_t bytes = sizeof(float) * params.size();
   Buffer d_params(backend, bytes), d_grads(backend, bytes);
   backend.upload(d_params.data(), params.data(), bytes);
@@ -102,6 +103,29 @@ TEST_P(GpuGradients, Bf16EqualTheCpusBf16) {
     EXPECT_LE(relative_error(gpu.data() + s.offset, cpu.data() + s.offset, n), std::max(1e-2, 2 * bf16_vs_f32))
         << s.name << " (the GPU's bf16 vs fp32: " << relative_error(gpu.data() + s.offset, f32.data() + s.offset, n)
         << ", the CPU's: " << bf16_vs_f32 << ")";
+  }
+}
+
+// The recomputation levels on the GPU: the forward's kernels run again on the same inputs, so the loss and
+// the gradients are the same bit for bit at every level (the GPU's reductions keep a fixed order).
+TEST_P(GpuGradients, RecomputeLevelsAreBitwiseEqual) {
+  REQUIRE_GPU();
+  Model model = Model::load(fixtures_dir() / GetParam(), DType::F32);
+  const Config& c = model.config();
+  if (c.ssm_mode == SsmMode::Lti) GTEST_SKIP() << "the LTI scan is the CPU's only";
+  const int B = 2, L = 37;
+  auto ids = random_tokens(B * L, c.vocab_size, 1), targets = random_tokens(B * L, c.vocab_size, 2);
+  const std::vector<float> params = model.params_f32();
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    double loss0 = 0;
+    const auto kept = gradients(c, params, ids, targets, B, L, Backend::get(kGpu), &loss0, dtype, 0);
+    for (int level = 1; level <= Backprop::kMaxRecompute; level++) {
+      double loss = 0;
+      const auto got = gradients(c, params, ids, targets, B, L, Backend::get(kGpu), &loss, dtype, level);
+      EXPECT_EQ(loss, loss0) << "level " << level;
+      EXPECT_EQ(std::memcmp(got.data(), kept.data(), sizeof(float) * got.size()), 0)
+          << "level " << level << " " << dtype_name(dtype);
+    }
   }
 }
 

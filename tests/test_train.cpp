@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <fstream>
 
@@ -59,6 +60,37 @@ TEST(TrainParity, GradientsMatchTheReference) {
     EXPECT_NEAR(loss, expected, 1e-5 * std::abs(expected));
     expect_close_to_file(grads, model, kTrain / "grads.safetensors", 1e-4);
   }
+}
+
+// The recomputation levels trade memory for time: the same kernels on the same inputs, so the same loss and
+// gradients bit for bit, in fp32 and bf16, with less kept at each level and within bytes_needed.
+TEST(TrainParity, RecomputeLevelsGiveTheSameGradients) {
+  Model model = Model::load(kTrain);
+  const Config& c = model.config();
+  auto params = flat_params(model);
+  auto ids = read_ids(kTrain / "ids.npy"), targets = read_ids(kTrain / "targets.npy");
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    std::vector<float> kept;
+    double kept_loss = 0;
+    int64_t bytes_before = INT64_MAX;
+    for (int level = 0; level <= Backprop::kMaxRecompute; level++) {
+      std::vector<float> grads(params.size(), 0.0f);
+      Backprop bp(c, 2, 23, 5, Backend::cpu(), dtype, level);  // chunks of 5: the scan keeps states
+      const double loss = bp.step(params.data(), grads.data(), ids.data(), targets.data(), -100);
+      EXPECT_LT(bp.activation_bytes(), bytes_before) << "level " << level;
+      bytes_before = bp.activation_bytes();
+      EXPECT_GE(Backprop::bytes_needed(c, 2, 23, 5, dtype, level), bp.activation_bytes() + bp.weight_copy_bytes());
+      if (level == 0) {
+        kept = grads;
+        kept_loss = loss;
+        continue;
+      }
+      EXPECT_EQ(loss, kept_loss) << "level " << level;
+      EXPECT_EQ(std::memcmp(grads.data(), kept.data(), sizeof(float) * grads.size()), 0)
+          << "level " << level << " " << dtype_name(dtype);
+    }
+  }
+  EXPECT_THROW(Backprop(c, 2, 23, 5, Backend::cpu(), DType::F32, 3), Error);
 }
 
 struct Trajectory {

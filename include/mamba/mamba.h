@@ -442,7 +442,7 @@ struct TrainOptions {
   std::filesystem::path out;        // the run folder: latest model, log.jsonl, checkpoints/
   // Continue a run folder or checkpoint exactly. Its options are kept but for those named in `given`:
   // the schedule's, the optimizer's, evaluation's and checkpoints' (steps, warmup, lr, lr_min, schedule,
-  // weight_decay, clip, beta1, beta2, adam_eps, scan_chunk, eval_every, eval_batches, save_every, keep)
+  // weight_decay, clip, beta1, beta2, adam_eps, scan_chunk, recompute, eval_every, eval_batches, save_every, keep)
   // take the value given here; any other must equal the run's (its data stream continues where it
   // stopped), as must the shape and the kind of data.
   std::filesystem::path resume;
@@ -468,6 +468,9 @@ struct TrainOptions {
   uint64_t seed = 0;
   bool sequential = false;
   int scan_chunk = 256;
+  // What the backward recomputes instead of keeping per layer: 0 nothing, 1 the conv's output and Δ, 2 also
+  // the scan's forward (its chunk states and output): less memory for more time, the same gradients.
+  int recompute = 1;
   int64_t eval_every = 100, eval_batches = 8, save_every = 0, keep = 3;
   // Writes the first step's gradients (the mean over its micro-batches, before clipping) to this
   // .safetensors file, with the parameters' names, for comparisons with other implementations.

@@ -50,8 +50,8 @@ __version__ = _core.version()
 _TRAIN_OPTIONS = (
     "val_every", "init_from", "resume", "preset", "d_model", "n_layer", "d_state", "d_conv", "expand", "dt_rank",
     "batch", "seq_len", "accum", "steps", "warmup", "lr", "lr_min", "schedule", "weight_decay", "clip", "beta1",
-    "beta2", "adam_eps", "seed", "sequential", "scan_chunk", "eval_every", "eval_batches", "save_every", "keep",
-    "fixed_batch", "dump_grads", "device", "dtype", "distributed", "dist_timeout_s", "rendezvous", "bucket_mb",
+    "beta2", "adam_eps", "seed", "sequential", "scan_chunk", "recompute", "eval_every", "eval_batches", "save_every",
+    "keep", "fixed_batch", "dump_grads", "device", "dtype", "distributed", "dist_timeout_s", "rendezvous", "bucket_mb",
 )
 
 
@@ -76,8 +76,8 @@ def train(data=None, out=None, *, tokens=None, on_step=None, **options):
     options given with it, the schedule's, the optimizer's, evaluation's and checkpoints' (steps, lr, ...)
     are applied and the others must equal the run's. init_from="folder" fine-tunes a model. Other
     options, as `mambacpp train`'s flags: batch, seq_len, accum, steps, warmup, lr, lr_min, schedule,
-    weight_decay, clip, beta1, beta2, adam_eps, seed, sequential, scan_chunk, eval_every, eval_batches,
-    save_every, keep, val_every, dump_grads (the first step's gradients to a .safetensors file). dtype:
+    weight_decay, clip, beta1, beta2, adam_eps, seed, sequential, scan_chunk, recompute, eval_every,
+    eval_batches, save_every, keep, val_every, dump_grads (the first step's gradients to a .safetensors file). dtype:
     "fp32", or "bf16" / "fp16" mixed precision (fp32 master weights; fp16 with dynamic loss scaling, its
     skipped steps in TrainStep.skipped); by default bf16 on a GPU and fp32 on the CPU. Data
     parallel (docs/training.md): a script started by `mpirun -np N python3 ...` joins the job (batch is

@@ -38,6 +38,6 @@ def train(data: Optional[_Paths] = None, out: Union[None, str, os.PathLike] = No
           expand: int = ..., dt_rank: int = ..., batch: int = ..., seq_len: int = ..., accum: int = ...,
           steps: int = ..., warmup: int = ..., lr: float = ..., lr_min: float = ..., schedule: str = ...,
           weight_decay: float = ..., clip: float = ..., beta1: float = ..., beta2: float = ...,
-          adam_eps: float = ..., seed: int = ..., sequential: bool = ..., scan_chunk: int = ..., eval_every: int = ...,
+          adam_eps: float = ..., seed: int = ..., sequential: bool = ..., scan_chunk: int = ..., recompute: int = ..., eval_every: int = ...,
           eval_batches: int = ..., save_every: int = ..., keep: int = ...,
           dump_grads: Union[str, os.PathLike] = ..., device: str = ..., dtype: str = ...) -> TrainSummary: ...

@@ -806,6 +806,7 @@ PYBIND11_MODULE(_core, mod) {
       .def_readwrite("seed", &TrainOptions::seed)
       .def_readwrite("sequential", &TrainOptions::sequential)
       .def_readwrite("scan_chunk", &TrainOptions::scan_chunk)
+      .def_readwrite("recompute", &TrainOptions::recompute)
       .def_readwrite("eval_every", &TrainOptions::eval_every)
       .def_readwrite("eval_batches", &TrainOptions::eval_batches)
       .def_readwrite("save_every", &TrainOptions::save_every)

@@ -965,6 +965,7 @@ mamba::TrainOptions trainer_options(const TrainOptions& o) {
   t.seed = o.seed;
   t.sequential = o.sequential;
   t.scan_chunk = o.scan_chunk;
+  t.recompute = o.recompute;
   t.eval_every = o.eval_every;
   t.eval_batches = o.eval_batches;
   t.save_every = o.save_every;

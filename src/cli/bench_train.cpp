@@ -29,7 +29,7 @@ void add_bench_train(CLI::App& app) {
   struct Options {
     ShapeFlags shape;
     std::string device = "cpu", dtype;
-    int batch = 8, seq_len = 2048, steps = 10, warmup = 2, scan_chunk = 256, vocab = 0;
+    int batch = 8, seq_len = 2048, steps = 10, warmup = 2, scan_chunk = 256, vocab = 0, recompute = 1;
     double peak_tflops = 0;
   };
   static Options o;
@@ -45,6 +45,9 @@ void add_bench_train(CLI::App& app) {
   cmd->add_option("--warmup", o.warmup, "Untimed steps first")->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd->add_option("--scan-chunk", o.scan_chunk, "Scan steps between saved states")->capture_default_str()
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--recompute", o.recompute,
+                  "What the backward recomputes instead of keeping per layer: 0 nothing, 1 the conv and Δ, 2 also the scan")
+      ->capture_default_str()->check(CLI::Range(0, 2));
   cmd->add_option("--peak-tflops", o.peak_tflops,
                   "The device's peak rate for this precision, for model FLOPs utilization (0: not reported)")
       ->check(CLI::NonNegativeNumber);
@@ -63,7 +66,7 @@ void add_bench_train(CLI::App& app) {
     const int64_t tokens = int64_t{o.batch} * o.seq_len;
     if (backend.host_memory()) {
       check_memory(sat_add(sat_mul(parameter_bytes(c), 4),
-                           Backprop::bytes_needed(c, o.batch, o.seq_len, o.scan_chunk, dtype)),
+                           Backprop::bytes_needed(c, o.batch, o.seq_len, o.scan_chunk, dtype, o.recompute)),
                    "bench-train: " + std::to_string(tokens) + " tokens a step");
     }
 
@@ -76,7 +79,7 @@ void add_bench_train(CLI::App& app) {
     Buffer params(backend, bytes), grads(backend, bytes), stats(backend, sizeof(double) + sizeof(float));
     backend.upload(params.data(), host.data(), bytes);
     host = {};
-    Backprop backprop(c, o.batch, o.seq_len, o.scan_chunk, backend, dtype);
+    Backprop backprop(c, o.batch, o.seq_len, o.scan_chunk, backend, dtype, o.recompute);
     const float loss_scale = dtype == DType::F16 ? 65536.0f : 1.0f;
     AdamW adam(specs, n, AdamWOptions{}, backend);
     Rng rng(2);
@@ -121,6 +124,7 @@ void add_bench_train(CLI::App& app) {
                            {"batch", o.batch},
                            {"seq_len", o.seq_len},
                            {"dtype", std::string(precision_name(dtype))},
+                           {"recompute", o.recompute},
                            {"device", backend.device().name()},
                            {"backend", backend.describe()},
                            {"steps", o.steps},

@@ -115,6 +115,11 @@ void add_train(CLI::App& app) {
   flag(cmd->add_flag("--sequential", t.sequential, "Read the data in order, without shuffling"), "sequential");
   flag(cmd->add_option("--scan-chunk", t.scan_chunk, "Scan steps between saved states (memory vs recomputation)"), "scan_chunk")
       ->capture_default_str()->check(CLI::PositiveNumber);
+  flag(cmd->add_option("--recompute", t.recompute,
+                       "What the backward recomputes instead of keeping per layer: 0 nothing, 1 the conv and Δ, "
+                       "2 also the scan (least memory)"),
+       "recompute")
+      ->capture_default_str()->check(CLI::Range(0, 2));
   flag(cmd->add_option("--eval-every", t.eval_every, "Validate every N steps (0: only at the end)"), "eval_every")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   flag(cmd->add_option("--eval-batches", t.eval_batches, "Batches per validation"), "eval_batches")->capture_default_str()->check(CLI::PositiveNumber);

@@ -41,7 +41,7 @@ inline void* offset(void* p, int64_t n, DType dtype) {
 
 }  // namespace
 
-int64_t Backprop::bytes_needed(const Config& c, int64_t B, int64_t L, int64_t scan_chunk, DType dtype) {
+int64_t Backprop::bytes_needed(const Config& c, int64_t B, int64_t L, int64_t scan_chunk, DType dtype, int recompute) {
   // The constructor's allocations (views rounded up to 64 bytes), the ops' workspace, and the scan backward's
   // per-call buffers (backward.cpp): partial dB, dC (threads, B, L, 2N) and per thread the chunk's
   // recomputed states (chunk + 1, N, 16 lanes), decays (chunk, N, 16) and Δ, softplus' (chunk, 16).
@@ -51,13 +51,18 @@ int64_t Backprop::bytes_needed(const Config& c, int64_t B, int64_t L, int64_t sc
   const int64_t chunks = L / chunk + (L % chunk != 0);
   const bool low = dtype != DType::F32;
   const int64_t e = static_cast<int64_t>(dtype_size(dtype));
-  // Per token: saved per layer, the fp32 residual and in `dtype` the norm's output, xz, y and x_proj's output;
-  // once, the conv's output and Δ (recomputed in the backward); scratch, the fp32 residual gradient and in
-  // `dtype` the hidden state, its gradient (bf16, fp16), the norm's gradient and the mixer's activation
-  // gradients.
-  const int64_t saved_per_token = 4 * d + e * (d + 3 * Di + xw);
-  const int64_t scratch_per_token = 4 * d + e * ((low ? 3 : 2) * d + 7 * Di + xw);
-  int64_t bytes = sat_mul(c.n_layer, sat_add(sat_mul(M, saved_per_token), sat_mul(sat_mul(B, chunks), 4 * Di * N)));
+  // Per token: saved per layer, the fp32 residual and in `dtype` the norm's output, xz and x_proj's output,
+  // and what the recomputation level keeps (below 1 the conv's output and Δ, below 2 y); once, what it
+  // recomputes into one shared buffer; scratch, the fp32 residual gradient and in `dtype` the hidden state,
+  // its gradient (bf16, fp16), the norm's gradient and the mixer's activation gradients. The scan's chunk
+  // states: per layer below level 2, once at 2.
+  const int64_t kept = (recompute < 1 ? 2 * Di : 0) + (recompute < 2 ? Di : 0);
+  const int64_t shared = (recompute >= 1 ? 2 * Di : 0) + (recompute >= 2 ? Di : 0);
+  const int64_t saved_per_token = 4 * d + e * (d + 2 * Di + xw + kept);
+  const int64_t scratch_per_token = 4 * d + e * ((low ? 3 : 2) * d + 5 * Di + xw + shared);
+  const int64_t states = sat_mul(sat_mul(B, chunks), 4 * Di * N);
+  int64_t bytes = sat_mul(c.n_layer, sat_add(sat_mul(M, saved_per_token), recompute < 2 ? states : 0));
+  if (recompute >= 2) bytes = sat_add(bytes, states);
   bytes = sat_add(bytes, sat_mul(M, 4 * d + e * d + scratch_per_token));
   bytes = sat_add(bytes, sat_add(4 * (2 * Di * N), sat_add(sat_mul(B, 4 * (c.d_conv - 1) * Di), sat_mul(M, 8))));
   // The workspace: in fp32 the loss's rows of logits (and the head's gradient of a loss-only call); in
@@ -85,14 +90,18 @@ int64_t Backprop::bytes_needed(const Config& c, int64_t B, int64_t L, int64_t sc
   return bytes;
 }
 
-Backprop::Backprop(const Config& config, int B, int L, int scan_chunk, Backend& backend, DType dtype)
+Backprop::Backprop(const Config& config, int B, int L, int scan_chunk, Backend& backend, DType dtype, int recompute)
     // A chunk longer than the sequence is one chunk; clamped, its recomputation buffers fit the sequence.
     : config_(config), specs_(param_specs(config)), backend_(backend), B_(B), L_(L),
-      chunk_(backend.scan_state_chunk(std::clamp(scan_chunk, 1, std::max(1, L)))), dtype_(dtype) {
+      chunk_(backend.scan_state_chunk(std::clamp(scan_chunk, 1, std::max(1, L)))), dtype_(dtype),
+      recompute_(recompute) {
   const Config& c = config;
   const DType t = dtype;
   if (t != DType::F32 && t != DType::BF16 && t != DType::F16) {
     fail("training computes in F32, BF16 or F16, not ", dtype_name(t));
+  }
+  if (recompute < 0 || recompute > kMaxRecompute) {
+    fail("recompute level ", recompute, " is not one of 0 (keep all), 1 (the conv and Δ), 2 (also the scan)");
   }
   const bool lti = c.ssm_mode == SsmMode::Lti, low = t != DType::F32;
   // The embedding's backward reads the fp32 residual stream's gradient; Convert makes the matrices' copies.
@@ -112,23 +121,37 @@ Backprop::Backprop(const Config& config, int B, int L, int scan_chunk, Backend& 
 
   // Saved activations: per layer, then the final residual and norm. Walked twice: to size, then to carve.
   layers_.resize(static_cast<size_t>(config.n_layer));
-  // The conv's output and Δ are not kept per layer: every layer's forward writes them to one pair of
-  // buffers and the backward recomputes them (from xz and from x_proj's output) just before the layer's scan
-  // backward, as the official model does (checkpoint_lvl 1): 2·Di values a token and layer fewer, for a
-  // conv and a (M, R)·(R, Di) product per layer.
+  // What the recomputation level does not keep per layer goes to one buffer for every layer, which the
+  // forward writes and the backward recomputes just before the layer's backward: at 1 the conv's output and
+  // Δ (from xz and x_proj's output, as the official model's checkpoint_lvl 1), 2·Di values a token and layer
+  // for a conv and a (M, R)·(R, Di) product per layer; at 2 also the scan's chunk states and y (its forward
+  // run again), Di values a token and layer and 4·Di·N / chunk bytes, for a scan forward per layer.
   auto carve_saved = [&](Views& v) {
-    void *xc = nullptr, *delta = nullptr;
-    v.take(xc, M * Di, e);
-    v.take(delta, M * Di, e);
+    void *xc = nullptr, *delta = nullptr, *y = nullptr;
+    float* checkpoints = nullptr;
+    const int64_t states = int64_t{B} * chunks * Di * N;
+    if (recompute_ >= 1) {
+      v.take(xc, M * Di, e);
+      v.take(delta, M * Di, e);
+    }
+    if (recompute_ >= 2) {
+      v.take(y, M * Di, e);
+      v.take(checkpoints, states, 4);
+    }
     for (LayerSaved& s : layers_) {
       v.take(s.residual, M * d, 4);
       v.take(s.normed, M * d, e);
       v.take(s.xz, M * 2 * Di, e);
-      s.xc = xc;
       v.take(s.xdbl, M * xw, e);
-      s.delta = delta;
-      v.take(s.y, M * Di, e);
-      v.take(s.checkpoints, int64_t{B} * chunks * Di * N, 4);
+      s.xc = xc, s.delta = delta, s.y = y, s.checkpoints = checkpoints;
+      if (recompute_ < 1) {
+        v.take(s.xc, M * Di, e);
+        v.take(s.delta, M * Di, e);
+      }
+      if (recompute_ < 2) {
+        v.take(s.y, M * Di, e);
+        v.take(s.checkpoints, states, 4);
+      }
     }
     v.take(residual_f_, M * d, 4);
     v.take(normed_f_, M * d, e);
@@ -302,6 +325,17 @@ void Backprop::forward_backward(const float* params, float* grads, const int32_t
     const LayerWeights& lw = w.layers[l];
     const LayerWeights& gw = g_.layers[l];
     const LayerSaved& s = layers_[l];
+    // What this level did not keep, recomputed by the forward's own calls from a zero tail and state, as the
+    // forward began (the same kernels on the same inputs: the same values).
+    if (recompute_ >= 1) {
+      zero(tail_, int64_t{B_} * (K - 1) * Di);
+      mixer_conv(b, buffers(s), lw, c, B_, L_, tail_, ws);
+      mixer_delta(b, buffers(s), lw, c, B_, L_, ws);
+    }
+    if (recompute_ >= 2) {
+      b.ssm_A(A_, lw.A_log, nA);
+      mixer_scan(b, buffers(s), lw, A_, c, B_, L_, MixerCarry{nullptr, nullptr, nullptr, s.checkpoints, chunk_}, ws);
+    }
     // out_proj: its output was this layer's hidden, whose gradient is the residual gradient (fp32; rounded
     // to the activations' type for the product, as autograd hands a bf16 output its gradient in bf16).
     const void* dhidden = dresid_;
@@ -312,10 +346,6 @@ void Backprop::forward_backward(const float* params, float* grads, const int32_t
     b.matmul_bwd({t, dy_, Di, false, mut(gw.out_proj_w.f32()), mut(gw.out_proj_b), dhidden, d, s.y, Di, lw.out_proj_w,
                   M, Di, d},
                  ws);
-    // The conv's output and Δ, recomputed by the forward's own calls from a zero tail, as the forward began.
-    zero(tail_, int64_t{B_} * (K - 1) * Di);
-    mixer_conv(b, buffers(s), lw, c, B_, L_, tail_, ws);
-    mixer_delta(b, buffers(s), lw, c, B_, L_, ws);
     const bool lti = c.ssm_mode == SsmMode::Lti;  // B, C are parameters (D, N): their gradients accumulate there
     // selective scan (recomputing inside each chunk from the saved states)
     zero(dA_, nA);

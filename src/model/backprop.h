@@ -28,8 +28,11 @@ class Backprop {
   // Buffers for batches of B sequences of L tokens on `backend`; `scan_chunk` steps between saved scan
   // states; activations in `dtype` (F32, or BF16 / F16 for mixed precision). Fails naming the op when the
   // backend cannot train this model so.
+  // `recompute`: what the backward recomputes instead of keeping per layer (0 nothing; 1 the conv's output and
+  // Δ; 2 also the scan's forward, its chunk states and y): memory for time, the gradients the same.
   Backprop(const Config& config, int B, int L, int scan_chunk = 256, Backend& backend = Backend::cpu(),
-           DType dtype = DType::F32);
+           DType dtype = DType::F32, int recompute = 1);
+  static constexpr int kMaxRecompute = 2;
 
   // Mean cross-entropy of targets (B, L) given inputs (B, L) (host memory), over targets ≠ ignore_index.
   // params (and grads) are fp32 on the backend's device, laid out by param_specs. With `grads`, also runs
@@ -60,13 +63,14 @@ class Backprop {
   // the matrices among them), the ops' workspace and the scan backward's per-call buffers, computed
   // without overflow for any sizes (core/limits.h saturates them): checked before building one.
   static int64_t bytes_needed(const Config& config, int64_t B, int64_t L, int64_t scan_chunk,
-                              DType dtype = DType::F32);
+                              DType dtype = DType::F32, int recompute = 1);
   // Bytes of saved activations and scratch (for the memory formula in docs/training.md).
   int64_t activation_bytes() const { return static_cast<int64_t>(saved_.bytes() + scratch_.bytes()); }
   // Bytes of the matrices' low-precision copies (0 in fp32).
   int64_t weight_copy_bytes() const { return static_cast<int64_t>(copies_.bytes()); }
   Backend& backend() const { return backend_; }
   DType dtype() const { return dtype_; }
+  int recompute() const { return recompute_; }
   int batch() const { return B_; }
   int seqlen() const { return L_; }
 
@@ -76,11 +80,11 @@ class Backprop {
     float* residual;     // (M, d) fp32: the residual stream entering this layer's norm
     void* normed;        // (M, d) t
     void* xz;            // (M, 2·Di) t
-    void* xc;            // (M, Di) t: SiLU(conv(x)), the scan's u; one buffer for every layer, recomputed
+    void* xc;            // (M, Di) t: SiLU(conv(x)), the scan's u; from recompute 1, one buffer for every layer
     void* xdbl;          // (M, R + 2N) t
-    void* delta;         // (M, Di) t, before the bias and softplus; shared and recomputed as xc
-    void* y;             // (M, Di) t: gated scan output
-    float* checkpoints;  // (B, ⌈L / chunk⌉, Di, N) fp32
+    void* delta;         // (M, Di) t, before the bias and softplus; shared from recompute 1, as xc
+    void* y;             // (M, Di) t: gated scan output; shared from recompute 2
+    float* checkpoints;  // (B, ⌈L / chunk⌉, Di, N) fp32; shared from recompute 2
   };
 
   Config config_;
@@ -88,6 +92,7 @@ class Backprop {
   Backend& backend_;
   int B_, L_, chunk_;
   DType dtype_;
+  int recompute_;
   Buffer saved_;  // every LayerSaved view, then the final residual and norm
   std::vector<LayerSaved> layers_;
   float* residual_f_;  // (M, d) fp32

@@ -117,6 +117,16 @@ void mixer_delta(Backend& backend, const MixerBuffers& buf, const LayerWeights& 
   backend.matmul(matmul_params(buf.delta, Di, buf.xdbl, xw, t, lw.dt_proj_w, nullptr, int64_t{B} * L, R, Di), workspace);
 }
 
+void mixer_scan(Backend& backend, const MixerBuffers& buf, const LayerWeights& lw, const float* A, const Config& c,
+                int B, int L, const MixerCarry& carry, void* workspace) {
+  ScanParams scan = mixer_scan_params(buf, lw, A, c, B, L);
+  scan.state_in = carry.ssm_in;
+  scan.state_out = carry.ssm_out;
+  scan.chunk_states = carry.checkpoints;
+  scan.state_chunk = carry.chunk;
+  backend.scan(scan, workspace);
+}
+
 void mixer_forward(Backend& backend, void* out, const MixerBuffers& buf, const void* normed, const LayerWeights& lw,
                    const float* A, const Config& c, int B, int L, const MixerCarry& carry, void* workspace) {
   const int d = c.d_model, Di = c.d_inner(), R = c.dt_rank, xw = R + 2 * c.d_state;
@@ -128,12 +138,7 @@ void mixer_forward(Backend& backend, void* out, const MixerBuffers& buf, const v
     backend.matmul(matmul_params(buf.xdbl, xw, buf.xc, Di, t, lw.x_proj_w, nullptr, M, Di, xw), workspace);
   }
   mixer_delta(backend, buf, lw, c, B, L, workspace);
-  ScanParams scan = mixer_scan_params(buf, lw, A, c, B, L);
-  scan.state_in = carry.ssm_in;
-  scan.state_out = carry.ssm_out;
-  scan.chunk_states = carry.checkpoints;
-  scan.state_chunk = carry.chunk;
-  backend.scan(scan, workspace);
+  mixer_scan(backend, buf, lw, A, c, B, L, carry, workspace);
   backend.matmul(matmul_params(out, d, buf.y, Di, t, lw.out_proj_w, lw.out_proj_b, M, Di, d), workspace);
 }
 

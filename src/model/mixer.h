@@ -53,6 +53,12 @@ void mixer_conv(Backend& backend, const MixerBuffers& buf, const LayerWeights& l
 void mixer_delta(Backend& backend, const MixerBuffers& buf, const LayerWeights& lw, const Config& c, int B, int L,
                  void* workspace);
 
+// buf.y = selective_scan(buf.xc, Δ, A, B, C, D) ⊙ SiLU(z), carrying carry's states (its conv tail unused):
+// mixer_forward's scan, and the backward's recomputation of y and of the chunk states at the deepest
+// recomputation level.
+void mixer_scan(Backend& backend, const MixerBuffers& buf, const LayerWeights& lw, const float* A, const Config& c,
+                int B, int L, const MixerCarry& carry, void* workspace);
+
 // out (M, d) = mixer(normed (M, d)), both in buf.dtype. A = −exp(A_log) of this layer, (Di, N).
 void mixer_forward(Backend& backend, void* out, const MixerBuffers& buf, const void* normed, const LayerWeights& lw,
                    const float* A, const Config& c, int B, int L, const MixerCarry& carry, void* workspace);

@@ -94,6 +94,10 @@ void TrainOptions::validate(const std::string& where) const {
   at_least("seq_len", seq_len, 1);
   at_least("accum", accum, 1);
   at_least("scan_chunk", scan_chunk, 1);
+  at_least("recompute", recompute, 0);
+  if (recompute > Backprop::kMaxRecompute) {
+    fail(where, ": recompute ", recompute, " must be 0 (keep all), 1 (the conv and Δ) or 2 (also the scan)");
+  }
   at_least("steps", steps, 1);
   at_least("warmup", warmup, 0);
   at_least("eval_every", eval_every, 0);
@@ -124,7 +128,7 @@ nlohmann::json TrainOptions::to_json() const {
           {"lr_min", lr_min},       {"schedule", schedule},     {"weight_decay", weight_decay},
           {"clip", clip},           {"beta1", beta1},           {"beta2", beta2},
           {"adam_eps", adam_eps},   {"seed", seed},             {"sequential", sequential},
-          {"scan_chunk", scan_chunk}, {"eval_every", eval_every}, {"eval_batches", eval_batches},
+          {"scan_chunk", scan_chunk}, {"recompute", recompute}, {"eval_every", eval_every}, {"eval_batches", eval_batches},
           {"save_every", save_every}, {"keep", keep},           {"ignore_index", ignore_index},
           {"byte_level", byte_level}, {"val_every", val_every}, {"fixed_batch", fixed_batch},
           {"dtype", std::string(precision_name(dtype))}};
@@ -162,6 +166,7 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& j, const std::string&
   if (j.contains("adam_eps")) o.adam_eps = get_number(j, "adam_eps", where);
   if (j.contains("val_every")) o.val_every = get_int32(j, "val_every", where);
   if (j.contains("fixed_batch")) o.fixed_batch = get_flag(j, "fixed_batch", where);
+  if (j.contains("recompute")) o.recompute = get_int32(j, "recompute", where);
   if (j.contains("dtype")) {  // runs older than mixed precision were fp32
     const nlohmann::json& dtype = j["dtype"];
     if (!dtype.is_string()) fail(where, ": field \"dtype\" must be a string, got ", json_brief(dtype));
@@ -173,7 +178,7 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& j, const std::string&
 
 bool TrainOptions::resumable(const std::string& key) {
   static const char* keys[] = {"steps",     "warmup", "lr",    "lr_min",   "schedule",   "weight_decay",
-                               "clip",      "beta1",  "beta2", "adam_eps", "scan_chunk", "eval_every",
+                               "clip",      "beta1",  "beta2", "adam_eps", "scan_chunk", "recompute", "eval_every",
                                "eval_batches", "save_every", "keep", "dtype"};
   return std::find(std::begin(keys), std::end(keys), key) != std::end(keys);
 }
@@ -206,7 +211,7 @@ int64_t Trainer::bytes_needed(const Config& config, const TrainOptions& o, int w
   world = std::max(world, 1);
   const int64_t params = parameter_bytes(config);
   int64_t bytes = sat_add(sat_mul(params, 2), sat_mul(params / world + 64, 2));
-  bytes = sat_add(bytes, Backprop::bytes_needed(config, o.batch / world, o.seq_len, o.scan_chunk, o.dtype));
+  bytes = sat_add(bytes, Backprop::bytes_needed(config, o.batch / world, o.seq_len, o.scan_chunk, o.dtype, o.recompute));
   return sat_add(bytes, sat_mul(sat_mul(o.batch, o.seq_len), 8));
 }
 
@@ -251,7 +256,8 @@ Trainer::Trainer(const Config& config, std::vector<float> params, const Dataset&
       bucket_floats_(std::max<int64_t>(1, bucket_bytes / static_cast<int64_t>(sizeof(float)))),
       data_(data),
       out_(std::move(out)),
-      backprop_(config, options_.batch / world(), options_.seq_len, options_.scan_chunk, backend, options_.dtype),
+      backprop_(config, options_.batch / world(), options_.seq_len, options_.scan_chunk, backend, options_.dtype,
+                options_.recompute),
       adam_(specs_, size_, AdamWOptions{options_.lr, options_.beta1, options_.beta2, options_.adam_eps, options_.weight_decay},
             backend, comm ? rank() * shard_ : 0, comm ? std::min(size_, (rank() + 1) * shard_) : -1),
       sampler_(data.train, options_.batch, options_.seq_len, options_.sequential, options_.seed),
