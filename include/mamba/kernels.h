@@ -73,4 +73,11 @@ void scan_forward_cuda(const ScanArgs& args, void* workspace, void* stream);
 size_t scan_backward_cuda_workspace(const ScanArgs& args, const ScanGradArgs& grads);
 void scan_backward_cuda(const ScanArgs& args, const ScanGradArgs& grads, void* workspace, void* stream);
 
+// dst (batch, cols, rows) dense = src (batch, rows, cols), on the GPU: the layout change between mamba_ssm's
+// channel-major (batch, X, L) arrays and the kernels' token-major (batch, L, X). src's columns are
+// contiguous, its rows src_row_stride and its batches src_batch_stride elements apart; elements of 2 or 4
+// bytes. Queued on `stream`.
+void transpose_cuda(void* dst, const void* src, int64_t batch, int64_t rows, int64_t cols, int elem_bytes,
+                    int64_t src_batch_stride, int64_t src_row_stride, void* stream);
+
 }  // namespace mamba::kernels

@@ -104,11 +104,26 @@ def _check(u, delta, A, B, C, D, z, delta_bias):
     return batch, dim, seqlen, dstate
 
 
-def _token_major(t):
-    """(batch, X, seqlen) or (batch, 1, X, seqlen) -> (batch, seqlen, X), contiguous."""
+def _swapped(t, dtype):
+    """(batch, R, C) -> (batch, C, R) contiguous in dtype. On a GPU, for a dtype that stays and contiguous
+    rows, through mamba.cpp's tiled transpose (coalesced on both sides, about three times torch's
+    transpose().contiguous() on these shapes); otherwise through torch."""
+    if (t.is_cuda and t.dtype == dtype and t.element_size() in (2, 4) and t.stride(2) == 1 and t.shape[0] <= 65535
+            and _core._scan_cuda_built()):
+        out = _torch.empty(t.shape[0], t.shape[2], t.shape[1], dtype=dtype, device=t.device)
+        if out.numel():
+            with _torch.cuda.device(t.device):
+                _core._transpose(out.data_ptr(), t.data_ptr(), t.shape[0], t.shape[1], t.shape[2], t.element_size(),
+                                 t.stride(0), t.stride(1), _stream(t.device))
+        return out
+    return t.transpose(1, 2).to(dtype).contiguous()
+
+
+def _token_major(t, dtype):
+    """(batch, X, seqlen) or (batch, 1, X, seqlen) -> (batch, seqlen, X), contiguous in dtype."""
     if t.dim() == 4:
         t = t[:, 0]
-    return t.transpose(1, 2).contiguous()
+    return _swapped(t, dtype)
 
 
 def _ptr(t):
@@ -131,9 +146,9 @@ class SelectiveScanFn(_torch.autograd.Function):
         in_dtype = u.dtype
         # The CPU scan computes in fp32: other dtypes go through it converted.
         work = u.dtype if cuda else _torch.float32
-        ut, dt = _token_major(u).to(work), _token_major(delta).to(work)
-        Bt, Ct = _token_major(B).to(work), _token_major(C).to(work)
-        zt = None if z is None else _token_major(z).to(work)
+        ut, dt = _token_major(u, work), _token_major(delta, work)
+        Bt, Ct = _token_major(B, work), _token_major(C, work)
+        zt = None if z is None else _token_major(z, work)
         A_, D_ = A.contiguous(), None if D is None else D.contiguous()
         bias = None if delta_bias is None else delta_bias.contiguous()
         y = _torch.empty_like(ut)
@@ -155,7 +170,7 @@ class SelectiveScanFn(_torch.autograd.Function):
         ctx.shapes = (batch, dim, seqlen, dstate)
         ctx.in_dtype = in_dtype
         ctx.bc_dims = (B.dim(), C.dim())
-        out = y.transpose(1, 2).to(in_dtype).contiguous()
+        out = _swapped(y, in_dtype)
         if return_last_state:
             return out, last
         return out
@@ -170,7 +185,7 @@ class SelectiveScanFn(_torch.autograd.Function):
         dlast = rest[0] if rest and rest[0] is not None else None
         if dlast is not None:
             dlast = dlast.to(_torch.float32).contiguous()
-        dyt = dout.transpose(1, 2).to(work).contiguous()
+        dyt = _swapped(dout, work)
         du, ddelta = _torch.empty_like(ut), _torch.empty_like(dt)
         dz = None if zt is None else _torch.empty_like(zt)
         dB, dC = _torch.empty_like(Bt), _torch.empty_like(Ct)
@@ -191,7 +206,7 @@ class SelectiveScanFn(_torch.autograd.Function):
         in_dtype = ctx.in_dtype
 
         def back(t, dims):  # (batch, seqlen, X) -> the argument's layout and dtype
-            t = t.transpose(1, 2).to(in_dtype).contiguous()
+            t = _swapped(t, in_dtype)
             return t.unsqueeze(1) if dims == 4 else t
 
         return (back(du, 3), back(ddelta, 3), dA, back(dB, ctx.bc_dims[0]), back(dC, ctx.bc_dims[1]), dD,

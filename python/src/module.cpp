@@ -864,4 +864,10 @@ PYBIND11_MODULE(_core, mod) {
     const auto g = scan_grads(p, has_dlast ? p : 0, p, p, has_z ? p : 0, p, p, p, has_D ? p : 0, has_bias ? p : 0);
     return mamba::kernels::scan_backward_cuda_workspace(a, g);
   });
+  mod.def("_transpose", [](uint64_t dst, uint64_t src, int64_t batch, int64_t rows, int64_t cols, int elem_bytes,
+                           int64_t src_batch_stride, int64_t src_row_stride, uint64_t stream) {
+    py::gil_scoped_release release;
+    mamba::kernels::transpose_cuda(ptr<void>(dst), ptr<const void>(src), batch, rows, cols, elem_bytes,
+                                   src_batch_stride, src_row_stride, ptr<void>(stream));
+  });
 }

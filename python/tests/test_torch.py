@@ -157,7 +157,7 @@ def cuda_ready():
 
 
 @pytest.mark.skipif(not cuda_ready(), reason="needs a CUDA GPU and a build with the CUDA kernels")
-@pytest.mark.parametrize("dtype,case", itertools.product([torch.float32, torch.bfloat16], CASES[1:]))
+@pytest.mark.parametrize("dtype,case", list(itertools.product([torch.float32, torch.bfloat16], CASES[1:])))
 def test_cuda_matches_the_cpu_and_mamba_ssm(dtype, case):
     b, d, l, n, with_D, with_z, with_bias, softplus, grouped = case
     x = make_inputs(b, d, l, n, seed=l, with_D=with_D, with_z=with_z, with_bias=with_bias, grouped=grouped,
@@ -182,3 +182,16 @@ def test_cuda_matches_the_cpu_and_mamba_ssm(dtype, case):
         return
     y_off = official(**{k: gpu.get(k) for k in x}, delta_softplus=softplus)
     torch.testing.assert_close(y_gpu.float(), y_off.float(), **tol)
+
+
+@pytest.mark.skipif(not cuda_ready(), reason="needs a CUDA GPU and a build with the CUDA kernels")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_transpose_equals_torchs(dtype):
+    from mambacpp.torch import _swapped
+    g = torch.Generator(device="cuda").manual_seed(3)
+    for b, r, c in [(1, 1, 1), (2, 33, 65), (3, 64, 32), (2, 1000, 7), (1, 5, 2049)]:
+        x = torch.randn(b, r, c + 3, device="cuda", generator=g).to(dtype)[:, :, 1:c + 1]  # rows c + 3 apart
+        assert x.stride(1) == c + 3
+        assert torch.equal(_swapped(x, dtype), x.transpose(1, 2).contiguous())
+        four = torch.randn(b, 2, r, c, device="cuda", generator=g).to(dtype)[:, 1]  # a group of (b, g, n, l)
+        assert torch.equal(_swapped(four, dtype), four.transpose(1, 2).contiguous())

@@ -10,6 +10,7 @@
 #include "ops/cpu/ops.h"
 #include "ops/scan.h"
 #ifdef MAMBA_HAVE_CUDA
+#include "ops/cuda/ops.h"
 #include "ops/cuda/scan.h"
 #endif
 
@@ -183,11 +184,21 @@ void scan_backward_cuda(const ScanArgs& a, const ScanGradArgs& g, void* workspac
     cuda::selective_scan_bwd(cuda_grad_params(a, g), workspace, static_cast<cudaStream_t>(stream));
   });
 }
+void transpose_cuda(void* dst, const void* src, int64_t batch, int64_t rows, int64_t cols, int elem_bytes,
+                    int64_t src_batch_stride, int64_t src_row_stride, void* stream) {
+  if (!dst || !src) fail("transpose: dst and src are required");
+  if (src_row_stride < cols || src_batch_stride < 0) fail("transpose: the source's rows overlap");
+  cuda_call("transpose (CUDA)", [&] {
+    cuda::transpose(dst, src, batch, rows, cols, elem_bytes, src_batch_stride, src_row_stride,
+                    static_cast<cudaStream_t>(stream));
+  });
+}
 #else
 size_t scan_forward_cuda_workspace(const ScanArgs&) { no_cuda(); }
 void scan_forward_cuda(const ScanArgs&, void*, void*) { no_cuda(); }
 size_t scan_backward_cuda_workspace(const ScanArgs&, const ScanGradArgs&) { no_cuda(); }
 void scan_backward_cuda(const ScanArgs&, const ScanGradArgs&, void*, void*) { no_cuda(); }
+void transpose_cuda(void*, const void*, int64_t, int64_t, int64_t, int, int64_t, int64_t, void*) { no_cuda(); }
 #endif
 
 }  // namespace mamba::kernels

@@ -32,6 +32,11 @@ void argmax_fwd(int32_t* ids, const float* x, int64_t M, int N, cudaStream_t str
 // copies of mixed-precision training's weights, and its gradients between fp32 and the activations' type.
 void convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64_t n, cudaStream_t stream);
 
+// dst (batch, cols, rows) dense = src (batch, rows, cols) with its columns contiguous, rows src_row_stride
+// and batches src_batch_stride elements apart; elements of 2 or 4 bytes (copied as bits).
+void transpose(void* dst, const void* src, int64_t batch, int64_t rows, int64_t cols, int elem_bytes,
+               int64_t src_batch_stride, int64_t src_row_stride, cudaStream_t stream);
+
 // A = −exp(A_log) and dA_log += dA ⊙ A over n values (the SSM's parameter and its gradient).
 void ssm_A_fwd(float* A, const float* A_log, int64_t n, cudaStream_t stream);
 void ssm_dA_log_bwd(float* dA_log, const float* dA, const float* A, int64_t n, cudaStream_t stream);
