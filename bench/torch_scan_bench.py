@@ -106,7 +106,8 @@ for name, fn in impls:
                 k = kernels.setdefault(e.name[:90], [0, 0.0])
                 k[0] += 1
                 k[1] += getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0)) / 1000  # us -> ms
-        emit(profile=what, impl=name, B=b, D=d, L=l, N=n, dtype="bf16", total_ms=round(sum(v[1] for v in kernels.values()), 4),
+        total = round(sum(v[1] for v in kernels.values()), 4)
+        emit(profile=what, impl=name, B=b, D=d, L=l, N=n, dtype="bf16", total_ms=total,
              kernels=sorted(([k, c, round(ms, 4)] for k, (c, ms) in kernels.items()), key=lambda r: -r[2]))
         del ts, gout
 sys.exit(0)
