@@ -106,8 +106,7 @@ def _check(u, delta, A, B, C, D, z, delta_bias):
 
 def _swapped(t, dtype):
     """(batch, R, C) -> (batch, C, R) contiguous in dtype. On a GPU, for a dtype that stays and contiguous
-    rows, through mamba.cpp's tiled transpose (coalesced on both sides, about three times torch's
-    transpose().contiguous() on these shapes); otherwise through torch."""
+    rows, through mamba.cpp's tiled transpose (coalesced on both sides); otherwise through torch."""
     if (t.is_cuda and t.dtype == dtype and t.element_size() in (2, 4) and t.stride(2) == 1 and t.shape[0] <= 65535
             and _core._scan_cuda_built()):
         out = _torch.empty(t.shape[0], t.shape[2], t.shape[1], dtype=dtype, device=t.device)

@@ -332,8 +332,8 @@ void Backprop::forward_backward(const float* params, float* grads, const int32_t
       mixer_conv(b, buffers(s), lw, c, B_, L_, tail_, ws);
       mixer_delta(b, buffers(s), lw, c, B_, L_, ws);
     }
+    b.ssm_A(A_, lw.A_log, nA);  // A = −exp(A_log): the recomputed scan's and the scan backward's
     if (recompute_ >= 2) {
-      b.ssm_A(A_, lw.A_log, nA);
       mixer_scan(b, buffers(s), lw, A_, c, B_, L_, MixerCarry{nullptr, nullptr, nullptr, s.checkpoints, chunk_}, ws);
     }
     // out_proj: its output was this layer's hidden, whose gradient is the residual gradient (fp32; rounded
@@ -349,7 +349,6 @@ void Backprop::forward_backward(const float* params, float* grads, const int32_t
     const bool lti = c.ssm_mode == SsmMode::Lti;  // B, C are parameters (D, N): their gradients accumulate there
     // selective scan (recomputing inside each chunk from the saved states)
     zero(dA_, nA);
-    b.ssm_A(A_, lw.A_log, nA);
     ScanBwdParams g;
     g.fwd = mixer_scan_params(buffers(s), lw, A_, c, B_, L_);
     g.fwd.chunk_states = s.checkpoints;

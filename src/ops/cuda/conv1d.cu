@@ -141,8 +141,8 @@ __global__ void conv1d_bwd_reduce_kernel(ConvBwdKernelParams kp) {
   }
 }
 
-// One token of the conv: a thread per channel, blockIdx.y the sequence (no 64-bit division per thread: at
-// batch 64 the index arithmetic cost as much as the loads).
+// One token of the conv: a thread per channel, blockIdx.y the sequence (no 64-bit division per thread: an
+// emulated division costs as much as the thread's loads).
 template <typename T>
 __global__ void conv1d_step_kernel(T* out, float* tail, const T* x, int64_t x_stride, const float* weight,
                                    const float* bias, int dim, int K) {
@@ -196,8 +196,8 @@ __global__ void scan_step_kernel(ScanParams p, float* state, int log2G) {
 
 // The same step with four consecutive states a lane (N a multiple of 4, N / 4 a power of two ≤ 32: 16, 32,
 // 64, 128): h and A move as float4, a quarter of the threads. With one state a thread the step is bound by
-// the latency of its few loads (at batch 64 the 130m's state is 1.6 M threads, six waves of an H100 each
-// waiting on DRAM); four a thread keep four times the bytes in flight per thread.
+// the latency of its few loads (at large batches many waves of threads, each waiting on DRAM); four a
+// thread keep four times the bytes in flight per thread.
 template <typename T>
 __global__ void scan_step4_kernel(ScanParams p, float* state, int log2G) {
   const int G = 1 << log2G;
@@ -366,29 +366,26 @@ void selective_scan_step(const ScanParams& p, float* state, cudaStream_t stream)
   if (p.batch > 65535) throw std::invalid_argument("selective_scan_step: batch above 65535");
   if (p.batch <= 0 || p.dim <= 0) return;
   // Four states a lane where N allows and h and A are 16-byte aligned (every allocation is; an offset view
-  // may not be).
+  // may not be); else one state a lane.
   const int quads = p.dstate / 4;
   const bool aligned = reinterpret_cast<uintptr_t>(state) % 16 == 0 && reinterpret_cast<uintptr_t>(p.A) % 16 == 0;
-  if (p.dstate % 4 == 0 && quads <= 32 && (quads & (quads - 1)) == 0 && aligned) {
-    int log2G = 0;
-    while ((1 << log2G) < quads) log2G++;
-    const dim3 grid(blocks_for(p.dim, 128 >> log2G), p.batch);
-    switch (p.dtype) {
-      case DType::F32: scan_step4_kernel<float><<<grid, 128, 0, stream>>>(p, state, log2G); break;
-      case DType::BF16: scan_step4_kernel<__nv_bfloat16><<<grid, 128, 0, stream>>>(p, state, log2G); break;
-      case DType::F16: scan_step4_kernel<__half><<<grid, 128, 0, stream>>>(p, state, log2G); break;
-    }
-    MAMBA_CUDA_CHECK_LAUNCH();
-    return;
-  }
-  int log2G = 0;
-  while ((1 << log2G) < p.dstate && log2G < 5) log2G++;
+  const bool four = p.dstate % 4 == 0 && quads <= 32 && (quads & (quads - 1)) == 0 && aligned;
+  int log2G = 0;  // lanes per channel: a power of two ≤ 32
+  while ((1 << log2G) < (four ? quads : p.dstate) && log2G < 5) log2G++;
   // 128 threads: whole warps, so the groups never straddle one.
   const dim3 grid(blocks_for(p.dim, 128 >> log2G), p.batch);
+  auto run = [&](auto zero) {
+    using T = decltype(zero);
+    if (four) {
+      scan_step4_kernel<T><<<grid, 128, 0, stream>>>(p, state, log2G);
+    } else {
+      scan_step_kernel<T><<<grid, 128, 0, stream>>>(p, state, log2G);
+    }
+  };
   switch (p.dtype) {
-    case DType::F32: scan_step_kernel<float><<<grid, 128, 0, stream>>>(p, state, log2G); break;
-    case DType::BF16: scan_step_kernel<__nv_bfloat16><<<grid, 128, 0, stream>>>(p, state, log2G); break;
-    case DType::F16: scan_step_kernel<__half><<<grid, 128, 0, stream>>>(p, state, log2G); break;
+    case DType::F32: run(float{}); break;
+    case DType::BF16: run(__nv_bfloat16{}); break;
+    case DType::F16: run(__half{}); break;
   }
   MAMBA_CUDA_CHECK_LAUNCH();
 }
