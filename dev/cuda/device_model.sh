@@ -97,14 +97,16 @@ step_bench() {
 
 # Decode only, ours beside the official model's in the same call: 130m and 1.4b at batch 1 and 64 (a quick
 # check of a decode change; bench and official give the whole table).
+# DECODE_MODELS="130m 1.4b 2.8b" adds the 2.8b (about a minute more).
 step_decode() {
   t0=$(date +%s)
-  models 130m 1.4b
+  local ms=${DECODE_MODELS:-130m 1.4b}
+  models $ms
   {
-    for m in 130m 1.4b; do for b in 1 64; do
+    for m in $ms; do for b in 1 64; do
       $B/mambacpp bench /tmp/models/$m --device cuda --dtype fp16 --batch $b --prompt 128 --steps 256 --repeats 3
     done; done
-    official_modules && python3 .official/bench.py gen --models 130m,1.4b
+    official_modules && python3 .official/bench.py gen --models "$(echo $ms | tr ' ' ,)"
   } > "$OUT/decode.jsonl" 2>&1
   grep -E '"decode"|figure' "$OUT/decode.jsonl" | python3 -c '
 import json, sys

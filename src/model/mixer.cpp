@@ -31,6 +31,20 @@ MatmulParams matmul_params(void* out, int64_t ldo, const void* inp, int64_t ldi,
   return p;
 }
 
+// Inference of one token (a state carried in and out, nothing kept for a backward, which reads Δ) hands
+// Δ to the scan low-rank, as x_proj's first R columns and dt_proj's weight: the scan's step kernel
+// computes the product, one launch fewer a layer (ops/scan.h).
+bool low_rank_delta(const Config& c, int L, const MixerCarry& carry) {
+  return L == 1 && c.ssm_mode != SsmMode::Lti && carry.ssm_out && !carry.checkpoints;
+}
+
+void use_low_rank_delta(ScanParams& p, const MixerBuffers& buf, const LayerWeights& lw, const Config& c) {
+  p.delta = buf.xdbl;
+  p.delta_stride = c.dt_rank + 2 * c.d_state;
+  p.delta_proj = lw.dt_proj_w;
+  p.delta_rank = c.dt_rank;
+}
+
 }  // namespace
 
 ScanParams mixer_scan_params(const MixerBuffers& buf, const LayerWeights& lw, const float* A, const Config& c,
@@ -78,11 +92,18 @@ size_t mixer_workspace(Backend& backend, const Config& c, DType dtype, int B, in
   lw.D = lw.dt_proj_b = lw.lti_B = lw.lti_C = static_cast<const float*>(any);
   ScanParams scan = mixer_scan_params(buf, lw, static_cast<const float*>(any), c, B, L);
   scan.state_in = scan.state_out = static_cast<float*>(any);
+  size_t low_rank = 0;
+  if (low_rank_delta(c, L, MixerCarry{nullptr, nullptr, static_cast<float*>(any)})) {
+    ScanParams q = scan;
+    lw.dt_proj_w = WeightView{any, dtype};
+    use_low_rank_delta(q, buf, lw, c);
+    low_rank = backend.scan_workspace(q);
+  }
   const int d = c.d_model, Di = c.d_inner(), R = c.dt_rank, xw = R + 2 * c.d_state;
   const int64_t M = int64_t{B} * L;
   const WeightView w{any, dtype};  // the sizes depend on the activations' type, not the weights'
   return std::max({backend.conv1d_workspace(conv_params(buf, lw, c, B, L, static_cast<float*>(any))),
-                   backend.scan_workspace(scan),
+                   backend.scan_workspace(scan), low_rank,
                    backend.matmul_workspace(matmul_params(any, 2 * Di, any, d, dtype, w, nullptr, M, d, 2 * Di)),
                    backend.matmul_workspace(matmul_params(any, xw, any, Di, dtype, w, nullptr, M, Di, xw)),
                    backend.matmul_workspace(matmul_params(any, Di, any, xw, dtype, w, nullptr, M, R, Di)),
@@ -137,8 +158,16 @@ void mixer_forward(Backend& backend, void* out, const MixerBuffers& buf, const v
   if (c.ssm_mode != SsmMode::Lti) {
     backend.matmul(matmul_params(buf.xdbl, xw, buf.xc, Di, t, lw.x_proj_w, nullptr, M, Di, xw), workspace);
   }
-  mixer_delta(backend, buf, lw, c, B, L, workspace);
-  mixer_scan(backend, buf, lw, A, c, B, L, carry, workspace);
+  if (low_rank_delta(c, L, carry)) {
+    ScanParams scan = mixer_scan_params(buf, lw, A, c, B, L);
+    scan.state_in = carry.ssm_in;
+    scan.state_out = carry.ssm_out;
+    use_low_rank_delta(scan, buf, lw, c);
+    backend.scan(scan, workspace);
+  } else {
+    mixer_delta(backend, buf, lw, c, B, L, workspace);
+    mixer_scan(backend, buf, lw, A, c, B, L, carry, workspace);
+  }
   backend.matmul(matmul_params(out, d, buf.y, Di, t, lw.out_proj_w, lw.out_proj_b, M, Di, d), workspace);
 }
 

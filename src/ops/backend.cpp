@@ -32,6 +32,23 @@ void Backend::begin_capture() { fail(describe(), ": cannot record work"); }
 std::unique_ptr<Backend::Graph> Backend::end_capture() { fail(describe(), ": cannot record work"); }
 void Backend::replay(Graph&) { fail(describe(), ": cannot record work"); }
 
+MatmulParams delta_product(const ScanParams& p, void* product) {
+  if (p.delta_rank < 1) fail("scan: delta_proj needs delta_rank ≥ 1 (got ", p.delta_rank, ")");
+  MatmulParams m;
+  m.out = product, m.ldo = p.dim, m.out_dtype = p.dtype;
+  m.inp = p.delta, m.ldi = p.delta_stride, m.dtype = p.dtype;
+  m.weight = p.delta_proj;
+  m.M = int64_t{p.batch} * p.seqlen, m.K = p.delta_rank, m.N = p.dim;
+  return m;
+}
+
+ScanParams over_delta_product(const ScanParams& p, void* product) {
+  ScanParams q = p;
+  q.delta = product, q.delta_stride = p.dim;
+  q.delta_proj = WeightView{}, q.delta_rank = 0;
+  return q;
+}
+
 Backend& Backend::get(Device device) {
   // Made once per device and never destroyed: a GPU's handles must not be torn down while the CUDA
   // runtime is unloading at exit.

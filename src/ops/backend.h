@@ -153,6 +153,11 @@ class Backend {
   virtual void replay(Graph& graph);
 };
 
+// For backends that do not fuse the Δ product of a scan (ScanParams::delta_proj), in two steps: the matmul
+// that writes the product into `product` (delta_product_bytes(p)), and the params of the plain scan over it.
+MatmulParams delta_product(const ScanParams& p, void* product);
+ScanParams over_delta_product(const ScanParams& p, void* product);
+
 // Bytes on a backend's device, released with the object. Move-only.
 class Buffer {
  public:

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "core/dtype.h"
+#include "ops/weight.h"
 
 namespace mamba {
 
@@ -43,6 +44,13 @@ struct ScanParams {
   int64_t z_stride = 0;
   const float* delta_bias = nullptr;  // (D) or null
   bool delta_softplus = true;         // Δ = softplus(delta + delta_bias)
+  // Δ given low-rank, as the model makes it (dt_proj): with delta_proj, `delta` is (B, L, R) (R =
+  // delta_rank, rows delta_stride apart) and Δ before its bias is delta · delta_projᵀ (D, R), rounded to
+  // dtype as a matmul into dtype rounds it. A decode step then needs no product of its own (the CUDA step
+  // kernel computes it); elsewhere backends run their matmul first (delta_product_bytes of workspace).
+  // Not for the backward.
+  WeightView delta_proj;
+  int delta_rank = 0;
 
   const float* state_in = nullptr;  // (B, D, N) h_0, or null for zeros
   float* state_out = nullptr;       // (B, D, N) h_L, or null; may equal state_in
@@ -81,6 +89,14 @@ struct ScanBwdParams {
 
 // The chunk the CUDA backward recomputes from: it starts each 16-step sub-tile from a stored state.
 constexpr int kCudaStateChunk = 16;
+
+// Bytes of workspace a backend without a fused Δ product (ScanParams::delta_proj) takes for it, 256-byte
+// padded: the product (B, L, D) in dtype; 0 without delta_proj.
+inline size_t delta_product_bytes(const ScanParams& p) {
+  if (!p.delta_proj) return 0;
+  const size_t bytes = static_cast<size_t>(p.batch) * p.seqlen * p.dim * dtype_size(p.dtype);
+  return (bytes + 255) / 256 * 256;
+}
 
 // Number of chunks of a scan of length L in chunks of `chunk` steps: ⌈L / chunk⌉.
 inline int64_t scan_chunks(int64_t L, int chunk) { return (L + chunk - 1) / chunk; }

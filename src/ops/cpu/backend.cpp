@@ -123,10 +123,21 @@ class CpuBackend final : public Backend {
                         p.weight, p.bias, p.batch, p.seqlen, p.dim, p.width);
   }
 
+  // A low-rank Δ (delta_proj): the product first, then the scan over it, sharing the rest of the workspace.
   size_t scan_workspace(const ScanParams& p) const override {
+    if (p.delta_proj) {
+      void* any = reinterpret_cast<void*>(uintptr_t{256});  // the sizes depend on shapes, not addresses
+      return delta_product_bytes(p) + std::max(matmul_workspace(delta_product(p, any)),
+                                               scan_workspace(over_delta_product(p, any)));
+    }
     return p.dtype == DType::F32 ? 0 : half::scan_workspace(p);
   }
   void scan(const ScanParams& p, void* workspace) override {
+    if (p.delta_proj) {
+      void* rest = static_cast<char*>(workspace) + delta_product_bytes(p);
+      matmul(delta_product(p, workspace), rest);
+      return scan(over_delta_product(p, workspace), rest);
+    }
     if (p.dtype != DType::F32) return half::scan(p, workspace);
     selective_scan_forward(p);
   }
@@ -192,6 +203,7 @@ class CpuBackend final : public Backend {
   }
   void scan_bwd(const ScanBwdParams& p, void* workspace) override {
     const ScanParams& f = p.fwd;
+    if (f.delta_proj) fail("scan backward: Δ as a product (delta_proj) is for the forward only");
     if (p.dstate_in) std::memset(p.dstate_in, 0, sizeof(float) * static_cast<size_t>(f.batch) * f.dim * f.dstate);
     if (f.dtype != DType::F32) return half::scan_bwd(p, workspace);
     const int64_t rows = int64_t{f.batch} * f.seqlen;

@@ -165,13 +165,20 @@ class CudaBackend final : public Backend {
   }
 
   int scan_state_chunk(int) const override { return kCudaStateChunk; }
+  // A decode step computes a low-rank Δ (delta_proj) in its kernel; a sequence runs the product first
+  // (tensor cores), into the front of the workspace.
   size_t scan_workspace(const ScanParams& p) const override {
-    return decode_scan(p) ? 0 : selective_scan_fwd_workspace(p);
+    if (decode_scan(p)) return 0;
+    if (p.delta_proj) return delta_product_bytes(p) + selective_scan_fwd_workspace(over_delta_product(p, nullptr));
+    return selective_scan_fwd_workspace(p);
   }
   void scan(const ScanParams& p, void* workspace) override {
     use();
     if (decode_scan(p)) {
       selective_scan_step(p, p.state_out, stream_);
+    } else if (p.delta_proj) {
+      matmul_fwd(cublas_, delta_product(p, workspace), stream_);
+      selective_scan_fwd(over_delta_product(p, workspace), static_cast<char*>(workspace) + delta_product_bytes(p), stream_);
     } else {
       selective_scan_fwd(p, workspace, stream_);
     }
@@ -210,6 +217,7 @@ class CudaBackend final : public Backend {
   }
   size_t scan_bwd_workspace(const ScanBwdParams& p) const override { return selective_scan_bwd_workspace(p); }
   void scan_bwd(const ScanBwdParams& p, void* workspace) override {
+    if (p.fwd.delta_proj) fail("scan backward: Δ as a product (delta_proj) is for the forward only");
     use();
     selective_scan_bwd(p, workspace, stream_);
   }

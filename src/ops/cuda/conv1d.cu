@@ -160,6 +160,22 @@ __global__ void conv1d_step_kernel(T* out, float* tail, const T* x, int64_t x_st
   out[b * dim + d] = from_float<T>(silu(acc));
 }
 
+// Δ of channel d of sequence b before its bias: delta's element, or with a low-rank Δ (delta_proj) the dot
+// of the sequence's R values with the channel's row, split over the channel's G lanes and summed by
+// shuffles (every lane of the warp takes part, valid or not), rounded to T as a product into T would be.
+template <typename T>
+__device__ __forceinline__ float step_delta(const ScanParams& p, int64_t b, int d, bool valid, int lane, int G) {
+  if (!p.delta_proj.data) return valid ? to_float(static_cast<const T*>(p.delta)[b * p.delta_stride + d]) : 0.0f;
+  float s = 0.0f;
+  if (valid) {
+    const T* x = static_cast<const T*>(p.delta) + b * p.delta_stride;
+    const T* w = static_cast<const T*>(p.delta_proj.data) + static_cast<int64_t>(d) * p.delta_rank;
+    for (int r = lane; r < p.delta_rank; r += G) s += to_float(x[r]) * to_float(w[r]);
+  }
+  for (int offset = G / 2; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
+  return to_float(from_float<T>(s));
+}
+
 // One token of the scan: G = 2^log2G lanes per channel (b, d), a power of two ≤ 32 near N, lane j taking the
 // states n ≡ j (mod G), so that a warp's loads and stores of its channels' states (contiguous, N floats each)
 // are whole lines rather than one line per thread; C·h summed across the group by shuffles. blockIdx.y is the
@@ -173,9 +189,10 @@ __global__ void scan_step_kernel(ScanParams p, float* state, int log2G) {
   const bool valid = d < p.dim;  // the others take part in the shuffles only
   const int N = p.dstate;
   float acc = 0.0f, u = 0.0f;
+  const float delta = step_delta<T>(p, b, d, valid, lane, G);
   if (valid) {
     u = to_float(static_cast<const T*>(p.u)[b * p.u_stride + d]);
-    float dt = to_float(static_cast<const T*>(p.delta)[b * p.delta_stride + d]) + (p.delta_bias ? p.delta_bias[d] : 0.0f);
+    float dt = delta + (p.delta_bias ? p.delta_bias[d] : 0.0f);
     if (p.delta_softplus) dt = softplus(dt);
     const T* Bm = static_cast<const T*>(p.Bm) + b * p.B_stride;
     const T* Cm = static_cast<const T*>(p.Cm) + b * p.C_stride;
@@ -207,6 +224,7 @@ __global__ void scan_step4_kernel(ScanParams p, float* state, int log2G) {
   const bool valid = d < p.dim;
   const int N = p.dstate, n = 4 * lane;
   float acc = 0.0f, u = 0.0f;
+  const float delta = step_delta<T>(p, b, d, valid, lane, G);
   if (valid) {
     float4* h4 = reinterpret_cast<float4*>(state + (b * p.dim + d) * N + n);
     const float4 a = *reinterpret_cast<const float4*>(p.A + static_cast<int64_t>(d) * N + n);
@@ -216,7 +234,7 @@ __global__ void scan_step4_kernel(ScanParams p, float* state, int log2G) {
     const float b0 = to_float(Bm[0]), b1 = to_float(Bm[1]), b2 = to_float(Bm[2]), b3 = to_float(Bm[3]);
     const float c0 = to_float(Cm[0]), c1 = to_float(Cm[1]), c2 = to_float(Cm[2]), c3 = to_float(Cm[3]);
     u = to_float(static_cast<const T*>(p.u)[b * p.u_stride + d]);
-    float dt = to_float(static_cast<const T*>(p.delta)[b * p.delta_stride + d]) + (p.delta_bias ? p.delta_bias[d] : 0.0f);
+    float dt = delta + (p.delta_bias ? p.delta_bias[d] : 0.0f);
     if (p.delta_softplus) dt = softplus(dt);
     const float du = dt * u;
     float4 o;
@@ -364,6 +382,9 @@ void selective_scan_step(const ScanParams& p, float* state, cudaStream_t stream)
     throw std::invalid_argument("selective_scan_step: dtype must be f32, bf16 or f16");
   }
   if (p.batch > 65535) throw std::invalid_argument("selective_scan_step: batch above 65535");
+  if (p.delta_proj && (p.delta_proj.dtype != p.dtype || p.delta_rank < 1)) {
+    throw std::invalid_argument("selective_scan_step: delta_proj must be in the activations' dtype, with delta_rank ≥ 1");
+  }
   if (p.batch <= 0 || p.dim <= 0) return;
   // Four states a lane where N allows and h and A are 16-byte aligned (every allocation is; an offset view
   // may not be); else one state a lane.

@@ -9,6 +9,7 @@
 // column, in row order (deterministic).
 #include <climits>
 #include <string>
+#include <type_traits>
 
 #include "ops/cuda/check.h"
 #include "ops/cuda/common.cuh"
@@ -59,6 +60,79 @@ void gemm(cublasHandle_t handle, cublasOperation_t ta, cublasOperation_t tb, int
   }
 }
 
+constexpr int kGemvRows = 8;    // the most input rows one pass takes (accumulators a lane)
+constexpr int kGemvWarps = 4;   // output columns a block
+constexpr int kGemvUnroll = 4;  // 16-byte weight loads a lane issues before using them
+
+template <typename T, typename TO, int MT>
+__global__ void __launch_bounds__(32 * kGemvWarps) gemv_kernel(MatmulParams p) {
+  constexpr int V = 16 / sizeof(T);  // elements a 16-byte load
+  const int lane = threadIdx.x % 32;
+  const int n = blockIdx.x * kGemvWarps + threadIdx.x / 32;
+  if (n >= p.N) return;  // whole warps: the shuffles below see only live lanes
+  const int m0 = blockIdx.y * MT;
+  const int rows = min(MT, static_cast<int>(p.M) - m0);
+  const int chunks = p.K / V;
+  const char* w = static_cast<const char*>(p.weight.data) + static_cast<int64_t>(n) * p.K * sizeof(T);
+  const char* x = static_cast<const char*>(p.inp) + static_cast<int64_t>(m0) * p.ldi * sizeof(T);
+  const int64_t x_row = p.ldi * sizeof(T);
+  float acc[MT] = {};
+  for (int c0 = lane; c0 < chunks; c0 += 32 * kGemvUnroll) {
+    uint32_t wv[kGemvUnroll][4];
+#pragma unroll
+    for (int u = 0; u < kGemvUnroll; u++) {
+      const int c = c0 + 32 * u;
+      if (c < chunks) ldg_words<4>(wv[u], w + c * 16);
+    }
+#pragma unroll
+    for (int u = 0; u < kGemvUnroll; u++) {
+      const int c = c0 + 32 * u;
+      if (c >= chunks) break;
+#pragma unroll
+      for (int m = 0; m < MT; m++) {
+        if (m >= rows) break;
+        uint32_t xv[4];
+        ldg_words<4>(xv, x + m * x_row + c * 16);
+#pragma unroll
+        for (int i = 0; i < V; i++) acc[m] += unpack<T>(wv[u], i) * unpack<T>(xv, i);
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < MT; m++) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], offset);
+  }
+  if (lane >= rows) return;
+  float v = 0.0f;
+#pragma unroll
+  for (int m = 0; m < MT; m++) v = m == lane ? acc[m] : v;  // lane m writes row m: registers, no local memory
+  if (p.bias) v += p.bias[n];
+  static_cast<TO*>(p.out)[(m0 + lane) * p.ldo + n] = from_float<TO>(v);
+}
+
+// Whether the decode kernel takes this product: few rows, and every row of the weight and the input in
+// whole, 16-byte aligned loads.
+bool gemv_fits(const MatmulParams& p) {
+  const int64_t e = static_cast<int64_t>(dtype_size(p.dtype));
+  return p.M <= kGemvRows && p.K % (16 / e) == 0 && rows_aligned16(p.weight.data, p.K, e) &&
+         rows_aligned16(p.inp, p.ldi, e);
+}
+
+template <typename T, typename TO>
+void launch_gemv(const MatmulParams& p, cudaStream_t stream) {
+  auto run = [&](auto rows) {
+    constexpr int MT = decltype(rows)::value;
+    const dim3 grid(static_cast<unsigned>((p.N + kGemvWarps - 1) / kGemvWarps), static_cast<unsigned>((p.M + MT - 1) / MT));
+    gemv_kernel<T, TO, MT><<<grid, 32 * kGemvWarps, 0, stream>>>(p);
+  };
+  if (p.M == 1) run(std::integral_constant<int, 1>{});
+  else if (p.M == 2) run(std::integral_constant<int, 2>{});
+  else if (p.M <= 4) run(std::integral_constant<int, 4>{});
+  else run(std::integral_constant<int, kGemvRows>{});
+  MAMBA_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
 
 void gemm_ex(cublasHandle_t handle, bool trans_a, bool trans_b, int m, int n, int k, const void* A, DType a_type,
@@ -92,6 +166,15 @@ void matmul_fwd(cublasHandle_t handle, const MatmulParams& p, cudaStream_t strea
   if (p.M <= 0 || p.N <= 0) return;
   if (p.M > INT_MAX || p.K <= 0 || !p.out || !p.inp || !p.weight.data || p.weight.dtype != p.dtype) {
     throw std::invalid_argument("matmul_fwd: bad arguments (the weight must be in the activations' dtype)");
+  }
+  if (gemv_fits(p)) {
+    with_dtype(p.dtype, [&](auto zero) {
+      using T = decltype(zero);
+      if (p.out_dtype == DType::F32) launch_gemv<T, float>(p, stream);
+      else if (p.out_dtype == p.dtype) launch_gemv<T, T>(p, stream);
+      else throw std::invalid_argument("matmul_fwd: the output is fp32 or the activations' dtype");
+    });
+    return;
   }
   const float alpha = 1.0f, beta = 0.0f;
   const cublasStatus_t status =
