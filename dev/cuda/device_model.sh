@@ -127,16 +127,21 @@ step_racecheck() {
 
 # Where a decode step's time goes: every kernel of 4 steps of the 130m at batch 1 and 64 (graph nodes
 # profiled one by one), with the clocks left alone; dev/cuda/profile_summary.py sums them by kernel.
+# PROFILE_MODELS (130m), PROFILE_BATCHES ("1 64"); NCU_CACHE=none keeps the caches between kernels (ncu
+# flushes them by default: each kernel then starts from DRAM, as it does not in a replayed step).
 step_profile() {
   t0=$(date +%s)
-  models 130m
-  for b in 1 64; do
-    timeout 200 ncu --clock-control none --graph-profiling node --csv --metrics gpu__time_duration.sum \
-      $B/mambacpp bench /tmp/models/130m --device cuda --dtype fp16 --batch $b --prompt 16 --steps 4 --repeats 1 \
-      > "$OUT/ncu-130m-b$b.csv" 2> "$OUT/ncu-130m-b$b.err"
-  done
-  for b in 1 64; do python3 dev/cuda/profile_summary.py "$OUT/ncu-130m-b$b.csv"; done > "$OUT/profile.txt" 2>&1
-  tar -C "$OUT" -cJf "$OUT/ncu.tar.xz" $(cd "$OUT" && ls ncu-130m-*) && rm -f "$OUT"/ncu-130m-*  # at most 8 files come back
+  local ms=${PROFILE_MODELS:-130m} bs=${PROFILE_BATCHES:-1 64}
+  models $ms
+  for m in $ms; do for b in $bs; do
+    timeout 200 ncu --clock-control none --cache-control ${NCU_CACHE:-all} --graph-profiling node --csv \
+      --metrics gpu__time_duration.sum \
+      $B/mambacpp bench /tmp/models/$m --device cuda --dtype fp16 --batch $b --prompt 16 --steps 4 --repeats 1 \
+      > "$OUT/ncu-$m-b$b.csv" 2> "$OUT/ncu-$m-b$b.err"
+  done; done
+  for m in $ms; do for b in $bs; do echo "$m batch $b"; python3 dev/cuda/profile_summary.py "$OUT/ncu-$m-b$b.csv"; done; done \
+    > "$OUT/profile.txt" 2>&1
+  tar -C "$OUT" -cJf "$OUT/ncu.tar.xz" $(cd "$OUT" && ls ncu-*-b*) && rm -f "$OUT"/ncu-*-b*  # at most 8 files come back
   echo "profile: $(( $(date +%s) - t0 )) s"
 }
 

@@ -4,12 +4,15 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "core/dtype.h"
+#include "ops/cuda/check.h"
 
 namespace mamba::cuda {
 
@@ -163,6 +166,44 @@ __device__ __forceinline__ T block_reduce(T v, F op, T* shared) {
   for (int w = 1; w < kThreads / 32; w++) v = op(v, shared[w]);
   __syncthreads();
   return v;
+}
+
+// Programmatic dependent launch (Hopper and later): a decode step is ~150 kernels of a few microseconds,
+// and the gap between two of them (the next one's launch and its blocks' start) is a large part of each.
+// A kernel launched by launch_pdl may start while the one before it in the stream is still running; it
+// calls pdl_wait() before reading anything an earlier kernel wrote (the wait returns once that kernel
+// has finished and its writes are visible) and pdl_launch_dependents() to let the next one start early.
+// Before the wait a kernel may only prefetch into L2 (coherent for every SM), never read into registers:
+// the kernel before it may still be writing. On older GPUs, or with MAMBA_CUDA_PDL=0 (to measure its
+// worth), the launch is an ordinary one and the two calls do nothing.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// A hint to fetch the 128-byte line holding p into L2.
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
+bool pdl_enabled();  // the current GPU has it (compute capability ≥ 9.0) and MAMBA_CUDA_PDL is not 0
+
+template <typename... Params, typename... Args>
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, Args&&... args) {
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  config.attrs = attribute;
+  config.numAttrs = pdl_enabled() ? 1 : 0;
+  MAMBA_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
 }
 
 }  // namespace mamba::cuda

@@ -147,6 +147,8 @@ template <typename T>
 __global__ void conv1d_step_kernel(T* out, float* tail, const T* x, int64_t x_stride, const float* weight,
                                    const float* bias, int dim, int K) {
   const int d = blockIdx.x * blockDim.x + threadIdx.x;
+  pdl_launch_dependents();  // launched by launch_pdl (common.cuh)
+  pdl_wait();
   if (d >= dim) return;
   const int64_t b = blockIdx.y;
   const float xv = to_float(x[b * x_stride + d]);
@@ -186,7 +188,11 @@ __global__ void scan_step_kernel(ScanParams p, float* state, int log2G) {
   const int lane = threadIdx.x & (G - 1);
   const int d = blockIdx.x * (blockDim.x >> log2G) + (threadIdx.x >> log2G);
   const int64_t b = blockIdx.y;
-  const bool valid = d < p.dim;  // the others take part in the shuffles only
+  const bool valid = d < p.dim;
+  if (valid && lane == 0) prefetch_l2(state + (b * p.dim + d) * p.dstate);  // the state and A: not written
+  if (valid && lane == 0) prefetch_l2(p.A + static_cast<int64_t>(d) * p.dstate);  // by the kernel before
+  pdl_launch_dependents();  // launched by launch_pdl (common.cuh)
+  pdl_wait();  // the others take part in the shuffles only
   const int N = p.dstate;
   float acc = 0.0f, u = 0.0f;
   const float delta = step_delta<T>(p, b, d, valid, lane, G);
@@ -222,6 +228,10 @@ __global__ void scan_step4_kernel(ScanParams p, float* state, int log2G) {
   const int d = blockIdx.x * (blockDim.x >> log2G) + (threadIdx.x >> log2G);
   const int64_t b = blockIdx.y;
   const bool valid = d < p.dim;
+  if (valid && lane == 0) prefetch_l2(state + (b * p.dim + d) * p.dstate);  // the state and A: not written
+  if (valid && lane == 0) prefetch_l2(p.A + static_cast<int64_t>(d) * p.dstate);  // by the kernel before
+  pdl_launch_dependents();  // launched by launch_pdl (common.cuh)
+  pdl_wait();
   const int N = p.dstate, n = 4 * lane;
   float acc = 0.0f, u = 0.0f;
   const float delta = step_delta<T>(p, b, d, valid, lane, G);
@@ -363,8 +373,8 @@ void conv1d_silu_step(void* out, float* tail, const void* x, int64_t x_stride, c
   const dim3 grid(blocks_for(dim, 256), batch);
   auto run = [&](auto zero) {
     using T = decltype(zero);
-    conv1d_step_kernel<<<grid, 256, 0, stream>>>(static_cast<T*>(out), tail, static_cast<const T*>(x), x_stride,
-                                                 weight, bias, dim, width);
+    launch_pdl(conv1d_step_kernel<T>, grid, dim3(256), stream, static_cast<T*>(out), tail, static_cast<const T*>(x),
+               x_stride, weight, bias, dim, width);
   };
   switch (dtype) {
     case DType::F32: run(float{}); break;
@@ -397,11 +407,7 @@ void selective_scan_step(const ScanParams& p, float* state, cudaStream_t stream)
   const dim3 grid(blocks_for(p.dim, 128 >> log2G), p.batch);
   auto run = [&](auto zero) {
     using T = decltype(zero);
-    if (four) {
-      scan_step4_kernel<T><<<grid, 128, 0, stream>>>(p, state, log2G);
-    } else {
-      scan_step_kernel<T><<<grid, 128, 0, stream>>>(p, state, log2G);
-    }
+    launch_pdl(four ? scan_step4_kernel<T> : scan_step_kernel<T>, grid, dim3(128), stream, p, state, log2G);
   };
   switch (p.dtype) {
     case DType::F32: run(float{}); break;

@@ -80,6 +80,8 @@ __device__ __forceinline__ void keep_max(float& v, int& i, float v2, int i2) {
 }
 
 __global__ void __launch_bounds__(kThreads) argmax_kernel(int32_t* ids, const float* x, int N) {
+  pdl_launch_dependents();  // launched by launch_pdl (common.cuh)
+  pdl_wait();
   const float* row = x + static_cast<int64_t>(blockIdx.x) * N;
   float best = -FLT_MAX;
   int at = 0x7fffffff;
@@ -140,8 +142,7 @@ void embedding_bwd(const EmbeddingBwdParams& p, void* workspace, cudaStream_t st
 void argmax_fwd(int32_t* ids, const float* x, int64_t M, int N, cudaStream_t stream) {
   if (M <= 0) return;
   if (M > 0x7fffffff || N <= 0 || !ids || !x) throw std::invalid_argument("argmax_fwd: bad arguments");
-  argmax_kernel<<<static_cast<unsigned>(M), kThreads, 0, stream>>>(ids, x, N);
-  MAMBA_CUDA_CHECK_LAUNCH();
+  launch_pdl(argmax_kernel, dim3(static_cast<unsigned>(M)), dim3(kThreads), stream, ids, x, N);
 }
 
 }  // namespace mamba::cuda

@@ -74,6 +74,10 @@ __global__ void __launch_bounds__(32 * kGemvWarps) gemv_kernel(MatmulParams p) {
   const int rows = min(MT, static_cast<int>(p.M) - m0);
   const int chunks = p.K / V;
   const char* w = static_cast<const char*>(p.weight.data) + static_cast<int64_t>(n) * p.K * sizeof(T);
+  // The weight row starts on its way to L2 while the kernel before this one finishes (common.cuh).
+  for (int at = lane * 128; at < p.K * static_cast<int>(sizeof(T)); at += 32 * 128) prefetch_l2(w + at);
+  pdl_launch_dependents();
+  pdl_wait();
   const char* x = static_cast<const char*>(p.inp) + static_cast<int64_t>(m0) * p.ldi * sizeof(T);
   const int64_t x_row = p.ldi * sizeof(T);
   float acc[MT] = {};
@@ -124,13 +128,12 @@ void launch_gemv(const MatmulParams& p, cudaStream_t stream) {
   auto run = [&](auto rows) {
     constexpr int MT = decltype(rows)::value;
     const dim3 grid(static_cast<unsigned>((p.N + kGemvWarps - 1) / kGemvWarps), static_cast<unsigned>((p.M + MT - 1) / MT));
-    gemv_kernel<T, TO, MT><<<grid, 32 * kGemvWarps, 0, stream>>>(p);
+    launch_pdl(gemv_kernel<T, TO, MT>, grid, dim3(32 * kGemvWarps), stream, p);
   };
   if (p.M == 1) run(std::integral_constant<int, 1>{});
   else if (p.M == 2) run(std::integral_constant<int, 2>{});
   else if (p.M <= 4) run(std::integral_constant<int, 4>{});
   else run(std::integral_constant<int, kGemvRows>{});
-  MAMBA_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace

@@ -25,6 +25,8 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 template <typename T>
 __global__ void __launch_bounds__(kNormThreads) rmsnorm_kernel(RmsNormParams p) {
+  pdl_launch_dependents();  // launched by launch_pdl (common.cuh)
+  pdl_wait();
   const int64_t m = blockIdx.x;
   float* r = p.residual + m * p.C;
   const T* x = static_cast<const T*>(p.inp) + m * p.C;
@@ -141,7 +143,7 @@ void rmsnorm_fwd(const RmsNormParams& p, cudaStream_t stream) {
     throw std::invalid_argument("rmsnorm_fwd: bad arguments");
   }
   with_dtype(p.dtype, [&](auto zero) {
-    rmsnorm_kernel<decltype(zero)><<<static_cast<unsigned>(p.M), kNormThreads, 0, stream>>>(p);
+    launch_pdl(rmsnorm_kernel<decltype(zero)>, dim3(static_cast<unsigned>(p.M)), dim3(kNormThreads), stream, p);
   });
   MAMBA_CUDA_CHECK_LAUNCH();
 }
