@@ -293,6 +293,7 @@ TEST_P(BackendOps, Scan) {
       {1, 1, 70, 16, true, true, true, true, false, true},
       {3, 1, 37, 40, true, false, true, true, false, true},
       {2, 9, 24, 16, true, true, true, true, false, true},
+      {12, 1, 40, 16, true, true, true, true, false, true},  // more sequences than CUDA's step computes Δ for
   };
   int ran = 0;
   for (const ScanShape& s : shapes) {

@@ -180,16 +180,20 @@ class CudaBackend final : public Backend {
   }
 
   int scan_state_chunk(int) const override { return kCudaStateChunk; }
-  // A decode step computes a low-rank Δ (delta_proj) in its kernel; a sequence runs the product first
-  // (tensor cores), into the front of the workspace.
+  // A decode step of a few sequences computes a low-rank Δ (delta_proj) in its kernel; more sequences
+  // (where the product's weight is better read once for all of them) and a sequence run the product
+  // first, into the front of the workspace.
   size_t scan_workspace(const ScanParams& p) const override {
-    if (decode_scan(p)) return 0;
+    if (decode_scan(p)) return p.delta_proj && p.batch > kFusedDeltaBatch ? delta_product_bytes(p) : 0;
     if (p.delta_proj) return delta_product_bytes(p) + selective_scan_fwd_workspace(over_delta_product(p, nullptr));
     return selective_scan_fwd_workspace(p);
   }
   void scan(const ScanParams& p, void* workspace) override {
     use();
-    if (decode_scan(p)) {
+    if (decode_scan(p) && p.delta_proj && p.batch > kFusedDeltaBatch) {
+      matmul_fwd(cublas_, delta_product(p, workspace), stream_);
+      selective_scan_step(over_delta_product(p, workspace), p.state_out, stream_);
+    } else if (decode_scan(p)) {
       selective_scan_step(p, p.state_out, stream_);
     } else if (p.delta_proj) {
       matmul_fwd(cublas_, delta_product(p, workspace), stream_);
@@ -284,6 +288,7 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  static constexpr int kFusedDeltaBatch = 8;  // the most sequences whose Δ the step kernel computes itself
   // One token of sequences whose conv tail / SSM state is updated in place: the step kernels.
   static bool decode_conv(const Conv1dParams& p) {
     return p.seqlen == 1 && p.tail_in && p.tail_in == p.tail_out && p.out_stride == p.dim;

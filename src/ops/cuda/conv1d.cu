@@ -154,10 +154,20 @@ __global__ void conv1d_step_kernel(T* out, float* tail, const T* x, int64_t x_st
   const float xv = to_float(x[b * x_stride + d]);
   float* tl = tail + b * (K - 1) * dim + d;  // (K − 1) rows of the tail, stride dim
   const float* w = weight + static_cast<int64_t>(d) * K;
+  // Every load issued before the first is used (K is a runtime value: a plain loop waits on each in turn).
+  float t[kMaxConvWidth - 1], wk[kMaxConvWidth - 1];
+#pragma unroll
+  for (int k = 0; k < kMaxConvWidth - 1; k++) t[k] = k < K - 1 ? tl[k * dim] : 0.0f;
+#pragma unroll
+  for (int k = 0; k < kMaxConvWidth - 1; k++) wk[k] = k < K - 1 ? w[k] : 0.0f;
   float acc = bias ? bias[d] : 0.0f;
-  for (int k = 0; k < K - 1; k++) acc += w[k] * tl[k * dim];
+#pragma unroll
+  for (int k = 0; k < kMaxConvWidth - 1; k++) acc += k < K - 1 ? wk[k] * t[k] : 0.0f;
   acc += w[K - 1] * xv;
-  for (int k = 0; k + 1 < K - 1; k++) tl[k * dim] = tl[(k + 1) * dim];
+#pragma unroll
+  for (int k = 0; k + 1 < kMaxConvWidth - 1; k++) {
+    if (k + 1 < K - 1) tl[k * dim] = t[k + 1];
+  }
   if (K > 1) tl[(K - 2) * dim] = xv;
   out[b * dim + d] = from_float<T>(silu(acc));
 }
@@ -172,7 +182,21 @@ __device__ __forceinline__ float step_delta(const ScanParams& p, int64_t b, int 
   if (valid) {
     const T* x = static_cast<const T*>(p.delta) + b * p.delta_stride;
     const T* w = static_cast<const T*>(p.delta_proj.data) + static_cast<int64_t>(d) * p.delta_rank;
-    for (int r = lane; r < p.delta_rank; r += G) s += to_float(x[r]) * to_float(w[r]);
+    constexpr int V = 16 / sizeof(T);
+    // In 16-byte loads where the rows allow (the published models' R do), a few in flight a lane.
+    if (p.delta_rank % V == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0) {
+#pragma unroll 4
+      for (int c = lane; c < p.delta_rank / V; c += G) {
+        uint32_t xv[4], wv[4];
+        ldg_words<4>(xv, x + c * V);
+        ldg_words<4>(wv, w + c * V);
+#pragma unroll
+        for (int i = 0; i < V; i++) s += unpack<T>(xv, i) * unpack<T>(wv, i);
+      }
+    } else {
+#pragma unroll 4
+      for (int r = lane; r < p.delta_rank; r += G) s += to_float(x[r]) * to_float(w[r]);
+    }
   }
   for (int offset = G / 2; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
   return to_float(from_float<T>(s));

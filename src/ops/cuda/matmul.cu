@@ -62,7 +62,10 @@ void gemm(cublasHandle_t handle, cublasOperation_t ta, cublasOperation_t tb, int
 
 constexpr int kGemvRows = 8;    // the most input rows one pass takes (accumulators a lane)
 constexpr int kGemvWarps = 4;   // output columns a block
-constexpr int kGemvUnroll = 4;  // 16-byte weight loads a lane issues before using them
+// 16-byte weight loads a lane issues before using them: all of a 1.4b in_proj row's at one input row (the
+// input's chunks loaded beside them), where a loop that waited on every few loads was latency-bound.
+template <int MT>
+constexpr int kGemvUnroll = MT == 1 ? 8 : 4;
 
 template <typename T, typename TO, int MT>
 __global__ void __launch_bounds__(32 * kGemvWarps) gemv_kernel(MatmulParams p) {
@@ -81,24 +84,32 @@ __global__ void __launch_bounds__(32 * kGemvWarps) gemv_kernel(MatmulParams p) {
   const char* x = static_cast<const char*>(p.inp) + static_cast<int64_t>(m0) * p.ldi * sizeof(T);
   const int64_t x_row = p.ldi * sizeof(T);
   float acc[MT] = {};
-  for (int c0 = lane; c0 < chunks; c0 += 32 * kGemvUnroll) {
-    uint32_t wv[kGemvUnroll][4];
+  constexpr int U = kGemvUnroll<MT>;
+  for (int c0 = lane; c0 < chunks; c0 += 32 * U) {
+    uint32_t wv[U][4], xv1[MT == 1 ? U : 1][4];
 #pragma unroll
-    for (int u = 0; u < kGemvUnroll; u++) {
-      const int c = c0 + 32 * u;
-      if (c < chunks) ldg_words<4>(wv[u], w + c * 16);
-    }
-#pragma unroll
-    for (int u = 0; u < kGemvUnroll; u++) {
+    for (int u = 0; u < U; u++) {
       const int c = c0 + 32 * u;
       if (c >= chunks) break;
+      ldg_words<4>(wv[u], w + c * 16);
+      if constexpr (MT == 1) ldg_words<4>(xv1[u], x + c * 16);
+    }
 #pragma unroll
-      for (int m = 0; m < MT; m++) {
-        if (m >= rows) break;
-        uint32_t xv[4];
-        ldg_words<4>(xv, x + m * x_row + c * 16);
+    for (int u = 0; u < U; u++) {
+      const int c = c0 + 32 * u;
+      if (c >= chunks) break;
+      if constexpr (MT == 1) {
 #pragma unroll
-        for (int i = 0; i < V; i++) acc[m] += unpack<T>(wv[u], i) * unpack<T>(xv, i);
+        for (int i = 0; i < V; i++) acc[0] += unpack<T>(wv[u], i) * unpack<T>(xv1[u], i);
+      } else {
+#pragma unroll
+        for (int m = 0; m < MT; m++) {
+          if (m >= rows) break;
+          uint32_t xv[4];
+          ldg_words<4>(xv, x + m * x_row + c * 16);
+#pragma unroll
+          for (int i = 0; i < V; i++) acc[m] += unpack<T>(wv[u], i) * unpack<T>(xv, i);
+        }
       }
     }
   }

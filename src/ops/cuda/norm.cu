@@ -16,6 +16,7 @@ namespace mamba::cuda {
 namespace {
 
 constexpr int kNormThreads = 256;
+constexpr int kNormFwdCols = 12;  // columns a thread keeps in registers: C ≤ 3072 (the 2.8b's 2560)
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -32,10 +33,27 @@ __global__ void __launch_bounds__(kNormThreads) rmsnorm_kernel(RmsNormParams p) 
   const T* x = static_cast<const T*>(p.inp) + m * p.C;
   T* out = static_cast<T*>(p.out) + m * p.C;
   float sum_sq = 0.0f;
-  for (int c = threadIdx.x; c < p.C; c += kNormThreads) {
-    const float v = p.first ? to_float(x[c]) : to_float(x[c]) + r[c];
-    r[c] = v;  // read back below by the same thread only
-    sum_sq += v * v;
+  if (p.C <= kNormFwdCols * kNormThreads) {
+    // A row's loads all issued before the first is used: at decode (one row, one block) a loop that waits
+    // on each load in turn is most of the kernel's time.
+    float v[kNormFwdCols];
+#pragma unroll
+    for (int j = 0; j < kNormFwdCols; j++) {
+      const int c = threadIdx.x + j * kNormThreads;
+      v[j] = c < p.C ? (p.first ? to_float(x[c]) : to_float(x[c]) + r[c]) : 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < kNormFwdCols; j++) {
+      const int c = threadIdx.x + j * kNormThreads;
+      if (c < p.C) r[c] = v[j];  // read back below by the same thread only
+      sum_sq += v[j] * v[j];
+    }
+  } else {
+    for (int c = threadIdx.x; c < p.C; c += kNormThreads) {
+      const float v = p.first ? to_float(x[c]) : to_float(x[c]) + r[c];
+      r[c] = v;
+      sum_sq += v * v;
+    }
   }
   __shared__ float partial[kNormThreads / 32];
   sum_sq = warp_sum(sum_sq);
@@ -48,6 +66,7 @@ __global__ void __launch_bounds__(kNormThreads) rmsnorm_kernel(RmsNormParams p) 
   }
   __syncthreads();
   const float rstd = rsqrtf(partial[0] / static_cast<float>(p.C) + p.eps);
+#pragma unroll 8
   for (int c = threadIdx.x; c < p.C; c += kNormThreads) out[c] = from_float<T>(r[c] * rstd * p.weight[c]);
 }
 
