@@ -1,13 +1,14 @@
 // The LM head fused with the cross-entropy loss (ops/xent.h), over the rows in chunks so that the (M, V)
 // logits never exist at once: per chunk of R rows,
 //   logits (R, V) fp32 = hidden · weightᵀ                       (cuBLAS, fp32 output)
-//   dlogits = (softmax − onehot(target)) / count, in place       (one block per row)
+//   dlogits = (softmax − onehot(target)) / count, in place       (one block per row, two passes)
 //   dhidden (R, C) = dlogits · weight;  dweight (V, C) += dlogitsᵀ · hidden   (cuBLAS, fp32 accumulation)
 // The count of targets that are not ignore_index is taken on the device first, and each row's loss is kept
 // (in double) and summed in row order by one block at the end: no host synchronization and no atomics.
 // The row kernel follows the CPU's lm_head_cross_entropy: the softmax shifted by the row's maximum, the
 // probabilities of the classes other than the target summed apart (p_target − 1 = −Σ_{v≠target} p_v keeps
-// the target's gradient where 1 − p_target would round to 0).
+// the target's gradient where 1 − p_target would round to 0). It reads the row twice, not three times:
+// the maximum and the sum come from one pass (online softmax), the gradient from the second.
 #include <algorithm>
 #include <cfloat>
 #include <climits>
@@ -42,15 +43,25 @@ __global__ void __launch_bounds__(kThreads) count_kernel(int* count, const int32
   if (threadIdx.x == 0) *count = divisor > 0 && n > 0 ? divisor : n;
 }
 
+// A thread's running maximum m and Σ exp(z − m) over the classes other than the target, and another
+// such pair folded in: the sum rescaled to the larger maximum (an empty pair is (−FLT_MAX, 0)).
+__device__ __forceinline__ void fold(float& m, float& s, float m2, float s2) {
+  const float mm = fmaxf(m, m2);
+  s = s * __expf(m - mm) + s2 * __expf(m2 - mm);
+  m = mm;
+}
+
+constexpr int kXentBatch = 8;  // logits a thread folds in at once: one rescaling per 8
+
 // One row of logits z (V) fp32 → dlogits in T (in place when T is float), times `scale` (the loss scale);
 // its loss (double, unscaled) to row_loss.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     softmax_xent_kernel(T* dlogits, float* logits, double* row_loss, const int32_t* targets, const int* count, int V,
                         int ignore, float scale) {
-  __shared__ float shared[kThreads / 32];
+  __shared__ float shared_m[kThreads / 32], shared_s[kThreads / 32];
   const int64_t r = blockIdx.x;
-  float* z = logits + r * V;
+  const float* z = logits + r * V;
   T* dz = dlogits + r * V;
   const int32_t target = targets[r];
   if (target == ignore || *count == 0) {
@@ -58,21 +69,49 @@ __global__ void __launch_bounds__(kThreads)
     if (threadIdx.x == 0) row_loss[r] = 0.0;
     return;
   }
-  float mx = -FLT_MAX;
-  for (int v = threadIdx.x; v < V; v += kThreads) mx = fmaxf(mx, z[v]);
-  mx = block_reduce<kThreads>(mx, [](float a, float b) { return fmaxf(a, b); }, shared);
-  const float shifted_target = z[target] - mx;
-  __syncthreads();  // every thread has read z[target] before its owner overwrites it
-  float others = 0.0f;
-  for (int v = threadIdx.x; v < V; v += kThreads) {
-    const float e = __expf(z[v] - mx);
-    z[v] = e;  // read back below by the same thread only
-    others += v == target ? 0.0f : e;
+  const float z_target = z[target];  // read by every thread before the in-place writes below (the barriers)
+  // Pass 1: the maximum and the sum of the other classes' exponentials together, kXentBatch logits a step.
+  float mx = -FLT_MAX, others = 0.0f;
+  for (int v0 = threadIdx.x; v0 < V; v0 += kThreads * kXentBatch) {
+    float zb[kXentBatch];
+    float bm = -FLT_MAX;
+#pragma unroll
+    for (int i = 0; i < kXentBatch; i++) {
+      const int v = v0 + i * kThreads;
+      zb[i] = v < V ? z[v] : -FLT_MAX;
+      bm = fmaxf(bm, zb[i]);
+    }
+    const float m = fmaxf(mx, bm);
+    float sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kXentBatch; i++) {
+      const int v = v0 + i * kThreads;
+      sum += v < V && v != target ? __expf(zb[i] - m) : 0.0f;
+    }
+    others = others * __expf(mx - m) + sum;
+    mx = m;
   }
-  others = block_reduce<kThreads>(others, [](float a, float b) { return a + b; }, shared);
-  const float sum = others + __expf(shifted_target);  // the target's own term, as its thread computed it
+  // The block's pair, folded in a fixed order (lanes by shuffles, then the warps in turn by one thread).
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+    const float m2 = __shfl_down_sync(0xffffffffu, mx, offset), s2 = __shfl_down_sync(0xffffffffu, others, offset);
+    fold(mx, others, m2, s2);
+  }
+  if (threadIdx.x % 32 == 0) shared_m[threadIdx.x / 32] = mx, shared_s[threadIdx.x / 32] = others;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kThreads / 32; w++) fold(mx, others, shared_m[w], shared_s[w]);
+    shared_m[0] = mx, shared_s[0] = others;
+  }
+  __syncthreads();
+  mx = shared_m[0], others = shared_s[0];
+  const float shifted_target = z_target - mx;
+  const float sum = others + __expf(shifted_target);
   const float inv = (scale / static_cast<float>(*count)) / sum;
-  for (int v = threadIdx.x; v < V; v += kThreads) dz[v] = from_float<T>(v == target ? -others * inv : z[v] * inv);
+  // Pass 2: the gradient (each thread reads and writes its own elements: in place is safe).
+  for (int v = threadIdx.x; v < V; v += kThreads) {
+    dz[v] = from_float<T>(v == target ? -others * inv : __expf(z[v] - mx) * inv);
+  }
   // loss = logsumexp(z) − z_target = log(sum) − (z_target − max): finite even where p_target underflows
   if (threadIdx.x == 0) row_loss[r] = log(static_cast<double>(sum)) - static_cast<double>(shifted_target);
 }
