@@ -165,7 +165,7 @@ step_trainbench() {
   {
     # bf16 at each recomputation level (memory for time); fp32 at the default.
     for shape in "130m 8" "370m 8" "1.4b 4"; do set -- $shape
-      for r in 0 1 2; do
+      for r in ${TRAIN_LEVELS:-0 1 2}; do  # TRAIN_LEVELS=1: the default level only (a shorter call)
         $B/mambacpp bench-train --preset $1 --batch $2 --seq-len 2048 --steps 10 --warmup 2 --device cuda --dtype bf16 --recompute $r --peak-tflops 989
       done
       [ -n "${SKIP_FP32:-}" ] || $B/mambacpp bench-train --preset $1 --batch $2 --seq-len 2048 --steps 10 --warmup 2 --device cuda --dtype fp32 --peak-tflops 67
