@@ -202,10 +202,11 @@ TEST_P(BackendOps, Matmul) {
                                 {5, 33, 70, 3, 5, true, false},  {64, 48, 130, 0, 7, false, true},
                                 {130, 70, 17, 9, 0, true, true}, {3, 1, 1, 0, 0, false, false},
                                 // M ≤ 8 with 16-byte rows: CUDA's decode kernel (1, 2, up to 4, up to 8
-                                // rows a pass; weight rows longer than one sweep of the warp's loads)
+                                // rows a pass; weight rows longer than one sweep of the warp's loads; 4, 2
+                                // and 1 warps a column, a last block only partly live)
                                 {1, 1040, 75, 0, 0, true, true}, {2, 64, 9, 8, 3, false, false},
                                 {3, 40, 33, 0, 0, true, false},   {7, 128, 96, 8, 0, false, true},
-                                {8, 48, 1536, 32, 0, true, false}};
+                                {8, 48, 1536, 32, 0, true, false}, {1, 64, 2049, 0, 0, true, false}};
   for (const MatmulShape& s : shapes) {
     Rng rng(s.M * 1000 + s.K + s.N);
     const int64_t ldi = s.K + s.pad_in, ldo = s.N + s.pad_out;

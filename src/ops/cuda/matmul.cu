@@ -67,25 +67,30 @@ constexpr int kGemvWarps = 4;   // output columns a block
 template <int MT>
 constexpr int kGemvUnroll = MT == 1 ? 8 : 4;
 
+// `split` warps (1, 2 or kGemvWarps) share an output column, each taking every split-th sweep of its row,
+// so that products with few columns (x_proj's 80, out_proj's) still keep thousands of warps loading; their
+// sums are added in warp order through shared memory.
 template <typename T, typename TO, int MT>
-__global__ void __launch_bounds__(32 * kGemvWarps) gemv_kernel(MatmulParams p) {
+__global__ void __launch_bounds__(32 * kGemvWarps) gemv_kernel(MatmulParams p, int split) {
   constexpr int V = 16 / sizeof(T);  // elements a 16-byte load
-  const int lane = threadIdx.x % 32;
-  const int n = blockIdx.x * kGemvWarps + threadIdx.x / 32;
-  if (n >= p.N) return;  // whole warps: the shuffles below see only live lanes
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int part = warp % split;
+  const int n = blockIdx.x * (kGemvWarps / split) + warp / split;
+  __shared__ float partial[kGemvWarps][MT];
+  const bool live = n < p.N;  // the others load nothing but reach the barrier below
   const int m0 = blockIdx.y * MT;
   const int rows = min(MT, static_cast<int>(p.M) - m0);
-  const int chunks = p.K / V;
-  const char* w = static_cast<const char*>(p.weight.data) + static_cast<int64_t>(n) * p.K * sizeof(T);
+  const int chunks = live ? p.K / V : 0;
+  const char* w = static_cast<const char*>(p.weight.data) + static_cast<int64_t>(live ? n : 0) * p.K * sizeof(T);
   // The weight row starts on its way to L2 while the kernel before this one finishes (common.cuh).
-  for (int at = lane * 128; at < p.K * static_cast<int>(sizeof(T)); at += 32 * 128) prefetch_l2(w + at);
+  for (int at = (lane + 32 * part) * 128; at < chunks * 16; at += 32 * 128 * split) prefetch_l2(w + at);
   pdl_launch_dependents();
   pdl_wait();
   const char* x = static_cast<const char*>(p.inp) + static_cast<int64_t>(m0) * p.ldi * sizeof(T);
   const int64_t x_row = p.ldi * sizeof(T);
   float acc[MT] = {};
   constexpr int U = kGemvUnroll<MT>;
-  for (int c0 = lane; c0 < chunks; c0 += 32 * U) {
+  for (int c0 = lane + 32 * U * part; c0 < chunks; c0 += 32 * U * split) {
     uint32_t wv[U][4], xv1[MT == 1 ? U : 1][4];
 #pragma unroll
     for (int u = 0; u < U; u++) {
@@ -118,7 +123,20 @@ __global__ void __launch_bounds__(32 * kGemvWarps) gemv_kernel(MatmulParams p) {
 #pragma unroll
     for (int offset = 16; offset > 0; offset /= 2) acc[m] += __shfl_xor_sync(0xffffffffu, acc[m], offset);
   }
-  if (lane >= rows) return;
+  if (split > 1) {
+    if (lane == 0) {
+#pragma unroll
+      for (int m = 0; m < MT; m++) partial[warp][m] = acc[m];
+    }
+    __syncthreads();
+    if (part != 0) return;
+#pragma unroll
+    for (int m = 0; m < MT; m++) {
+      acc[m] = partial[warp][m];
+      for (int k = 1; k < split; k++) acc[m] += partial[warp + k][m];
+    }
+  }
+  if (!live || lane >= rows) return;
   float v = 0.0f;
 #pragma unroll
   for (int m = 0; m < MT; m++) v = m == lane ? acc[m] : v;  // lane m writes row m: registers, no local memory
@@ -136,10 +154,13 @@ bool gemv_fits(const MatmulParams& p) {
 
 template <typename T, typename TO>
 void launch_gemv(const MatmulParams& p, cudaStream_t stream) {
+  // Enough warps to keep the loads in flight: about 4096 (16 blocks of 4 on each of ~130 SMs... twice).
+  const int split = p.N >= 4096 ? 1 : p.N >= 2048 ? 2 : kGemvWarps;
+  const int columns = kGemvWarps / split;  // a block's
   auto run = [&](auto rows) {
     constexpr int MT = decltype(rows)::value;
-    const dim3 grid(static_cast<unsigned>((p.N + kGemvWarps - 1) / kGemvWarps), static_cast<unsigned>((p.M + MT - 1) / MT));
-    launch_pdl(gemv_kernel<T, TO, MT>, grid, dim3(32 * kGemvWarps), stream, p);
+    const dim3 grid(static_cast<unsigned>((p.N + columns - 1) / columns), static_cast<unsigned>((p.M + MT - 1) / MT));
+    launch_pdl(gemv_kernel<T, TO, MT>, grid, dim3(32 * kGemvWarps), stream, p, split);
   };
   if (p.M == 1) run(std::integral_constant<int, 1>{});
   else if (p.M == 2) run(std::integral_constant<int, 2>{});
