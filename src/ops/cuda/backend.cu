@@ -4,32 +4,17 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <unordered_map>
 
 #include "core/error.h"
 #include "ops/cuda/check.h"
-#include "ops/cuda/common.cuh"
 #include "ops/cuda/conv1d.h"
 #include "ops/cuda/ops.h"
 #include "ops/cuda/scan.h"
 
 namespace mamba::cuda {
-
-bool pdl_enabled() {
-  static const bool allowed = [] {
-    const char* v = std::getenv("MAMBA_CUDA_PDL");
-    return !(v && std::string(v) == "0");
-  }();
-  int device = 0, major = 0;
-  if (!allowed || cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
-    return false;
-  }
-  return major >= 9;
-}
 
 namespace {
 
