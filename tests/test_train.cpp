@@ -90,7 +90,7 @@ TEST(TrainParity, RecomputeLevelsGiveTheSameGradients) {
           << "level " << level << " " << dtype_name(dtype);
     }
   }
-  EXPECT_THROW(Backprop(c, 2, 23, 5, Backend::cpu(), DType::F32, 3), Error);
+  EXPECT_THROW(Backprop(c, 2, 23, 5, Backend::cpu(), DType::F32, Backprop::kMaxRecompute + 1), Error);
 }
 
 struct Trajectory {

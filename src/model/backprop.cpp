@@ -51,14 +51,14 @@ int64_t Backprop::bytes_needed(const Config& c, int64_t B, int64_t L, int64_t sc
   const int64_t chunks = L / chunk + (L % chunk != 0);
   const bool low = dtype != DType::F32;
   const int64_t e = static_cast<int64_t>(dtype_size(dtype));
-  // Per token: saved per layer, the fp32 residual and in `dtype` the norm's output, xz and x_proj's output,
-  // and what the recomputation level keeps (below 1 the conv's output and Δ, below 2 y); once, what it
+  // Per token: saved per layer, the fp32 residual and in `dtype` xz and x_proj's output, and what the
+  // recomputation level keeps (below 1 the conv's output and Δ, below 2 y, below 3 the norm's output); once, what it
   // recomputes into one shared buffer; scratch, the fp32 residual gradient and in `dtype` the hidden state,
   // its gradient (bf16, fp16), the norm's gradient and the mixer's activation gradients. The scan's chunk
   // states: per layer below level 2, once at 2.
-  const int64_t kept = (recompute < 1 ? 2 * Di : 0) + (recompute < 2 ? Di : 0);
-  const int64_t shared = (recompute >= 1 ? 2 * Di : 0) + (recompute >= 2 ? Di : 0);
-  const int64_t saved_per_token = 4 * d + e * (d + 2 * Di + xw + kept);
+  const int64_t kept = (recompute < 1 ? 2 * Di : 0) + (recompute < 2 ? Di : 0) + (recompute < 3 ? d : 0);
+  const int64_t shared = (recompute >= 1 ? 2 * Di : 0) + (recompute >= 2 ? Di : 0) + (recompute >= 3 ? d : 0);
+  const int64_t saved_per_token = 4 * d + e * (2 * Di + xw + kept);
   const int64_t scratch_per_token = 4 * d + e * ((low ? 3 : 2) * d + 5 * Di + xw + shared);
   const int64_t states = sat_mul(sat_mul(B, chunks), 4 * Di * N);
   int64_t bytes = sat_mul(c.n_layer, sat_add(sat_mul(M, saved_per_token), recompute < 2 ? states : 0));
@@ -101,7 +101,8 @@ Backprop::Backprop(const Config& config, int B, int L, int scan_chunk, Backend& 
     fail("training computes in F32, BF16 or F16, not ", dtype_name(t));
   }
   if (recompute < 0 || recompute > kMaxRecompute) {
-    fail("recompute level ", recompute, " is not one of 0 (keep all), 1 (the conv and Δ), 2 (also the scan)");
+    fail("recompute level ", recompute, " is not one of 0 (keep all), 1 (the conv and Δ), 2 (also the scan), ",
+         "3 (also the norm)");
   }
   const bool lti = c.ssm_mode == SsmMode::Lti, low = t != DType::F32;
   // The embedding's backward reads the fp32 residual stream's gradient; Convert makes the matrices' copies.
@@ -125,9 +126,10 @@ Backprop::Backprop(const Config& config, int B, int L, int scan_chunk, Backend& 
   // forward writes and the backward recomputes just before the layer's backward: at 1 the conv's output and
   // Δ (from xz and x_proj's output, as the official model's checkpoint_lvl 1), 2·Di values a token and layer
   // for a conv and a (M, R)·(R, Di) product per layer; at 2 also the scan's chunk states and y (its forward
-  // run again), Di values a token and layer and 4·Di·N / chunk bytes, for a scan forward per layer.
+  // run again), Di values a token and layer and 4·Di·N / chunk bytes, for a scan forward per layer; at 3 also
+  // the norm's output (d values a token and layer), from the fp32 residual the layer keeps anyway.
   auto carve_saved = [&](Views& v) {
-    void *xc = nullptr, *delta = nullptr, *y = nullptr;
+    void *xc = nullptr, *delta = nullptr, *y = nullptr, *normed = nullptr;
     float* checkpoints = nullptr;
     const int64_t states = int64_t{B} * chunks * Di * N;
     if (recompute_ >= 1) {
@@ -138,9 +140,11 @@ Backprop::Backprop(const Config& config, int B, int L, int scan_chunk, Backend& 
       v.take(y, M * Di, e);
       v.take(checkpoints, states, 4);
     }
+    if (recompute_ >= 3) v.take(normed, M * d, e);
     for (LayerSaved& s : layers_) {
       v.take(s.residual, M * d, 4);
-      v.take(s.normed, M * d, e);
+      s.normed = normed;
+      if (recompute_ < 3) v.take(s.normed, M * d, e);
       v.take(s.xz, M * 2 * Di, e);
       v.take(s.xdbl, M * xw, e);
       s.xc = xc, s.delta = delta, s.y = y, s.checkpoints = checkpoints;
@@ -380,7 +384,9 @@ void Backprop::forward_backward(const float* params, float* grads, const int32_t
     conv.dx = dxz_, conv.dx_stride = 2 * Di;
     conv.dweight = mut(gw.conv_w), conv.dbias = mut(gw.conv_b);
     b.conv1d_bwd(conv, ws);
-    // in_proj, then the norm (which updates the residual gradient in place)
+    // in_proj (its input recomputed at level 3: the norm of the residual as the forward saw it), then the
+    // norm's backward (which updates the residual gradient in place)
+    if (recompute_ >= 3) b.rmsnorm({t, s.normed, s.residual, nullptr, lw.norm, false, M, d, c.norm_eps}, ws);
     b.matmul_bwd({t, dnormed_, d, false, mut(gw.in_proj_w.f32()), mut(gw.in_proj_b), dxz_, 2 * Di, s.normed, d,
                   lw.in_proj_w, M, d, 2 * Di},
                  ws);

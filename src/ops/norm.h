@@ -9,12 +9,13 @@
 namespace mamba {
 
 // residual (M, C) += inp (or = inp when `first`); out (M, C) = RMSNorm(residual) · weight, with
-// RMSNorm(r) = r / √(mean(r²) + eps).
+// RMSNorm(r) = r / √(mean(r²) + eps). Without inp the residual is left as it is: the norm of a saved
+// residual again (training's recomputation), the same bits as when it was first computed.
 struct RmsNormParams {
   DType dtype = DType::F32;  // of out and inp
   void* out = nullptr;       // (M, C)
   float* residual = nullptr;  // (M, C) fp32, updated in place
-  const void* inp = nullptr;  // (M, C)
+  const void* inp = nullptr;  // (M, C), or null
   const float* weight = nullptr;  // (C)
   bool first = false;
   int64_t M = 0;

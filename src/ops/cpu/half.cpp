@@ -223,8 +223,9 @@ void rmsnorm(const RmsNormParams& p, void* workspace) {
   const RmsNormSpace a = rmsnorm_space(p, s);
   for (int64_t m0 = 0; m0 < p.M; m0 += kHalfRows) {
     const int64_t rows = std::min(kHalfRows, p.M - m0);
-    widen(a.inp, p.C, at(p.inp, m0 * p.C, p.dtype), p.dtype, p.C, rows, p.C);
-    residual_rmsnorm_forward(a.out, p.residual + m0 * p.C, a.inp, p.weight, p.first, rows, p.C, p.eps);
+    if (p.inp) widen(a.inp, p.C, at(p.inp, m0 * p.C, p.dtype), p.dtype, p.C, rows, p.C);
+    residual_rmsnorm_forward(a.out, p.residual + m0 * p.C, p.inp ? a.inp : nullptr, p.weight, p.first, rows, p.C,
+                             p.eps);
     narrow(at(p.out, m0 * p.C, p.dtype), p.dtype, p.C, a.out, p.C, rows, p.C);
   }
 }

@@ -21,11 +21,11 @@ void residual_rmsnorm_forward(float* out, float* residual, const float* inp, con
 #pragma omp parallel for schedule(static) if (M > 16)
   for (int64_t m = 0; m < M; m++) {
     float* r = residual + m * C;
-    const float* x = inp + m * C;
+    const float* x = inp ? inp + m * C : nullptr;
     float* o = out + m * C;
     float sum_sq = 0.0f;
     for (int c = 0; c < C; c++) {
-      float v = first ? x[c] : x[c] + r[c];
+      float v = !x ? r[c] : first ? x[c] : x[c] + r[c];
       r[c] = v;
       sum_sq += v * v;
     }

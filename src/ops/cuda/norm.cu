@@ -30,7 +30,7 @@ __global__ void __launch_bounds__(kNormThreads) rmsnorm_kernel(RmsNormParams p) 
   pdl_wait();
   const int64_t m = blockIdx.x;
   float* r = p.residual + m * p.C;
-  const T* x = static_cast<const T*>(p.inp) + m * p.C;
+  const T* x = p.inp ? static_cast<const T*>(p.inp) + m * p.C : nullptr;  // null: the residual as it is
   T* out = static_cast<T*>(p.out) + m * p.C;
   float sum_sq = 0.0f;
   if (p.C <= kNormFwdCols * kNormThreads) {
@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(kNormThreads) rmsnorm_kernel(RmsNormParams p) 
 #pragma unroll
     for (int j = 0; j < kNormFwdCols; j++) {
       const int c = threadIdx.x + j * kNormThreads;
-      v[j] = c < p.C ? (p.first ? to_float(x[c]) : to_float(x[c]) + r[c]) : 0.0f;
+      v[j] = c >= p.C ? 0.0f : !x ? r[c] : p.first ? to_float(x[c]) : to_float(x[c]) + r[c];
     }
 #pragma unroll
     for (int j = 0; j < kNormFwdCols; j++) {
@@ -50,7 +50,7 @@ __global__ void __launch_bounds__(kNormThreads) rmsnorm_kernel(RmsNormParams p) 
     }
   } else {
     for (int c = threadIdx.x; c < p.C; c += kNormThreads) {
-      const float v = p.first ? to_float(x[c]) : to_float(x[c]) + r[c];
+      const float v = !x ? r[c] : p.first ? to_float(x[c]) : to_float(x[c]) + r[c];
       r[c] = v;
       sum_sq += v * v;
     }
@@ -158,7 +158,7 @@ void rmsnorm_bwd(const RmsNormBwdParams& p, void* workspace, cudaStream_t stream
 
 void rmsnorm_fwd(const RmsNormParams& p, cudaStream_t stream) {
   if (p.M <= 0) return;
-  if (p.M > 0x7fffffff || p.C <= 0 || !p.out || !p.residual || !p.inp || !p.weight) {
+  if (p.M > 0x7fffffff || p.C <= 0 || !p.out || !p.residual || !p.weight) {
     throw std::invalid_argument("rmsnorm_fwd: bad arguments");
   }
   with_dtype(p.dtype, [&](auto zero) {
