@@ -212,11 +212,12 @@ __global__ void scan_step_kernel(ScanParams p, float* state, int log2G) {
   const int lane = threadIdx.x & (G - 1);
   const int d = blockIdx.x * (blockDim.x >> log2G) + (threadIdx.x >> log2G);
   const int64_t b = blockIdx.y;
-  const bool valid = d < p.dim;
-  if (valid && lane == 0) prefetch_l2(state + (b * p.dim + d) * p.dstate);  // the state and A: not written
-  if (valid && lane == 0) prefetch_l2(p.A + static_cast<int64_t>(d) * p.dstate);  // by the kernel before
+  const bool valid = d < p.dim;  // the others take part in the shuffles only
+  // The state and A start on their way to L2 (neither is written by the kernel before this one).
+  if (valid && lane == 0) prefetch_l2(state + (b * p.dim + d) * p.dstate);
+  if (valid && lane == 0) prefetch_l2(p.A + static_cast<int64_t>(d) * p.dstate);
   pdl_launch_dependents();  // launched by launch_pdl (common.cuh)
-  pdl_wait();  // the others take part in the shuffles only
+  pdl_wait();
   const int N = p.dstate;
   float acc = 0.0f, u = 0.0f;
   const float delta = step_delta<T>(p, b, d, valid, lane, G);
@@ -251,9 +252,10 @@ __global__ void scan_step4_kernel(ScanParams p, float* state, int log2G) {
   const int lane = threadIdx.x & (G - 1);
   const int d = blockIdx.x * (blockDim.x >> log2G) + (threadIdx.x >> log2G);
   const int64_t b = blockIdx.y;
-  const bool valid = d < p.dim;
-  if (valid && lane == 0) prefetch_l2(state + (b * p.dim + d) * p.dstate);  // the state and A: not written
-  if (valid && lane == 0) prefetch_l2(p.A + static_cast<int64_t>(d) * p.dstate);  // by the kernel before
+  const bool valid = d < p.dim;  // the others take part in the shuffles only
+  // The state and A start on their way to L2 (neither is written by the kernel before this one).
+  if (valid && lane == 0) prefetch_l2(state + (b * p.dim + d) * p.dstate);
+  if (valid && lane == 0) prefetch_l2(p.A + static_cast<int64_t>(d) * p.dstate);
   pdl_launch_dependents();  // launched by launch_pdl (common.cuh)
   pdl_wait();
   const int N = p.dstate, n = 4 * lane;
