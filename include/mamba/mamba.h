@@ -469,8 +469,8 @@ struct TrainOptions {
   bool sequential = false;
   int scan_chunk = 256;
   // What the backward recomputes instead of keeping per layer: 0 nothing, 1 the conv's output and Δ, 2 also
-  // the scan's forward (its chunk states and output), 3 also the norm's output: less memory for more time,
-  // the same gradients.
+  // the scan's forward (its chunk states and output), 3 also the norm's output, 4 also in_proj's output:
+  // less memory for more time, the same gradients.
   int recompute = 1;
   int64_t eval_every = 100, eval_batches = 8, save_every = 0, keep = 3;
   // Writes the first step's gradients (the mean over its micro-batches, before clipping) to this

@@ -47,8 +47,8 @@ void add_bench_train(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--recompute", o.recompute,
                   "What the backward recomputes instead of keeping per layer: 0 nothing, 1 the conv and Δ, 2 also the "
-                  "scan, 3 also the norm")
-      ->capture_default_str()->check(CLI::Range(0, 3));
+                  "scan, 3 also the norm, 4 also in_proj")
+      ->capture_default_str()->check(CLI::Range(0, 4));
   cmd->add_option("--peak-tflops", o.peak_tflops,
                   "The device's peak rate for this precision, for model FLOPs utilization (0: not reported)")
       ->check(CLI::NonNegativeNumber);

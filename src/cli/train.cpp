@@ -117,9 +117,9 @@ void add_train(CLI::App& app) {
       ->capture_default_str()->check(CLI::PositiveNumber);
   flag(cmd->add_option("--recompute", t.recompute,
                        "What the backward recomputes instead of keeping per layer: 0 nothing, 1 the conv and Δ, "
-                       "2 also the scan, 3 also the norm (least memory)"),
+                       "2 also the scan, 3 also the norm, 4 also in_proj (least memory)"),
        "recompute")
-      ->capture_default_str()->check(CLI::Range(0, 3));
+      ->capture_default_str()->check(CLI::Range(0, 4));
   flag(cmd->add_option("--eval-every", t.eval_every, "Validate every N steps (0: only at the end)"), "eval_every")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   flag(cmd->add_option("--eval-batches", t.eval_batches, "Batches per validation"), "eval_batches")->capture_default_str()->check(CLI::PositiveNumber);

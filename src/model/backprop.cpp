@@ -51,14 +51,16 @@ int64_t Backprop::bytes_needed(const Config& c, int64_t B, int64_t L, int64_t sc
   const int64_t chunks = L / chunk + (L % chunk != 0);
   const bool low = dtype != DType::F32;
   const int64_t e = static_cast<int64_t>(dtype_size(dtype));
-  // Per token: saved per layer, the fp32 residual and in `dtype` xz and x_proj's output, and what the
-  // recomputation level keeps (below 1 the conv's output and Δ, below 2 y, below 3 the norm's output); once, what it
+  // Per token: saved per layer, the fp32 residual and in `dtype` x_proj's output, and what the recomputation
+  // level keeps (below 1 the conv's output and Δ, below 2 y, below 3 the norm's output, below 4 xz); once, what it
   // recomputes into one shared buffer; scratch, the fp32 residual gradient and in `dtype` the hidden state,
   // its gradient (bf16, fp16), the norm's gradient and the mixer's activation gradients. The scan's chunk
-  // states: per layer below level 2, once at 2.
-  const int64_t kept = (recompute < 1 ? 2 * Di : 0) + (recompute < 2 ? Di : 0) + (recompute < 3 ? d : 0);
-  const int64_t shared = (recompute >= 1 ? 2 * Di : 0) + (recompute >= 2 ? Di : 0) + (recompute >= 3 ? d : 0);
-  const int64_t saved_per_token = 4 * d + e * (2 * Di + xw + kept);
+  // states: per layer below level 2, once from 2 up.
+  const int64_t kept =
+      (recompute < 1 ? 2 * Di : 0) + (recompute < 2 ? Di : 0) + (recompute < 3 ? d : 0) + (recompute < 4 ? 2 * Di : 0);
+  const int64_t shared =
+      (recompute >= 1 ? 2 * Di : 0) + (recompute >= 2 ? Di : 0) + (recompute >= 3 ? d : 0) + (recompute >= 4 ? 2 * Di : 0);
+  const int64_t saved_per_token = 4 * d + e * (xw + kept);
   const int64_t scratch_per_token = 4 * d + e * ((low ? 3 : 2) * d + 5 * Di + xw + shared);
   const int64_t states = sat_mul(sat_mul(B, chunks), 4 * Di * N);
   int64_t bytes = sat_mul(c.n_layer, sat_add(sat_mul(M, saved_per_token), recompute < 2 ? states : 0));
@@ -102,7 +104,7 @@ Backprop::Backprop(const Config& config, int B, int L, int scan_chunk, Backend& 
   }
   if (recompute < 0 || recompute > kMaxRecompute) {
     fail("recompute level ", recompute, " is not one of 0 (keep all), 1 (the conv and Δ), 2 (also the scan), ",
-         "3 (also the norm)");
+         "3 (also the norm), 4 (also in_proj)");
   }
   const bool lti = c.ssm_mode == SsmMode::Lti, low = t != DType::F32;
   // The embedding's backward reads the fp32 residual stream's gradient; Convert makes the matrices' copies.
@@ -127,9 +129,10 @@ Backprop::Backprop(const Config& config, int B, int L, int scan_chunk, Backend& 
   // Δ (from xz and x_proj's output, as the official model's checkpoint_lvl 1), 2·Di values a token and layer
   // for a conv and a (M, R)·(R, Di) product per layer; at 2 also the scan's chunk states and y (its forward
   // run again), Di values a token and layer and 4·Di·N / chunk bytes, for a scan forward per layer; at 3 also
-  // the norm's output (d values a token and layer), from the fp32 residual the layer keeps anyway.
+  // the norm's output (d values a token and layer), from the fp32 residual the layer keeps anyway; at 4 also
+  // in_proj's output xz (2·Di values a token and layer), for an (M, d)·(d, 2·Di) product a layer.
   auto carve_saved = [&](Views& v) {
-    void *xc = nullptr, *delta = nullptr, *y = nullptr, *normed = nullptr;
+    void *xc = nullptr, *delta = nullptr, *y = nullptr, *normed = nullptr, *xz = nullptr;
     float* checkpoints = nullptr;
     const int64_t states = int64_t{B} * chunks * Di * N;
     if (recompute_ >= 1) {
@@ -141,11 +144,13 @@ Backprop::Backprop(const Config& config, int B, int L, int scan_chunk, Backend& 
       v.take(checkpoints, states, 4);
     }
     if (recompute_ >= 3) v.take(normed, M * d, e);
+    if (recompute_ >= 4) v.take(xz, M * 2 * Di, e);
     for (LayerSaved& s : layers_) {
       v.take(s.residual, M * d, 4);
       s.normed = normed;
       if (recompute_ < 3) v.take(s.normed, M * d, e);
-      v.take(s.xz, M * 2 * Di, e);
+      s.xz = xz;
+      if (recompute_ < 4) v.take(s.xz, M * 2 * Di, e);
       v.take(s.xdbl, M * xw, e);
       s.xc = xc, s.delta = delta, s.y = y, s.checkpoints = checkpoints;
       if (recompute_ < 1) {
@@ -330,7 +335,10 @@ void Backprop::forward_backward(const float* params, float* grads, const int32_t
     const LayerWeights& gw = g_.layers[l];
     const LayerSaved& s = layers_[l];
     // What this level did not keep, recomputed by the forward's own calls from a zero tail and state, as the
-    // forward began (the same kernels on the same inputs: the same values).
+    // forward began (the same kernels on the same inputs: the same values): the norm of the residual as the
+    // forward saw it, in_proj's output from it, the conv and Δ, the scan.
+    if (recompute_ >= 3) b.rmsnorm({t, s.normed, s.residual, nullptr, lw.norm, false, M, d, c.norm_eps}, ws);
+    if (recompute_ >= 4) mixer_in_proj(b, buffers(s), s.normed, lw, c, B_, L_, ws);
     if (recompute_ >= 1) {
       zero(tail_, int64_t{B_} * (K - 1) * Di);
       mixer_conv(b, buffers(s), lw, c, B_, L_, tail_, ws);
@@ -384,9 +392,7 @@ void Backprop::forward_backward(const float* params, float* grads, const int32_t
     conv.dx = dxz_, conv.dx_stride = 2 * Di;
     conv.dweight = mut(gw.conv_w), conv.dbias = mut(gw.conv_b);
     b.conv1d_bwd(conv, ws);
-    // in_proj (its input recomputed at level 3: the norm of the residual as the forward saw it), then the
-    // norm's backward (which updates the residual gradient in place)
-    if (recompute_ >= 3) b.rmsnorm({t, s.normed, s.residual, nullptr, lw.norm, false, M, d, c.norm_eps}, ws);
+    // in_proj, then the norm (which updates the residual gradient in place)
     b.matmul_bwd({t, dnormed_, d, false, mut(gw.in_proj_w.f32()), mut(gw.in_proj_b), dxz_, 2 * Di, s.normed, d,
                   lw.in_proj_w, M, d, 2 * Di},
                  ws);

@@ -29,11 +29,11 @@ class Backprop {
   // states; activations in `dtype` (F32, or BF16 / F16 for mixed precision). Fails naming the op when the
   // backend cannot train this model so.
   // `recompute`: what the backward recomputes instead of keeping per layer (0 nothing; 1 the conv's output and
-  // Δ; 2 also the scan's forward, its chunk states and y; 3 also the norm's output, from the fp32 residual):
-  // memory for time, the gradients the same.
+  // Δ; 2 also the scan's forward, its chunk states and y; 3 also the norm's output, from the fp32 residual;
+  // 4 also in_proj's output xz, from the norm's): memory for time, the gradients the same.
   Backprop(const Config& config, int B, int L, int scan_chunk = 256, Backend& backend = Backend::cpu(),
            DType dtype = DType::F32, int recompute = 1);
-  static constexpr int kMaxRecompute = 3;
+  static constexpr int kMaxRecompute = 4;
 
   // Mean cross-entropy of targets (B, L) given inputs (B, L) (host memory), over targets ≠ ignore_index.
   // params (and grads) are fp32 on the backend's device, laid out by param_specs. With `grads`, also runs

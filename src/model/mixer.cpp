@@ -122,6 +122,14 @@ std::string mixer_unsupported(const Backend& backend, const Config& c, DType dty
   return {};
 }
 
+void mixer_in_proj(Backend& backend, const MixerBuffers& buf, const void* normed, const LayerWeights& lw,
+                   const Config& c, int B, int L, void* workspace) {
+  const int d = c.d_model, Di = c.d_inner();
+  backend.matmul(matmul_params(buf.xz, 2 * Di, normed, d, buf.dtype, lw.in_proj_w, lw.in_proj_b, int64_t{B} * L, d,
+                               2 * Di),
+                 workspace);
+}
+
 void mixer_conv(Backend& backend, const MixerBuffers& buf, const LayerWeights& lw, const Config& c, int B, int L,
                 float* tail, void* workspace) {
   backend.conv1d(conv_params(buf, lw, c, B, L, tail), workspace);
@@ -153,7 +161,7 @@ void mixer_forward(Backend& backend, void* out, const MixerBuffers& buf, const v
   const int d = c.d_model, Di = c.d_inner(), R = c.dt_rank, xw = R + 2 * c.d_state;
   const int64_t M = int64_t{B} * L;
   const DType t = buf.dtype;
-  backend.matmul(matmul_params(buf.xz, 2 * Di, normed, d, t, lw.in_proj_w, lw.in_proj_b, M, d, 2 * Di), workspace);
+  mixer_in_proj(backend, buf, normed, lw, c, B, L, workspace);
   mixer_conv(backend, buf, lw, c, B, L, carry.conv_tail, workspace);
   if (c.ssm_mode != SsmMode::Lti) {
     backend.matmul(matmul_params(buf.xdbl, xw, buf.xc, Di, t, lw.x_proj_w, nullptr, M, Di, xw), workspace);

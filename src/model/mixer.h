@@ -44,6 +44,11 @@ size_t mixer_workspace(Backend& backend, const Config& c, DType dtype, int B, in
 // Why `backend` cannot run this model's mixer with activations of `dtype` (weights of `weight`), or empty.
 std::string mixer_unsupported(const Backend& backend, const Config& c, DType dtype, DType weight);
 
+// buf.xz = in_proj(normed): mixer_forward's first product, and the backward's recomputation of it at the
+// deepest recomputation level (one function: the same values).
+void mixer_in_proj(Backend& backend, const MixerBuffers& buf, const void* normed, const LayerWeights& lw,
+                   const Config& c, int B, int L, void* workspace);
+
 // buf.xc = SiLU(conv(x half of buf.xz)) from the tail (B, d_conv − 1, Di) fp32, which it updates; then buf.delta =
 // dt_proj(buf.xdbl) before its bias (LTI: the one zero row the scan reads). mixer_forward's middle (x_proj runs
 // between the two there), and the backward's recomputation of both from the saved xz and xdbl (model/backprop.h):

@@ -96,8 +96,8 @@ void TrainOptions::validate(const std::string& where) const {
   at_least("scan_chunk", scan_chunk, 1);
   at_least("recompute", recompute, 0);
   if (recompute > Backprop::kMaxRecompute) {
-    fail(where, ": recompute ", recompute, " must be 0 (keep all), 1 (the conv and Δ), 2 (also the scan) or 3 (also ",
-         "the norm)");
+    fail(where, ": recompute ", recompute, " must be 0 (keep all), 1 (the conv and Δ), 2 (also the scan), 3 (also ",
+         "the norm) or 4 (also in_proj)");
   }
   at_least("steps", steps, 1);
   at_least("warmup", warmup, 0);

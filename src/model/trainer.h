@@ -36,7 +36,7 @@ struct TrainOptions {
   uint64_t seed = 0;
   bool sequential = false;  // read the data in order, no shuffling
   int scan_chunk = 256;
-  // What the backward recomputes instead of keeping per layer (Backprop): 0, 1 (the default), 2 or 3.
+  // What the backward recomputes instead of keeping per layer (Backprop): 0, 1 (the default), 2, 3 or 4.
   int recompute = 1;
   int64_t eval_every = 100, eval_batches = 8, save_every = 0, keep = 3;
   int ignore_index = -100;
