@@ -153,6 +153,7 @@ void mixer_scan(Backend& backend, const MixerBuffers& buf, const LayerWeights& l
   scan.state_out = carry.ssm_out;
   scan.chunk_states = carry.checkpoints;
   scan.state_chunk = carry.chunk;
+  if (low_rank_delta(c, L, carry)) use_low_rank_delta(scan, buf, lw, c);
   backend.scan(scan, workspace);
 }
 
@@ -166,16 +167,8 @@ void mixer_forward(Backend& backend, void* out, const MixerBuffers& buf, const v
   if (c.ssm_mode != SsmMode::Lti) {
     backend.matmul(matmul_params(buf.xdbl, xw, buf.xc, Di, t, lw.x_proj_w, nullptr, M, Di, xw), workspace);
   }
-  if (low_rank_delta(c, L, carry)) {
-    ScanParams scan = mixer_scan_params(buf, lw, A, c, B, L);
-    scan.state_in = carry.ssm_in;
-    scan.state_out = carry.ssm_out;
-    use_low_rank_delta(scan, buf, lw, c);
-    backend.scan(scan, workspace);
-  } else {
-    mixer_delta(backend, buf, lw, c, B, L, workspace);
-    mixer_scan(backend, buf, lw, A, c, B, L, carry, workspace);
-  }
+  if (!low_rank_delta(c, L, carry)) mixer_delta(backend, buf, lw, c, B, L, workspace);  // else the scan's
+  mixer_scan(backend, buf, lw, A, c, B, L, carry, workspace);
   backend.matmul(matmul_params(out, d, buf.y, Di, t, lw.out_proj_w, lw.out_proj_b, M, Di, d), workspace);
 }
 

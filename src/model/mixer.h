@@ -58,7 +58,8 @@ void mixer_conv(Backend& backend, const MixerBuffers& buf, const LayerWeights& l
 void mixer_delta(Backend& backend, const MixerBuffers& buf, const LayerWeights& lw, const Config& c, int B, int L,
                  void* workspace);
 
-// buf.y = selective_scan(buf.xc, Δ, A, B, C, D) ⊙ SiLU(z), carrying carry's states (its conv tail unused):
+// buf.y = selective_scan(buf.xc, Δ, A, B, C, D) ⊙ SiLU(z), carrying carry's states (its conv tail unused);
+// for one token of inference Δ is handed to the scan low-rank (buf.xdbl and dt_proj: no mixer_delta first):
 // mixer_forward's scan, and the backward's recomputation of y and of the chunk states at the deepest
 // recomputation level.
 void mixer_scan(Backend& backend, const MixerBuffers& buf, const LayerWeights& lw, const float* A, const Config& c,

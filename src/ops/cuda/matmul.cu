@@ -7,6 +7,11 @@
 // β = 1 when the contract accumulates, and dweight (K × N) += inp (K × M) · doutᵀ (M × N), fp32 output
 // from inputs of any dtype, β = 1. The bias's gradient is a column sum over the rows, one thread per
 // column, in row order (deterministic).
+//
+// Products of a few rows (M ≤ kGemvRows: a decode step) are a kernel of our own instead: they are bound by
+// reading the weight once, which GEMM kernels tiled for many rows do not stream at the memory's rate
+// (measured in dev/notes/gpu-model.md). A warp (or a few) per output column walks its weight row in 16-byte
+// loads against the input rows, and sums in a fixed order: deterministic, the bias added in the same pass.
 #include <climits>
 #include <string>
 #include <type_traits>
@@ -62,8 +67,9 @@ void gemm(cublasHandle_t handle, cublasOperation_t ta, cublasOperation_t tb, int
 
 constexpr int kGemvRows = 8;    // the most input rows one pass takes (accumulators a lane)
 constexpr int kGemvWarps = 4;   // output columns a block
-// 16-byte weight loads a lane issues before using them: all of a 1.4b in_proj row's at one input row (the
-// input's chunks loaded beside them), where a loop that waited on every few loads was latency-bound.
+// 16-byte weight loads a lane issues before using the first: at one input row, a lane's whole share of a
+// 1.4b in_proj row (the input's chunks loaded beside them). The product is bound by how many bytes wait on
+// memory together, not by arithmetic.
 template <int MT>
 constexpr int kGemvUnroll = MT == 1 ? 8 : 4;
 
