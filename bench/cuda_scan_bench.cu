@@ -255,7 +255,7 @@ int main(int argc, char** argv) {
       };
       for (Split sp : {Split{1, 1}, Split{1, 2}, Split{1, 4}, Split{1, 8}, Split{1, 16}, Split{2, 2}, Split{2, 4},
                        Split{2, 8}, Split{4, 2}, Split{4, 4}}) {
-        for (int S : {0, 16, 32, 48, 64, 96, 128, 192, 256}) {
+        for (int S : {0, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256}) {
           if (S > 0 && s.B * s.D >= 32768) continue;
           for (int vec : {0, -1}) {  // 16-byte vectors where the rows allow, then element by element
             if (vec == -1 && S > 0) continue;

@@ -59,6 +59,7 @@ def rel(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
+SHAPES = [(8, 1536, 2048, 16), (8, 4096, 2048, 16), (1, 1536, 8192, 16)]
 impls = [("mambacpp", ours)] + ([("official_cuda", official)] if official else [])
 if not official:
     emit(note="mamba_ssm is not importable: our figures alone")
@@ -76,7 +77,7 @@ for name, fn in impls:
     emit(check="vs_mambacpp_fp32", impl=name, dtype="bf16", out_rel=rel(out, ref_out),
          grad_rel={k: rel(g, r) for k, g, r in zip("u delta A B C D z bias".split(), grads, ref_grads)})
 
-for (b, d, l, n) in [(8, 1536, 2048, 16), (8, 4096, 2048, 16), (1, 1536, 8192, 16)]:
+for (b, d, l, n) in SHAPES:
     for name, fn in impls:
         ts = inputs(b, d, l, n, torch.bfloat16)
         ms = do_bench(lambda: run(fn, ts), warmup=50, rep=300, return_mode="median")
@@ -87,27 +88,27 @@ for (b, d, l, n) in [(8, 1536, 2048, 16), (8, 4096, 2048, 16), (1, 1536, 8192, 1
         emit(figure="scan_fwd_bwd", impl=name, B=b, D=d, L=l, N=n, dtype="bf16", ms=ms2)
         del ts, gout
         torch.cuda.empty_cache()
-# Where the time of one call goes at the first shape: the CUDA kernels of a forward and of a forward and
+# Where the time of one call goes at each shape: the CUDA kernels of a forward and of a forward and
 # backward, summed by name (torch.profiler), for each implementation.
-b, d, l, n = 8, 1536, 2048, 16
-for name, fn in impls:
-    for what in ("fwd", "fwd_bwd"):
-        ts = inputs(b, d, l, n, torch.bfloat16, grad=what == "fwd_bwd")
-        gout = torch.randn(b, d, l, device=dev, dtype=torch.bfloat16) if what == "fwd_bwd" else None
-        for _ in range(3):
-            run(fn, ts, gout)
-        torch.cuda.synchronize()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            run(fn, ts, gout)
+for (b, d, l, n) in SHAPES:
+    for name, fn in impls:
+        for what in ("fwd", "fwd_bwd"):
+            ts = inputs(b, d, l, n, torch.bfloat16, grad=what == "fwd_bwd")
+            gout = torch.randn(b, d, l, device=dev, dtype=torch.bfloat16) if what == "fwd_bwd" else None
+            for _ in range(3):
+                run(fn, ts, gout)
             torch.cuda.synchronize()
-        kernels = {}
-        for e in prof.events():
-            if e.device_type == torch.autograd.DeviceType.CUDA:
-                k = kernels.setdefault(e.name[:90], [0, 0.0])
-                k[0] += 1
-                k[1] += getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0)) / 1000  # us -> ms
-        total = round(sum(v[1] for v in kernels.values()), 4)
-        emit(profile=what, impl=name, B=b, D=d, L=l, N=n, dtype="bf16", total_ms=total,
-             kernels=sorted(([k, c, round(ms, 4)] for k, (c, ms) in kernels.items()), key=lambda r: -r[2]))
-        del ts, gout
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                run(fn, ts, gout)
+                torch.cuda.synchronize()
+            kernels = {}
+            for e in prof.events():
+                if e.device_type == torch.autograd.DeviceType.CUDA:
+                    k = kernels.setdefault(e.name[:90], [0, 0.0])
+                    k[0] += 1
+                    k[1] += getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0)) / 1000  # us -> ms
+            total = round(sum(v[1] for v in kernels.values()), 4)
+            emit(profile=what, impl=name, B=b, D=d, L=l, N=n, dtype="bf16", total_ms=total,
+                 kernels=sorted(([k, c, round(ms, 4)] for k, (c, ms) in kernels.items()), key=lambda r: -r[2]))
+            del ts, gout
 sys.exit(0)

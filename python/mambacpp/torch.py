@@ -12,9 +12,9 @@ flows back).
 On a CUDA tensor the library's CUDA kernels run (forward and backward) on torch's current stream; on
 the CPU its fp32 scan runs (bfloat16 and float16 are computed in float32 there). The kernels read
 token-major arrays (batch, seqlen, X), so the inputs are copied into that layout once per call: any
-strides are accepted. The forward keeps the state at every chunk of steps, and the backward recomputes
-the states within a chunk from them (paper section 3.3.2): nothing of size batch x seqlen x dim x dstate
-is stored.
+strides are accepted. When a gradient will follow, the forward keeps the state at every chunk of steps,
+and the backward recomputes the states within a chunk from them (paper section 3.3.2): nothing of size
+batch x seqlen x dim x dstate is stored.
 
 Arguments are checked before anything runs: a wrong type, dtype, shape or device raises TypeError or
 ValueError naming the argument; a failure inside the library raises mambacpp.Error.
@@ -152,8 +152,13 @@ class SelectiveScanFn(_torch.autograd.Function):
         bias = None if delta_bias is None else delta_bias.contiguous()
         y = _torch.empty_like(ut)
         last = _torch.empty(batch, dim, dstate, dtype=_torch.float32, device=device)
-        chunk = _core._scan_state_chunk(cuda)
-        chunks = _torch.empty(batch, (seqlen + chunk - 1) // chunk, dim, dstate, dtype=_torch.float32, device=device)
+        # The states every chunk of steps are for the backward alone: a forward that no gradient will
+        # follow (inference, torch.no_grad) skips them, B x seqlen/chunk x dim x dstate floats written.
+        chunks = None
+        if any(ctx.needs_input_grad[:8]):
+            chunk = _core._scan_state_chunk(cuda)
+            chunks = _torch.empty(batch, (seqlen + chunk - 1) // chunk, dim, dstate, dtype=_torch.float32,
+                                  device=device)
         code = _DTYPES[work]
         workspace = None
         if cuda:

@@ -109,6 +109,23 @@ def test_output_only_and_bf16_on_the_cpu():
     torch.testing.assert_close(selective_scan_fn(**{**x, "u": u_t}, delta_softplus=True), y, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_forward_without_gradients_equals_one_with(device):
+    # Without a gradient to follow, the forward skips the chunk states kept for the backward: the output and
+    # the last state must not change by a bit, and a forward with gradients must still go backward.
+    if device == "cuda" and not cuda_ready():
+        pytest.skip("needs a CUDA GPU and a build with the CUDA kernels")
+    x = make_inputs(2, 24, 150, 16, seed=5, with_D=True, with_z=True, with_bias=True)
+    x = {k: (v.to(device) if v is not None else None) for k, v in x.items()}
+    with torch.no_grad():
+        y0, last0 = selective_scan_fn(**x, delta_softplus=True, return_last_state=True)
+    xg = {k: (v.clone().requires_grad_(True) if v is not None else None) for k, v in x.items()}
+    y1, last1 = selective_scan_fn(**xg, delta_softplus=True, return_last_state=True)
+    assert torch.equal(y0, y1.detach()) and torch.equal(last0, last1.detach())
+    du, = torch.autograd.grad(y1.sum(), [xg["u"]])
+    assert du.shape == x["u"].shape and torch.isfinite(du).all()
+
+
 def test_bad_arguments_name_the_argument():
     x = make_inputs(2, 4, 5, 3, seed=1, with_D=True, with_z=True, with_bias=True)
 
