@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/error.h"
@@ -238,6 +239,45 @@ TEST_P(BackendOps, Matmul) {
     // Products of rounded values summed in fp32: the sum's order is the backend's; only the output's
     // rounding depends on the dtype.
     EXPECT_LE(rel_err(d_out.read(), want), 2 * tolerance(out_dtype)) << s.M << " × " << s.K << " · " << s.N;
+  }
+}
+
+// A bias that nearly cancels the product (a biased projection of a trained model can): a bf16/fp16 output
+// must be the fp32 sum rounded once, not the product rounded and the sum rounded again (whose error is the
+// product's half ulp, here as large as the output itself). Sixteenths make every product and sum exact
+// in fp32 in any order, so the only error left is the output's one rounding. 4100 × 4096 outputs pass the
+// rows CUDA stages in fp32 at a time.
+TEST_P(BackendOps, MatmulBiasRoundsOnce) {
+  DType act = dtype_;
+  if (!weights_run(Op::Matmul, &act)) GTEST_SKIP();
+  for (const auto& [M, K, N] : {std::tuple<int64_t, int, int>{37, 64, 100}, {4100, 16, 4096}}) {
+    Rng rng(M + N);
+    auto sixteenths = [&](int64_t n) {
+      std::vector<float> v(n);
+      for (float& x : v) x = static_cast<float>(static_cast<int>(rng.below(63)) - 31) / 16.0f;
+      return v;
+    };
+    const std::vector<float> row = sixteenths(K), w = sixteenths(int64_t{N} * K);
+    std::vector<float> inp(M * K), bias(N), want(M * N);
+    for (int64_t m = 0; m < M; m++) std::copy(row.begin(), row.end(), inp.begin() + m * K);
+    for (int n = 0; n < N; n++) {
+      double product = 0;
+      for (int k = 0; k < K; k++) product += static_cast<double>(row[k]) * w[int64_t{n} * K + k];
+      bias[n] = static_cast<float>(-product + rng.uniform(-0.25, 0.25));
+      for (int64_t m = 0; m < M; m++) want[m * N + n] = static_cast<float>(product + bias[n]);
+    }
+    Array d_inp(*b_, inp, act), d_w(*b_, w, dtype_), d_bias(*b_, bias, DType::F32),
+        d_out(*b_, std::vector<float>(M * N, 0.0f), act);
+    MatmulParams p;
+    p.out = d_out.data(), p.ldo = N, p.out_dtype = act;
+    p.inp = d_inp.data(), p.ldi = K, p.dtype = act;
+    p.weight = WeightView{d_w.data(), dtype_};
+    p.bias = d_bias.f32();
+    p.M = M, p.K = K, p.N = N;
+    Buffer ws(*b_, std::max<size_t>(1, b_->matmul_workspace(p)));
+    b_->matmul(p, ws.data());
+    const double rounding = act == DType::F32 ? 1e-6 : act == DType::F16 ? 0x1p-10 : 0x1p-8;
+    EXPECT_LE(rel_err(d_out.read(), want), rounding) << M << " × " << K << " · " << N;
   }
 }
 

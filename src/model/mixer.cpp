@@ -102,12 +102,13 @@ size_t mixer_workspace(Backend& backend, const Config& c, DType dtype, int B, in
   const int d = c.d_model, Di = c.d_inner(), R = c.dt_rank, xw = R + 2 * c.d_state;
   const int64_t M = int64_t{B} * L;
   const WeightView w{any, dtype};  // the sizes depend on the activations' type, not the weights'
+  const float* bias = c.use_bias ? static_cast<const float*>(any) : nullptr;  // in_proj's and out_proj's
   return std::max({backend.conv1d_workspace(conv_params(buf, lw, c, B, L, static_cast<float*>(any))),
                    backend.scan_workspace(scan), low_rank,
-                   backend.matmul_workspace(matmul_params(any, 2 * Di, any, d, dtype, w, nullptr, M, d, 2 * Di)),
+                   backend.matmul_workspace(matmul_params(any, 2 * Di, any, d, dtype, w, bias, M, d, 2 * Di)),
                    backend.matmul_workspace(matmul_params(any, xw, any, Di, dtype, w, nullptr, M, Di, xw)),
                    backend.matmul_workspace(matmul_params(any, Di, any, xw, dtype, w, nullptr, M, R, Di)),
-                   backend.matmul_workspace(matmul_params(any, d, any, Di, dtype, w, nullptr, M, Di, d))});
+                   backend.matmul_workspace(matmul_params(any, d, any, Di, dtype, w, bias, M, Di, d))});
 }
 
 std::string mixer_unsupported(const Backend& backend, const Config& c, DType dtype, DType weight) {

@@ -138,10 +138,10 @@ class CudaBackend final : public Backend {
     use();
     rmsnorm_fwd(p, stream_);
   }
-  size_t matmul_workspace(const MatmulParams&) const override { return 0; }
-  void matmul(const MatmulParams& p, void*) override {
+  size_t matmul_workspace(const MatmulParams& p) const override { return cuda::matmul_workspace(p); }
+  void matmul(const MatmulParams& p, void* workspace) override {
     use();
-    matmul_fwd(cublas_, p, stream_);
+    matmul_fwd(cublas_, p, stream_, workspace);
   }
 
   // The decode step updates its tail in place; the sequence kernel writes the new tail apart from the old,
@@ -176,12 +176,12 @@ class CudaBackend final : public Backend {
   void scan(const ScanParams& p, void* workspace) override {
     use();
     if (decode_scan(p) && p.delta_proj && p.batch > kFusedDeltaBatch) {
-      matmul_fwd(cublas_, delta_product(p, workspace), stream_);
+      matmul_fwd(cublas_, delta_product(p, workspace), stream_, nullptr);
       selective_scan_step(over_delta_product(p, workspace), p.state_out, stream_);
     } else if (decode_scan(p)) {
       selective_scan_step(p, p.state_out, stream_);
     } else if (p.delta_proj) {
-      matmul_fwd(cublas_, delta_product(p, workspace), stream_);
+      matmul_fwd(cublas_, delta_product(p, workspace), stream_, nullptr);
       selective_scan_fwd(over_delta_product(p, workspace), static_cast<char*>(workspace) + delta_product_bytes(p), stream_);
     } else {
       selective_scan_fwd(p, workspace, stream_);

@@ -12,6 +12,7 @@
 // reading the weight once, which GEMM kernels tiled for many rows do not stream at the memory's rate
 // (measured in dev/notes/gpu-model.md). A warp (or a few) per output column walks its weight row in 16-byte
 // loads against the input rows, and sums in a fixed order: deterministic, the bias added in the same pass.
+#include <algorithm>
 #include <climits>
 #include <string>
 #include <type_traits>
@@ -33,14 +34,23 @@ cudaDataType_t cuda_type(DType t) {
   return CUDA_R_32F;
 }
 
+// out = staged + bias, rounded once to T: the product is kept in fp32 until the bias is in it, as the CPU
+// and the GEMV do (rounding the product first and the sum again parts from them where the bias nearly
+// cancels the product, and the gradients of a biased model in bf16 drift 2-4 times farther from fp32).
 template <typename T>
-__global__ void add_bias_kernel(T* out, int64_t ldo, const float* bias, int64_t M, int N) {
+__global__ void add_bias_kernel(T* out, int64_t ldo, const float* src, int64_t lds, const float* bias, int64_t M,
+                                int N) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= M * N) return;
   const int64_t m = i / N;
   const int n = static_cast<int>(i % N);
-  out[m * ldo + n] = from_float<T>(to_float(out[m * ldo + n]) + bias[n]);
+  out[m * ldo + n] = from_float<T>(src[m * lds + n] + bias[n]);
 }
+
+// Rows of a biased bf16/fp16 product staged in fp32 at a time: the workspace stays under 64 MiB whatever M.
+int64_t staged_rows(const MatmulParams& p) { return std::max<int64_t>(1, (int64_t{1} << 24) / p.N); }
+
+bool staged(const MatmulParams& p) { return p.bias && p.out_dtype != DType::F32; }
 
 template <typename T>
 __global__ void bias_grad_kernel(float* dbias, const T* dout, int64_t ldo, int64_t M, int N) {
@@ -204,7 +214,7 @@ void matmul_bwd(cublasHandle_t handle, const MatmulBwdParams& p, cudaStream_t st
   MAMBA_CUDA_CHECK_LAUNCH();
 }
 
-void matmul_fwd(cublasHandle_t handle, const MatmulParams& p, cudaStream_t stream) {
+void matmul_fwd(cublasHandle_t handle, const MatmulParams& p, cudaStream_t stream, void* workspace) {
   if (p.M <= 0 || p.N <= 0) return;
   if (p.M > INT_MAX || p.K <= 0 || !p.out || !p.inp || !p.weight.data || p.weight.dtype != p.dtype) {
     throw std::invalid_argument("matmul_fwd: bad arguments (the weight must be in the activations' dtype)");
@@ -218,23 +228,42 @@ void matmul_fwd(cublasHandle_t handle, const MatmulParams& p, cudaStream_t strea
     });
     return;
   }
-  const float alpha = 1.0f, beta = 0.0f;
-  const cublasStatus_t status =
-      cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, p.N, static_cast<int>(p.M), p.K, &alpha, p.weight.data,
-                   cuda_type(p.weight.dtype), p.K, p.inp, cuda_type(p.dtype), static_cast<int>(p.ldi), &beta, p.out,
-                   cuda_type(p.out_dtype), static_cast<int>(p.ldo), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-  if (status != CUBLAS_STATUS_SUCCESS) {
-    throw std::runtime_error(std::string("cublasGemmEx (") + std::to_string(p.M) + " × " + std::to_string(p.K) +
-                             " · " + std::to_string(p.N) + "): " + cublasGetStatusString(status));
+  // cuBLAS writes the output, or the fp32 staging rows of a biased product in a 16-bit type (whose bias is
+  // then added and the sum rounded once), a block of rows at a time.
+  const bool stage = staged(p);
+  if (stage && !workspace) throw std::invalid_argument("matmul_fwd: a biased bf16/fp16 product needs its workspace");
+  const int64_t block = stage ? staged_rows(p) : p.M;
+  for (int64_t m0 = 0; m0 < p.M; m0 += block) {
+    const int64_t rows = std::min(block, p.M - m0);
+    const float alpha = 1.0f, beta = 0.0f;
+    void* out = stage ? workspace : static_cast<char*>(p.out) + m0 * p.ldo * dtype_size(p.out_dtype);
+    const void* inp = static_cast<const char*>(p.inp) + m0 * p.ldi * dtype_size(p.dtype);
+    const cublasStatus_t status = cublasGemmEx(
+        handle, CUBLAS_OP_T, CUBLAS_OP_N, p.N, static_cast<int>(rows), p.K, &alpha, p.weight.data,
+        cuda_type(p.weight.dtype), p.K, inp, cuda_type(p.dtype), static_cast<int>(p.ldi), &beta, out,
+        cuda_type(stage ? DType::F32 : p.out_dtype), static_cast<int>(stage ? p.N : p.ldo), CUBLAS_COMPUTE_32F,
+        CUBLAS_GEMM_DEFAULT);
+    if (status != CUBLAS_STATUS_SUCCESS) {
+      throw std::runtime_error(std::string("cublasGemmEx (") + std::to_string(rows) + " × " + std::to_string(p.K) +
+                               " · " + std::to_string(p.N) + "): " + cublasGetStatusString(status));
+    }
+    if (!p.bias) continue;
+    const int64_t n = rows * p.N;
+    with_dtype(p.out_dtype, [&](auto zero) {
+      using T = decltype(zero);
+      T* dst = static_cast<T*>(p.out) + m0 * p.ldo;
+      // the staged rows, or an fp32 output itself (the bias added in place: one rounding either way)
+      const float* src = stage ? static_cast<const float*>(workspace) : reinterpret_cast<const float*>(dst);
+      add_bias_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(dst, p.ldo, src, stage ? p.N : p.ldo,
+                                                                                  p.bias, rows, p.N);
+    });
+    MAMBA_CUDA_CHECK_LAUNCH();
   }
-  if (!p.bias) return;
-  const int64_t n = p.M * p.N;
-  with_dtype(p.out_dtype, [&](auto zero) {
-    using T = decltype(zero);
-    add_bias_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(static_cast<T*>(p.out), p.ldo, p.bias,
-                                                                                p.M, p.N);
-  });
-  MAMBA_CUDA_CHECK_LAUNCH();
+}
+
+size_t matmul_workspace(const MatmulParams& p) {
+  if (p.M <= 0 || p.N <= 0 || !staged(p)) return 0;
+  return sizeof(float) * static_cast<size_t>(std::min(p.M, staged_rows(p))) * static_cast<size_t>(p.N);
 }
 
 }  // namespace mamba::cuda

@@ -23,7 +23,10 @@ void rmsnorm_fwd(const RmsNormParams& p, cudaStream_t stream);
 
 // out = inp · weightᵀ (+ bias) by cublasGemmEx with fp32 compute (no TF32: fp32 stays exact to the CPU's
 // products), the weight in the activations' dtype; out in p.out_dtype (the LM head writes fp32 logits).
-void matmul_fwd(cublasHandle_t handle, const MatmulParams& p, cudaStream_t stream);
+// A bias with a bf16/fp16 output is added to the fp32 product before its one rounding, through
+// matmul_workspace(p) bytes of staging.
+void matmul_fwd(cublasHandle_t handle, const MatmulParams& p, cudaStream_t stream, void* workspace);
+size_t matmul_workspace(const MatmulParams& p);
 
 // ids (M) = argmax of each row of x (M, N) fp32, the first index on ties.
 void argmax_fwd(int32_t* ids, const float* x, int64_t M, int N, cudaStream_t stream);
