@@ -1,6 +1,5 @@
 #include "ops/cuda/backend.h"
 
-#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -10,6 +9,7 @@
 
 #include "core/error.h"
 #include "ops/cuda/check.h"
+#include "ops/cuda/cublas.h"
 #include "ops/cuda/conv1d.h"
 #include "ops/cuda/ops.h"
 #include "ops/cuda/scan.h"
@@ -48,10 +48,10 @@ class CudaBackend final : public Backend {
            "): the kernels need 8.0 or newer (A100, H100, H200)");
     }
     MAMBA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    check_cublas(cublasCreate(&cublas_), "cublasCreate");
-    check_cublas(cublasSetStream(cublas_, stream_), "cublasSetStream");
+    check_cublas(blas::create(&cublas_), "cublasCreate");
+    check_cublas(blas::set_stream(cublas_, stream_), "cublasSetStream");
     MAMBA_CUDA_CHECK(cudaMalloc(&cublas_workspace_, kCublasWorkspace));
-    check_cublas(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspace), "cublasSetWorkspace");
+    check_cublas(blas::set_workspace(cublas_, cublas_workspace_, kCublasWorkspace), "cublasSetWorkspace");
   }
 
   Device device() const override { return Device{Device::Kind::Cuda, index_}; }
@@ -282,7 +282,7 @@ class CudaBackend final : public Backend {
     return p.seqlen == 1 && p.state_in && p.state_in == p.state_out && !p.chunk_states;
   }
   static void check_cublas(cublasStatus_t status, const char* what) {
-    if (status != CUBLAS_STATUS_SUCCESS) fail(what, ": ", cublasGetStatusString(status));
+    if (status != CUBLAS_STATUS_SUCCESS) fail(what, ": ", blas::status_string(status));
   }
   // Every call runs on this backend's GPU, whichever the calling thread last used.
   void use() const {

@@ -19,6 +19,7 @@
 
 #include "ops/cuda/check.h"
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/cublas.h"
 #include "ops/cuda/ops.h"
 
 namespace mamba::cuda {
@@ -66,12 +67,12 @@ void gemm(cublasHandle_t handle, cublasOperation_t ta, cublasOperation_t tb, int
           int64_t ldc, const char* what) {
   const float alpha = 1.0f;
   const cublasStatus_t status =
-      cublasGemmEx(handle, ta, tb, m, n, k, &alpha, A, cuda_type(a_type), static_cast<int>(lda), B, cuda_type(b_type),
+      blas::gemm_ex(handle, ta, tb, m, n, k, &alpha, A, cuda_type(a_type), static_cast<int>(lda), B, cuda_type(b_type),
                    static_cast<int>(ldb), &beta, C, cuda_type(c_type), static_cast<int>(ldc), CUBLAS_COMPUTE_32F,
                    CUBLAS_GEMM_DEFAULT);
   if (status != CUBLAS_STATUS_SUCCESS) {
     throw std::runtime_error(std::string("cublasGemmEx, ") + what + " (" + std::to_string(m) + " × " +
-                             std::to_string(n) + " × " + std::to_string(k) + "): " + cublasGetStatusString(status));
+                             std::to_string(n) + " × " + std::to_string(k) + "): " + blas::status_string(status));
   }
 }
 
@@ -238,14 +239,14 @@ void matmul_fwd(cublasHandle_t handle, const MatmulParams& p, cudaStream_t strea
     const float alpha = 1.0f, beta = 0.0f;
     void* out = stage ? workspace : static_cast<char*>(p.out) + m0 * p.ldo * dtype_size(p.out_dtype);
     const void* inp = static_cast<const char*>(p.inp) + m0 * p.ldi * dtype_size(p.dtype);
-    const cublasStatus_t status = cublasGemmEx(
+    const cublasStatus_t status = blas::gemm_ex(
         handle, CUBLAS_OP_T, CUBLAS_OP_N, p.N, static_cast<int>(rows), p.K, &alpha, p.weight.data,
         cuda_type(p.weight.dtype), p.K, inp, cuda_type(p.dtype), static_cast<int>(p.ldi), &beta, out,
         cuda_type(stage ? DType::F32 : p.out_dtype), static_cast<int>(stage ? p.N : p.ldo), CUBLAS_COMPUTE_32F,
         CUBLAS_GEMM_DEFAULT);
     if (status != CUBLAS_STATUS_SUCCESS) {
       throw std::runtime_error(std::string("cublasGemmEx (") + std::to_string(rows) + " × " + std::to_string(p.K) +
-                               " · " + std::to_string(p.N) + "): " + cublasGetStatusString(status));
+                               " · " + std::to_string(p.N) + "): " + blas::status_string(status));
     }
     if (!p.bias) continue;
     const int64_t n = rows * p.N;
