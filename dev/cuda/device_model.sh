@@ -8,7 +8,8 @@
 # Steps run in the order named. tests: the GPU's test programs (with suite: then the whole ctest suite as CI
 # runs it); sanitize: compute-sanitizer memcheck and racecheck on the ops, memcheck on the models' tests and on
 # training steps; bench, official: the inference figures, ours and the official model's; profile: ncu over
-# decode steps; decode: ours and the official decode only (130m, 1.4b); racecheck: racecheck's full report on
+# decode steps; decode: ours and the official decode only (130m, 1.4b); pdl: batch-1 decode with programmatic
+# dependent launch off and on; sweep: the scan forward's splits at the drop-in's shapes; racecheck: racecheck's full report on
 # the ops; trainprofile: ncu over one training step; train: the training tests; trainbench: the training benchmark beside the official one; showit: the main
 # job at the 130m shape on the GPU and selective copying at length 4096; dist: data parallel through NCCL with
 # a world of one against the plain run; torch: the PyTorch drop-in's tests and benchmark beside mamba_ssm.
@@ -114,6 +115,31 @@ for l in sys.stdin:
     d = json.loads(l)
     print(d.get("impl", "mamba.cpp"), d.get("model"), d["batch"], round(d["tokens_per_s"]), "tokens/s")'
   echo "decode: $(( $(date +%s) - t0 )) s"
+}
+
+# What programmatic dependent launch is worth: batch-1 decode of the 130m and 1.4b with it off and on.
+step_pdl() {
+  t0=$(date +%s)
+  models 130m 1.4b
+  for m in 130m 1.4b; do for pdl in 0 1; do
+    MAMBA_CUDA_PDL=$pdl $B/mambacpp bench /tmp/models/$m --device cuda --dtype fp16 --batch 1 --prompt 128 --steps 256 \
+      --repeats 3 2>/dev/null | grep '"decode"' | python3 -c '
+import json, sys
+d = json.loads(sys.stdin.readline())
+print(sys.argv[1], "MAMBA_CUDA_PDL=" + sys.argv[2], round(d["tokens_per_s"]), "tokens/s")' $m $pdl
+  done; done | tee "$OUT/pdl.txt"
+  echo "pdl: $(( $(date +%s) - t0 )) s"
+}
+
+# The scan forward's splits and segment counts at the drop-in's batch-1 shape and at its first shape
+# (cuda_scan_bench fwdsweep), for the dispatcher's choice of segments at one short sequence.
+step_sweep() {
+  t0=$(date +%s)
+  { timeout 90 $B/cuda_scan_bench fwdsweep one 1 1536 8192 16; timeout 60 $B/cuda_scan_bench fwdsweep one 8 1536 2048 16; } \
+    > "$OUT/sweep.txt" 2>&1
+  grep -E "auto" "$OUT/sweep.txt"                                # the dispatcher's choice, then the 8 fastest
+  grep -E "S=" "$OUT/sweep.txt" | grep -v "fwd+bwd" | sort -b -g -k1,1 | head -8
+  echo "sweep: $(( $(date +%s) - t0 )) s"
 }
 
 # racecheck's full report on the ops (sanitize keeps only its summary).
