@@ -35,9 +35,9 @@ cudaDataType_t cuda_type(DType t) {
   return CUDA_R_32F;
 }
 
-// out = staged + bias, rounded once to T: the product is kept in fp32 until the bias is in it, as the CPU
-// and the GEMV do (rounding the product first and the sum again parts from them where the bias nearly
-// cancels the product, and the gradients of a biased model in bf16 drift 2-4 times farther from fp32).
+// out = src + bias, rounded once to T: the product stays fp32 until the bias is in it, as on the CPU and in
+// the GEMV (rounding the product and then the sum again errs by the product's half ulp, which is larger than
+// the output itself where the bias nearly cancels the product).
 template <typename T>
 __global__ void add_bias_kernel(T* out, int64_t ldo, const float* src, int64_t lds, const float* bias, int64_t M,
                                 int N) {
@@ -236,18 +236,10 @@ void matmul_fwd(cublasHandle_t handle, const MatmulParams& p, cudaStream_t strea
   const int64_t block = stage ? staged_rows(p) : p.M;
   for (int64_t m0 = 0; m0 < p.M; m0 += block) {
     const int64_t rows = std::min(block, p.M - m0);
-    const float alpha = 1.0f, beta = 0.0f;
     void* out = stage ? workspace : static_cast<char*>(p.out) + m0 * p.ldo * dtype_size(p.out_dtype);
     const void* inp = static_cast<const char*>(p.inp) + m0 * p.ldi * dtype_size(p.dtype);
-    const cublasStatus_t status = blas::gemm_ex(
-        handle, CUBLAS_OP_T, CUBLAS_OP_N, p.N, static_cast<int>(rows), p.K, &alpha, p.weight.data,
-        cuda_type(p.weight.dtype), p.K, inp, cuda_type(p.dtype), static_cast<int>(p.ldi), &beta, out,
-        cuda_type(stage ? DType::F32 : p.out_dtype), static_cast<int>(stage ? p.N : p.ldo), CUBLAS_COMPUTE_32F,
-        CUBLAS_GEMM_DEFAULT);
-    if (status != CUBLAS_STATUS_SUCCESS) {
-      throw std::runtime_error(std::string("cublasGemmEx (") + std::to_string(rows) + " × " + std::to_string(p.K) +
-                               " · " + std::to_string(p.N) + "): " + blas::status_string(status));
-    }
+    gemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, p.N, static_cast<int>(rows), p.K, p.weight.data, p.weight.dtype, p.K, inp,
+         p.dtype, p.ldi, 0.0f, out, stage ? DType::F32 : p.out_dtype, stage ? p.N : p.ldo, "matmul forward");
     if (!p.bias) continue;
     const int64_t n = rows * p.N;
     with_dtype(p.out_dtype, [&](auto zero) {
