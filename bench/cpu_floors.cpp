@@ -1,7 +1,9 @@
 // The CPU's two limits that bound inference, measured on this machine with the threads given: the read
 // bandwidth (a vectorized sum over a buffer far larger than the caches: what decode needs, since a token
-// reads every weight once) and the sgemm rate of OpenBLAS on prefill's shape (512 × 3072 × 768, the
-// 130m in_proj). Prints one JSON line; bench/cpu_vs_llamacpp.sh turns them into floors.
+// reads every weight once) and the GEMM rate on prefill's shape (512 × 3072 × 768, the 130m in_proj):
+// fp32 through the library's sgemm (oneDNN or OpenBLAS, ops/cpu/blas.h), OpenBLAS's own beside it (its
+// kernels follow OPENBLAS_CORETYPE), and bf16 products where the CPU has them. Prints one JSON line;
+// bench/cpu_vs_llamacpp.sh turns them into floors.
 //
 //   cpu_floors [--threads N] [--mib 512]
 #include <cblas.h>
@@ -14,6 +16,9 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include "core/dtype.h"
+#include "ops/cpu/blas.h"
 
 namespace {
 
@@ -69,13 +74,23 @@ int main(int argc, char** argv) {
   // sgemm: out (512, 3072) = x (512, 768) · w (3072, 768)ᵀ, as the model calls it.
   const int M = 512, N = 3072, K = 768;
   std::vector<float> x(static_cast<size_t>(M) * K, 0.5f), w(static_cast<size_t>(N) * K, 0.25f), out(static_cast<size_t>(M) * N);
-  const double gemm_s = best_seconds(10, [&] {
+  const double flops = 2.0 * M * N * K;
+  const double gflops = flops / best_seconds(10, [&] {
+    mamba::cpu::sgemm(false, true, M, N, K, 1.0f, x.data(), K, w.data(), K, 0.0f, out.data(), N);
+  }) / 1e9;
+  const double openblas_gflops = flops / best_seconds(10, [&] {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x.data(), K, w.data(), K, 0.0f, out.data(), N);
-  });
-  const double gflops = 2.0 * M * N * K / gemm_s / 1e9;
+  }) / 1e9;
 
   nlohmann::json line = {{"threads", threads},          {"read_bytes", n * sizeof(float)}, {"read_gb_per_s", read_gbs},
-                         {"sgemm_shape", "512x3072x768"}, {"sgemm_gflop_per_s", gflops},  {"blas", openblas_get_config()}};
+                         {"sgemm_shape", "512x3072x768"}, {"sgemm_gflop_per_s", gflops},  {"gemm", mamba::cpu::gemm_describe()},
+                         {"openblas_sgemm_gflop_per_s", openblas_gflops}, {"blas", openblas_get_config()}};
+  if (mamba::cpu::bf16_gemm_available()) {
+    const std::vector<uint16_t> xb(x.size(), mamba::f32_to_bf16(0.5f)), wb(w.size(), mamba::f32_to_bf16(0.25f));
+    line["bf16_gemm_gflop_per_s"] = flops / best_seconds(10, [&] {
+      mamba::cpu::gemm_bf16(out.data(), N, xb.data(), K, wb.data(), M, K, N);
+    }) / 1e9;
+  }
   std::printf("%s\n", line.dump().c_str());
   (void)sink;
   return 0;

@@ -105,6 +105,10 @@ for ((r = 1; r <= runs; r++)); do
     rss "$work/rss" "$llama_bench" -m "$work/gguf/${theirs[$p]}.gguf" -p "$prompt" -n "$steps" -t "$threads" -r 1 -o jsonl $llama_args 2>/dev/null |
       while read -r line; do echo "{\"who\": \"llama.cpp\", \"precision\": \"$p\", \"run\": $r, \"result\": $line}"; done >>"$out"
     echo "{\"who\": \"llama.cpp\", \"precision\": \"$p\", \"run\": $r, \"max_rss_kib\": $(cat "$work/rss")}" >>"$out"
+    if [[ $p == bf16 ]]; then  # and with bf16 products (a no-op on CPUs without AVX-512 BF16)
+      "$mambacpp" -t "$threads" --bf16-products bench "$work/bf16" --prompt "$prompt" --steps "$steps" --repeats 1 |
+        while read -r line; do echo "{\"who\": \"mamba.cpp\", \"precision\": \"bf16p\", \"run\": $r, \"result\": $line}"; done >>"$out"
+    fi
     for b in $batches; do
       ((b > 1)) || continue
       "$mambacpp" -t "$threads" bench "$work/${ours[$p]}" --batch "$b" --prompt 16 --steps $((steps / 2)) --repeats 1 |
@@ -158,6 +162,9 @@ line = "| decode | " + " | ".join(f"{fmt(pick('llama.cpp', p, 'decode'))} | {fmt
 print(line)
 line = "| max RSS, MiB | " + " | ".join(f"{rss('llama.cpp', p) or 0:,.0f} | {rss('mamba.cpp', p) or 0:,.0f}" for p in prec) + " |"
 print(line)
+if pick("mamba.cpp", "bf16p", "prefill"):
+    print(f"| mamba.cpp bf16, --bf16-products: prefill {prompt} | – | – | – | {fmt(pick('mamba.cpp', 'bf16p', 'prefill'))} | – | – | – | – |")
+    print(f"| mamba.cpp bf16, --bf16-products: decode | – | – | – | {fmt(pick('mamba.cpp', 'bf16p', 'decode'))} | – | – | – | – |")
 batches = sorted({r["batch"] for r in rows if r.get("batch")})
 for b in batches:
     print(f"| decode, batch {b} | " + " | ".join(f"– | {fmt(pick('mamba.cpp', p, 'decode', b))}" for p in prec) + " |")
@@ -165,6 +172,10 @@ cfg = json.load(open(config_path))
 d_model = cfg.get("d_model", cfg.get("hidden_size"))
 nonemb = params - cfg["vocab_size"] * d_model
 prefill_floor = gflops * 1e9 / (2 * nonemb)
+if "bf16_gemm_gflop_per_s" in floors:
+    print(f"\nbf16 products: {floors['bf16_gemm_gflop_per_s']:.0f} GFLOP/s; prefill floor with them "
+          f"{floors['bf16_gemm_gflop_per_s'] * 1e9 / (2 * nonemb):,.0f} tokens/s")
+print(f"OpenBLAS's own sgemm here: {floors['openblas_sgemm_gflop_per_s']:.0f} GFLOP/s ({floors['blas']}); the products ran on {floors['gemm']}")
 print(f"\nfloors: decode = weight bytes per step / {bw:.1f} GB/s; prefill = 2 · {nonemb / 1e6:.1f} M non-embedding "
       f"parameters per token / {gflops:.0f} GFLOP/s = {prefill_floor:,.0f} tokens/s (the scan and the rest come on top)\n")
 print("| precision | weight MB | decode floor | mamba.cpp / floor | llama.cpp / floor | prefill: mamba.cpp / floor |")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build needs, only those that are missing.
 set -euo pipefail
-pkgs=(cmake g++ make pkg-config libopenblas-dev libopenblas0-openmp nlohmann-json3-dev libcli11-dev libpcre2-dev libicu-dev libxxhash-dev libgtest-dev libhwy-dev)
+pkgs=(cmake g++ make pkg-config libopenblas-dev libopenblas0-openmp nlohmann-json3-dev libcli11-dev libpcre2-dev libicu-dev libxxhash-dev libgtest-dev libhwy-dev libdnnl-dev)
 # The Python package (python/): pybind11 and NumPy to build and use it, pytest for its tests, pip, venv
 # and wheel for `make python`, PyTorch for mambacpp.torch (its tests skip without it).
 pkgs+=(python3-dev python3-pybind11 python3-numpy python3-pytest python3-pip python3-venv python3-wheel python3-torch)

@@ -12,8 +12,10 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "core/runtime.h"
 #include "model/engine.h"
 #include "ops/backend.h"
+#include "ops/cpu/blas.h"
 #include "ops/cpu/matmul.h"
 #include "ops/cpu/ops.h"
 #include "ops/cpu/simd.h"
@@ -63,7 +65,10 @@ class SimdTargetTest : public ::testing::TestWithParam<std::string> {
     }
     GTEST_SKIP() << GetParam() << ": not compiled into this build";
   }
-  void TearDown() override { cpu::restrict_simd(""); }
+  void TearDown() override {
+    cpu::restrict_simd("");
+    set_bf16_products(false);
+  }
 };
 
 // out = inp · wᵀ (+ bias) through the dispatch (rows ≤ 16: the SIMD kernels; more: widened panels and
@@ -73,50 +78,63 @@ TEST_P(SimdTargetTest, MatmulEveryWeightTypeAgainstTheFp32Oracle) {
   const int64_t Ms[] = {1, 2, 3, 4, 5, 8, 13, 16, 17, 40};
   const std::pair<int, int> KNs[] = {{1, 3}, {7, 5}, {31, 4}, {32, 9}, {33, 2}, {48, 37}, {100, 16}, {768, 24}};
   uint64_t seed = 1;
-  for (DType dtype : kWeightTypes) {
-    for (auto [K, N] : KNs) {
-      TypedWeight w = make_weight(dtype, N, K, seed++);
-      Rng rng(seed++);
-      std::vector<float> bias(static_cast<size_t>(N));
-      for (float& b : bias) b = static_cast<float>(rng.normal());
-      for (int64_t M : Ms) {
-        const bool with_bias = (M + K) % 2 == 0;
-        const int64_t ldi = K + 3, ldo = N + 2;
-        std::vector<float> x(static_cast<size_t>(M * ldi));
-        for (float& v : x) v = static_cast<float>(rng.normal());
-        std::vector<float> out(static_cast<size_t>(M * ldo), 7.0f), ref(out);
-        MatmulParams p;
-        p.out = out.data(), p.ldo = ldo, p.inp = x.data(), p.ldi = ldi, p.weight = w.view;
-        p.bias = with_bias ? bias.data() : nullptr;
-        p.M = M, p.K = K, p.N = N;
-        cpu::matmul(p);
-        cpu::matmul_forward(ref.data(), ldo, x.data(), ldi, w.f32.data(), p.bias, M, K, N);
-        if (dtype == DType::I8 && M <= cpu::kGemvMaxRows) {
-          // The int8 GEMV rounds each block of kQ8Block activations to int16 (steps of the block's largest
-          // magnitude / 32767): each output is off by at most Σ_k |w_k| · half a step of k's block, plus
-          // fp32 rounding.
-          for (int64_t m = 0; m < M; m++) {
-            for (int n = 0; n < N; n++) {
-              double bound = 0, magnitude = 0;
-              for (int k0 = 0; k0 < K; k0 += kQ8Block) {
-                double peak = 0;
-                for (int k = k0; k < std::min(K, k0 + kQ8Block); k++) peak = std::max(peak, std::abs(double{x[m * ldi + k]}));
-                for (int k = k0; k < std::min(K, k0 + kQ8Block); k++) {
-                  const double wk = std::abs(double{w.f32[static_cast<size_t>(n) * K + k]});
-                  bound += wk * peak / 65534.0;
-                  magnitude += wk * std::abs(double{x[m * ldi + k]});
-                }
-              }
-              EXPECT_LE(std::abs(double{out[m * ldo + n]} - ref[m * ldo + n]), bound + 1e-6 * magnitude + 1e-6)
-                  << "I8 M " << M << " K " << K << " N " << N << " at (" << m << ", " << n << ")";
-            }
+  for (bool products : {false, true}) {  // the exact path, then bf16 products where the CPU has them
+    for (DType dtype : kWeightTypes) {
+      set_bf16_products(products);
+      for (auto [K, N] : KNs) {
+        TypedWeight w = make_weight(dtype, N, K, seed++);
+        Rng rng(seed++);
+        std::vector<float> bias(static_cast<size_t>(N));
+        for (float& b : bias) b = static_cast<float>(rng.normal());
+        for (int64_t M : Ms) {
+          const bool with_bias = (M + K) % 2 == 0;
+          const int64_t ldi = K + 3, ldo = N + 2;
+          std::vector<float> x(static_cast<size_t>(M * ldi));
+          for (float& v : x) v = static_cast<float>(rng.normal());
+          std::vector<float> out(static_cast<size_t>(M * ldo), 7.0f), ref(out);
+          MatmulParams p;
+          p.out = out.data(), p.ldo = ldo, p.inp = x.data(), p.ldi = ldi, p.weight = w.view;
+          p.bias = with_bias ? bias.data() : nullptr;
+          p.M = M, p.K = K, p.N = N;
+          cpu::matmul(p);
+          // With bf16 products (AVX-512 BF16 and oneDNN), many rows of BF16 weights meet the activations
+          // rounded to bf16: the oracle rounds them too, and sits within bf16's rounding of the exact one.
+          const bool bf16_products = products && dtype == DType::BF16 && M > cpu::kGemvMaxRows && cpu::bf16_gemm_available();
+          std::vector<float> xr(x);
+          if (bf16_products) {
+            for (float& v : xr) v = bf16_to_f32(f32_to_bf16(v));
+            std::vector<float> exact(ref);
+            cpu::matmul_forward(exact.data(), ldo, x.data(), ldi, w.f32.data(), p.bias, M, K, N);
+            EXPECT_LE(relative_error(out, exact), 1.0 / 256) << "BF16 products, M " << M << " K " << K << " N " << N;
           }
-        } else {
-          EXPECT_LE(relative_error(out, ref), 2e-6 * std::sqrt(static_cast<double>(K)) + 1e-6)
-              << dtype_name(dtype) << " M " << M << " K " << K << " N " << N << (with_bias ? " bias" : "");
-        }
-        for (int64_t m = 0; m < M; m++) {  // the padding between rows is untouched
-          for (int64_t n = N; n < ldo; n++) ASSERT_EQ(out[m * ldo + n], 7.0f);
+          cpu::matmul_forward(ref.data(), ldo, xr.data(), ldi, w.f32.data(), p.bias, M, K, N);
+          if (dtype == DType::I8 && M <= cpu::kGemvMaxRows) {
+            // The int8 GEMV rounds each block of kQ8Block activations to int16 (steps of the block's largest
+            // magnitude / 32767): each output is off by at most Σ_k |w_k| · half a step of k's block, plus
+            // fp32 rounding.
+            for (int64_t m = 0; m < M; m++) {
+              for (int n = 0; n < N; n++) {
+                double bound = 0, magnitude = 0;
+                for (int k0 = 0; k0 < K; k0 += kQ8Block) {
+                  double peak = 0;
+                  for (int k = k0; k < std::min(K, k0 + kQ8Block); k++) peak = std::max(peak, std::abs(double{x[m * ldi + k]}));
+                  for (int k = k0; k < std::min(K, k0 + kQ8Block); k++) {
+                    const double wk = std::abs(double{w.f32[static_cast<size_t>(n) * K + k]});
+                    bound += wk * peak / 65534.0;
+                    magnitude += wk * std::abs(double{x[m * ldi + k]});
+                  }
+                }
+                EXPECT_LE(std::abs(double{out[m * ldo + n]} - ref[m * ldo + n]), bound + 1e-6 * magnitude + 1e-6)
+                    << "I8 M " << M << " K " << K << " N " << N << " at (" << m << ", " << n << ")";
+              }
+            }
+          } else {
+            EXPECT_LE(relative_error(out, ref), 2e-6 * std::sqrt(static_cast<double>(K)) + 1e-6)
+                << dtype_name(dtype) << " M " << M << " K " << K << " N " << N << (with_bias ? " bias" : "");
+          }
+          for (int64_t m = 0; m < M; m++) {  // the padding between rows is untouched
+            for (int64_t n = N; n < ldo; n++) ASSERT_EQ(out[m * ldo + n], 7.0f);
+          }
         }
       }
     }
@@ -138,6 +156,22 @@ TEST_P(SimdTargetTest, NonFiniteActivationsReachTheOutputs) {
       cpu::matmul(p);
       for (int n = 0; n < N; n++) EXPECT_FALSE(std::isfinite(out[n])) << dtype_name(dtype) << " " << bad << " row " << n;
     }
+    // Many rows (the GEMM paths, bf16 products included): the row with the bad value alone.
+    const int64_t M = cpu::kGemvMaxRows + 3;
+    for (auto [products, bad] : {std::pair{false, std::nanf("")}, {false, INFINITY}, {true, std::nanf("")}, {true, INFINITY}}) {
+      set_bf16_products(products);
+      std::vector<float> xs(static_cast<size_t>(M * K), 0.5f), outs(static_cast<size_t>(M * N));
+      xs[2 * K + 37] = bad;
+      MatmulParams p;
+      p.out = outs.data(), p.ldo = N, p.inp = xs.data(), p.ldi = K, p.weight = w.view, p.M = M, p.K = K, p.N = N;
+      cpu::matmul(p);
+      for (int64_t m = 0; m < M; m++) {
+        for (int n = 0; n < N; n++) {
+          EXPECT_EQ(std::isfinite(outs[m * N + n]), m != 2)
+              << dtype_name(dtype) << (products ? " bf16 products " : " ") << bad << " at (" << m << ", " << n << ")";
+        }
+      }
+    }
     std::vector<float> x(K, 0.0f), out(N, 1.0f), ref(N);
     for (int k = 64; k < K; k++) x[k] = 1e-39f;  // subnormal: flushed to zero
     x[3] = 2.0f;
@@ -158,6 +192,46 @@ TEST_P(SimdTargetTest, EmbeddingEveryWeightType) {
     cpu::embedding_forward(ref.data(), tokens, table.f32.data(), 4, C);
     EXPECT_EQ(out, ref) << dtype_name(dtype);
   }
+}
+
+// bf16 products run where the CPU has AVX-512 BF16 and the kernels are not held below AVX-512: forcing
+// AVX2 (MAMBA_CPU_TARGET) turns them off, and then many rows of BF16 weights take the widening path.
+TEST(Bf16Products, FollowTheCpuAndTheTarget) {
+  const bool cpu_has = __builtin_cpu_supports("avx512bf16");
+  std::printf("  bf16 products: %s (%s)\n", cpu::bf16_gemm_available() ? "on" : "off", cpu::gemm_describe().c_str());
+  if (!cpu_has) {
+    EXPECT_FALSE(cpu::bf16_gemm_available());
+    GTEST_SKIP() << "this CPU lacks AVX-512 BF16";
+  }
+  if (cpu::gemm_describe().rfind("oneDNN", 0) != 0) GTEST_SKIP() << "built without oneDNN";
+  EXPECT_TRUE(cpu::bf16_gemm_available());
+  ASSERT_TRUE(cpu::restrict_simd("AVX2"));
+  EXPECT_FALSE(cpu::bf16_gemm_available());
+  EXPECT_THROW(cpu::gemm_bf16(nullptr, 1, nullptr, 1, nullptr, 1, 1, 1), Error);
+  cpu::restrict_simd("");
+  EXPECT_TRUE(cpu::bf16_gemm_available());
+  // A prefill-sized product (a 130m in_proj over 64 tokens) against sgemm on the same bf16 values.
+  const int M = 64, K = 768, N = 3072;
+  Rng rng(3);
+  std::vector<uint16_t> a(static_cast<size_t>(M) * K), w(static_cast<size_t>(N) * K);
+  std::vector<float> af(a.size()), wf(w.size()), out(static_cast<size_t>(M) * N), ref(out.size());
+  for (size_t i = 0; i < a.size(); i++) af[i] = bf16_to_f32(a[i] = f32_to_bf16(static_cast<float>(rng.normal())));
+  for (size_t i = 0; i < w.size(); i++) wf[i] = bf16_to_f32(w[i] = f32_to_bf16(static_cast<float>(0.02 * rng.normal())));
+  cpu::gemm_bf16(out.data(), N, a.data(), K, w.data(), M, K, N);
+  cpu::matmul_forward(ref.data(), N, af.data(), K, wf.data(), nullptr, M, K, N);
+  EXPECT_LE(relative_error(out, ref), 2e-6 * std::sqrt(static_cast<double>(K)));
+  // Through cpu::matmul over enough rows that the rounding of the activations runs on every thread.
+  const int64_t rows = 2 * M;
+  std::vector<float> x(static_cast<size_t>(rows) * K), got(static_cast<size_t>(rows) * N), want(got.size());
+  for (size_t i = 0; i < x.size(); i++) x[i] = af[i % af.size()];
+  MatmulParams p;
+  p.out = got.data(), p.ldo = N, p.inp = x.data(), p.ldi = K, p.weight = WeightView{w.data(), DType::BF16, nullptr};
+  p.M = rows, p.K = K, p.N = N;
+  set_bf16_products(true);
+  cpu::matmul(p);
+  set_bf16_products(false);
+  cpu::matmul_forward(want.data(), N, x.data(), K, wf.data(), nullptr, rows, K, N);
+  EXPECT_LE(relative_error(got, want), 2e-6 * std::sqrt(static_cast<double>(K)));
 }
 
 // Every target compiled into this build (on x86: AVX3_DL, AVX3, AVX2, SSE4, SSSE3 and a portable one).

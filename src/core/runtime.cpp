@@ -4,9 +4,17 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 
 namespace mamba {
+
+namespace {
+std::atomic<bool> g_bf16_products{false};
+}  // namespace
+
+void set_bf16_products(bool on) { g_bf16_products = on; }
+bool bf16_products() { return g_bf16_products; }
 
 void configure_runtime(int threads) {
   if (threads <= 0) threads = omp_get_num_procs();

@@ -43,6 +43,13 @@ class FlushSubnormals {
 void configure_runtime(int threads = 0);
 int runtime_threads();
 
+// Products of BF16 weights over many rows (prefill, scoring, training's forward) with the activations
+// rounded to bf16, on CPUs that multiply bf16 natively (AVX-512 BF16; ops/cpu/blas.h): about twice the
+// speed of the exact path, results within bf16's rounding of it (as the GPU's bf16 products). Off by
+// default: every product then takes the activations in fp32, on every CPU alike. Elsewhere a no-op.
+void set_bf16_products(bool on);
+bool bf16_products();
+
 // OpenMP's idle threads should sleep, not spin: spinning threads take the cores from OpenBLAS and from
 // other processes (measured: training 2.5× faster on a busy 2-core machine). libgomp reads
 // OMP_WAIT_POLICY once, when it loads, so a program's main() calls this first: when the variable is

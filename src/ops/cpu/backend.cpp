@@ -2,7 +2,6 @@
 
 #include <cmath>
 
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -13,6 +12,7 @@
 
 #include "core/error.h"
 #include "ops/cpu/backward.h"
+#include "ops/cpu/blas.h"
 #include "ops/cpu/half.h"
 #include "ops/cpu/matmul.h"
 #include "ops/cpu/ops.h"
@@ -44,7 +44,7 @@ class CpuBackend final : public Backend {
   Device device() const override { return Device{}; }
   std::string describe() const override {
     return std::string("CPU (") + simd_name() + " build, " + simd_target() + " kernels, " +
-           std::to_string(omp_get_max_threads()) + " threads, " + openblas_get_config() + ")";
+           std::to_string(omp_get_max_threads()) + " threads, " + gemm_describe() + ")";
   }
   bool host_memory() const override { return true; }
 

@@ -1,6 +1,5 @@
 #include "ops/cpu/backward.h"
 
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -8,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "ops/cpu/blas.h"
 #include "ops/cpu/math.h"
 
 namespace mamba::cpu {
@@ -82,15 +82,12 @@ void residual_rmsnorm_backward(float* dresidual, float* dweight, const float* do
 void matmul_backward(float* dinp, int64_t lddi, float* dweight, float* dbias, const float* dout, int64_t ldo,
                      const float* inp, int64_t ldi, const float* weight, int64_t M, int K, int N) {
   if (M <= 0) return;
-  const int m = static_cast<int>(M);
   // dinp (M, K) += dout (M, N) · weight (N, K)
   if (dinp) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, K, N, 1.0f, dout, static_cast<int>(ldo), weight, K,
-                1.0f, dinp, static_cast<int>(lddi));
+    sgemm(false, false, M, K, N, 1.0f, dout, ldo, weight, K, 1.0f, dinp, lddi);
   }
   // dweight (N, K) += dout (M, N)ᵀ · inp (M, K)
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, m, 1.0f, dout, static_cast<int>(ldo), inp,
-              static_cast<int>(ldi), 1.0f, dweight, K);
+  sgemm(true, false, N, K, M, 1.0f, dout, ldo, inp, ldi, 1.0f, dweight, K);
   if (dbias) {
     constexpr int kBlock = 64;  // columns per task; rows summed in order within it
     const int blocks = (N + kBlock - 1) / kBlock;
@@ -420,7 +417,7 @@ float lm_head_cross_entropy(float* dhidden, float* dweight, const float* hidden,
     const float* h = hidden + m0 * C;
     float* dh = dhidden + m0 * C;
     // logits (rows, V) = hidden · weightᵀ
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, V, C, 1.0f, h, C, weight, C, 0.0f, logits_scratch, V);
+    sgemm(false, true, rows, V, C, 1.0f, h, C, weight, C, 0.0f, logits_scratch, V);
     // In place: logits → dlogits = (softmax − onehot) / count; log-softmax shifted by the row max.
 #pragma omp parallel for schedule(static) if (static_cast<int64_t>(rows) * V > 32768)
     for (int r = 0; r < rows; r++) {
@@ -456,8 +453,8 @@ float lm_head_cross_entropy(float* dhidden, float* dweight, const float* hidden,
     }
     for (int r = 0; r < rows; r++) loss += row_loss[r];
     // dhidden (rows, C) = dlogits · weight;  dweight (V, C) += dlogitsᵀ · hidden
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, C, V, 1.0f, logits_scratch, V, weight, C, 0.0f, dh, C);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, rows, 1.0f, logits_scratch, V, h, C, 1.0f, dweight, C);
+    sgemm(false, false, rows, C, V, 1.0f, logits_scratch, V, weight, C, 0.0f, dh, C);
+    sgemm(true, false, V, C, rows, 1.0f, logits_scratch, V, h, C, 1.0f, dweight, C);
   }
   return static_cast<float>(loss / static_cast<double>(count));
 }

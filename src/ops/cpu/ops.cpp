@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "ops/cpu/blas.h"
 #include "ops/cpu/math.h"
 
 namespace mamba::cpu {
@@ -39,8 +40,7 @@ void matmul_forward(float* out, int64_t ldo, const float* inp, int64_t ldi, cons
   if (M == 1) {
     cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, weight, K, inp, 1, 0.0f, out, 1);
   } else {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), N, K, 1.0f, inp,
-                static_cast<int>(ldi), weight, K, 0.0f, out, static_cast<int>(ldo));
+    sgemm(false, true, M, N, K, 1.0f, inp, ldi, weight, K, 0.0f, out, ldo);
   }
   if (bias) {
     for (int64_t m = 0; m < M; m++) {
