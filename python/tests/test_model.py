@@ -149,3 +149,24 @@ def test_quantized_folder_equals_quantizing_on_load_and_memory_is_checked(tmp_pa
             from_file.score(np.zeros(100000, dtype=np.int32))
     finally:
         mambacpp.set_memory_limit(0)
+
+
+def test_bf16_products_stay_near_the_reference_and_equal_the_cli(cli, tmp_path):
+    # BF16 weights over 3 x 64 rows: with bf16 products (CPUs with AVX-512 BF16) the activations are
+    # rounded to bf16, so the logits move by bf16's rounding (3e-3 of their range, measured), not more;
+    # elsewhere the switch changes nothing. The CLI's --bf16-products is the same switch.
+    folder = FIXTURES / "hf_bf16_L64_b3_tied"
+    ids = np.load(folder / "ids.npy")
+    want = np.load(folder / "logits.npy").astype(np.float32)
+    assert not mambacpp.bf16_products()
+    mambacpp.set_bf16_products(True)
+    try:
+        assert mambacpp.bf16_products()
+        got = mambacpp.Model(folder).score(ids)
+    finally:
+        mambacpp.set_bf16_products(False)
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-2 * scale)
+    out = tmp_path / "logits.npy"
+    cli("--bf16-products", "score", folder, "--ids-file", folder / "ids.npy", "--out", out)
+    assert np.array_equal(got, np.load(out))

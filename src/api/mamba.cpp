@@ -118,6 +118,8 @@ Config shape_config(const std::string& preset, int d_model, int n_layer, int d_s
 
 void set_threads(int threads) { configure_runtime(threads); }
 int threads() { return runtime_threads(); }
+void set_bf16_products(bool on) { mamba::set_bf16_products(on); }
+bool bf16_products() { return mamba::bf16_products(); }
 std::string version() { return MAMBA_VERSION; }
 std::string build_info() { return MAMBA_BUILD_FLAGS; }
 bool cuda_available() {
