@@ -367,6 +367,11 @@ constexpr int64_t kTileMinRows = 8;  // activation rows from which tiles pay (at
 constexpr int kRowGroup = 4;         // activation rows per pass over a weight row (it stays in L1)
 constexpr int kScalePiece = 1024;    // an int8 row's scales widened at a time: 32768 values
 
+// BF16 rows meet paired activations (dot_rows_bf16) below AVX-512 only: with 512-bit vectors widening
+// each half-vector (PromoteTo, as F16 does) decoded faster on Zen 5 (docs/performance.md), while on AVX2
+// the pairs were the faster of the two.
+constexpr bool kPairedBf16 = !(HWY_TARGET <= HWY_AVX3);
+
 template <class T>
 void matmul_rows_typed(const MatmulParams& p) {
   const auto* weight = static_cast<const T*>(p.weight.data);
@@ -385,7 +390,7 @@ void matmul_rows_typed(const MatmulParams& p) {
   }
   // BF16 weights: the activations permuted once to meet the weights' even and odd halves.
   thread_local std::vector<float> xpairs;
-  if constexpr (std::is_same_v<T, hwy::bfloat16_t>) {
+  if constexpr (kPairedBf16 && std::is_same_v<T, hwy::bfloat16_t>) {
     xpairs.resize(static_cast<size_t>(p.M * K));
     permute_pairs(inp, p.ldi, p.M, K, xpairs.data());
   }
@@ -445,7 +450,7 @@ void matmul_rows_typed(const MatmulParams& p) {
         if constexpr (std::is_same_v<T, int8_t>) {
           const Q16Rows group{q + m0 * ldq + k0, qscale + m0 * blocks, ldq, blocks};
           dot_group_q8(w + k0, scales, len, group, k0 / kQ8Block, rows, part);
-        } else if constexpr (std::is_same_v<T, hwy::bfloat16_t>) {
+        } else if constexpr (kPairedBf16 && std::is_same_v<T, hwy::bfloat16_t>) {
           dot_group_bf16(w + k0, len, pairs + m0 * K + k0, K, rows, part);
         } else {
           dot_group(w + k0, len, inp + m0 * p.ldi + k0, p.ldi, rows, part);
