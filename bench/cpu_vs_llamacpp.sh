@@ -79,12 +79,48 @@ for _name in ("uint16", "uint32", "uint64", "float8_e4m3fn", "float8_e5m2"):
     if not hasattr(torch, _name):
         setattr(torch, _name, object())  # named in a table only, never met in this model
 EOF
+# Older converters (before mid 2025) read the checkpoint through the safetensors package, which Debian 12
+# lacks: a reader of the format's header and raw tensors stands in (with --no-lazy, get_tensor only). Those
+# converters also kept the conv weight's middle axis of 1, which their llama.cpp then refused to load
+# (ggml_ssm_conv asserts a matrix): the stand-in drops it, as the later converters do.
+mkdir -p "$stub/safetensors"
+cat >"$stub/safetensors/__init__.py" <<'EOF'
+import json, struct
+import numpy as np, torch
+
+class _File:
+    def __init__(self, path):
+        raw = open(path, "rb").read()
+        (n,) = struct.unpack("<Q", raw[:8])
+        self.header = {k: v for k, v in json.loads(raw[8:8 + n]).items() if k != "__metadata__"}
+        self.data = raw[8 + n:]
+    def __enter__(self): return self
+    def __exit__(self, *args): return False
+    def keys(self): return list(self.header)
+    def get_tensor(self, name):
+        h = self.header[name]
+        begin, end = h["data_offsets"]
+        kinds = {"F32": (np.float32, None), "F16": (np.float16, None), "BF16": (np.int16, torch.bfloat16)}
+        np_dtype, view = kinds[h["dtype"]]
+        t = torch.from_numpy(np.frombuffer(self.data[begin:end], dtype=np_dtype).copy().reshape(h["shape"]))
+        if name.endswith("conv1d.weight"):  # (d_inner, 1, d_conv) -> (d_inner, d_conv), as llama.cpp loads it
+            t = t.squeeze(1)
+        return t.view(view) if view else t
+
+def safe_open(path, framework="pt", device="cpu"):
+    return _File(path)
+EOF
 pypath=$llama_src/gguf-py
 /usr/bin/python3 -c 'import transformers' 2>/dev/null || pypath=$stub:$pypath
+lazy=()
+if ! /usr/bin/python3 -c 'import safetensors' 2>/dev/null; then
+  [[ $pypath == "$stub":* ]] || pypath=$stub:$pypath
+  lazy=(--no-lazy)
+fi
 for t in f32 bf16 f16 q8_0; do
   [[ -f $work/gguf/$t.gguf ]] && continue
   echo "converting to GGUF $t" >&2
-  PYTHONPATH=$pypath /usr/bin/python3 "$llama_src/convert_hf_to_gguf.py" "$work/f32" --outtype "$t" \
+  PYTHONPATH=$pypath /usr/bin/python3 "$llama_src/convert_hf_to_gguf.py" "$work/f32" --outtype "$t" "${lazy[@]}" \
     --outfile "$work/gguf/$t.gguf" >"$work/gguf/$t.log" 2>&1 || { tail "$work/gguf/$t.log" >&2; exit 1; }
 done
 

@@ -2,6 +2,8 @@
 // projections of a 130m (or 1.4b) layer over 512 tokens, C (M, N) = A (M, K) · Wᵀ with W stored (N, K) as the
 // model stores its weights, fp32, the threads of OMP_NUM_THREADS. Built once per library (dev/gemm/run.sh),
 // since each of them exports cblas_sgemm; prints one JSON line per shape: GFLOP/s, the median of 7 runs.
+// USE_DNNL_BF16: oneDNN's matmul on bf16 activations and weights with fp32 sums and output (the
+// --bf16-products path of src/ops/cpu/blas.cpp), the weights read in place as (N, K).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -10,7 +12,10 @@
 #include <string>
 #include <vector>
 
-#if defined(USE_DNNL)
+#if defined(USE_DNNL_BF16)
+#include <cstring>
+#include <dnnl.hpp>
+#elif defined(USE_DNNL)
 #include <dnnl.h>
 #else
 #include <cblas.h>
@@ -18,6 +23,40 @@
 
 namespace {
 
+#if defined(USE_DNNL_BF16)
+uint16_t to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// The operands rounded once (outside the timing), the primitive made once per shape.
+void gemm(int M, int N, int K, const float* a, const float* w, float* c) {
+  using dt = dnnl::memory::data_type;
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  static dnnl::stream stream(engine);
+  struct Prepared {
+    const float* a = nullptr;
+    std::vector<uint16_t> a16, w16;
+    dnnl::matmul primitive;
+  };
+  static Prepared p;
+  if (p.a != a) {
+    p.a = a;
+    p.a16.resize(static_cast<size_t>(M) * K);
+    p.w16.resize(static_cast<size_t>(N) * K);
+    for (size_t i = 0; i < p.a16.size(); i++) p.a16[i] = to_bf16(a[i]);
+    for (size_t i = 0; i < p.w16.size(); i++) p.w16[i] = to_bf16(w[i]);
+    const dnnl::memory::desc src({M, K}, dt::bf16, {K, 1}), weights({K, N}, dt::bf16, {1, K}), dst({M, N}, dt::f32, {N, 1});
+    p.primitive = dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(src, weights, dst), engine));
+  }
+  dnnl::memory src({{M, K}, dt::bf16, {K, 1}}, engine, p.a16.data());
+  dnnl::memory weights({{K, N}, dt::bf16, {1, K}}, engine, p.w16.data());
+  dnnl::memory dst({{M, N}, dt::f32, {N, 1}}, engine, c);
+  p.primitive.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}});
+  stream.wait();
+}
+#else
 void gemm(int M, int N, int K, const float* a, const float* w, float* c) {
 #if defined(USE_DNNL)
   // oneDNN's row-major sgemm: C = A · Wᵀ.
@@ -26,6 +65,7 @@ void gemm(int M, int N, int K, const float* a, const float* w, float* c) {
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, a, K, w, K, 0.0f, c, N);
 #endif
 }
+#endif
 
 struct Shape {
   const char* name;
