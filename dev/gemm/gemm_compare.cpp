@@ -37,12 +37,13 @@ void gemm(int M, int N, int K, const float* a, const float* w, float* c) {
   static dnnl::stream stream(engine);
   struct Prepared {
     const float* a = nullptr;
+    int M = 0, N = 0, K = 0;
     std::vector<uint16_t> a16, w16;
     dnnl::matmul primitive;
   };
   static Prepared p;
-  if (p.a != a) {
-    p.a = a;
+  if (p.a != a || p.M != M || p.N != N || p.K != K) {  // a new shape (its buffers may reuse the old address)
+    p.a = a, p.M = M, p.N = N, p.K = K;
     p.a16.resize(static_cast<size_t>(M) * K);
     p.w16.resize(static_cast<size_t>(N) * K);
     for (size_t i = 0; i < p.a16.size(); i++) p.a16[i] = to_bf16(a[i]);

@@ -17,6 +17,7 @@ g++ "${flags[@]}" -DLIB_NAME='"onednn"' -DUSE_DNNL "$here/gemm_compare.cpp" -o "
 g++ "${flags[@]}" -DLIB_NAME='"onednn-bf16"' -DUSE_DNNL_BF16 "$here/gemm_compare.cpp" -o "$out/onednn-bf16" -ldnnl
 export OMP_NUM_THREADS=2 BLIS_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE
 for round in $(seq "${3:-3}"); do
-  for exe in openblas blis onednn onednn-bf16; do "$out/$exe" "${1:-130m}" "${2:-512}"; done
+  # OpenBLAS's own choice of kernels, whatever the environment says; then the forced Haswell ones.
+  for exe in openblas blis onednn onednn-bf16; do env -u OPENBLAS_CORETYPE "$out/$exe" "${1:-130m}" "${2:-512}"; done
   OPENBLAS_CORETYPE=Haswell "$out/openblas" "${1:-130m}" "${2:-512}" | sed 's/"openblas"/"openblas-Haswell"/'
 done
