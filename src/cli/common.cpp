@@ -52,7 +52,8 @@ void add_device_flags(CLI::App* cmd, DeviceFlags& f) {
   cmd->add_option("--device", f.device, "Where to run: cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--dtype", f.dtype,
                   "Weight type: fp32, bf16, fp16 or int8 (default: the file's). On the CPU the weights are kept in "
-                  "it (int8: quantized on load) and the arithmetic is fp32; on a GPU weights and activations take it");
+                  "it (int8: quantized on load) and the arithmetic is fp32 (bf16 products with --bf16-products); "
+                  "on a GPU weights and activations take it");
 }
 
 namespace {
