@@ -11,7 +11,7 @@
 
 namespace mamba::cpu {
 
-// What does the products here: "oneDNN 2.6.3 (bf16 products)", or OpenBLAS's configuration.
+// What does the products here: "oneDNN 2.6.3 GEMMs, bf16 products off", or OpenBLAS's configuration.
 std::string gemm_describe();
 
 // C (M, N) = alpha · op(A) · op(B) + beta · C, every matrix row-major with the leading dimension given;

@@ -33,8 +33,8 @@ void matmul_panels(const MatmulParams& p) {
 
 // Many rows, BF16 weights, bf16 products asked for (core/runtime.h) on a CPU that has them: the activations rounded to
 // bf16 (to nearest even, as the GPU's bf16 products take them) and multiplied with the weights as they are
-// stored, fp32 sums. No widened copy of the weights, and twice the fp32 rate: 690 against 312 GFLOP/s for
-// a 130m layer's products on 2 Zen 5 cores (docs/performance.md).
+// stored, fp32 sums: no widened copy of the weights, and vdpbf16ps does twice the fp32 FMA's work per
+// instruction (docs/performance.md has the rates).
 void matmul_bf16(const MatmulParams& p) {
   thread_local std::vector<uint16_t> rounded;  // the activations in bf16, (M, K)
   rounded.resize(static_cast<size_t>(p.M) * p.K);
@@ -46,11 +46,7 @@ void matmul_bf16(const MatmulParams& p) {
   }
   auto* out = static_cast<float*>(p.out);
   gemm_bf16(out, p.ldo, a, p.K, static_cast<const uint16_t*>(p.weight.data), p.M, p.K, p.N);
-  if (p.bias) {
-    for (int64_t m = 0; m < p.M; m++) {
-      for (int n = 0; n < p.N; n++) out[m * p.ldo + n] += p.bias[n];
-    }
-  }
+  add_bias(out, p.ldo, p.bias, p.M, p.N);
 }
 
 }  // namespace

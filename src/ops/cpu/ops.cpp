@@ -42,10 +42,13 @@ void matmul_forward(float* out, int64_t ldo, const float* inp, int64_t ldi, cons
   } else {
     sgemm(false, true, M, N, K, 1.0f, inp, ldi, weight, K, 0.0f, out, ldo);
   }
-  if (bias) {
-    for (int64_t m = 0; m < M; m++) {
-      for (int n = 0; n < N; n++) out[m * ldo + n] += bias[n];
-    }
+  add_bias(out, ldo, bias, M, N);
+}
+
+void add_bias(float* out, int64_t ldo, const float* bias, int64_t M, int N) {
+  if (!bias) return;
+  for (int64_t m = 0; m < M; m++) {
+    for (int n = 0; n < N; n++) out[m * ldo + n] += bias[n];
   }
 }
 

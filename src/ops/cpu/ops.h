@@ -21,6 +21,8 @@ void residual_rmsnorm_forward(float* out, float* residual, const float* inp, con
 // out (M, N) with row stride ldo = inp (M, K) with row stride ldi · weight (N, K)ᵀ + bias (N) or null.
 void matmul_forward(float* out, int64_t ldo, const float* inp, int64_t ldi, const float* weight,
                     const float* bias, int64_t M, int K, int N);
+// out (M, N; row stride ldo) += bias (N) in every row; nothing when bias is null.
+void add_bias(float* out, int64_t ldo, const float* bias, int64_t M, int N);
 
 // Causal depthwise conv1d over time, then SiLU: out[b,t,d] = SiLU(bias[d] + Σ_k w[d,k]·x[b,t−K+1+k,d]).
 // inp (B, L, D) with token stride inp_stride (the x half of in_proj's output); out (B, L, D) with token
