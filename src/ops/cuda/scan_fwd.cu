@@ -1,6 +1,7 @@
 // Selective scan forward: the dispatcher (tile sizes and split from the problem size, the segmented
 // launch's workspace).
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -77,10 +78,26 @@ FwdPlan plan_blocked(const ScanParams& p, ScanTuning tuning) {
     // Up to twice that for segments of 2048 steps or fewer: with more blocks the launch's first and last
     // waves (pass 1 alone, full scans alone) are a smaller share of it (measured: 1% faster at 1×262144
     // with 128 segments than with 66).
-    const int64_t threads = channels * plan.nsplit / plan.kC;
+    // Each segment's full scan waits for its predecessor's end state, a hand-off of a few µs on one
+    // chain, so short sequences are cut into fewer, longer segments than the fill count: at most
+    // max(√(L/32), L/1024) (1 × 1536 × 8192 on an H100: 16 segments of 512 steps 0.183 ms, the fill
+    // count's 64 of 128 steps 0.429; the long sequences the fill count was measured at keep it). Where
+    // that cap binds hard, the GPU is no longer filled by segments, so 8 states per thread (chosen for
+    // few channels because segments would fill it) go back to 4, for twice the threads (kG = 8 with the
+    // same 16 segments: 0.256 ms).
+    int64_t threads = channels * plan.nsplit / plan.kC;
     if (threads < sms * 128) {
-      const int64_t fill = (sms * 1536 + threads - 1) / threads;
-      plan.segments = static_cast<int>(std::clamp<int64_t>((p.seqlen + 2047) / 2048, fill, 2 * fill));
+      const int64_t L = p.seqlen;
+      const int64_t cap = std::max<int64_t>(
+          {1, static_cast<int64_t>(std::sqrt(static_cast<double>(L) / 32.0)), L / 1024});
+      int64_t fill = (sms * 1536 + threads - 1) / threads;
+      if (tuning.states_per_thread == 0 && plan.kG == 8 && 2 * cap <= fill && nsplit_for(N, plan.kC, 4) > 0) {
+        plan.kG = 4;
+        plan.nsplit = nsplit_for(N, plan.kC, 4);
+        threads = channels * plan.nsplit / plan.kC;
+        fill = (sms * 1536 + threads - 1) / threads;
+      }
+      plan.segments = static_cast<int>(std::min(cap, std::clamp<int64_t>((L + 2047) / 2048, fill, 2 * fill)));
     } else {
       plan.segments = 1;
     }
