@@ -212,3 +212,8 @@ def test_cuda_transpose_equals_torchs(dtype):
         assert torch.equal(_swapped(x, dtype), x.transpose(1, 2).contiguous())
         four = torch.randn(b, 2, r, c, device="cuda", generator=g).to(dtype)[:, 1]  # a group of (b, g, n, l)
         assert torch.equal(_swapped(four, dtype), four.transpose(1, 2).contiguous())
+    # Even strides and row counts on aligned storage: 2-byte types go through the paired kernel, here with
+    # partial tiles on both sides and an odd column count (its last column alone).
+    for b, r, c, pad in [(2, 98, 130, 4), (1, 2, 2050, 2), (2, 130, 5, 1), (4, 66, 63, 1)]:
+        x = torch.randn(b, r, c + pad, device="cuda", generator=g).to(dtype)[:, :, :c]
+        assert torch.equal(_swapped(x, dtype), x.transpose(1, 2).contiguous())
