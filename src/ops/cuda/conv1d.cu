@@ -147,23 +147,31 @@ template <typename T>
 __global__ void conv1d_step_kernel(T* out, float* tail, const T* x, int64_t x_stride, const float* weight,
                                    const float* bias, int dim, int K) {
   const int d = blockIdx.x * blockDim.x + threadIdx.x;
+  const bool valid = d < dim;
+  // The weights and the bias are read before waiting for the kernel before this one (no kernel that may
+  // run beside this one writes them: see rmsnorm_kernel), their loads overlapping that kernel's tail.
+  const float* w = weight + static_cast<int64_t>(valid ? d : 0) * K;
+  float wk[kMaxConvWidth];
+#pragma unroll
+  for (int k = 0; k < kMaxConvWidth; k++) wk[k] = valid && k < K ? w[k] : 0.0f;
+  const float b0 = valid && bias ? bias[d] : 0.0f;
   pdl_launch_dependents();  // launched by launch_pdl (common.cuh)
   pdl_wait();
-  if (d >= dim) return;
+  if (!valid) return;
   const int64_t b = blockIdx.y;
   const float xv = to_float(x[b * x_stride + d]);
   float* tl = tail + b * (K - 1) * dim + d;  // (K − 1) rows of the tail, stride dim
-  const float* w = weight + static_cast<int64_t>(d) * K;
   // Every load issued before the first is used (K is a runtime value: a plain loop waits on each in turn).
-  float t[kMaxConvWidth - 1], wk[kMaxConvWidth - 1];
+  float t[kMaxConvWidth - 1];
 #pragma unroll
   for (int k = 0; k < kMaxConvWidth - 1; k++) t[k] = k < K - 1 ? tl[k * dim] : 0.0f;
-#pragma unroll
-  for (int k = 0; k < kMaxConvWidth - 1; k++) wk[k] = k < K - 1 ? w[k] : 0.0f;
-  float acc = bias ? bias[d] : 0.0f;
+  float acc = b0;
 #pragma unroll
   for (int k = 0; k < kMaxConvWidth - 1; k++) acc += k < K - 1 ? wk[k] * t[k] : 0.0f;
-  acc += w[K - 1] * xv;
+  float last = 0.0f;  // w[K − 1], from registers (an indexed register array would go to local memory)
+#pragma unroll
+  for (int k = 0; k < kMaxConvWidth; k++) last = k == K - 1 ? wk[k] : last;
+  acc += last * xv;
 #pragma unroll
   for (int k = 0; k + 1 < kMaxConvWidth - 1; k++) {
     if (k + 1 < K - 1) tl[k * dim] = t[k + 1];
@@ -253,38 +261,51 @@ __global__ void scan_step4_kernel(ScanParams p, float* state, int log2G) {
   const int d = blockIdx.x * (blockDim.x >> log2G) + (threadIdx.x >> log2G);
   const int64_t b = blockIdx.y;
   const bool valid = d < p.dim;  // the others take part in the shuffles only
-  // The state and A start on their way to L2 (neither is written by the kernel before this one).
-  if (valid && lane == 0) prefetch_l2(state + (b * p.dim + d) * p.dstate);
-  if (valid && lane == 0) prefetch_l2(p.A + static_cast<int64_t>(d) * p.dstate);
+  const int N = p.dstate, n = 4 * lane;
+  // A, D and the Δ bias are read before waiting for the kernel before this one (parameters: no kernel that
+  // may run beside this one writes them, see rmsnorm_kernel); the state starts on its way to L2.
+  float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  float dbias = 0.0f, dskip = 0.0f;
+  if (valid) {
+    a = *reinterpret_cast<const float4*>(p.A + static_cast<int64_t>(d) * N + n);
+    if (p.delta_bias) dbias = p.delta_bias[d];
+    if (p.D) dskip = p.D[d];
+    if (lane == 0) prefetch_l2(state + (b * p.dim + d) * p.dstate);
+  }
   pdl_launch_dependents();  // launched by launch_pdl (common.cuh)
   pdl_wait();
-  const int N = p.dstate, n = 4 * lane;
-  float acc = 0.0f, u = 0.0f;
-  const float delta = step_delta<T>(p, b, d, valid, lane, G);
+  // Every load this thread needs issued before Δ's dot product and its shuffles, so that they wait on
+  // memory together: one round trip after the wait instead of two.
+  float4* h4 = reinterpret_cast<float4*>(state + (b * p.dim + d) * N + n);
+  float4 h = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  float bv[4] = {}, cv[4] = {}, u = 0.0f, zv = 0.0f;
   if (valid) {
-    float4* h4 = reinterpret_cast<float4*>(state + (b * p.dim + d) * N + n);
-    const float4 a = *reinterpret_cast<const float4*>(p.A + static_cast<int64_t>(d) * N + n);
-    const float4 h = *h4;
+    h = *h4;
     const T* Bm = static_cast<const T*>(p.Bm) + b * p.B_stride + n;
     const T* Cm = static_cast<const T*>(p.Cm) + b * p.C_stride + n;
-    const float b0 = to_float(Bm[0]), b1 = to_float(Bm[1]), b2 = to_float(Bm[2]), b3 = to_float(Bm[3]);
-    const float c0 = to_float(Cm[0]), c1 = to_float(Cm[1]), c2 = to_float(Cm[2]), c3 = to_float(Cm[3]);
+#pragma unroll
+    for (int i = 0; i < 4; i++) bv[i] = to_float(Bm[i]), cv[i] = to_float(Cm[i]);
     u = to_float(static_cast<const T*>(p.u)[b * p.u_stride + d]);
-    float dt = delta + (p.delta_bias ? p.delta_bias[d] : 0.0f);
+    if (p.z && lane == 0) zv = to_float(static_cast<const T*>(p.z)[b * p.z_stride + d]);
+  }
+  const float delta = step_delta<T>(p, b, d, valid, lane, G);
+  float acc = 0.0f;
+  if (valid) {
+    float dt = delta + dbias;
     if (p.delta_softplus) dt = softplus(dt);
     const float du = dt * u;
     float4 o;
-    o.x = __expf(dt * a.x) * h.x + du * b0;
-    o.y = __expf(dt * a.y) * h.y + du * b1;
-    o.z = __expf(dt * a.z) * h.z + du * b2;
-    o.w = __expf(dt * a.w) * h.w + du * b3;
+    o.x = __expf(dt * a.x) * h.x + du * bv[0];
+    o.y = __expf(dt * a.y) * h.y + du * bv[1];
+    o.z = __expf(dt * a.z) * h.z + du * bv[2];
+    o.w = __expf(dt * a.w) * h.w + du * bv[3];
     *h4 = o;
-    acc = c0 * o.x + c1 * o.y + c2 * o.z + c3 * o.w;
+    acc = cv[0] * o.x + cv[1] * o.y + cv[2] * o.z + cv[3] * o.w;
   }
   for (int offset = G / 2; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
   if (!valid || lane != 0) return;
-  float y = acc + (p.D ? p.D[d] * u : 0.0f);
-  if (p.z) y *= silu(to_float(static_cast<const T*>(p.z)[b * p.z_stride + d]));
+  float y = acc + (p.D ? dskip * u : 0.0f);
+  if (p.z) y *= silu(zv);
   static_cast<T*>(p.y)[b * p.y_stride + d] = from_float<T>(y);
 }
 

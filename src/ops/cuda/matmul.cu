@@ -99,22 +99,39 @@ __global__ void __launch_bounds__(32 * kGemvWarps) gemv_kernel(MatmulParams p, i
   const int rows = min(MT, static_cast<int>(p.M) - m0);
   const int chunks = live ? p.K / V : 0;
   const char* w = static_cast<const char*>(p.weight.data) + static_cast<int64_t>(live ? n : 0) * p.K * sizeof(T);
-  // The weight row starts on its way to L2 while the kernel before this one finishes (common.cuh).
+  constexpr int U = kGemvUnroll<MT>;
+  const int step = 32 * U * split;  // chunks between a lane's sweeps
+  uint32_t wv[U][4];
+  auto load_weights = [&](int c0) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int c = c0 + 32 * u;
+      if (c >= chunks) break;
+      ldg_words<4>(wv[u], w + c * 16);
+    }
+  };
+  // The first sweep's weights are loaded before waiting for the kernel before this one, and the rest of
+  // the row starts on its way to L2: no kernel that may run beside this one writes the weights (they
+  // change only by uploads and by the optimizer's kernels, which let their dependents start only when they
+  // end), so at decode the weights' reads overlap the previous kernel's tail (a 1.4b in_proj row is one
+  // sweep at one input row: all of it).
+  int c0 = lane + 32 * U * part;
+  load_weights(c0);
   for (int at = (lane + 32 * part) * 128; at < chunks * 16; at += 32 * 128 * split) prefetch_l2(w + at);
   pdl_launch_dependents();
   pdl_wait();
   const char* x = static_cast<const char*>(p.inp) + static_cast<int64_t>(m0) * p.ldi * sizeof(T);
   const int64_t x_row = p.ldi * sizeof(T);
   float acc[MT] = {};
-  constexpr int U = kGemvUnroll<MT>;
-  for (int c0 = lane + 32 * U * part; c0 < chunks; c0 += 32 * U * split) {
-    uint32_t wv[U][4], xv1[MT == 1 ? U : 1][4];
+  for (; c0 < chunks; c0 += step) {
+    uint32_t xv1[MT == 1 ? U : 1][4];
+    if constexpr (MT == 1) {
 #pragma unroll
-    for (int u = 0; u < U; u++) {
-      const int c = c0 + 32 * u;
-      if (c >= chunks) break;
-      ldg_words<4>(wv[u], w + c * 16);
-      if constexpr (MT == 1) ldg_words<4>(xv1[u], x + c * 16);
+      for (int u = 0; u < U; u++) {
+        const int c = c0 + 32 * u;
+        if (c >= chunks) break;
+        ldg_words<4>(xv1[u], x + c * 16);
+      }
     }
 #pragma unroll
     for (int u = 0; u < U; u++) {
@@ -134,6 +151,7 @@ __global__ void __launch_bounds__(32 * kGemvWarps) gemv_kernel(MatmulParams p, i
         }
       }
     }
+    if (c0 + step < chunks) load_weights(c0 + step);
   }
 #pragma unroll
   for (int m = 0; m < MT; m++) {

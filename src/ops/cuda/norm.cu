@@ -26,6 +26,18 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 template <typename T>
 __global__ void __launch_bounds__(kNormThreads) rmsnorm_kernel(RmsNormParams p) {
+  const bool in_registers = p.C <= kNormFwdCols * kNormThreads;
+  // The weight is read before waiting for the kernel before this one: no kernel that may run beside this
+  // one writes it (weights change only by uploads and by the optimizer's kernels, which let their
+  // dependents start only when they end), so its loads overlap that kernel's tail.
+  float wt[kNormFwdCols];
+  if (in_registers) {
+#pragma unroll
+    for (int j = 0; j < kNormFwdCols; j++) {
+      const int c = threadIdx.x + j * kNormThreads;
+      wt[j] = c < p.C ? p.weight[c] : 0.0f;
+    }
+  }
   pdl_launch_dependents();  // launched by launch_pdl (common.cuh)
   pdl_wait();
   const int64_t m = blockIdx.x;
@@ -33,20 +45,20 @@ __global__ void __launch_bounds__(kNormThreads) rmsnorm_kernel(RmsNormParams p) 
   const T* x = p.inp ? static_cast<const T*>(p.inp) + m * p.C : nullptr;  // null: the residual as it is
   T* out = static_cast<T*>(p.out) + m * p.C;
   float sum_sq = 0.0f;
-  if (p.C <= kNormFwdCols * kNormThreads) {
+  float row[kNormFwdCols];
+  if (in_registers) {
     // A row's loads all issued before the first is used: at decode (one row, one block) a loop that waits
     // on each load in turn is most of the kernel's time.
-    float v[kNormFwdCols];
 #pragma unroll
     for (int j = 0; j < kNormFwdCols; j++) {
       const int c = threadIdx.x + j * kNormThreads;
-      v[j] = c >= p.C ? 0.0f : !x ? r[c] : p.first ? to_float(x[c]) : to_float(x[c]) + r[c];
+      row[j] = c >= p.C ? 0.0f : !x ? r[c] : p.first ? to_float(x[c]) : to_float(x[c]) + r[c];
     }
 #pragma unroll
     for (int j = 0; j < kNormFwdCols; j++) {
       const int c = threadIdx.x + j * kNormThreads;
-      if (c < p.C) r[c] = v[j];  // read back below by the same thread only
-      sum_sq += v[j] * v[j];
+      if (c < p.C) r[c] = row[j];
+      sum_sq += row[j] * row[j];
     }
   } else {
     for (int c = threadIdx.x; c < p.C; c += kNormThreads) {
@@ -66,8 +78,19 @@ __global__ void __launch_bounds__(kNormThreads) rmsnorm_kernel(RmsNormParams p) 
   }
   __syncthreads();
   const float rstd = rsqrtf(partial[0] / static_cast<float>(p.C) + p.eps);
+  if (in_registers) {
+    // The row and the weight are still in registers: no second round trip to memory after the reduction.
+#pragma unroll
+    for (int j = 0; j < kNormFwdCols; j++) {
+      const int c = threadIdx.x + j * kNormThreads;
+      if (c < p.C) out[c] = from_float<T>(row[j] * rstd * wt[j]);
+    }
+    return;
+  }
 #pragma unroll 8
-  for (int c = threadIdx.x; c < p.C; c += kNormThreads) out[c] = from_float<T>(r[c] * rstd * p.weight[c]);
+  for (int c = threadIdx.x; c < p.C; c += kNormThreads) {
+    out[c] = from_float<T>(r[c] * rstd * p.weight[c]);  // r[c] written above by this same thread
+  }
 }
 
 constexpr int kNormBwdBlocks = 256;
