@@ -83,9 +83,31 @@ __global__ void __launch_bounds__(kThreads) argmax_kernel(int32_t* ids, const fl
   pdl_launch_dependents();  // launched by launch_pdl (common.cuh)
   pdl_wait();
   const float* row = x + static_cast<int64_t>(blockIdx.x) * N;
-  float best = -FLT_MAX;
-  int at = 0x7fffffff;
-  for (int n = threadIdx.x; n < N; n += kThreads) keep_max(best, at, row[n], n);
+  // kArgmaxWays independent (value, index) pairs a thread, so that as many loads are in flight rather
+  // than one chain of load → compare (a 50,280-word row took 12 µs with one). keep_max orders the pairs
+  // totally (larger value, then smaller index; NaN never kept), so grouping them changes nothing.
+  constexpr int kArgmaxWays = 8;
+  float bests[kArgmaxWays];
+  int ats[kArgmaxWays];
+#pragma unroll
+  for (int k = 0; k < kArgmaxWays; k++) bests[k] = -FLT_MAX, ats[k] = 0x7fffffff;
+  for (int n0 = threadIdx.x; n0 < N; n0 += kArgmaxWays * kThreads) {
+    float v[kArgmaxWays];
+#pragma unroll
+    for (int k = 0; k < kArgmaxWays; k++) {
+      const int n = n0 + k * kThreads;
+      v[k] = n < N ? row[n] : -FLT_MAX;
+    }
+#pragma unroll
+    for (int k = 0; k < kArgmaxWays; k++) {
+      const int n = n0 + k * kThreads;
+      if (n < N) keep_max(bests[k], ats[k], v[k], n);
+    }
+  }
+  float best = bests[0];
+  int at = ats[0];
+#pragma unroll
+  for (int k = 1; k < kArgmaxWays; k++) keep_max(best, at, bests[k], ats[k]);
 #pragma unroll
   for (int offset = 16; offset > 0; offset /= 2) {
     keep_max(best, at, __shfl_xor_sync(0xffffffffu, best, offset), __shfl_xor_sync(0xffffffffu, at, offset));
