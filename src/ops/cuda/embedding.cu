@@ -84,8 +84,9 @@ __global__ void __launch_bounds__(kThreads) argmax_kernel(int32_t* ids, const fl
   pdl_wait();
   const float* row = x + static_cast<int64_t>(blockIdx.x) * N;
   // kArgmaxWays independent (value, index) pairs a thread, so that as many loads are in flight rather
-  // than one chain of load → compare (a 50,280-word row took 12 µs with one). keep_max orders the pairs
-  // totally (larger value, then smaller index; NaN never kept), so grouping them changes nothing.
+  // than one chain of load → compare, whose latency a one-block kernel over a 50,280-word row cannot hide.
+  // keep_max orders the pairs totally (larger value, then smaller index; NaN never kept), so grouping them
+  // changes nothing.
   constexpr int kArgmaxWays = 8;
   float bests[kArgmaxWays];
   int ats[kArgmaxWays];

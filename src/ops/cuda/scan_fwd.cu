@@ -79,12 +79,12 @@ FwdPlan plan_blocked(const ScanParams& p, ScanTuning tuning) {
     // waves (pass 1 alone, full scans alone) are a smaller share of it (measured: 1% faster at 1×262144
     // with 128 segments than with 66).
     // Each segment's full scan waits for its predecessor's end state, a hand-off of a few µs on one
-    // chain, so short sequences are cut into fewer, longer segments than the fill count: at most
-    // max(√(L/32), L/1024) (1 × 1536 × 8192 on an H100: 16 segments of 512 steps 0.183 ms, the fill
-    // count's 64 of 128 steps 0.429; the long sequences the fill count was measured at keep it). Where
-    // that cap binds hard, the GPU is no longer filled by segments, so 8 states per thread (chosen for
-    // few channels because segments would fill it) go back to 4, for twice the threads (kG = 8 with the
-    // same 16 segments: 0.256 ms).
+    // chain: time ≈ a·S + w/S, best near S = √(w/a), which grows as √L. So short sequences are cut into
+    // fewer, longer segments than the fill count: at most max(√(L/32), L/1024) (16 at L = 8192, 8 at
+    // 2048; the long sequences the fill count was measured at, 64K and 256K steps, keep it; the sweeps
+    // are in dev/notes/gpu-model.md). Where that cap binds hard the segments no longer fill the GPU, so
+    // 8 states per thread (chosen for few channels because segments would fill it) go back to 4, for
+    // twice the threads.
     int64_t threads = channels * plan.nsplit / plan.kC;
     if (threads < sms * 128) {
       const int64_t L = p.seqlen;

@@ -35,8 +35,8 @@ __global__ void transpose_kernel(T* dst, const T* src, int64_t rows, int64_t col
 }
 
 // 2-byte elements in pairs: with one 2-byte element a thread, a warp moves 64 bytes of a row per
-// instruction on each side, and the drop-in's bf16 transposes ran at about half the copy bandwidth
-// (6 of them 0.257 ms beside a 0.204 ms scan at 8 × 1536 × 2048, H100). Here a 64 × 64 tile: each
+// instruction on each side, half a 128-byte line, and the transpose runs far below the copy bandwidth
+// (dev/notes/gpu-model.md has the figures). Here a 64 × 64 tile: each
 // thread reads two neighbouring columns of a source row as one word and writes two neighbouring source
 // rows, the destination's neighbouring columns, as one word, so a warp moves 128 bytes a row both ways.
 // The tile's rows are 65 elements apart: the write phase's reads of rows 2i and 2i + 1 fall in distinct
