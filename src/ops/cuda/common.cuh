@@ -173,8 +173,11 @@ __device__ __forceinline__ T block_reduce(T v, F op, T* shared) {
 // A kernel launched by launch_pdl may start while the one before it in the stream is still running; it
 // calls pdl_wait() before reading anything an earlier kernel wrote (the wait returns once that kernel
 // has finished and its writes are visible) and pdl_launch_dependents() to let the next one start early.
-// Before the wait a kernel may only prefetch into L2 (coherent for every SM), never read into registers:
-// the kernel before it may still be writing. On older GPUs, or with MAMBA_CUDA_PDL=0 (to measure its
+// Before the wait a kernel may prefetch into L2 (coherent for every SM), and read into registers only
+// parameters (weights, A, D, biases): the kernels that write those (uploads, AdamW, the low-precision
+// copies) are ordinary launches, which start after all earlier work has ended and let their dependents
+// start only when they end, so no parameter changes while such a kernel is in flight. Anything else the
+// kernel before it may still be writing. On older GPUs, or with MAMBA_CUDA_PDL=0 (to measure its
 // worth), the launch is an ordinary one and the two calls do nothing.
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

@@ -148,8 +148,8 @@ __global__ void conv1d_step_kernel(T* out, float* tail, const T* x, int64_t x_st
                                    const float* bias, int dim, int K) {
   const int d = blockIdx.x * blockDim.x + threadIdx.x;
   const bool valid = d < dim;
-  // The weights and the bias are read before waiting for the kernel before this one (no kernel that may
-  // run beside this one writes them: see rmsnorm_kernel), their loads overlapping that kernel's tail.
+  // The weights and the bias are read before waiting for the kernel before this one (parameters:
+  // common.cuh), their loads overlapping that kernel's tail.
   const float* w = weight + static_cast<int64_t>(valid ? d : 0) * K;
   float wk[kMaxConvWidth];
 #pragma unroll
@@ -262,8 +262,8 @@ __global__ void scan_step4_kernel(ScanParams p, float* state, int log2G) {
   const int64_t b = blockIdx.y;
   const bool valid = d < p.dim;  // the others take part in the shuffles only
   const int N = p.dstate, n = 4 * lane;
-  // A, D and the Δ bias are read before waiting for the kernel before this one (parameters: no kernel that
-  // may run beside this one writes them, see rmsnorm_kernel); the state starts on its way to L2.
+  // A, D and the Δ bias are read before waiting for the kernel before this one (parameters: common.cuh);
+  // the state, which the previous step of this layer wrote, only starts on its way to L2.
   float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   float dbias = 0.0f, dskip = 0.0f;
   if (valid) {

@@ -110,11 +110,9 @@ __global__ void __launch_bounds__(32 * kGemvWarps) gemv_kernel(MatmulParams p, i
       ldg_words<4>(wv[u], w + c * 16);
     }
   };
-  // The first sweep's weights are loaded before waiting for the kernel before this one, and the rest of
-  // the row starts on its way to L2: no kernel that may run beside this one writes the weights (they
-  // change only by uploads and by the optimizer's kernels, which let their dependents start only when they
-  // end), so at decode the weights' reads overlap the previous kernel's tail (a 1.4b in_proj row is one
-  // sweep at one input row: all of it).
+  // The first sweep's weights are loaded before waiting for the kernel before this one (parameters:
+  // common.cuh), and the rest of the row starts on its way to L2, so at decode the weights' reads overlap
+  // the previous kernel's tail (a 1.4b in_proj row is one sweep at one input row: all of it).
   int c0 = lane + 32 * U * part;
   load_weights(c0);
   for (int at = (lane + 32 * part) * 128; at < chunks * 16; at += 32 * 128 * split) prefetch_l2(w + at);

@@ -27,9 +27,8 @@ __device__ __forceinline__ float warp_sum(float v) {
 template <typename T>
 __global__ void __launch_bounds__(kNormThreads) rmsnorm_kernel(RmsNormParams p) {
   const bool in_registers = p.C <= kNormFwdCols * kNormThreads;
-  // The weight is read before waiting for the kernel before this one: no kernel that may run beside this
-  // one writes it (weights change only by uploads and by the optimizer's kernels, which let their
-  // dependents start only when they end), so its loads overlap that kernel's tail.
+  // The weight is read before waiting for the kernel before this one (a parameter: common.cuh), so its
+  // loads overlap that kernel's tail.
   float wt[kNormFwdCols];
   if (in_registers) {
 #pragma unroll
